@@ -1,0 +1,91 @@
+"""ptfile: read, write, inspect and scan PyTorch ``.pt`` checkpoints without torch.
+
+No code from a checkpoint ever runs: one restricted pickle engine, driven by one
+allowlist of ptfile's own constructors, serves every reader.
+
+>>> import ptfile
+>>> state = ptfile.load("model.pt")                 # doctest: +SKIP
+>>> with ptfile.open("model.pt") as ckpt:           # doctest: +SKIP
+...     print(ckpt.keys(), ckpt.info("fc.weight"))
+"""
+
+from __future__ import annotations
+
+import os
+from typing import IO, Any, Union
+
+from .errors import (
+    CheckpointNotFoundError,
+    CorruptFileError,
+    LimitExceededError,
+    PtfileError,
+    UnsafeGlobalError,
+    UnsupportedFormatError,
+)
+from .loader import LazyCheckpoint, TensorInfo
+from .values import Global, Parameter, Record
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load",
+    "open",
+    "Checkpoint",
+    "TensorInfo",
+    "Record",
+    "Global",
+    "Parameter",
+    "PtfileError",
+    "CorruptFileError",
+    "UnsupportedFormatError",
+    "UnsafeGlobalError",
+    "LimitExceededError",
+    "CheckpointNotFoundError",
+]
+
+Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
+Checkpoint = LazyCheckpoint
+
+
+def load(src: Source, *, mmap: bool = True, records: bool = False) -> Any:
+    """Read a whole checkpoint into Python objects and numpy arrays, running no code from it.
+
+    Args:
+        src: a path, a binary file object, or the file's bytes.
+        mmap: with True, tensors are read-only zero-copy views of the memory-mapped file
+            (or of the bytes given); with False, they are writable arrays read in one pass.
+        records: with True, instances of classes ptfile does not know (whole pickled
+            models) become inert :class:`Record` objects instead of an error.  Calls to
+            anything outside the allowlist are refused in every mode.
+
+    Returns:
+        The checkpoint's object tree: dicts (``OrderedDict`` with ``_metadata`` kept), lists,
+        tuples, sets, scalars, strings, bytes, numpy arrays (:class:`Parameter` for
+        parameters), numpy scalars, ``argparse.Namespace`` and records.
+
+    Raises:
+        PtfileError: for every malformed, unsupported or unsafe input, with the reason.
+    """
+    from .loader import load as _load
+
+    return _load(src, mmap=mmap, records=records)
+
+
+def open(src: Source, *, mmap: bool = True, records: bool = False) -> LazyCheckpoint:  # noqa: A001
+    """Open a checkpoint lazily: parse its directory and pickle, read tensors when asked.
+
+    The handle is a context manager with ``keys()`` (dotted paths of every tensor),
+    ``info(key)`` (a :class:`TensorInfo`: dtype, shape, strides, sizes, storage) and
+    ``handle[key]`` (the tensor as a numpy array).
+
+    Example:
+        ```python
+        with ptfile.open("model.pt") as ckpt:
+            for key in ckpt.keys():
+                print(key, ckpt.info(key).shape)
+            weight = ckpt["fc.weight"]
+        ```
+    """
+    from .loader import open_checkpoint
+
+    return open_checkpoint(src, mmap=mmap, records=records)

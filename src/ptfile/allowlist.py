@@ -1,0 +1,213 @@
+"""The one table of globals a checkpoint may use, and the judge of what a pickle did.
+
+Every GLOBAL a pickle names is looked up here by its exact ``(module, name)``.
+An :class:`Entry` says what ptfile does with it: push an inert ``value`` (a dtype,
+a storage class), ``call`` one of ptfile's own constructors (REDUCE), or create an
+instance with ``new`` (NEWOBJ).  Nothing outside this table is ever called, and
+nothing is ever imported: the constructors are ptfile's own code.
+
+:func:`judge` grades the engine's inventory.  Loading and scanning both use it,
+so ``ptfile.load`` refuses exactly the files ``ptfile.scan`` does not call clean:
+
+* ``dangerous``: something outside the table would be called (REDUCE, INST, OBJ,
+  NEWOBJ_EX), or a known code-execution callable is named anywhere, even as an
+  argument.  The list of such callables only grades severity; what may run is
+  decided by the table alone.
+* ``unknown-class``: classes outside the table are instantiated (NEWOBJ) or
+  referenced, as whole pickled models do.  ``load(records=True)`` returns them as
+  inert :class:`~ptfile.values.Record` objects.
+* ``clean``: only table entries, used as the table allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import dtypes, objects, rebuild
+from .inventory import GlobalUse
+from .tensors import StorageType
+
+__all__ = ["Entry", "lookup", "entries", "judge", "Judgement", "is_code_execution"]
+
+CLEAN = "clean"
+UNKNOWN_CLASS = "unknown-class"
+DANGEROUS = "dangerous"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What ptfile does with one global, and why it is safe."""
+
+    category: str  # tensor, storage, dtype, container, numpy, metadata
+    reason: str
+    call: Callable[..., Any] | None = None  # REDUCE target
+    new: Callable[..., Any] | None = None  # NEWOBJ target
+    value: Any = None  # pushed as is by GLOBAL
+
+
+_TABLE: dict[tuple[str, str], Entry] = {}
+
+
+def _add(module: str, name: str, category: str, reason: str, **how: Any) -> None:
+    _TABLE[(module, name)] = Entry(category, reason, **how)
+
+
+# -- tensors -------------------------------------------------------------------
+_add("torch._utils", "_rebuild_tensor", "tensor", "tensor view of a storage (pre-1.0 files)", call=rebuild.rebuild_tensor)
+_add("torch._utils", "_rebuild_tensor_v2", "tensor", "tensor view of a storage: torch.save's main tensor path",
+     call=rebuild.rebuild_tensor_v2)
+_add("torch._utils", "_rebuild_tensor_v3", "tensor", "tensor view with an explicit dtype (float8, uint16, complex32)",
+     call=rebuild.rebuild_tensor_v3)
+_add("torch._utils", "_rebuild_parameter", "tensor", "marks a tensor as nn.Parameter", call=rebuild.rebuild_parameter)
+_add("torch._utils", "_rebuild_parameter_with_state", "tensor", "nn.Parameter carrying Python attributes",
+     call=rebuild.rebuild_parameter_with_state)
+_add("torch._utils", "_rebuild_meta_tensor_no_storage", "tensor", "shape and dtype of a meta tensor, no data",
+     call=rebuild.rebuild_meta_tensor)
+for _name, _what in (
+    ("_rebuild_qtensor", "quantized tensors"),
+    ("_rebuild_sparse_tensor", "sparse tensors"),
+    ("_rebuild_nested_tensor", "nested tensors"),
+    ("_rebuild_wrapper_subclass", "wrapper tensor subclasses"),
+    ("_rebuild_device_tensor_from_numpy", "device tensors from numpy"),
+    ("_rebuild_device_tensor_from_cpu_tensor", "device tensors from CPU tensors"),
+):
+    _add("torch._utils", _name, "tensor", f"rebuilds {_what} from data only", call=rebuild.not_supported(_what))
+_add("torch._tensor", "_rebuild_from_type_v2", "tensor", "tensor subclass or tensor with attributes",
+     call=rebuild.not_supported("tensor subclasses (_rebuild_from_type_v2)"))
+
+# -- storages and dtypes: inert values -----------------------------------------
+for _info in dtypes.all_infos():
+    _storage = _info.scalar_type + "Storage"
+    _add("torch", _storage, "storage", "storage class naming an element type", value=StorageType(_storage, _info))
+_add("torch.storage", "UntypedStorage", "storage", "byte storage of a v3 tensor",
+     value=StorageType("UntypedStorage", None))
+for _name in dtypes.TORCH_DTYPE_NAMES:
+    _add("torch", _name, "dtype", "element type passed to _rebuild_tensor_v3", value=rebuild.TorchDtype(_name))
+
+# -- containers and builtins ---------------------------------------------------
+_add("collections", "OrderedDict", "container", "state dicts are OrderedDicts", call=objects.ordered_dict,
+     new=objects.ordered_dict)
+_add("collections", "Counter", "container", "a dict of counts", call=objects.counter)
+_add("builtins", "set", "container", "sets, pickled by protocol 2 as set(list)", call=objects.make_set)
+_add("builtins", "frozenset", "container", "frozensets, pickled as frozenset(list)", call=objects.make_frozenset)
+_add("builtins", "bytearray", "container", "bytearrays", call=objects.make_bytearray)
+_add("builtins", "bytes", "container", "empty bytes under protocol 2", call=objects.make_bytes)
+_add("builtins", "complex", "container", "complex numbers", call=objects.make_complex)
+_add("_codecs", "encode", "container", "protocol 2 stores bytes as encode(latin-1 text)", call=objects.codecs_encode)
+_add("torch", "Size", "container", "tensor shapes, kept as tuples", call=objects.torch_size)
+_add("torch", "device", "metadata", "device names, kept as records", call=objects.torch_device)
+
+# -- numpy ---------------------------------------------------------------------
+for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _add(_module, "_reconstruct", "numpy", "empty numpy array that BUILD fills from bytes",
+         call=objects.numpy_reconstruct)
+    _add(_module, "scalar", "numpy", "numpy scalar from its bytes", call=objects.numpy_scalar)
+_add("numpy", "ndarray", "numpy", "argument of _reconstruct; never called")
+_add("numpy", "dtype", "numpy", "simple numpy dtype by type code", call=objects.numpy_dtype)
+
+# -- metadata records ----------------------------------------------------------
+_add("argparse", "Namespace", "metadata", "training arguments (fairseq and many others)", call=objects.namespace,
+     new=objects.namespace)
+
+
+def lookup(module: str, name: str) -> Entry | None:
+    """The entry for exactly ``module.name``, or None."""
+    return _TABLE.get((module, name))
+
+
+def entries() -> dict[tuple[str, str], Entry]:
+    """A copy of the whole table, for documentation and tests."""
+    return dict(_TABLE)
+
+
+# -- grading -------------------------------------------------------------------
+
+#: Modules whose every member can run code, touch files or the network, or load more pickles.
+#: Used to grade a reference as dangerous; calling anything outside the table is dangerous anyway.
+_CODE_EXECUTION_MODULES = frozenset(
+    """os posix nt sys subprocess _posixsubprocess _winapi pty shutil tempfile glob io _io socket ssl
+    http urllib requests ftplib smtplib telnetlib imaplib poplib webbrowser ctypes _ctypes
+    multiprocessing asyncio concurrent threading signal runpy code codeop pdb bdb cProfile profile timeit
+    trace doctest idlelib lib2to3 pkgutil pydoc importlib imp zipimport marshal pickle _pickle copyreg
+    shelve dill joblib cloudpickle types inspect operator _operator functools builtins venv ensurepip pip
+    setuptools distutils logging uuid _osx_support _aix_support tkinter turtle sqlite3 dbm platform
+    sysconfig site gc weakref typing""".split()
+)
+_CODE_EXECUTION_PREFIXES = (
+    "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.lib.npyio", "torch.hub", "torch.jit",
+    "torch._inductor", "torch._dynamo", "torch.utils", "torch.serialization", "torch.package", "torch.fx",
+    "torch._C", "torch.cuda", "torch.backends", "torch.distributed",
+)
+_CODE_EXECUTION_NAMES = frozenset(
+    {("torch", "load"), ("torch", "save"), ("torch.storage", "_load_from_bytes"), ("numpy", "load"),
+     ("numpy", "loadtxt"), ("numpy", "fromfile"), ("torch", "from_file")}
+)
+
+
+def is_code_execution(module: str, name: str) -> bool:
+    """True for globals known to run code or reach outside the process, wherever they appear."""
+    if (module, name) in _TABLE:
+        return False
+    if (module, name) in _CODE_EXECUTION_NAMES or "." in name or (name.startswith("__") and name.endswith("__")):
+        return True
+    if module.split(".", 1)[0] in _CODE_EXECUTION_MODULES:
+        return True
+    return any(module == p or module.startswith(p + ".") for p in _CODE_EXECUTION_PREFIXES)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One global the judge objects to, with the severity and every use of it."""
+
+    module: str
+    name: str
+    severity: str  # DANGEROUS or UNKNOWN_CLASS
+    uses: tuple[GlobalUse, ...]
+
+    @property
+    def path(self) -> str:
+        return f"{self.module}.{self.name}"
+
+    def describe(self) -> str:
+        where = ", ".join(f"{u.use} at {u.where()}" for u in self.uses[:4])
+        more = f" and {len(self.uses) - 4} more" if len(self.uses) > 4 else ""
+        return f"{self.path} [{self.severity}]: {where}{more}"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: str  # CLEAN, UNKNOWN_CLASS or DANGEROUS
+    findings: tuple[Finding, ...]
+
+
+def _severity(use: GlobalUse) -> str | None:
+    if is_code_execution(use.module, use.name):
+        return DANGEROUS
+    entry = _TABLE.get((use.module, use.name))
+    if use.use == "call":
+        return None if entry is not None and entry.call is not None else DANGEROUS
+    if use.use == "new":
+        return None if entry is not None and entry.new is not None else UNKNOWN_CLASS
+    return None if entry is not None else UNKNOWN_CLASS
+
+
+def judge(inventory: Iterable[GlobalUse]) -> Judgement:
+    """Grade every use of every global; the worst grade is the verdict."""
+    grades: dict[tuple[str, str], str] = {}
+    uses: dict[tuple[str, str], list[GlobalUse]] = {}
+    for use in inventory:
+        severity = _severity(use)
+        key = (use.module, use.name)
+        uses.setdefault(key, []).append(use)
+        if severity is not None and grades.get(key) != DANGEROUS:
+            grades[key] = severity
+    findings = tuple(Finding(m, n, grade, tuple(uses[(m, n)])) for (m, n), grade in grades.items())
+    if any(f.severity == DANGEROUS for f in findings):
+        verdict = DANGEROUS
+    elif findings:
+        verdict = UNKNOWN_CLASS
+    else:
+        verdict = CLEAN
+    return Judgement(verdict, findings)

@@ -1,0 +1,113 @@
+"""The table of tensor element types: torch's names, numpy's dtypes, sizes.
+
+Torch names an element type three ways, and a checkpoint may use any of them:
+
+* a dtype global, ``torch.float16`` (the canonical attribute name);
+* a legacy storage class, ``torch.HalfStorage`` (17 of them exist);
+* a TorchScript ``ScalarType`` storage name, ``Half`` + ``Storage``, which
+  also covers types Python has no storage class for (``Float8_e4m3fnStorage``).
+
+Each maps to one :class:`DtypeInfo`.  numpy dtypes come from numpy or from
+ml_dtypes (bfloat16, float8, complex32); types numpy cannot hold exactly
+(packed 4-bit floats, ``bits*``) have ``numpy`` set to ``None`` and are
+reported, never silently widened.  Types are identified by ``dtype.name``
+only: ml_dtypes' ``.char`` and ``.str`` codes collide with numpy's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+__all__ = ["DtypeInfo", "by_torch_name", "by_storage_name", "by_numpy"]
+
+
+@dataclass(frozen=True)
+class DtypeInfo:
+    """One element type, as torch and numpy know it."""
+
+    torch_name: str  # attribute of the torch module: "float16"
+    scalar_type: str  # c10 ScalarType name: "Half"
+    itemsize: int  # bytes per element as stored
+    numpy: np.dtype | None  # None when numpy cannot represent it exactly
+    legacy_storage: str | None = None  # "HalfStorage" when a typed storage class exists
+    quantized_base: str | None = None  # torch_name of the integer type a quantized type stores
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.quantized_base is not None
+
+
+def _info(torch_name, scalar_type, itemsize, numpy, legacy=False, quantized_base=None):
+    storage = scalar_type + "Storage" if legacy else None
+    dtype = None if numpy is None else np.dtype(numpy)
+    return DtypeInfo(torch_name, scalar_type, itemsize, dtype, storage, quantized_base)
+
+
+_TABLE = (
+    _info("float64", "Double", 8, np.float64, legacy=True),
+    _info("float32", "Float", 4, np.float32, legacy=True),
+    _info("float16", "Half", 2, np.float16, legacy=True),
+    _info("bfloat16", "BFloat16", 2, ml_dtypes.bfloat16, legacy=True),
+    _info("int64", "Long", 8, np.int64, legacy=True),
+    _info("int32", "Int", 4, np.int32, legacy=True),
+    _info("int16", "Short", 2, np.int16, legacy=True),
+    _info("int8", "Char", 1, np.int8, legacy=True),
+    _info("uint8", "Byte", 1, np.uint8, legacy=True),
+    _info("bool", "Bool", 1, np.bool_, legacy=True),
+    _info("complex128", "ComplexDouble", 16, np.complex128, legacy=True),
+    _info("complex64", "ComplexFloat", 8, np.complex64, legacy=True),
+    _info("complex32", "ComplexHalf", 4, ml_dtypes.complex32),
+    _info("uint16", "UInt16", 2, np.uint16),
+    _info("uint32", "UInt32", 4, np.uint32),
+    _info("uint64", "UInt64", 8, np.uint64),
+    _info("float8_e5m2", "Float8_e5m2", 1, ml_dtypes.float8_e5m2),
+    _info("float8_e4m3fn", "Float8_e4m3fn", 1, ml_dtypes.float8_e4m3fn),
+    _info("float8_e5m2fnuz", "Float8_e5m2fnuz", 1, ml_dtypes.float8_e5m2fnuz),
+    _info("float8_e4m3fnuz", "Float8_e4m3fnuz", 1, ml_dtypes.float8_e4m3fnuz),
+    _info("float8_e8m0fnu", "Float8_e8m0fnu", 1, ml_dtypes.float8_e8m0fnu),
+    _info("float4_e2m1fn_x2", "Float4_e2m1fn_x2", 1, None),
+    _info("bits8", "Bits8", 1, None),
+    _info("bits16", "Bits16", 2, None),
+    _info("bits1x8", "Bits1x8", 1, None),
+    _info("bits2x4", "Bits2x4", 1, None),
+    _info("bits4x2", "Bits4x2", 1, None),
+    _info("qint8", "QInt8", 1, np.int8, legacy=True, quantized_base="int8"),
+    _info("quint8", "QUInt8", 1, np.uint8, legacy=True, quantized_base="uint8"),
+    _info("qint32", "QInt32", 4, np.int32, legacy=True, quantized_base="int32"),
+    _info("quint4x2", "QUInt4x2", 1, np.uint8, legacy=True, quantized_base="uint8"),
+    _info("quint2x4", "QUInt2x4", 1, np.uint8, legacy=True, quantized_base="uint8"),
+)
+
+# Sub-byte integer dtypes torch lists in its weights_only allowlist but cannot
+# save; a dtype global naming one is accepted as a value and refused as data.
+_UNSAVEABLE = tuple(f"{sign}int{bits}" for sign in ("", "u") for bits in range(1, 8))
+
+_BY_TORCH_NAME = {info.torch_name: info for info in _TABLE}
+_BY_STORAGE_NAME = {info.scalar_type + "Storage": info for info in _TABLE}
+_BY_NUMPY_NAME = {info.numpy.name: info for info in _TABLE if info.numpy is not None and not info.is_quantized}
+
+TORCH_DTYPE_NAMES = tuple(_BY_TORCH_NAME) + _UNSAVEABLE
+LEGACY_STORAGE_NAMES = tuple(info.legacy_storage for info in _TABLE if info.legacy_storage)
+
+
+def all_infos() -> tuple[DtypeInfo, ...]:
+    """Every element type in the table."""
+    return _TABLE
+
+
+def by_torch_name(name: str) -> DtypeInfo | None:
+    """The type torch calls ``torch.<name>``, or None."""
+    return _BY_TORCH_NAME.get(name)
+
+
+def by_storage_name(name: str) -> DtypeInfo | None:
+    """The type of a storage class or ScalarType storage name (``HalfStorage``), or None."""
+    return _BY_STORAGE_NAME.get(name)
+
+
+def by_numpy(dtype: np.dtype) -> DtypeInfo | None:
+    """The torch type an array of this numpy dtype is saved as, or None."""
+    return _BY_NUMPY_NAME.get(np.dtype(dtype).name)

@@ -1,0 +1,39 @@
+"""What the pickle engine saw: every global it met and how the pickle used it.
+
+The engine appends one :class:`GlobalUse` per event.  Loading and scanning read the
+same inventory and judge it with the same function (:func:`ptfile.allowlist.judge`),
+so the loader can never accept what the scanner would not call clean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["GlobalUse", "USES"]
+
+#: How a pickle can use a global.  ``call`` runs it (REDUCE, INST, OBJ, NEWOBJ_EX);
+#: ``new`` creates an instance without calling it (NEWOBJ); ``build`` sets the state of
+#: such an instance (BUILD); ``reference`` only names it (GLOBAL / STACK_GLOBAL).
+USES = ("call", "new", "build", "reference")
+
+
+@dataclass(frozen=True)
+class GlobalUse:
+    """One use of a global: ``module.name``, how it was used, and where."""
+
+    module: str
+    name: str
+    use: str  # one of USES
+    offset: int  # byte offset of the opcode within its pickle
+    record: str = ""  # the archive record (or stream part) holding the pickle
+
+    @property
+    def path(self) -> str:
+        return f"{self.module}.{self.name}"
+
+    def where(self) -> str:
+        place = f"{self.record} " if self.record else ""
+        return f"{place}byte {self.offset}"
+
+    def describe(self) -> str:
+        return f"{self.path} ({self.use} at {self.where()})"

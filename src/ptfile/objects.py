@@ -1,0 +1,216 @@
+"""Constructors for the plain-data objects checkpoints pickle besides tensors.
+
+Containers (``OrderedDict``, ``set``, ``bytes`` via ``_codecs.encode``), numpy
+arrays, dtypes and scalars, and metadata such as ``argparse.Namespace``.  Each
+constructor checks the exact shape of its arguments; numpy objects are built
+from validated bytes and never from anything numpy itself would unpickle.
+
+BUILD handlers set the state of the few types that accept one: instance
+attributes of ``OrderedDict`` (a state dict's ``_metadata``) and ``Namespace``,
+the byte order of a fresh numpy dtype, and the contents of a fresh numpy array.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter, OrderedDict
+from typing import Any
+
+import numpy as np
+
+from .engine import check_key
+from .errors import CorruptFileError, UnsupportedFormatError
+from .values import Global, Record
+
+__all__ = ["build_handler"]
+
+#: numpy dtype strings a pickle may name: plain numbers, bools, bytes and text.
+_NUMPY_KINDS = frozenset("biufcSUM?m")
+
+
+def ordered_dict(context: Any, pairs: Any = None) -> OrderedDict:
+    result: OrderedDict = OrderedDict()
+    if pairs is not None:
+        _fill(result, pairs, "OrderedDict")
+    return result
+
+
+def counter(context: Any, pairs: Any = None) -> Counter:
+    result: Counter = Counter()
+    if pairs is not None:
+        if type(pairs) is not dict:
+            raise CorruptFileError("Counter must be built from a dict")
+        for key, value in pairs.items():
+            result[key] = value
+    return result
+
+
+def _fill(target: dict, pairs: Any, what: str) -> None:
+    if type(pairs) is not list:
+        raise CorruptFileError(f"{what} must be built from a list of pairs")
+    for pair in pairs:
+        if type(pair) not in (list, tuple) or len(pair) != 2:
+            raise CorruptFileError(f"{what} item {pair!r:.40} is not a key/value pair")
+        check_key(pair[0])
+        target[pair[0]] = pair[1]
+
+
+def make_set(context: Any, items: Any = ()) -> set:
+    if type(items) not in (list, tuple):
+        raise CorruptFileError("set must be built from a list")
+    for item in items:
+        check_key(item)
+    return set(items)
+
+
+def make_frozenset(context: Any, items: Any = ()) -> frozenset:
+    return frozenset(make_set(context, items))
+
+
+def make_bytearray(context: Any, data: Any = b"", *rest: Any) -> bytearray:
+    if type(data) is bytes and not rest:
+        return bytearray(data)
+    if type(data) is str and len(rest) == 1 and rest[0] in ("latin1", "latin-1"):
+        return bytearray(data.encode("latin-1"))
+    raise CorruptFileError("bytearray must be built from bytes")
+
+
+def make_bytes(context: Any, *args: Any) -> bytes:
+    if not args:
+        return b""
+    raise CorruptFileError("bytes must be written with _codecs.encode or BINBYTES")
+
+
+def make_complex(context: Any, real: Any = 0.0, imag: Any = 0.0) -> complex:
+    if type(real) not in (int, float) or type(imag) not in (int, float):
+        raise CorruptFileError("complex must be built from two numbers")
+    return complex(real, imag)
+
+
+def codecs_encode(context: Any, text: Any, encoding: Any = "utf-8") -> bytes:
+    """``_codecs.encode(text, 'latin1')``: how protocol 2 stores bytes."""
+    if type(text) is not str or encoding not in ("latin1", "latin-1"):
+        raise CorruptFileError(f"_codecs.encode is only allowed for latin-1 text, got encoding {encoding!r:.20}")
+    return text.encode("latin-1")
+
+
+def namespace(context: Any, *args: Any) -> argparse.Namespace:
+    if args:
+        raise CorruptFileError("argparse.Namespace takes no positional arguments")
+    return argparse.Namespace()
+
+
+def torch_size(context: Any, dims: Any = ()) -> tuple:
+    if type(dims) is not tuple or not all(type(d) is int for d in dims):
+        raise CorruptFileError(f"torch.Size must be built from a tuple of integers, got {dims!r:.40}")
+    return dims
+
+
+def torch_device(context: Any, *args: Any) -> Record:
+    if not args or type(args[0]) is not str or len(args) > 2 or (len(args) == 2 and type(args[1]) is not int):
+        raise CorruptFileError(f"torch.device arguments {args!r:.40} are not (type[, index])")
+    return Record(Global("torch", "device"), args)
+
+
+# -- numpy ---------------------------------------------------------------------
+
+
+def numpy_dtype(context: Any, spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    """``numpy.dtype(spec, align, copy)``: a fresh dtype that a later BUILD may give a byte order."""
+    if type(spec) is not str or len(spec) > 8 or type(align) is not bool:
+        raise CorruptFileError(f"numpy dtype {spec!r:.20} is not a simple type code")
+    try:
+        dtype = np.dtype(spec, align, True)
+    except TypeError:
+        raise CorruptFileError(f"numpy dtype {spec!r} is not a known type") from None
+    if dtype.kind not in _NUMPY_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise UnsupportedFormatError(f"numpy dtype {spec!r} (kind {dtype.kind!r}) is not supported")
+    return dtype
+
+
+def build_numpy_dtype(context: Any, dtype: np.dtype, state: Any) -> None:
+    # numpy's own state tuple: (version, byteorder, subdescr, names, fields, elsize, alignment, flags[, metadata])
+    if type(state) is not tuple or len(state) not in (8, 9) or state[0] not in (3, 4):
+        raise CorruptFileError(f"numpy dtype state {state!r:.60} is not understood")
+    if state[1] not in ("<", ">", "|", "=") or any(item is not None for item in state[2:5]):
+        raise CorruptFileError(f"numpy dtype state {state!r:.60} describes a structured type")
+    if len(state) == 9 and state[8] is not None:
+        raise CorruptFileError("numpy dtype metadata is not supported")
+    if dtype.kind in "SUV" and state[5] != -1:
+        if type(state[5]) is not int or state[5] < 0 or state[5] > (1 << 20):
+            raise CorruptFileError(f"numpy dtype element size {state[5]!r} is out of range")
+    elif state[5] != -1 or state[6] != -1:
+        raise CorruptFileError(f"numpy dtype state {state!r:.60} sets sizes of a fixed-size type")
+    if type(state[7]) is not int or state[7] < 0 or state[7] > 0xFF:
+        raise CorruptFileError(f"numpy dtype flags {state[7]!r} are out of range")
+    dtype.__setstate__(state[:8])
+
+
+def numpy_reconstruct(context: Any, cls: Any, shape: Any, typecode: Any) -> np.ndarray:
+    """``numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')``: an empty array a BUILD fills."""
+    if getattr(cls, "module", None) != "numpy" or getattr(cls, "name", None) != "ndarray":
+        raise CorruptFileError(f"numpy _reconstruct of {cls!r:.40}; only numpy.ndarray is allowed")
+    if shape != (0,) or typecode not in (b"b", "b"):
+        raise CorruptFileError("numpy _reconstruct arguments are not the (0,), b'b' numpy writes")
+    array = np.ndarray((0,), np.int8)
+    context.fresh_arrays[id(array)] = array
+    return array
+
+
+def build_numpy_array(context: Any, array: np.ndarray, state: Any) -> None:
+    # (version, shape, dtype, is_fortran, raw bytes); object arrays pickle a list instead.
+    if context.fresh_arrays.pop(id(array), None) is not array:
+        raise CorruptFileError("BUILD on a numpy array that was not just reconstructed")
+    if type(state) is not tuple or len(state) != 5 or state[0] != 1:
+        raise CorruptFileError(f"numpy array state {state!r:.60} is not understood")
+    _, shape, dtype, fortran, raw = state
+    if not isinstance(dtype, np.dtype) or type(fortran) is not bool:
+        raise CorruptFileError("numpy array state has no valid dtype")
+    if type(shape) is not tuple or len(shape) > 64 or not all(type(d) is int and d >= 0 for d in shape):
+        raise CorruptFileError(f"numpy array shape {shape!r:.40} is not a tuple of sizes")
+    if type(raw) is not bytes:
+        raise UnsupportedFormatError("numpy arrays of Python objects are not supported")
+    count = 1
+    for dim in shape:
+        count *= dim
+    if count * dtype.itemsize != len(raw):
+        raise CorruptFileError(f"numpy array of shape {shape} and dtype {dtype} needs {count * dtype.itemsize} bytes, got {len(raw)}")
+    array.__setstate__((1, shape, dtype, fortran, raw))
+
+
+def numpy_scalar(context: Any, dtype: Any, raw: Any = None) -> Any:
+    """``numpy.core.multiarray.scalar(dtype, bytes)``: one number of the given dtype."""
+    if not isinstance(dtype, np.dtype) or type(raw) is not bytes:
+        raise CorruptFileError("numpy scalar needs a dtype and its bytes")
+    if len(raw) != dtype.itemsize:
+        raise CorruptFileError(f"numpy scalar of {dtype} needs {dtype.itemsize} bytes, got {len(raw)}")
+    return np.frombuffer(raw, dtype=dtype, count=1)[0]
+
+
+# -- BUILD ---------------------------------------------------------------------
+
+
+def build_attributes(context: Any, obj: Any, state: Any) -> None:
+    """Instance attributes from a BUILD dict: a state dict's ``_metadata``, a Namespace's fields."""
+    if type(state) is tuple and len(state) == 2 and state[1] is None:
+        state = state[0]  # (dict, slots) form with no slots
+    if type(state) not in (dict, OrderedDict):
+        raise CorruptFileError(f"BUILD state for {type(obj).__name__} must be a dict, got {type(state).__name__}")
+    for key in state:
+        if type(key) is not str or (key.startswith("__") and key.endswith("__")):
+            raise CorruptFileError(f"BUILD may not set attribute {key!r:.40}")
+    obj.__dict__.update(state)
+
+
+_BUILD_HANDLERS = {
+    OrderedDict: build_attributes,
+    argparse.Namespace: build_attributes,
+    np.ndarray: build_numpy_array,
+}
+
+
+def build_handler(obj: Any) -> Any:
+    """The BUILD handler for ``obj``'s exact type, or None when BUILD on it is refused."""
+    if isinstance(obj, np.dtype):  # numpy 2 dtypes are instances of per-type subclasses
+        return build_numpy_dtype
+    return _BUILD_HANDLERS.get(type(obj))

@@ -1,0 +1,145 @@
+"""torch's tensor rebuild functions, re-implemented over :class:`~ptfile.tensors.TensorSpec`.
+
+Each function takes the engine context and the arguments the pickle passed, checks
+every one of them, and returns ``context.tensor(spec)``: a numpy view when loading,
+the spec itself when a lazy handle is only listing tensors.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from . import dtypes
+from .dtypes import DtypeInfo
+from .errors import CorruptFileError, UnsupportedFormatError
+from .tensors import StorageRef, TensorSpec, check_view
+from .values import Global
+
+__all__ = ["TorchDtype", "rebuild_tensor", "rebuild_tensor_v2", "rebuild_tensor_v3", "rebuild_parameter"]
+
+_METADATA_KEYS = frozenset({"conj", "neg"})
+
+
+class TorchDtype(Global):
+    """A ``torch.<dtype>`` global: a value naming an element type."""
+
+    __slots__ = ("info",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__("torch", name)
+        self.info: DtypeInfo | None = dtypes.by_torch_name(name)
+
+
+def _storage(value: Any) -> StorageRef:
+    if type(value) is not StorageRef:
+        raise CorruptFileError(f"tensor rebuilt from {type(value).__name__}, not from a storage")
+    return value
+
+
+def _hooks(value: Any) -> None:
+    # Backward hooks are code; torch saves an empty OrderedDict and so must every real file.
+    if not isinstance(value, dict) or value:
+        raise CorruptFileError(f"tensor backward hooks must be an empty OrderedDict, got {value!r:.60}")
+
+
+def _flags(metadata: Any) -> tuple[bool, bool]:
+    if metadata is None:
+        return False, False
+    if type(metadata) is not dict or not set(metadata) <= _METADATA_KEYS:
+        raise CorruptFileError(f"tensor metadata {metadata!r:.60} is not a dict of 'conj' / 'neg' flags")
+    conj, neg = metadata.get("conj", False), metadata.get("neg", False)
+    if type(conj) is not bool or type(neg) is not bool:
+        raise CorruptFileError(f"tensor metadata flags must be booleans, got {metadata!r:.60}")
+    return conj, neg
+
+
+def _bool(value: Any, what: str) -> bool:
+    if type(value) is not bool:
+        raise CorruptFileError(f"tensor {what} must be a bool, got {value!r:.40}")
+    return value
+
+
+def _make(context: Any, storage: Any, dtype: DtypeInfo, offset: Any, size: Any, stride: Any, **flags: Any) -> Any:
+    storage = _storage(storage)
+    offset, size, stride = check_view(storage, dtype, offset, size, stride)
+    return context.tensor(TensorSpec(storage, dtype, size, stride, offset, **flags))
+
+
+def _storage_dtype(storage: StorageRef) -> DtypeInfo:
+    # An untyped storage read by a v1/v2 rebuild holds bytes: torch gives a uint8 tensor.
+    return storage.dtype if storage.dtype is not None else dtypes.by_torch_name("uint8")
+
+
+def rebuild_tensor(context: Any, storage: Any, offset: Any, size: Any, stride: Any) -> Any:
+    """``torch._utils._rebuild_tensor`` (v1, old files)."""
+    storage = _storage(storage)
+    return _make(context, storage, _storage_dtype(storage), offset, size, stride)
+
+
+def rebuild_tensor_v2(
+    context: Any, storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, metadata: Any = None
+) -> Any:
+    """``torch._utils._rebuild_tensor_v2``: a tensor of its storage's own type."""
+    storage = _storage(storage)
+    _hooks(hooks)
+    conj, neg = _flags(metadata)
+    grad = _bool(requires_grad, "requires_grad")
+    return _make(context, storage, _storage_dtype(storage), offset, size, stride, requires_grad=grad, conj=conj, neg=neg)
+
+
+def rebuild_tensor_v3(
+    context: Any,
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any,
+    hooks: Any,
+    dtype: Any,
+    metadata: Any = None,
+) -> Any:
+    """``torch._utils._rebuild_tensor_v3``: the element type is passed explicitly (float8, uint16, ...)."""
+    storage = _storage(storage)
+    _hooks(hooks)
+    conj, neg = _flags(metadata)
+    grad = _bool(requires_grad, "requires_grad")
+    if type(dtype) is not TorchDtype or dtype.info is None:
+        raise CorruptFileError(f"_rebuild_tensor_v3 needs a torch dtype, got {dtype!r:.40}")
+    if storage.dtype is not None and storage.dtype is not dtype.info:
+        raise CorruptFileError(
+            f"storage {storage.key!r} holds {storage.dtype.torch_name} but is read as {dtype.info.torch_name}"
+        )
+    return _make(context, storage, dtype.info, offset, size, stride, requires_grad=grad, conj=conj, neg=neg)
+
+
+def rebuild_parameter(context: Any, data: Any, requires_grad: Any, hooks: Any) -> Any:
+    """``torch._utils._rebuild_parameter``: mark a rebuilt tensor as an ``nn.Parameter``."""
+    _hooks(hooks)
+    return context.parameter(data, _bool(requires_grad, "requires_grad"), None)
+
+
+def rebuild_parameter_with_state(context: Any, data: Any, requires_grad: Any, hooks: Any, state: Any) -> Any:
+    """``torch._utils._rebuild_parameter_with_state``: a parameter that carried Python attributes."""
+    _hooks(hooks)
+    if state is not None and (type(state) not in (dict, OrderedDict) or not all(type(k) is str for k in state)):
+        raise CorruptFileError(f"parameter state must be a dict of attribute names, got {state!r:.60}")
+    return context.parameter(data, _bool(requires_grad, "requires_grad"), dict(state) if state else None)
+
+
+def rebuild_meta_tensor(context: Any, dtype: Any, size: Any, stride: Any, requires_grad: Any) -> Any:
+    """``torch._utils._rebuild_meta_tensor_no_storage``: shape and type only, no data."""
+    if type(dtype) is not TorchDtype or dtype.info is None:
+        raise CorruptFileError(f"meta tensor needs a torch dtype, got {dtype!r:.40}")
+    offset, size, stride = check_view(None, dtype.info, 0, size, stride)
+    grad = _bool(requires_grad, "requires_grad")
+    return context.tensor(TensorSpec(None, dtype.info, size, stride, offset, requires_grad=grad))
+
+
+def not_supported(what: str) -> Any:
+    """A constructor torch allows that ptfile does not rebuild (yet): a clear error, never a guess."""
+
+    def refuse(context: Any, *args: Any) -> Any:
+        raise UnsupportedFormatError(f"{what} is not supported by this version of ptfile")
+
+    return refuse

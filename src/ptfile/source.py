@@ -1,0 +1,174 @@
+"""Byte sources: where a container's bytes come from.
+
+A source answers two questions, ``size`` and "the bytes at ``[offset, offset+n)``",
+and nothing above it knows whether it holds a memory map, an in-memory buffer or
+an open file read with positioned reads.
+
+* :class:`MappedSource` wraps a read-only ``mmap`` of a file or a bytes-like object;
+  :meth:`view` is zero-copy.
+* :class:`FileSource` reads with ``os.pread`` (or seek + readinto) and never maps,
+  so loading with ``mmap=False`` costs one copy of each storage and no page-cache
+  mappings counted against the process.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from .errors import CheckpointNotFoundError, CorruptFileError, PtfileError
+
+__all__ = ["Source", "MappedSource", "FileSource", "open_source"]
+
+
+class Source:
+    """Bytes by offset and length, with every range checked against the real size."""
+
+    size: int
+    name: str
+
+    def check(self, offset: int, length: int, what: str) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise CorruptFileError(
+                f"{what}: bytes [{offset}, {offset + length}) lie outside the {self.size}-byte file"
+            )
+
+    def read(self, offset: int, length: int, what: str = "read") -> bytes:
+        raise NotImplementedError
+
+    def view(self, offset: int, length: int, what: str = "read") -> Any:
+        """A buffer over the bytes: zero-copy where the source allows it."""
+        return self.read(offset, length, what)
+
+    def array(self, offset: int, length: int, what: str, *, copy: bool) -> np.ndarray:
+        """The bytes as a uint8 array: a read-only view, or an owned writable copy."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class MappedSource(Source):
+    """A memory map of a file, or any bytes-like object held in memory."""
+
+    def __init__(self, buffer: Any, name: str, closer: Any = None) -> None:
+        self._buffer = buffer
+        self._view = memoryview(buffer).cast("B")
+        self.size = len(self._view)
+        self.name = name
+        self._closer = closer
+
+    def read(self, offset: int, length: int, what: str = "read") -> bytes:
+        self.check(offset, length, what)
+        return bytes(self._view[offset : offset + length])
+
+    def view(self, offset: int, length: int, what: str = "read") -> memoryview:
+        self.check(offset, length, what)
+        return self._view[offset : offset + length]
+
+    def array(self, offset: int, length: int, what: str, *, copy: bool) -> np.ndarray:
+        self.check(offset, length, what)
+        arr = np.frombuffer(self._buffer, dtype=np.uint8, count=length, offset=offset) if length else np.empty(0, np.uint8)
+        if copy:
+            return arr.copy()
+        if arr.flags.writeable:  # bytearray or writable buffers: never let a view write back
+            arr.flags.writeable = False
+        return arr
+
+
+class FileSource(Source):
+    """An open binary file read with positioned reads; never mapped."""
+
+    def __init__(self, file: BinaryIO, name: str, owned: bool) -> None:
+        self._file = file
+        self._owned = owned
+        self.name = name
+        try:
+            self._fd: int | None = file.fileno()
+        except (OSError, AttributeError, io.UnsupportedOperation):
+            self._fd = None
+        file.seek(0, os.SEEK_END)
+        self.size = file.tell()
+
+    def _readinto(self, offset: int, buf: Any) -> None:
+        view = memoryview(buf).cast("B")
+        done = 0
+        while done < len(view):
+            if self._fd is not None and hasattr(os, "preadv"):
+                n = os.preadv(self._fd, [view[done:]], offset + done)
+            else:
+                self._file.seek(offset + done)
+                n = self._file.readinto(view[done:])
+            if not n:
+                raise CorruptFileError(f"{self.name}: file shrank while it was read (at byte {offset + done})")
+            done += n
+
+    def read(self, offset: int, length: int, what: str = "read") -> bytes:
+        self.check(offset, length, what)
+        buf = bytearray(length)
+        self._readinto(offset, buf)
+        return bytes(buf)
+
+    def array(self, offset: int, length: int, what: str, *, copy: bool) -> np.ndarray:
+        self.check(offset, length, what)
+        arr = np.empty(length, dtype=np.uint8)
+        if length:
+            self._readinto(offset, arr)
+        return arr
+
+    def close(self) -> None:
+        if self._owned:
+            self._file.close()
+
+
+def open_source(src: Any, *, mmap_file: bool) -> Source:
+    """A source for a path, a binary file object, or a bytes-like object.
+
+    Files are memory-mapped when ``mmap_file`` is true and read with positioned reads
+    otherwise; bytes-like objects are always used in place.
+    """
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return MappedSource(src, "<bytes>")
+    if isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        try:
+            file = open(path, "rb")  # noqa: SIM115 - the source owns and closes it
+        except FileNotFoundError:
+            raise CheckpointNotFoundError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise CheckpointNotFoundError(f"{path}: is a directory, not a checkpoint file") from None
+        except OSError as exc:
+            raise CheckpointNotFoundError(f"{path}: cannot open: {exc.strerror}") from None
+        return _from_file(file, path, owned=True, mmap_file=mmap_file)
+    if hasattr(src, "read"):
+        return _from_file(src, getattr(src, "name", "<file>") or "<file>", owned=False, mmap_file=mmap_file)
+    raise TypeError(f"expected a path, a binary file or bytes, got {type(src).__name__}")
+
+
+def _from_file(file: Any, name: Any, *, owned: bool, mmap_file: bool) -> Source:
+    name = str(name)
+    seekable = getattr(file, "seekable", lambda: False)()
+    if not seekable:  # pipes and sockets: read it all once
+        data = file.read()
+        if owned:
+            file.close()
+        if not isinstance(data, (bytes, bytearray)):
+            raise PtfileError(f"{name}: the file object must be opened in binary mode")
+        return MappedSource(data, name)
+    if mmap_file:
+        try:
+            fd = file.fileno()
+            mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+            mapped = None  # in-memory file objects, empty files
+        if mapped is not None:
+            if owned:
+                file.close()  # the map keeps its own reference to the file
+            return MappedSource(mapped, name)
+        if isinstance(file, io.BytesIO):
+            return MappedSource(file.getvalue(), name)
+    return FileSource(file, name, owned)

@@ -1,0 +1,159 @@
+"""Storages and tensors: from persistent ids and rebuild calls to numpy views.
+
+A torch pickle refers to tensor bytes through a persistent id
+``('storage', <storage type>, key, location, numel)``; the container maps the key
+to its bytes.  Tensors are then rebuilt by calls such as
+``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)``.
+
+Here each storage becomes one :class:`StorageRef`, and each rebuild call a
+:class:`TensorSpec`: dtype, shape, strides and offset, all checked in exact
+integer arithmetic against the storage before any byte is touched.  A loader
+turns specs into numpy views of one buffer per storage (so views and tied
+weights share memory as in torch); a lazy handle keeps the specs and reads the
+bytes only when asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from . import dtypes
+from .dtypes import DtypeInfo
+from .errors import CorruptFileError, UnsupportedFormatError
+from .values import Parameter
+
+__all__ = ["StorageType", "StorageRef", "TensorSpec", "check_view", "view_array"]
+
+#: numpy cannot hold more dimensions than this (NPY_MAXDIMS); neither does any real tensor.
+MAX_NDIM = 64
+
+
+class StorageType:
+    """A storage class named by a pickle: typed (``torch.FloatStorage``) or untyped."""
+
+    __slots__ = ("name", "dtype")
+
+    def __init__(self, name: str, dtype: DtypeInfo | None) -> None:
+        self.name = name
+        self.dtype = dtype  # None for torch.storage.UntypedStorage: numel counts bytes
+
+    def __repr__(self) -> str:
+        return f"<storage type {self.name}>"
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    """One storage of the checkpoint: where its bytes live and how many there are."""
+
+    key: str
+    dtype: DtypeInfo | None  # element type of a typed storage; None when untyped
+    nbytes: int
+    location: str
+    record: str  # the container's name for the bytes (zip record, legacy key)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Everything about a tensor except its bytes."""
+
+    storage: StorageRef | None  # None for meta tensors, which have no data
+    dtype: DtypeInfo
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]  # in elements, as torch counts them
+    offset: int  # in elements
+    requires_grad: bool = False
+    parameter: bool = False
+    conj: bool = False
+    neg: bool = False
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    @property
+    def is_contiguous(self) -> bool:
+        return self.strides == contiguous_strides(self.shape)
+
+    def as_parameter(self, requires_grad: bool) -> TensorSpec:
+        return replace(self, parameter=True, requires_grad=requires_grad)
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides = []
+    step = 1
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= max(dim, 1)
+    return tuple(reversed(strides))
+
+
+def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if type(value) is not tuple or len(value) > MAX_NDIM:
+        raise CorruptFileError(f"tensor {what} must be a tuple of at most {MAX_NDIM} integers, got {type(value).__name__}")
+    for item in value:
+        if type(item) is not int or item < 0:
+            raise CorruptFileError(f"tensor {what} {value!r} holds {item!r}, not a non-negative integer")
+    return value
+
+
+def check_view(storage: StorageRef | None, dtype: DtypeInfo, offset: Any, shape: Any, strides: Any) -> tuple:
+    """Validate a view of a storage; return ``(offset, shape, strides)``.
+
+    The last element the view touches, ``offset + sum((size - 1) * stride)``, must lie
+    inside the storage; Python integers make the arithmetic exact, so no overflow can
+    hide an out-of-bounds view.
+    """
+    shape = _int_tuple(shape, "size")
+    strides = _int_tuple(strides, "stride")
+    if len(shape) != len(strides):
+        raise CorruptFileError(f"tensor size {shape} and stride {strides} differ in length")
+    if type(offset) is not int or offset < 0:
+        raise CorruptFileError(f"tensor storage offset {offset!r} is not a non-negative integer")
+    if storage is None or 0 in shape:
+        return offset, shape, strides
+    capacity = storage.nbytes // dtype.itemsize
+    last = offset
+    for size, stride in zip(shape, strides):
+        last += (size - 1) * stride
+    if last >= capacity:
+        raise CorruptFileError(
+            f"tensor of size {shape}, stride {strides}, offset {offset} reaches element {last} "
+            f"of storage {storage.key!r}, which holds {capacity} {dtype.torch_name} elements"
+        )
+    return offset, shape, strides
+
+
+def numpy_dtype(info: DtypeInfo) -> np.dtype:
+    if info.numpy is None:
+        raise UnsupportedFormatError(f"torch.{info.torch_name} tensors have no exact numpy dtype")
+    return info.numpy
+
+
+def view_array(spec: TensorSpec, buffer: np.ndarray) -> np.ndarray:
+    """The tensor as a numpy view of its storage's bytes (``buffer``, uint8)."""
+    dtype = numpy_dtype(spec.dtype)
+    itemsize = spec.dtype.itemsize
+    if 0 in spec.shape:
+        arr = np.ndarray(spec.shape, dtype, buffer=buffer[:0], offset=0, strides=[s * itemsize for s in spec.strides])
+    else:
+        arr = np.ndarray(
+            spec.shape, dtype, buffer=buffer, offset=spec.offset * itemsize, strides=[s * itemsize for s in spec.strides]
+        )
+    if spec.conj:
+        arr = np.conjugate(arr)
+    if spec.neg:
+        arr = np.negative(arr)
+    if spec.parameter:
+        arr = arr.view(Parameter)
+        arr.requires_grad = spec.requires_grad
+    return arr

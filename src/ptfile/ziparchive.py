@@ -1,0 +1,269 @@
+"""The zip container torch writes, read as leniently as torch and as strictly as safety needs.
+
+Layout (see the project's format notes for every byte)::
+
+    [local header "PK\\x03\\x04" | name | extra ("FB" padding) | data | descriptor] * N
+    [central directory "PK\\x01\\x02" entries] * N
+    [ZIP64 end record "PK\\x06\\x06" | ZIP64 locator "PK\\x06\\x07"]   (torch always writes them)
+    end record "PK\\x05\\x06"
+
+Torch's reader (miniz) is lenient, and a reader that refuses what torch accepts
+is useless, so this reader:
+
+* takes every record from the central directory, in any order, and the archive
+  prefix from the text before the first ``/`` of the first entry;
+* ignores CRCs (torch writes 0 when asked to) unless asked to verify them;
+* accepts ZIP64 sizes and offsets, data descriptors, any extra fields;
+* reads STORED records in place and DEFLATED ones into memory up to a cap.
+
+And for safety it MUST:
+
+* check every offset and size against the real file size before use;
+* refuse duplicate names (readers disagree on which copy wins), encrypted records,
+  compression methods other than stored and deflate, and a local header whose
+  signature is wrong;
+* remember anomalies (local name differing from the central name, flag bits over
+  plain data, CRC mismatches when verified) for the scanner to report.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
+from .source import Source
+
+__all__ = ["ZipEntry", "ZipArchive", "LOCAL_MAGIC", "is_zip"]
+
+LOCAL_MAGIC = b"PK\x03\x04"
+CENTRAL_MAGIC = b"PK\x01\x02"
+END_MAGIC = b"PK\x05\x06"
+ZIP64_END_MAGIC = b"PK\x06\x06"
+ZIP64_LOCATOR_MAGIC = b"PK\x06\x07"
+
+END_SIZE = 22
+ZIP64_LOCATOR_SIZE = 20
+ZIP64_END_SIZE = 56
+CENTRAL_SIZE = 46
+LOCAL_SIZE = 30
+#: The end record may be followed by a comment of at most 65535 bytes.
+MAX_END_SEARCH = END_SIZE + 0xFFFF
+#: Deflated records are inflated into memory.  Torch never compresses, so a large
+#: compressed record comes from some other tool or an attacker; this bounds the memory.
+MAX_INFLATED_RECORD = 1 << 30
+
+STORED = 0
+DEFLATED = 8
+FLAG_ENCRYPTED = 0x1
+FLAG_UTF8 = 0x800
+_SUSPICIOUS_FLAGS = 0x1 | 0x20 | 0x40  # encryption-related bits
+
+_end = struct.Struct("<4sHHHHIIH")
+_zip64_locator = struct.Struct("<4sIQI")
+_zip64_end = struct.Struct("<4sQHHIIQQQQ")
+_central = struct.Struct("<4sHHHHHHIIIHHHHHII")
+_local = struct.Struct("<4sHHHHHIIIHH")
+
+
+def is_zip(head: bytes) -> bool:
+    """True when the file starts with a local header, the test torch itself uses."""
+    return head[:4] == LOCAL_MAGIC
+
+
+@dataclass
+class ZipEntry:
+    """One record of the central directory."""
+
+    name: str
+    method: int
+    flags: int
+    crc: int
+    compressed_size: int
+    size: int
+    header_offset: int
+    central_offset: int
+    data_offset: int = -1  # resolved from the local header on first use
+
+
+class ZipArchive:
+    """The records of a zip file, by name.
+
+    Args:
+        source: the bytes of the file.
+    """
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.name = source.name
+        self.anomalies: list[str] = []
+        self.entries: dict[str, ZipEntry] = {}
+        self.order: list[str] = []
+        self._read_directory()
+        first = self.order[0] if self.order else ""
+        if "/" not in first:
+            raise CorruptFileError(f"{self.name}: first zip record {first!r} is not inside an archive folder")
+        self.prefix = first.split("/", 1)[0]
+
+    # -- directory ---------------------------------------------------------------
+
+    def _find_end(self) -> tuple[int, tuple]:
+        size = self.source.size
+        if size < END_SIZE:
+            raise CorruptFileError(f"{self.name}: {size} bytes is too short for a zip archive")
+        start = max(0, size - MAX_END_SEARCH)
+        tail = self.source.read(start, size - start, "zip end record")
+        pos = tail.rfind(END_MAGIC)
+        while pos >= 0:
+            if pos + END_SIZE <= len(tail):
+                fields = _end.unpack_from(tail, pos)
+                if pos + END_SIZE + fields[7] <= len(tail):
+                    return start + pos, fields
+            pos = tail.rfind(END_MAGIC, 0, pos)
+        raise CorruptFileError(f"{self.name}: no zip end record; the file is truncated or not a zip archive")
+
+    def _read_directory(self) -> None:
+        end_offset, (_, _, _, _, count, cd_size, cd_offset, _) = self._find_end()
+        locator_at = end_offset - ZIP64_LOCATOR_SIZE
+        if locator_at >= 0 and self.source.read(locator_at, 4, "zip64 locator") == ZIP64_LOCATOR_MAGIC:
+            _, _, z64_offset, _ = _zip64_locator.unpack(self.source.read(locator_at, ZIP64_LOCATOR_SIZE))
+            record = self.source.read(z64_offset, ZIP64_END_SIZE, "zip64 end record")
+            fields = _zip64_end.unpack(record)
+            if fields[0] != ZIP64_END_MAGIC:
+                raise CorruptFileError(f"{self.name}: zip64 locator points at byte {z64_offset}, not at a zip64 end record")
+            count, cd_size, cd_offset = fields[7], fields[8], fields[9]
+        elif 0xFFFFFFFF in (cd_size, cd_offset) or count == 0xFFFF:
+            raise CorruptFileError(f"{self.name}: zip end record needs a zip64 record that is missing")
+        if count * CENTRAL_SIZE > cd_size:
+            raise CorruptFileError(f"{self.name}: central directory of {cd_size} bytes cannot hold {count} records")
+        directory = self.source.read(cd_offset, cd_size, "zip central directory")
+        pos = 0
+        for _ in range(count):
+            pos = self._read_central(directory, pos, cd_offset)
+
+    def _read_central(self, directory: bytes, pos: int, cd_offset: int) -> int:
+        if pos + CENTRAL_SIZE > len(directory):
+            raise CorruptFileError(f"{self.name}: central directory ends inside record at byte {cd_offset + pos}")
+        (magic, _, _, flags, method, _, _, crc, csize, size, nlen, elen, clen, _, _, _, offset) = _central.unpack_from(
+            directory, pos
+        )
+        if magic != CENTRAL_MAGIC:
+            raise CorruptFileError(f"{self.name}: bad central directory signature at byte {cd_offset + pos}")
+        name_at = pos + CENTRAL_SIZE
+        after = name_at + nlen + elen + clen
+        if after > len(directory):
+            raise CorruptFileError(f"{self.name}: central directory record at byte {cd_offset + pos} is truncated")
+        raw_name = directory[name_at : name_at + nlen]
+        name = raw_name.decode("utf-8" if flags & FLAG_UTF8 else "cp437", "replace")
+        if 0xFFFFFFFF in (csize, size, offset):
+            size, csize, offset = _zip64_extra(directory[name_at + nlen : name_at + nlen + elen], size, csize, offset)
+        if name in self.entries:
+            raise CorruptFileError(f"{self.name}: zip record {name!r} appears twice")
+        if flags & _SUSPICIOUS_FLAGS:
+            self.anomalies.append(f"record {name!r} has flag bits 0x{flags:04x} set")
+        self.entries[name] = ZipEntry(name, method, flags, crc, csize, size, offset, cd_offset + pos)
+        self.order.append(name)
+        return after
+
+    # -- records -----------------------------------------------------------------
+
+    def full_name(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
+
+    def has(self, name: str) -> bool:
+        return self.full_name(name) in self.entries
+
+    def get(self, name: str) -> ZipEntry | None:
+        return self.entries.get(self.full_name(name))
+
+    def entry(self, full_name: str) -> ZipEntry:
+        found = self.entries.get(full_name)
+        if found is None:
+            raise CorruptFileError(f"{self.name}: record {full_name!r} is missing")
+        return found
+
+    def data_offset(self, entry: ZipEntry) -> int:
+        """Where the record's data starts, from its local header (checked once)."""
+        if entry.data_offset >= 0:
+            return entry.data_offset
+        header = self.source.read(entry.header_offset, LOCAL_SIZE, f"local header of {entry.name!r}")
+        magic, _, _, _, _, _, _, _, _, nlen, elen = _local.unpack(header)
+        if magic != LOCAL_MAGIC:
+            raise CorruptFileError(f"{self.name}: record {entry.name!r} points at byte {entry.header_offset}, not at a local header")
+        local_name = self.source.read(entry.header_offset + LOCAL_SIZE, nlen, f"local name of {entry.name!r}")
+        if local_name.decode("utf-8", "replace") != entry.name:
+            self.anomalies.append(f"record {entry.name!r} has local name {local_name.decode('utf-8', 'replace')!r}")
+        start = entry.header_offset + LOCAL_SIZE + nlen + elen
+        self.source.check(start, entry.compressed_size, f"data of zip record {entry.name!r}")
+        entry.data_offset = start
+        return start
+
+    def stored_range(self, entry: ZipEntry) -> tuple[int, int] | None:
+        """``(offset, size)`` of a stored record's bytes in the file, or None when it is compressed."""
+        self._check_method(entry)
+        if entry.method != STORED:
+            return None
+        if entry.compressed_size != entry.size:
+            raise CorruptFileError(
+                f"{self.name}: stored record {entry.name!r} has size {entry.size} but {entry.compressed_size} stored bytes"
+            )
+        return self.data_offset(entry), entry.size
+
+    def read(self, entry: ZipEntry) -> bytes:
+        """The whole content of a record, inflated if it is compressed."""
+        where = self.stored_range(entry)
+        if where is not None:
+            return self.source.read(where[0], where[1], f"zip record {entry.name!r}")
+        return self._inflate(entry)
+
+    def _check_method(self, entry: ZipEntry) -> None:
+        if entry.flags & FLAG_ENCRYPTED:
+            raise UnsupportedFormatError(f"{self.name}: record {entry.name!r} is encrypted")
+        if entry.method not in (STORED, DEFLATED):
+            raise UnsupportedFormatError(f"{self.name}: record {entry.name!r} uses compression method {entry.method}")
+
+    def _inflate(self, entry: ZipEntry) -> bytes:
+        if entry.size > MAX_INFLATED_RECORD:
+            raise LimitExceededError(
+                f"{self.name}: compressed record {entry.name!r} inflates to {entry.size} bytes, "
+                f"over the {MAX_INFLATED_RECORD}-byte limit for compressed records"
+            )
+        raw = self.source.read(self.data_offset(entry), entry.compressed_size, f"zip record {entry.name!r}")
+        inflater = zlib.decompressobj(-15)
+        try:
+            data = inflater.decompress(raw, entry.size + 1)
+        except zlib.error as exc:
+            raise CorruptFileError(f"{self.name}: compressed record {entry.name!r} is corrupt: {exc}") from None
+        if len(data) != entry.size:
+            raise CorruptFileError(
+                f"{self.name}: compressed record {entry.name!r} inflates to {len(data)}+ bytes, not the declared {entry.size}"
+            )
+        return data
+
+    def verify_crc(self, entry: ZipEntry) -> bool:
+        """True when the record's CRC-32 matches its content (torch itself never checks)."""
+        crc = zlib.crc32(self.read(entry)) & 0xFFFFFFFF
+        if crc != entry.crc:
+            self.anomalies.append(f"record {entry.name!r} has CRC 0x{entry.crc:08x} but its data gives 0x{crc:08x}")
+            return False
+        return True
+
+
+def _zip64_extra(extra: bytes, size: int, csize: int, offset: int) -> tuple[int, int, int]:
+    """Replace 0xFFFFFFFF fields with their values from the ZIP64 extra field (id 0x0001)."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        body = extra[pos + 4 : pos + 4 + length]
+        if tag == 1:
+            values = list(struct.unpack_from(f"<{len(body) // 8}Q", body))
+            if size == 0xFFFFFFFF and values:
+                size = values.pop(0)
+            if csize == 0xFFFFFFFF and values:
+                csize = values.pop(0)
+            if offset == 0xFFFFFFFF and values:
+                offset = values.pop(0)
+            return size, csize, offset
+        pos += 4 + length
+    raise CorruptFileError("zip record has 32-bit size or offset fields of 0xFFFFFFFF without a zip64 extra field")
