@@ -127,13 +127,7 @@ def entries() -> dict[tuple[str, str], Entry]:
 #: Modules whose every member can run code, touch files or the network, or load more pickles.
 #: Used to grade a reference as dangerous; calling anything outside the table is dangerous anyway.
 _CODE_EXECUTION_MODULES = frozenset(
-    """os posix nt sys subprocess _posixsubprocess _winapi pty shutil tempfile glob io _io socket ssl
-    http urllib requests ftplib smtplib telnetlib imaplib poplib webbrowser ctypes _ctypes
-    multiprocessing asyncio concurrent threading signal runpy code codeop pdb bdb cProfile profile timeit
-    trace doctest idlelib lib2to3 pkgutil pydoc importlib imp zipimport marshal pickle _pickle copyreg
-    shelve dill joblib cloudpickle types inspect operator _operator functools builtins venv ensurepip pip
-    setuptools distutils logging uuid _osx_support _aix_support tkinter turtle sqlite3 dbm platform
-    sysconfig site gc weakref typing""".split()
+    ["os", "posix", "nt", "sys", "subprocess", "_posixsubprocess", "_winapi", "pty", "shutil", "tempfile", "glob", "io", "_io", "socket", "ssl", "http", "urllib", "requests", "ftplib", "smtplib", "telnetlib", "imaplib", "poplib", "webbrowser", "ctypes", "_ctypes", "multiprocessing", "asyncio", "concurrent", "threading", "signal", "runpy", "code", "codeop", "pdb", "bdb", "cProfile", "profile", "timeit", "trace", "doctest", "idlelib", "lib2to3", "pkgutil", "pydoc", "importlib", "imp", "zipimport", "marshal", "pickle", "_pickle", "copyreg", "shelve", "dill", "joblib", "cloudpickle", "types", "inspect", "operator", "_operator", "functools", "builtins", "venv", "ensurepip", "pip", "setuptools", "distutils", "logging", "uuid", "_osx_support", "_aix_support", "tkinter", "turtle", "sqlite3", "dbm", "platform", "sysconfig", "site", "gc", "weakref", "typing"]
 )
 _CODE_EXECUTION_PREFIXES = (
     "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.lib.npyio", "torch.hub", "torch.jit",

@@ -19,17 +19,14 @@ from .engine import Engine
 from .errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from .inventory import GlobalUse
 from .source import Source, open_source
-from .tensors import StorageRef, StorageType, TensorSpec, view_array
+from .tensors import StorageRef, TensorSpec, view_array
+from .torchzip import TorchZip
 from .tree import walk
 from .values import Parameter
-from .ziparchive import ZipArchive, is_zip
+from .ziparchive import is_zip
 
 __all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint"]
 
-#: Versions of the zip format torch's reader accepts (caffe2 versions.h).
-SUPPORTED_VERSIONS = range(1, 11)
-#: Storage keys are plain names under data/; anything else could escape the archive.
-_KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa850192e")
 
 
@@ -95,7 +92,9 @@ class Context:
 class Checkpoint:
     """An opened checkpoint: its container, its object tree, and its tensors on demand.
 
-    Use :func:`ptfile.open` to get one; it is a context manager.
+    A container (see :mod:`ptfile.torchzip`) offers ``format``, ``byteorder``,
+    ``pickles()`` (the object pickle as ``[(record, bytes)]``), ``persistent_load(pid,
+    context)`` and ``storage_bytes(storage, copy=...)``.
     """
 
     def __init__(self, source: Source, *, copy: bool, records: bool) -> None:
@@ -103,51 +102,22 @@ class Checkpoint:
         self.copy = copy
         self.records = records
         self.inventory: list[GlobalUse] = []
-        self._storages: dict[str, StorageRef] = {}
         self._buffers: dict[str, np.ndarray] = {}
-        head = source.read(0, min(source.size, 16), "file header")
-        if not is_zip(head):
-            raise _unsupported_kind(source.name, head)
-        self.format = "zip"
-        self.archive = ZipArchive(source)
-        self._check_zip()
-
-    # -- container ----------------------------------------------------------------
-
-    def _check_zip(self) -> None:
-        archive = self.archive
-        if archive.has("constants.pkl"):
-            raise UnsupportedFormatError(f"{self.source.name}: TorchScript archives are not supported yet")
-        self.pickle_entry = archive.get("data.pkl")
-        if self.pickle_entry is None:
-            raise CorruptFileError(f"{self.source.name}: zip archive has no {archive.prefix}/data.pkl record")
-        version_entry = archive.get(".data/version") or archive.get("version")
-        self.version = None
-        if version_entry is not None:
-            text = archive.read(version_entry).strip()
-            if not text.isdigit() or int(text) not in SUPPORTED_VERSIONS:
-                raise UnsupportedFormatError(f"{self.source.name}: zip format version {text[:20]!r} is not supported")
-            self.version = int(text)
-        order = archive.get("byteorder")
-        self.byteorder = "little"
-        if order is not None:
-            value = archive.read(order)
-            if value not in (b"little", b"big"):
-                raise CorruptFileError(f"{self.source.name}: byteorder record holds {value[:20]!r}")
-            self.byteorder = value.decode()
+        self.container = open_container(source)
+        self.format = self.container.format
 
     # -- pickle -------------------------------------------------------------------
 
     def run(self, *, materialize: bool) -> Any:
-        """Run the pickle once and judge it; return the object tree."""
-        entry = self.pickle_entry
-        data = self.archive.read(entry)
+        """Run the object pickle once and judge it; return the object tree."""
+        context = Context(self, materialize)
+        ((record, data),) = self.container.pickles()
         engine = Engine(
             data,
             lookup=allowlist.lookup,
-            persistent_load=self.persistent_load,
-            context=Context(self, materialize),
-            record=entry.name,
+            persistent_load=lambda pid: self.container.persistent_load(pid, context),
+            context=context,
+            record=record,
             inventory=self.inventory,
             use_factory=GlobalUse,
         )
@@ -158,7 +128,7 @@ class Checkpoint:
             raise
         self._refuse_unsafe()
         if end != len(data):
-            raise CorruptFileError(f"{entry.name}: {len(data) - end} bytes follow the pickle's STOP")
+            raise CorruptFileError(f"{record}: {len(data) - end} bytes follow the pickle's STOP")
         return tree
 
     def _refuse_unsafe(self) -> None:
@@ -174,36 +144,6 @@ class Checkpoint:
             f"{self.source.name}: refused {judgement.verdict} globals: {listed}{more}{hint}", judgement.findings
         )
 
-    def persistent_load(self, pid: Any) -> StorageRef:
-        """``('storage', storage type, key, location, numel)`` to a checked storage reference."""
-        if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage":
-            raise CorruptFileError(f"persistent id {pid!r:.80} is not a ('storage', ...) tuple")
-        _, storage_type, key, location, numel = pid
-        if type(storage_type) is not StorageType:
-            raise CorruptFileError(f"persistent id names {storage_type!r:.40}, not a storage class")
-        if type(key) is not str or not key or not set(key) <= _KEY_CHARS:
-            raise CorruptFileError(f"storage key {key!r:.40} is not a plain name")
-        if type(location) is not str or type(numel) is not int or numel < 0:
-            raise CorruptFileError(f"persistent id {pid!r:.80} has a bad location or element count")
-        dtype = storage_type.dtype
-        nbytes = numel * dtype.itemsize if dtype is not None else numel
-        known = self._storages.get(key)
-        if known is not None:
-            if known.dtype is not dtype or known.nbytes != nbytes:
-                raise CorruptFileError(f"storage {key!r} is used with two different types or sizes")
-            return known
-        record = f"data/{key}"
-        entry = self.archive.get(record)
-        if entry is None:
-            raise CorruptFileError(f"{self.source.name}: storage {key!r} has no record {self.archive.prefix}/{record}")
-        if entry.size != nbytes:
-            raise CorruptFileError(
-                f"{self.source.name}: storage {key!r} declares {nbytes} bytes but its record holds {entry.size}"
-            )
-        ref = StorageRef(key, dtype, nbytes, location, entry.name)
-        self._storages[key] = ref
-        return ref
-
     # -- tensors ------------------------------------------------------------------
 
     def buffer(self, storage: StorageRef, itemsize: int) -> np.ndarray:
@@ -211,14 +151,8 @@ class Checkpoint:
         found = self._buffers.get(storage.key)
         if found is not None:
             return found
-        entry = self.archive.entry(storage.record)
-        where = self.archive.stored_range(entry)
-        if where is not None:
-            buf = self.source.array(where[0], where[1], storage.record, copy=self.copy)
-        else:
-            buf = np.frombuffer(self.archive.read(entry), np.uint8)
-            buf = buf.copy() if self.copy else buf
-        if self.byteorder == "big" and itemsize > 1:
+        buf = self.container.storage_bytes(storage, copy=self.copy)
+        if self.container.byteorder == "big" and itemsize > 1:
             buf = _byteswap(buf, itemsize, storage.record)
         self._buffers[storage.key] = buf
         return buf
@@ -286,6 +220,14 @@ def _byteswap(buf: np.ndarray, itemsize: int, what: str) -> np.ndarray:
     if len(buf) % itemsize:
         raise CorruptFileError(f"{what}: {len(buf)} bytes is not a whole number of {itemsize}-byte elements")
     return buf.view(f"u{itemsize}").byteswap().view(np.uint8)
+
+
+def open_container(source: Source) -> Any:
+    """The container reader for the source's format, chosen as torch chooses it."""
+    head = source.read(0, min(source.size, 16), "file header")
+    if is_zip(head):
+        return TorchZip(source)
+    raise _unsupported_kind(source.name, head)
 
 
 def _unsupported_kind(name: str, head: bytes) -> PtfileError:

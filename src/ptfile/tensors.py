@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from . import dtypes
 from .dtypes import DtypeInfo
 from .errors import CorruptFileError, UnsupportedFormatError
 from .values import Parameter
@@ -123,7 +122,7 @@ def check_view(storage: StorageRef | None, dtype: DtypeInfo, offset: Any, shape:
         return offset, shape, strides
     capacity = storage.nbytes // dtype.itemsize
     last = offset
-    for size, stride in zip(shape, strides):
+    for size, stride in zip(shape, strides, strict=True):
         last += (size - 1) * stride
     if last >= capacity:
         raise CorruptFileError(

@@ -1,0 +1,122 @@
+"""The torch zip checkpoint: which records hold the pickle and the storages.
+
+Layout written by ``torch.save`` (torch >= 1.6), every record under one prefix::
+
+    <prefix>/data.pkl                 the object pickle (protocol 2)
+    <prefix>/.format_version          "1": storages numbered in write order
+    <prefix>/.storage_alignment       "64": data offsets are multiples of it
+    <prefix>/byteorder                "little" or "big": byte order of the storages
+    <prefix>/data/<key>               raw storage bytes, one record per storage
+    <prefix>/version                  "3\\n" (readers accept 1..10; also .data/version)
+    <prefix>/.data/serialization_id   40 digits, a hash of the records
+
+The pickle refers to storages by persistent ids
+``('storage', <storage class>, key, location, numel)``; ``numel`` counts elements
+of a typed storage and bytes of ``torch.storage.UntypedStorage``.  A record's size
+MUST equal the storage's byte size: torch once trusted ``numel`` and read past the
+record (CVE-2026-24747).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import CorruptFileError, UnsupportedFormatError
+from .source import Source
+from .tensors import StorageRef, StorageType
+from .ziparchive import ZipArchive
+
+__all__ = ["TorchZip", "SUPPORTED_VERSIONS", "check_storage_key"]
+
+#: Versions of the zip format torch's reader accepts (caffe2 versions.h).
+SUPPORTED_VERSIONS = range(1, 11)
+#: Storage keys are plain names under data/; anything else could escape the archive.
+_KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+
+
+def check_storage_key(key: Any) -> str:
+    if type(key) is not str or not key or not set(key) <= _KEY_CHARS:
+        raise CorruptFileError(f"storage key {key!r:.40} is not a plain name")
+    return key
+
+
+def parse_storage_pid(pid: Any) -> tuple[StorageType, str, str, int]:
+    """Check a ``('storage', type, key, location, numel)`` id; return its fields."""
+    if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage":
+        raise CorruptFileError(f"persistent id {pid!r:.80} is not a ('storage', ...) tuple")
+    _, storage_type, key, location, numel = pid
+    if type(storage_type) is not StorageType:
+        raise CorruptFileError(f"persistent id names {storage_type!r:.40}, not a storage class")
+    if type(location) is not str or type(numel) is not int or numel < 0:
+        raise CorruptFileError(f"persistent id {pid!r:.80} has a bad location or element count")
+    return storage_type, check_storage_key(key), location, numel
+
+
+class TorchZip:
+    """A torch zip checkpoint, as a container of one pickle and its storages."""
+
+    format = "zip"
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.name = source.name
+        self.archive = archive = ZipArchive(source)
+        self._storages: dict[str, StorageRef] = {}
+        if archive.has("constants.pkl"):
+            raise UnsupportedFormatError(f"{self.name}: TorchScript archives are not supported yet")
+        self.pickle_entry = archive.get("data.pkl")
+        if self.pickle_entry is None:
+            raise CorruptFileError(f"{self.name}: zip archive has no {archive.prefix}/data.pkl record")
+        self.version = self._read_version()
+        self.byteorder = self._read_byteorder()
+
+    def _read_version(self) -> int | None:
+        entry = self.archive.get(".data/version") or self.archive.get("version")
+        if entry is None:
+            return None
+        text = self.archive.read(entry).strip()
+        if not text.isdigit() or int(text) not in SUPPORTED_VERSIONS:
+            raise UnsupportedFormatError(f"{self.name}: zip format version {text[:20]!r} is not supported")
+        return int(text)
+
+    def _read_byteorder(self) -> str:
+        entry = self.archive.get("byteorder")
+        if entry is None:
+            return "little"  # torch 2.13 reads a missing record as little-endian
+        value = self.archive.read(entry)
+        if value not in (b"little", b"big"):
+            raise CorruptFileError(f"{self.name}: byteorder record holds {value[:20]!r}")
+        return value.decode()
+
+    def pickles(self) -> list[tuple[str, bytes]]:
+        """The object pickle: ``[(record name, bytes)]``."""
+        return [(self.pickle_entry.name, self.archive.read(self.pickle_entry))]
+
+    def persistent_load(self, pid: Any, context: Any) -> StorageRef:
+        storage_type, key, location, numel = parse_storage_pid(pid)
+        dtype = storage_type.dtype
+        nbytes = numel * dtype.itemsize if dtype is not None else numel
+        known = self._storages.get(key)
+        if known is not None:
+            if known.dtype is not dtype or known.nbytes != nbytes:
+                raise CorruptFileError(f"storage {key!r} is used with two different types or sizes")
+            return known
+        entry = self.archive.get(f"data/{key}")
+        if entry is None:
+            raise CorruptFileError(f"{self.name}: storage {key!r} has no record {self.archive.prefix}/data/{key}")
+        if entry.size != nbytes:
+            raise CorruptFileError(f"{self.name}: storage {key!r} declares {nbytes} bytes but its record holds {entry.size}")
+        ref = StorageRef(key, dtype, nbytes, location, entry.name)
+        self._storages[key] = ref
+        return ref
+
+    def storage_bytes(self, storage: StorageRef, *, copy: bool) -> np.ndarray:
+        """The storage's bytes as a uint8 array: a view of the file, or an owned copy."""
+        entry = self.archive.entry(storage.record)
+        where = self.archive.stored_range(entry)
+        if where is not None:
+            return self.source.array(where[0], where[1], storage.record, copy=copy)
+        data = np.frombuffer(self.archive.read(entry), np.uint8)
+        return data.copy() if copy else data
