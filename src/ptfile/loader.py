@@ -20,13 +20,15 @@ from .errors import CorruptFileError, PtfileError, UnsafeGlobalError, Unsupporte
 from .inventory import GlobalUse
 from .source import Source, open_source
 from .tensors import StorageRef, TensorSpec, view_array
-from .torchzip import TorchZip
+from .torchzip import TorchZip, parse_storage_pid
 from .tree import walk
 from .values import Parameter
 from .ziparchive import is_zip
 
 __all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint"]
 
+#: Opcodes a pickle can start with (PROTO, or a protocol 0/1 opcode that pushes a value).
+_PICKLE_FIRST_OPCODES = frozenset(b"\x80(}])cSVILFNKJMXGUTCBh")
 LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa850192e")
 
 
@@ -93,8 +95,9 @@ class Checkpoint:
     """An opened checkpoint: its container, its object tree, and its tensors on demand.
 
     A container (see :mod:`ptfile.torchzip`) offers ``format``, ``byteorder``,
-    ``pickles()`` (the object pickle as ``[(record, bytes)]``), ``persistent_load(pid,
-    context)`` and ``storage_bytes(storage, copy=...)``.
+    ``main_pickle()`` (``(record, bytes)`` of the object pickle), ``side_pickles()``
+    (every other pickle it holds, which torch never loads but a scanner must see),
+    ``persistent_load(pid, context)`` and ``storage_bytes(storage, copy=...)``.
     """
 
     def __init__(self, source: Source, *, copy: bool, records: bool) -> None:
@@ -109,27 +112,46 @@ class Checkpoint:
     # -- pickle -------------------------------------------------------------------
 
     def run(self, *, materialize: bool) -> Any:
-        """Run the object pickle once and judge it; return the object tree."""
-        context = Context(self, materialize)
-        ((record, data),) = self.container.pickles()
-        engine = Engine(
-            data,
-            lookup=allowlist.lookup,
-            persistent_load=lambda pid: self.container.persistent_load(pid, context),
-            context=context,
-            record=record,
-            inventory=self.inventory,
-            use_factory=GlobalUse,
-        )
+        """Run every pickle of the container, judge them together, return the object tree."""
         try:
-            tree, end = engine.run()
+            tree = self._run_main(materialize)
+            for record, data in self.container.side_pickles():
+                self._run_side(record, data)
         except PtfileError:
             self._refuse_unsafe()  # an unsafe pickle that is also broken is reported as unsafe
             raise
         self._refuse_unsafe()
+        return tree
+
+    def examine(self) -> list[str]:
+        """Run every pickle dry, never raising for what it finds; return the faults met."""
+        faults = []
+        try:
+            self._run_main(materialize=False)
+        except PtfileError as exc:
+            faults.append(str(exc))
+        for record, data in self.container.side_pickles():
+            try:
+                self._run_side(record, data)
+            except PtfileError as exc:
+                faults.append(str(exc))
+        return faults
+
+    def _run_main(self, materialize: bool) -> Any:
+        context = Context(self, materialize)
+        record, data = self.container.main_pickle()
+        engine = new_engine(data, record, self.inventory, context, lambda pid: self.container.persistent_load(pid, context))
+        tree, end = engine.run()
         if end != len(data):
             raise CorruptFileError(f"{record}: {len(data) - end} bytes follow the pickle's STOP")
         return tree
+
+    def _run_side(self, record: str, data: bytes) -> None:
+        """A pickle torch itself would not load (an extra record): examined, never used."""
+        engine = new_engine(data, record, self.inventory, Context(self, False), detached_storage)
+        pos = 0
+        while pos < len(data):
+            _, pos = engine.run(pos)
 
     def _refuse_unsafe(self) -> None:
         judgement = allowlist.judge(self.inventory)
@@ -222,12 +244,56 @@ def _byteswap(buf: np.ndarray, itemsize: int, what: str) -> np.ndarray:
     return buf.view(f"u{itemsize}").byteswap().view(np.uint8)
 
 
+def new_engine(data: bytes, record: str, inventory: list, context: Context, persistent_load: Any) -> Engine:
+    """The one restricted engine, wired to the one allowlist."""
+    return Engine(
+        data,
+        lookup=allowlist.lookup,
+        persistent_load=persistent_load,
+        context=context,
+        record=record,
+        inventory=inventory,
+        use_factory=GlobalUse,
+    )
+
+
+def detached_storage(pid: Any) -> StorageRef:
+    """A storage reference checked for form only, for pickles whose storages are never read."""
+    storage_type, key, location, numel = parse_storage_pid(pid)
+    dtype = storage_type.dtype
+    return StorageRef(key, dtype, numel * dtype.itemsize if dtype else numel, location, "")
+
+
 def open_container(source: Source) -> Any:
     """The container reader for the source's format, chosen as torch chooses it."""
     head = source.read(0, min(source.size, 16), "file header")
     if is_zip(head):
         return TorchZip(source)
+    if head[:1] and head[0] in _PICKLE_FIRST_OPCODES and not head.startswith(LEGACY_MAGIC[:12]):
+        return RawPickle(source)
     raise _unsupported_kind(source.name, head)
+
+
+class RawPickle:
+    """A plain pickle file (``pickle.dump`` output, any extension): one pickle, no storages."""
+
+    format = "pickle"
+    byteorder = "little"
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+
+    def main_pickle(self) -> tuple[str, bytes]:
+        return "pickle", self.source.read(0, self.source.size, "pickle")
+
+    def side_pickles(self) -> list[tuple[str, bytes]]:
+        return []
+
+    def persistent_load(self, pid: Any, context: Any) -> StorageRef:
+        raise CorruptFileError(f"{self.source.name}: a plain pickle refers to external storage {pid!r:.60}")
+
+    def storage_bytes(self, storage: StorageRef, *, copy: bool) -> np.ndarray:
+        raise CorruptFileError(f"{self.source.name}: a plain pickle has no storages")
 
 
 def _unsupported_kind(name: str, head: bytes) -> PtfileError:

@@ -36,6 +36,10 @@ SUPPORTED_VERSIONS = range(1, 11)
 _KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 
 
+#: Records of torch's layout that hold short text, never a pickle.
+_LAYOUT_RECORDS = ("version", ".data/version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id")
+
+
 def check_storage_key(key: Any) -> str:
     if type(key) is not str or not key or not set(key) <= _KEY_CHARS:
         raise CorruptFileError(f"storage key {key!r:.40} is not a plain name")
@@ -90,9 +94,26 @@ class TorchZip:
             raise CorruptFileError(f"{self.name}: byteorder record holds {value[:20]!r}")
         return value.decode()
 
-    def pickles(self) -> list[tuple[str, bytes]]:
-        """The object pickle: ``[(record name, bytes)]``."""
-        return [(self.pickle_entry.name, self.archive.read(self.pickle_entry))]
+    def main_pickle(self) -> tuple[str, bytes]:
+        """The object pickle: ``(record name, bytes)``."""
+        return self.pickle_entry.name, self.archive.read(self.pickle_entry)
+
+    def side_pickles(self) -> list[tuple[str, bytes]]:
+        """Every other record that is or may be a pickle, wherever it lies in the archive.
+
+        Torch never loads these, but another tool might, so a scanner must judge them.
+        Storage records under ``<prefix>/data/`` are raw tensor bytes and are skipped.
+        """
+        found = []
+        storage_dir = self.archive.full_name("data/")
+        known = {self.archive.full_name(name) for name in _LAYOUT_RECORDS} | {self.pickle_entry.name}
+        for name, entry in self.archive.entries.items():
+            if name in known or name.startswith(storage_dir) or entry.size == 0:
+                continue
+            data = self.archive.read(entry)
+            if name.endswith(".pkl") or data[:1] == b"\x80":
+                found.append((name, data))
+        return found
 
     def persistent_load(self, pid: Any, context: Any) -> StorageRef:
         storage_type, key, location, numel = parse_storage_pid(pid)

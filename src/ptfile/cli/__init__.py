@@ -1,0 +1,1 @@
+"""The ptfile command line; the only part of ptfile that imports rich."""

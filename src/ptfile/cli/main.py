@@ -1,0 +1,284 @@
+"""The ``ptfile`` command: a thin layer over the library API.
+
+Every subcommand prints a human view by default and one JSON document with
+``--json`` (stdout only; messages go to stderr).  Bad input ends in a one-line
+error and a non-zero exit code; ``--debug`` shows the traceback instead.
+
+Exit codes:
+    0  success (``scan``: every file clean or only unknown classes)
+    1  ``scan``: something dangerous was found
+    2  usage error, unreadable or invalid input (``scan``: a file could not be scanned)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FOUND = 1
+EXIT_ERROR = 2
+#: Version of the JSON documents printed with --json; bumped when a field changes meaning.
+JSON_SCHEMA_VERSION = 1
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def safe(text: Any) -> str:
+    """Escape control characters from names in a file, so they cannot drive the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{count} B"  # pragma: no cover
+
+
+def collapse_layers(name: str) -> str:
+    """``layers.12.attn`` -> ``layers.#.attn``: one summary row per repeated block."""
+    return re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)", "#", name)
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _print_json(document: dict) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+
+
+# -- inspect -------------------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ..inspection import describe
+
+    report = describe(args.file, records=args.records)
+    if args.json:
+        _print_json({"schema": JSON_SCHEMA_VERSION, "command": "inspect", **report})
+        return EXIT_OK
+    _render_inspect(report, tree=args.tree, collapse=args.collapse)
+    return EXIT_OK
+
+
+def _render_inspect(report: dict, *, tree: bool, collapse: bool) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    console = _console()
+    console.print(Text(f"{safe(report['path'])}: {report['format']} checkpoint", style="bold"))
+    details = [f"{k}={safe(v)}" for k, v in report["container"].items() if v is not None and k != "records"]
+    if details:
+        console.print(Text("  " + ", ".join(details)))
+    tensors = report["tensors"]
+    if collapse:
+        tensors = _collapsed(tensors)
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for column in ("name", "dtype", "shape", "strides", "bytes", "shared with"):
+        table.add_column(column, overflow="fold")
+    for row in tensors:
+        table.add_row(
+            Text(safe(row["name"])),
+            row["dtype"],
+            str(tuple(row["shape"])),
+            "" if row.get("contiguous", True) else str(tuple(row["strides"])),
+            human_bytes(row["nbytes"]),
+            Text(safe(", ".join(row.get("shared_with", [])))),
+        )
+    if tensors:
+        console.print(table)
+    if tree:
+        _render_tree(console, report["values"])
+    elif report["values"]:
+        console.print(Text("other values:", style="bold"))
+        for value in report["values"][:50]:
+            console.print(Text(f"  {safe(value['name'])} = {safe(value['summary'])}"))
+        if len(report["values"]) > 50:
+            console.print(Text(f"  ... and {len(report['values']) - 50} more"))
+    totals = report["totals"]
+    by_dtype = ", ".join(f"{k} {human_bytes(v)}" for k, v in totals["bytes_by_dtype"].items())
+    console.print(
+        Text(
+            f"{totals['tensors']:,} tensors, {totals['parameters']:,} parameters, "
+            f"{human_bytes(totals['bytes'])} ({by_dtype or 'no data'})"
+        )
+    )
+    if report["unknown_classes"]:
+        console.print(Text("unknown classes: " + ", ".join(safe(c) for c in report["unknown_classes"])))
+    console.print(Text(f"scan: {report['scan']['verdict']}", style=_verdict_style(report["scan"]["verdict"])))
+
+
+def _render_tree(console: Any, values: list[dict]) -> None:
+    from rich.text import Text
+    from rich.tree import Tree
+
+    root = Tree("values")
+    nodes: dict[str, Any] = {"": root}
+    for value in values:
+        parts = value["name"].split(".")
+        for depth in range(1, len(parts)):
+            prefix = ".".join(parts[:depth])
+            if prefix not in nodes:
+                nodes[prefix] = nodes[".".join(parts[: depth - 1])].add(Text(safe(parts[depth - 1])))
+        parent = nodes[".".join(parts[:-1])]
+        parent.add(Text(f"{safe(parts[-1])} = {safe(value['summary'])}"))
+    console.print(root)
+
+
+def _collapsed(tensors: list[dict]) -> list[dict]:
+    rows: dict[tuple, dict] = {}
+    for row in tensors:
+        name = collapse_layers(row["name"])
+        key = (name, row["dtype"], tuple(row["shape"]))
+        if key in rows:
+            rows[key]["nbytes"] += row["nbytes"]
+            rows[key]["count"] += 1
+        else:
+            rows[key] = {**row, "name": name, "count": 1, "shared_with": []}
+    for row in rows.values():
+        if row["count"] > 1:
+            row["name"] = f"{row['name']} (x{row['count']})"
+    return list(rows.values())
+
+
+def _verdict_style(verdict: str) -> str:
+    return {"clean": "green", "unknown-class": "yellow", "invalid": "magenta", "dangerous": "bold red"}.get(verdict, "")
+
+
+# -- scan ----------------------------------------------------------------------
+
+
+def _candidates(paths: Sequence[str], include: list[str], exclude: list[str], recursive: bool) -> list[str]:
+    """Files to scan: each path, or the files below each folder; excludes win over includes."""
+    found: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            walker = os.walk(path) if recursive else [(path, [], os.listdir(path))]
+            for folder, dirs, files in walker:
+                dirs.sort()
+                found.extend(os.path.join(folder, f) for f in sorted(files) if os.path.isfile(os.path.join(folder, f)))
+        else:
+            found.append(path)
+    if include:
+        found = [p for p in found if any(re.search(pattern, p) for pattern in include)]
+    if exclude:
+        found = [p for p in found if not any(re.search(pattern, p) for pattern in exclude)]
+    return found
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from ..scanner import INVALID, scan
+
+    files = _candidates(args.paths, args.include, args.exclude, args.recursive)
+    if not files:
+        _error("nothing to scan")
+        return EXIT_ERROR
+    results = []
+    show_progress = len(files) > 1 and sys.stderr.isatty() and not args.json
+    for index, path in enumerate(files, 1):
+        if show_progress:
+            sys.stderr.write(f"\r[{index}/{len(files)}] {safe(path)[-60:]:<60}")
+            sys.stderr.flush()
+        results.append(scan(path, strict=args.strict))
+    if show_progress:
+        sys.stderr.write("\n")
+    if args.json:
+        counts = {v: sum(r.verdict == v for r in results) for v in ("clean", "unknown-class", "invalid", "dangerous")}
+        _print_json({"schema": JSON_SCHEMA_VERSION, "command": "scan", "summary": counts,
+                     "files": [r.to_dict() for r in results]})
+    else:
+        _render_scan(results)
+    if any(r.verdict == "dangerous" for r in results):
+        return EXIT_FOUND
+    if any(r.verdict == INVALID for r in results):
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _render_scan(results: list) -> None:
+    from rich.text import Text
+
+    console = _console()
+    for result in results:
+        line = Text(f"{safe(result.path)}: ")
+        line.append(result.verdict, style=_verdict_style(result.verdict))
+        line.append(f" ({result.format})")
+        console.print(line)
+        for finding in result.findings:
+            console.print(Text(f"  {safe(finding.describe())}"))
+        for fault in result.faults:
+            console.print(Text(f"  fault: {safe(fault)}"))
+        for note in result.notes:
+            console.print(Text(f"  note: {safe(note)}"))
+    dangerous = sum(r.verdict == "dangerous" for r in results)
+    console.print(Text(f"scanned {len(results)} files: {dangerous} dangerous, "
+                       f"{sum(r.verdict == 'invalid' for r in results)} invalid, "
+                       f"{sum(r.verdict == 'unknown-class' for r in results)} with unknown classes"))
+
+
+# -- entry point ---------------------------------------------------------------
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"ptfile: error: {safe(message)}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="ptfile", description="Read, inspect and scan PyTorch checkpoints without torch.")
+    parser.add_argument("--version", action="version", version=f"ptfile {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    inspect = commands.add_parser("inspect", help="what is in a checkpoint (reads no tensor bytes)")
+    inspect.add_argument("file")
+    inspect.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    inspect.add_argument("--tree", action="store_true", help="show non-tensor values as a tree")
+    inspect.add_argument("--collapse", action="store_true", help="collapse layer indices as layers.#.")
+    inspect.add_argument("--records", action="store_true", help="read unknown classes as inert records")
+    inspect.set_defaults(func=cmd_inspect)
+
+    scan = commands.add_parser("scan", help="look for malicious content without loading it")
+    scan.add_argument("paths", nargs="+", metavar="PATH")
+    scan.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    scan.add_argument("--strict", action="store_true", help="treat unknown classes as dangerous")
+    scan.add_argument("-r", "--recursive", action="store_true", help="scan folders recursively")
+    scan.add_argument("--include", action="append", default=[], metavar="REGEX", help="only paths matching (repeatable)")
+    scan.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="skip paths matching (repeatable)")
+    scan.set_defaults(func=cmd_scan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..errors import PtfileError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        return args.func(args)
+    except (PtfileError, OSError) as exc:
+        if args.debug:
+            raise
+        _error(str(exc) if isinstance(exc, PtfileError) else f"{exc.strerror or exc}: {getattr(exc, 'filename', '')}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

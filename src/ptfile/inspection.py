@@ -1,0 +1,110 @@
+"""What is in a checkpoint, as one plain dictionary (the data behind ``ptfile inspect``).
+
+It reads the container directory and the pickle, never a tensor byte, and it
+is the documented shape of ``ptfile inspect --json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+
+from . import allowlist
+from .loader import LazyCheckpoint, TensorInfo, open_checkpoint
+from .tensors import TensorSpec
+from .tree import walk
+from .values import Global, Record
+
+__all__ = ["describe", "summarize"]
+
+#: Longest text kept when summarizing a non-tensor value.
+MAX_SUMMARY = 80
+
+
+def summarize(value: Any) -> str:
+    """A short, one-line description of a non-tensor value."""
+    if isinstance(value, np.ndarray):
+        return f"ndarray {value.dtype.name} {tuple(value.shape)}"
+    if isinstance(value, (Record, Global)):
+        text = repr(value)
+    elif isinstance(value, (bytes, bytearray)):
+        text = f"{type(value).__name__}[{len(value)}]"
+    else:
+        text = repr(value)
+    return text if len(text) <= MAX_SUMMARY else text[: MAX_SUMMARY - 3] + "..."
+
+
+def _is_container(node: Any) -> bool:
+    return isinstance(node, (dict, list, tuple, Record, argparse.Namespace)) and type(node) is not TensorSpec
+
+
+def _tensor_rows(checkpoint: LazyCheckpoint) -> list[dict]:
+    infos = {key: checkpoint.info(key) for key in checkpoint}
+    by_storage: dict[str, list[str]] = {}
+    for key, info in infos.items():
+        if info.storage:
+            by_storage.setdefault(info.storage, []).append(key)
+    return [_tensor_row(key, info, by_storage.get(info.storage, [])) for key, info in infos.items()]
+
+
+def _tensor_row(key: str, info: TensorInfo, group: list[str]) -> dict:
+    return {
+        "name": key,
+        "dtype": info.dtype,
+        "torch_dtype": info.torch_dtype,
+        "shape": list(info.shape),
+        "strides": list(info.strides),
+        "contiguous": info.is_contiguous,
+        "offset": info.offset,
+        "nbytes": info.nbytes,
+        "storage": info.storage,
+        "parameter": info.parameter,
+        "shared_with": [other for other in group if other != key],
+    }
+
+
+def _totals(rows: list[dict]) -> dict:
+    by_dtype: dict[str, int] = {}
+    params = 0
+    for row in rows:
+        count = 1
+        for dim in row["shape"]:
+            count *= dim
+        params += count
+        by_dtype[row["dtype"]] = by_dtype.get(row["dtype"], 0) + row["nbytes"]
+    return {"tensors": len(rows), "parameters": params, "bytes": sum(by_dtype.values()), "bytes_by_dtype": by_dtype}
+
+
+def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
+    """Describe a checkpoint without reading tensor data."""
+    from .scanner import scan
+
+    verdict = scan(src)
+    with open_checkpoint(src, records=records) as checkpoint:
+        rows = _tensor_rows(checkpoint)
+        values = [
+            {"name": path, "summary": summarize(value)}
+            for path, value in walk(checkpoint.tree, lambda node: not _is_container(node))
+            if type(value) is not TensorSpec
+        ]
+        judgement = allowlist.judge(checkpoint.inventory)
+        container = checkpoint.container
+        archive = getattr(container, "archive", None)
+        info = {
+            "version": getattr(container, "version", None),
+            "byteorder": container.byteorder,
+            "prefix": archive.prefix if archive is not None else None,
+            "records": list(archive.order) if archive is not None else [],
+        }
+        return {
+            "path": str(getattr(checkpoint.source, "name", src)),
+            "format": checkpoint.format,
+            "container": info,
+            "tensors": rows,
+            "values": values,
+            "totals": _totals(rows),
+            "unknown_classes": sorted(f.path for f in judgement.findings if f.severity == allowlist.UNKNOWN_CLASS),
+            "scan": {"verdict": verdict.verdict, "findings": len(verdict.findings)},
+        }
