@@ -59,12 +59,13 @@ _unpack_d = struct.Struct(">d").unpack_from
 class GlobalRef:
     """A global as it sits on the engine's stack: its name and, if known, its allowlist entry."""
 
-    __slots__ = ("module", "name", "entry")
+    __slots__ = ("module", "name", "entry", "called")
 
     def __init__(self, module: str, name: str, entry: Any) -> None:
         self.module = module
         self.name = name
         self.entry = entry
+        self.called = False
 
     def as_global(self) -> Global:
         return Global(self.module, self.name)
@@ -153,10 +154,13 @@ class Engine:
             raise CorruptFileError(f"{self.record}: call of a non-global {type(func).__name__} at byte {offset}")
         if type(args) is not tuple:
             raise CorruptFileError(f"{self.record}: call arguments at byte {offset} are not a tuple")
-        self.note(func, use, offset)
         entry = func.entry
         if entry is not None and entry.call is not None:
+            if not func.called:  # allowed calls: the first one is evidence enough
+                func.called = True
+                self.note(func, use, offset)
             return entry.call(self.context, *args)
+        self.note(func, use, offset)
         return Record(func.as_global(), args)
 
     def new(self, cls: Any, args: Any, offset: int) -> Any:

@@ -132,22 +132,18 @@ def check_view(storage: StorageRef | None, dtype: DtypeInfo, offset: Any, shape:
     return offset, shape, strides
 
 
-def numpy_dtype(info: DtypeInfo) -> np.dtype:
-    if info.numpy is None:
-        raise UnsupportedFormatError(f"torch.{info.torch_name} tensors have no exact numpy dtype")
-    return info.numpy
-
-
 def view_array(spec: TensorSpec, buffer: np.ndarray) -> np.ndarray:
     """The tensor as a numpy view of its storage's bytes (``buffer``, uint8)."""
-    dtype = numpy_dtype(spec.dtype)
+    dtype = spec.dtype.numpy
+    if dtype is None:
+        raise UnsupportedFormatError(f"torch.{spec.dtype.torch_name} tensors have no exact numpy dtype")
     itemsize = spec.dtype.itemsize
-    if 0 in spec.shape:
-        arr = np.ndarray(spec.shape, dtype, buffer=buffer[:0], offset=0, strides=[s * itemsize for s in spec.strides])
+    shape = spec.shape
+    strides = tuple([s * itemsize for s in spec.strides])
+    if 0 in shape:
+        arr = np.ndarray(shape, dtype, buffer=buffer[:0], offset=0, strides=strides)
     else:
-        arr = np.ndarray(
-            spec.shape, dtype, buffer=buffer, offset=spec.offset * itemsize, strides=[s * itemsize for s in spec.strides]
-        )
+        arr = np.ndarray(shape, dtype, buffer=buffer, offset=spec.offset * itemsize, strides=strides)
     if spec.conj:
         arr = np.conjugate(arr)
     if spec.neg:
