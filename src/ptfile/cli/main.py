@@ -51,7 +51,9 @@ def collapse_layers(name: str) -> str:
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 200  # pipes and files: never truncate numbers or names
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 def _print_json(document: dict) -> None:
@@ -227,6 +229,134 @@ def _render_scan(results: list) -> None:
                        f"{sum(r.verdict == 'unknown-class' for r in results)} with unknown classes"))
 
 
+# -- diff / stats / match ------------------------------------------------------
+
+
+class _Progress:
+    """A progress bar on stderr, shown only on a terminal and only once work takes a moment."""
+
+    DELAY_SECONDS = 0.5
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._start = self._clock()
+        self._enabled = enabled and sys.stderr.isatty()
+        self._label = label
+        self._bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self._enabled or self._clock() - self._start < self.DELAY_SECONDS:
+            return
+        if self._bar is None:
+            from rich.progress import Progress
+
+            self._bar = Progress(console=_console(stderr=True), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(self._label, total=total)
+        self._bar.update(self._task, completed=done)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from ..compare import diff
+
+    progress = _Progress("comparing", not args.json)
+    try:
+        result = diff(args.a, args.b, atol=args.atol, rtol=args.rtol, strip=args.strip_prefix,
+                      records=args.records, progress=progress)
+    finally:
+        progress.close()
+    if args.json:
+        _print_json({"schema": JSON_SCHEMA_VERSION, "command": "diff", "a": args.a, "b": args.b, **result.to_dict()})
+    else:
+        _render_diff(result)
+    return EXIT_OK if result.equal else EXIT_FOUND
+
+
+def _render_diff(result: Any) -> None:
+    from rich.text import Text
+
+    console = _console()
+    for name in result.only_a:
+        console.print(Text(f"- {safe(name)}", style="red"))
+    for name in result.only_b:
+        console.print(Text(f"+ {safe(name)}", style="green"))
+    changed = 0
+    for item in result.tensors:
+        if item.status in ("dtype", "shape"):
+            console.print(Text(f"! {safe(item.name)}: {item.status} {item.a} -> {item.b}", style="yellow"))
+        elif item.status == "different":
+            console.print(Text(f"! {safe(item.name)}: max abs diff {item.max_abs:.6g}, max rel diff "
+                               f"{item.max_rel:.6g}, {item.mismatched:,} elements differ", style="yellow"))
+        else:
+            continue
+        changed += 1
+    equal = sum(item.status == "equal" for item in result.tensors)
+    close = sum(item.status == "close" for item in result.tensors)
+    console.print(Text(f"{len(result.only_a)} only in A, {len(result.only_b)} only in B, "
+                       f"{changed} changed, {equal} equal, {close} equal within tolerance"))
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from ..statistics import checkpoint_stats
+
+    progress = _Progress("reading", not args.json)
+    try:
+        rows = checkpoint_stats(args.file, records=args.records, progress=progress)
+    finally:
+        progress.close()
+    if args.json:
+        _print_json({"schema": JSON_SCHEMA_VERSION, "command": "stats", "path": args.file,
+                     "tensors": [r.to_dict() for r in rows]})
+        return EXIT_OK
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("name", "dtype", "count", "min", "max", "mean", "std", "nan", "inf", "zeros"):
+        table.add_column(column, justify="left" if column in ("name", "dtype") else "right")
+    number = lambda v: "-" if v is None else f"{v:.6g}"  # noqa: E731
+    for r in rows:
+        table.add_row(Text(safe(r.name)), r.dtype, f"{r.count:,}", number(r.min), number(r.max), number(r.mean),
+                      number(r.std), f"{r.nan:,}", f"{r.inf:,}", f"{r.zeros:,}")
+    _console().print(table)
+    return EXIT_OK
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    from ..compare import match
+
+    result = match(args.file, args.against, records=args.records)
+    if args.json:
+        _print_json({"schema": JSON_SCHEMA_VERSION, "command": "match", **result.to_dict()})
+        return EXIT_OK if result.ok else EXIT_FOUND
+    from rich.text import Text
+
+    console = _console()
+    for title, names in (("missing keys", result.missing), ("unexpected keys", result.unexpected)):
+        if names:
+            console.print(Text(f"{title} ({len(names)}):", style="bold"))
+            for name in names[:50]:
+                console.print(Text(f"  {safe(name)}"))
+            if len(names) > 50:
+                console.print(Text(f"  ... and {len(names) - 50} more"))
+    for item in result.shape_mismatch:
+        console.print(Text(f"shape mismatch: {safe(item['name'])}: expected {tuple(item['expected'])}, "
+                           f"found {tuple(item['found'])}"))
+    for item in result.dtype_mismatch:
+        console.print(Text(f"dtype differs: {safe(item['name'])}: expected {item['expected']}, found {item['found']}"))
+    for hint in result.suggestions:
+        console.print(Text(f"hint: {safe(hint)}", style="cyan"))
+    console.print(Text("matches: load_state_dict(strict=True) would succeed" if result.ok
+                       else "does not match", style="green" if result.ok else "bold red"))
+    return EXIT_OK if result.ok else EXIT_FOUND
+
+
 # -- entry point ---------------------------------------------------------------
 
 
@@ -258,6 +388,30 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--include", action="append", default=[], metavar="REGEX", help="only paths matching (repeatable)")
     scan.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="skip paths matching (repeatable)")
     scan.set_defaults(func=cmd_scan)
+
+    diff = commands.add_parser("diff", help="compare two checkpoints (exit 1 when they differ)")
+    diff.add_argument("a")
+    diff.add_argument("b")
+    diff.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default: exact)")
+    diff.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default: exact)")
+    diff.add_argument("--strip-prefix", action="append", default=[], metavar="PREFIX",
+                      help="ignore this key prefix on both sides, e.g. module. (repeatable)")
+    diff.add_argument("--json", action="store_true")
+    diff.add_argument("--records", action="store_true")
+    diff.set_defaults(func=cmd_diff)
+
+    stats = commands.add_parser("stats", help="min, max, mean, std, NaN/Inf/zero counts per tensor")
+    stats.add_argument("file")
+    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--records", action="store_true")
+    stats.set_defaults(func=cmd_stats)
+
+    match = commands.add_parser("match", help="would load_state_dict(strict=True) accept FILE? (exit 1 if not)")
+    match.add_argument("file")
+    match.add_argument("--against", required=True, metavar="REF", help="a checkpoint, or JSON of names and shapes")
+    match.add_argument("--json", action="store_true")
+    match.add_argument("--records", action="store_true")
+    match.set_defaults(func=cmd_match)
     return parser
 
 
