@@ -1,0 +1,203 @@
+"""The safetensors format, read and written with numpy (no safetensors package needed).
+
+Layout::
+
+    u64le N | N bytes of JSON header, padded with spaces to a multiple of 8 | data
+
+The header maps each tensor name to ``{"dtype": "BF16", "shape": [...], "data_offsets":
+[begin, end]}`` (offsets relative to the data section) and may hold ``"__metadata__"``,
+a str -> str map.  A reader MUST check that every tensor's byte range lies inside the
+data, that its size is ``prod(shape) * itemsize``, and that the ranges cover the data
+exactly once (no overlap, no hole): that is what the safetensors project enforces.
+Writers order tensors by decreasing alignment, then name, as safetensors does.
+
+Shared storage: safetensors cannot express it.  :func:`remove_shared` follows the
+safetensors project's own converter: among tensors that overlap in memory, keep one
+that covers the whole buffer, drop the others and record ``dropped -> kept`` in the
+metadata; a lone partial view is copied; anything else is an error rather than a
+silently lost tied weight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+from numpy.lib.array_utils import byte_bounds
+
+from .atomic import atomic_write
+from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
+from .source import open_source
+
+__all__ = ["read_safetensors", "write_safetensors", "remove_shared", "DTYPE_CODES"]
+
+#: safetensors' own cap on the header; a larger one is refused before it is parsed.
+MAX_HEADER_SIZE = 100_000_000
+HEADER_ALIGNMENT = 8
+
+DTYPE_CODES = {
+    "bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "uint16": "U16", "float16": "F16",
+    "bfloat16": "BF16", "int32": "I32", "uint32": "U32", "float32": "F32", "float64": "F64", "int64": "I64",
+    "uint64": "U64", "complex64": "C64", "float8_e5m2": "F8_E5M2", "float8_e4m3fn": "F8_E4M3",
+    "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2fnuz": "F8_E5M2FNUZ", "float8_e8m0fnu": "F8_E8M0",
+}
+_NUMPY_BY_CODE = {code: np.dtype(getattr(ml_dtypes, name, None) or name) for name, code in DTYPE_CODES.items()}
+
+
+def _code(array: np.ndarray, name: str) -> str:
+    code = DTYPE_CODES.get(array.dtype.name)
+    if code is None:
+        raise UnsupportedFormatError(f"tensor {name!r}: safetensors has no {array.dtype.name} type")
+    return code
+
+
+def read_safetensors(src: Any, *, mmap: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors (views of the mapped file, or copies) and the metadata of a safetensors file."""
+    source = open_source(src, mmap_file=mmap)
+    try:
+        (size,) = struct.unpack("<Q", source.read(0, 8, "safetensors header size"))
+        if size > MAX_HEADER_SIZE:
+            raise LimitExceededError(f"{source.name}: safetensors header of {size} bytes is over {MAX_HEADER_SIZE}")
+        try:
+            header = json.loads(source.read(8, size, "safetensors header"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptFileError(f"{source.name}: safetensors header is not valid JSON: {exc}") from None
+        if not isinstance(header, dict):
+            raise CorruptFileError(f"{source.name}: safetensors header is not an object")
+        metadata = header.pop("__metadata__", None) or {}
+        start = 8 + size
+        tensors = _tensors(source, header, start, copy=not mmap)
+        return tensors, dict(metadata)
+    finally:
+        source.close()
+
+
+def _tensors(source: Any, header: dict, start: int, *, copy: bool) -> dict[str, np.ndarray]:
+    spans = []
+    result = {}
+    for name, spec in header.items():
+        if not isinstance(spec, dict) or spec.get("dtype") not in _NUMPY_BY_CODE:
+            raise CorruptFileError(f"{source.name}: tensor {name!r} has no known dtype")
+        shape, offsets = spec.get("shape"), spec.get("data_offsets")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise CorruptFileError(f"{source.name}: tensor {name!r} has a bad shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise CorruptFileError(f"{source.name}: tensor {name!r} has bad data offsets")
+        dtype = _NUMPY_BY_CODE[spec["dtype"]]
+        begin, end = offsets
+        count = int(np.prod(shape, dtype=object)) if shape else 1
+        if begin < 0 or end < begin or end - begin != count * dtype.itemsize:
+            raise CorruptFileError(f"{source.name}: tensor {name!r} needs {count * dtype.itemsize} bytes, spans {offsets}")
+        raw = source.array(start + begin, end - begin, f"tensor {name!r}", copy=copy)
+        result[name] = raw.view(dtype).reshape(shape)
+        spans.append((begin, end))
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            raise CorruptFileError(f"{source.name}: safetensors data has a hole or overlap at byte {position}")
+        position = end
+    if start + position != source.size:
+        raise CorruptFileError(f"{source.name}: {source.size - start - position} bytes follow the last tensor")
+    return result
+
+
+def _header(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None) -> tuple[bytes, list[str]]:
+    order = sorted(tensors, key=lambda k: (-tensors[k].dtype.alignment, k))
+    header: dict[str, Any] = {}
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise UnsupportedFormatError("safetensors metadata must map strings to strings")
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    for name in order:
+        array = tensors[name]
+        header[name] = {"dtype": _code(array, name), "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % HEADER_ALIGNMENT)
+    return struct.pack("<Q", len(text)) + text, order
+
+
+def write_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike[str],
+                      metadata: Mapping[str, str] | None = None) -> None:
+    """Write tensors as safetensors, streaming each one, atomically (temporary file + rename).
+
+    Tensors must not share memory (see :func:`remove_shared`); they are written in
+    little-endian order, contiguous, one at a time, so memory stays independent of the file size.
+    """
+    for name, array in tensors.items():
+        if not isinstance(array, np.ndarray):
+            raise UnsupportedFormatError(f"{name!r} is a {type(array).__name__}, not a tensor")
+        _code(array, name)
+    header, order = _header(tensors, metadata)
+    with atomic_write(path) as out:
+        out.write(header)
+        for name in order:
+            array = tensors[name]
+            if array.dtype.byteorder == ">":
+                array = array.astype(array.dtype.newbyteorder("<"))
+            # ml_dtypes types cannot export a buffer; their bytes can, through a uint8 view
+            out.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
+
+
+def _root(array: np.ndarray) -> np.ndarray:
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
+def _byte_range(array: np.ndarray) -> tuple[int, int, int]:
+    """(id of the root buffer, first byte, one past the last byte) of an array's memory."""
+    root = _root(array)
+    low, high = byte_bounds(array)
+    return id(root), low - byte_bounds(root)[0], high - byte_bounds(root)[0]
+
+
+def remove_shared(tensors: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Drop aliases of shared memory the way safetensors' converter does; return (tensors, dropped -> kept)."""
+    groups: dict[int, list[tuple[str, int, int]]] = {}
+    sizes: dict[int, int] = {}
+    for name, array in tensors.items():
+        root, low, high = _byte_range(array)
+        if array.size:
+            groups.setdefault(root, []).append((name, low, high))
+        sizes[root] = _root(array).nbytes
+    result = dict(tensors)
+    dropped: dict[str, str] = {}
+    for root, members in groups.items():
+        for overlapping in _overlapping_sets(members):
+            if len(overlapping) == 1:
+                continue
+            complete = sorted(n for n, low, high in overlapping if low == 0 and high == sizes[root])
+            if not complete:
+                names = ", ".join(sorted(n for n, _, _ in overlapping))
+                raise UnsupportedFormatError(f"tensors {names} share memory and none covers it whole; "
+                                             "safetensors cannot store them without losing the sharing")
+            keep = complete[0]
+            for name, _, _ in overlapping:
+                if name != keep:
+                    dropped[name] = keep
+                    del result[name]
+    for name, array in result.items():
+        if not array.flags.c_contiguous or (isinstance(array.base, np.ndarray) and array.base.nbytes != array.nbytes):
+            result[name] = np.ascontiguousarray(array).copy()
+    return result, dropped
+
+
+def _overlapping_sets(members: list[tuple[str, int, int]]) -> list[list[tuple[str, int, int]]]:
+    sets: list[list[tuple[str, int, int]]] = []
+    end = -1
+    for member in sorted(members, key=lambda m: (m[1], m[2])):
+        if sets and member[1] < end:
+            sets[-1].append(member)
+            end = max(end, member[2])
+        else:
+            sets.append([member])
+            end = member[2]
+    return sets
