@@ -51,7 +51,8 @@ def load(src: Source, *, mmap: bool = True, records: bool = False) -> Any:
     """Read a whole checkpoint into Python objects and numpy arrays, running no code from it.
 
     Args:
-        src: a path, a binary file object, or the file's bytes.
+        src: a path, a binary file object, or the file's bytes; a folder or ``*.index.json``
+            of shards loads as one dict of every tensor.
         mmap: with True, tensors are read-only zero-copy views of the memory-mapped file
             (or of the bytes given); with False, they are writable arrays read in one pass.
         records: with True, instances of classes ptfile does not know (whole pickled
@@ -66,6 +67,11 @@ def load(src: Source, *, mmap: bool = True, records: bool = False) -> Any:
     Raises:
         PtfileError: for every malformed, unsupported or unsafe input, with the reason.
     """
+    from .sharded import ShardedCheckpoint, is_sharded
+
+    if is_sharded(src):
+        with ShardedCheckpoint(src, mmap=mmap, records=records) as shards:
+            return shards.load()
     from .loader import load as _load
 
     return _load(src, mmap=mmap, records=records)
@@ -76,7 +82,8 @@ def open(src: Source, *, mmap: bool = True, records: bool = False) -> LazyCheckp
 
     The handle is a context manager with ``keys()`` (dotted paths of every tensor),
     ``info(key)`` (a :class:`TensorInfo`: dtype, shape, strides, sizes, storage) and
-    ``handle[key]`` (the tensor as a numpy array).
+    ``handle[key]`` (the tensor as a numpy array).  A folder or ``*.index.json`` of
+    Hugging Face style shards opens as one mapping across its shards.
 
     Example:
         ```python
@@ -86,6 +93,10 @@ def open(src: Source, *, mmap: bool = True, records: bool = False) -> LazyCheckp
             weight = ckpt["fc.weight"]
         ```
     """
+    from .sharded import ShardedCheckpoint, is_sharded
+
+    if is_sharded(src):
+        return ShardedCheckpoint(src, mmap=mmap, records=records)  # type: ignore[return-value]
     from .loader import open_checkpoint
 
     return open_checkpoint(src, mmap=mmap, records=records)

@@ -7,12 +7,13 @@ is the documented shape of ``ptfile inspect --json``.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 import numpy as np
 
 from . import allowlist
-from .loader import LazyCheckpoint, TensorInfo, open_checkpoint
+from .loader import TensorInfo, open_checkpoint
 from .tensors import TensorSpec
 from .tree import walk
 from .values import Global, Record
@@ -40,7 +41,7 @@ def _is_container(node: Any) -> bool:
     return isinstance(node, (dict, list, tuple, Record, argparse.Namespace)) and type(node) is not TensorSpec
 
 
-def _tensor_rows(checkpoint: LazyCheckpoint) -> list[dict]:
+def _tensor_rows(checkpoint: Any) -> list[dict]:
     infos = {key: checkpoint.info(key) for key in checkpoint}
     by_storage: dict[str, list[str]] = {}
     for key, info in infos.items():
@@ -78,9 +79,12 @@ def _totals(rows: list[dict]) -> dict:
 
 
 def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
-    """Describe a checkpoint without reading tensor data."""
+    """Describe a checkpoint (or a shard index or folder) without reading tensor data."""
     from .scanner import scan
+    from .sharded import ShardedCheckpoint, is_sharded
 
+    if is_sharded(src):
+        return _describe_sharded(ShardedCheckpoint(src, records=records))
     verdict = scan(src)
     with open_checkpoint(src, records=records) as checkpoint:
         rows = _tensor_rows(checkpoint)
@@ -108,3 +112,22 @@ def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
             "unknown_classes": sorted(f.path for f in judgement.findings if f.severity == allowlist.UNKNOWN_CLASS),
             "scan": {"verdict": verdict.verdict, "findings": len(verdict.findings)},
         }
+
+
+def _describe_sharded(shards: Any) -> dict[str, Any]:
+    from .scanner import VERDICTS, scan
+
+    with shards:
+        rows = _tensor_rows(shards)
+        verdicts = [scan(os.path.join(shards.folder, name)).verdict for name in shards.shards]
+    worst = min(verdicts, key=VERDICTS.index) if verdicts else allowlist.CLEAN
+    return {
+        "path": shards.index,
+        "format": "sharded",
+        "container": {"version": None, "byteorder": None, "prefix": None, "records": list(shards.shards)},
+        "tensors": rows,
+        "values": [],
+        "totals": _totals(rows),
+        "unknown_classes": [],
+        "scan": {"verdict": worst, "findings": 0},
+    }
