@@ -152,7 +152,7 @@ def _root(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _byte_range(array: np.ndarray) -> tuple[int, int, int]:
+def byte_range(array: np.ndarray) -> tuple[int, int, int]:
     """(id of the root buffer, first byte, one past the last byte) of an array's memory."""
     root = _root(array)
     low, high = byte_bounds(array)
@@ -164,7 +164,7 @@ def remove_shared(tensors: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarr
     groups: dict[int, list[tuple[str, int, int]]] = {}
     sizes: dict[int, int] = {}
     for name, array in tensors.items():
-        root, low, high = _byte_range(array)
+        root, low, high = byte_range(array)
         if array.size:
             groups.setdefault(root, []).append((name, low, high))
         sizes[root] = _root(array).nbytes

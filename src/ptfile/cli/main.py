@@ -357,7 +357,76 @@ def cmd_match(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FOUND
 
 
+# -- convert / edit ------------------------------------------------------------
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ..convert import convert
+
+    report = convert(args.input, args.output, dtype=args.dtype, key=args.key, records=args.records,
+                     max_shard_size=args.max_shard_size)
+    document = {"schema": JSON_SCHEMA_VERSION, "command": "convert", "input": args.input, **report.__dict__}
+    if args.json:
+        _print_json(document)
+        return EXIT_OK
+    console = _console(stderr=True)
+    for name in report.skipped_values:
+        console.print(f"note: {safe(name)} is not a tensor and was left out", markup=False)
+    for alias, kept in report.dropped_aliases.items():
+        console.print(f"note: {safe(alias)} shares memory with {safe(kept)}; recorded in the metadata", markup=False)
+    _console().print(f"wrote {report.tensors:,} tensors to {', '.join(safe(w) for w in report.written)}", markup=False)
+    return EXIT_OK
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .. import load, save
+    from ..edit import EditRules, apply
+
+    rules = EditRules(
+        strip=args.strip_prefix,
+        rename=[_pair(r, "--rename") for r in args.rename],
+        rename_regex=[_pair(r, "--rename-regex") for r in args.rename_regex],
+        keep=args.keep,
+        drop=args.drop,
+        dtype=args.dtype,
+    )
+    edited, log = apply(load(args.input, records=args.records), rules, args.key)
+    if not args.dry_run:
+        save(edited, args.output)
+    if args.json:
+        _print_json({"schema": JSON_SCHEMA_VERSION, "command": "edit", "input": args.input, "output": args.output,
+                     "written": not args.dry_run, "changes": log})
+        return EXIT_OK
+    console = _console()
+    for line in log:
+        console.print(safe(line), markup=False)
+    console.print(f"{len(log)} changes; " + ("dry run, nothing written" if args.dry_run else f"wrote {safe(args.output)}"),
+                  markup=False)
+    return EXIT_OK
+
+
+def _pair(text: str, option: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{option} takes OLD=NEW, got {text!r}")
+    old, new = text.split("=", 1)
+    return old, new
+
+
 # -- entry point ---------------------------------------------------------------
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, PtfileErrorType()):
+        return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+    if isinstance(exc, KeyError):
+        return str(exc.args[0]) if exc.args else "missing key"
+    return str(exc)
+
+
+def PtfileErrorType() -> type:  # noqa: N802 - a lazy import of the error class
+    from ..errors import PtfileError
+
+    return PtfileError
 
 
 def _error(message: str) -> None:
@@ -412,6 +481,31 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--json", action="store_true")
     match.add_argument("--records", action="store_true")
     match.set_defaults(func=cmd_match)
+
+    convert = commands.add_parser("convert", help="convert by extension: .pt/.bin/.pth <-> .safetensors, .npz")
+    convert.add_argument("input", help="a checkpoint, .safetensors, .npz, shard index or shard folder")
+    convert.add_argument("output", help="the output file; its extension names the format")
+    convert.add_argument("--dtype", help="cast floating-point tensors, e.g. float32 or bfloat16")
+    convert.add_argument("--key", help="convert only this nested state dict, e.g. model or state_dict")
+    convert.add_argument("--max-shard-size", help="write shards of at most this size (e.g. 5GB) with an index")
+    convert.add_argument("--json", action="store_true")
+    convert.add_argument("--records", action="store_true")
+    convert.set_defaults(func=cmd_convert)
+
+    edit = commands.add_parser("edit", help="rename, drop, keep or cast entries; written with ptfile.save")
+    edit.add_argument("input")
+    edit.add_argument("output")
+    edit.add_argument("--key", help="edit (and write) only this nested dict, e.g. state_dict")
+    edit.add_argument("--strip-prefix", action="append", default=[], metavar="PREFIX", help="e.g. module. (repeatable)")
+    edit.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", help="replace a key prefix")
+    edit.add_argument("--rename-regex", action="append", default=[], metavar="PATTERN=REPL", help="re.sub on keys")
+    edit.add_argument("--keep", action="append", default=[], metavar="REGEX", help="keep only matching keys")
+    edit.add_argument("--drop", action="append", default=[], metavar="REGEX", help="drop matching keys")
+    edit.add_argument("--dtype", help="cast floating-point tensors")
+    edit.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")
+    edit.add_argument("--json", action="store_true")
+    edit.add_argument("--records", action="store_true")
+    edit.set_defaults(func=cmd_edit)
     return parser
 
 
@@ -425,10 +519,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         return args.func(args)
-    except (PtfileError, OSError) as exc:
+    except (PtfileError, OSError, KeyError, ValueError, argparse.ArgumentTypeError, re.error) as exc:
         if args.debug:
             raise
-        _error(str(exc) if isinstance(exc, PtfileError) else f"{exc.strerror or exc}: {getattr(exc, 'filename', '')}")
+        _error(_message(exc))
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,248 @@
+"""Converting between checkpoint formats, chosen by file extension.
+
+Inputs: torch checkpoints (``.pt .pth .bin .ckpt`` and any other name ptfile reads),
+``.safetensors``, ``.npz``, and shard indexes or folders of either.  Outputs:
+``.safetensors`` (optionally sharded, with an index), ``.npz``, and torch checkpoints.
+
+A checkpoint is flattened to ``dotted name -> tensor``; ``key`` picks a nested
+state dict first (``model``, ``state_dict``, ``module.encoder``).  Values that are
+not tensors cannot go into safetensors or npz: they are listed in the report,
+never dropped silently, and so are aliases of shared memory that safetensors
+cannot express (they are recorded in its metadata, as the safetensors converter does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from .atomic import atomic_write
+from .errors import CorruptFileError, UnsupportedFormatError
+from .sharded import INDEX_SUFFIX, is_sharded
+from .stformat import byte_range, read_safetensors, remove_shared, write_safetensors
+from .tree import walk
+
+__all__ = ["convert", "read_tensors", "write_tensors", "select", "cast", "parse_size", "plan_shards", "ConvertReport"]
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
+#: npz cannot name ml_dtypes types; their bits are stored as unsigned integers and the
+#: real dtype names in this entry, so a round trip through ptfile is exact.
+NPZ_DTYPES_ENTRY = "__ptfile_dtypes__"
+FLOAT_TYPES = frozenset({"float16", "float32", "float64", "bfloat16", "float8_e5m2", "float8_e4m3fn",
+                         "float8_e5m2fnuz", "float8_e4m3fnuz", "float8_e8m0fnu"})
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+@dataclass
+class ConvertReport:
+    written: list[str] = field(default_factory=list)
+    tensors: int = 0
+    skipped_values: list[str] = field(default_factory=list)  # non-tensor values left out
+    dropped_aliases: dict[str, str] = field(default_factory=dict)  # alias -> tensor kept in its place
+
+
+def parse_size(size: int | str) -> int:
+    """``5GB`` (decimal, as Hugging Face counts), ``500MiB`` or a number of bytes."""
+    if isinstance(size, int):
+        return size
+    text = size.strip().upper().replace(" ", "")
+    number = text.rstrip("KMGTIB")
+    unit = text[len(number):]
+    if unit not in _UNITS or not number:
+        raise ValueError(f"cannot read {size!r} as a size such as 5GB or 500MiB")
+    return int(float(number) * _UNITS[unit])
+
+
+def select(tree: Any, key: str | None) -> Any:
+    """The sub-tree at a dotted key (``model`` or ``state_dict`` or ``a.b``)."""
+    if not key:
+        return tree
+    node = tree
+    for part in key.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise KeyError(f"no entry {key!r} in the checkpoint (stopped at {part!r})")
+    return node
+
+
+def _is_tensor(node: Any) -> bool:
+    return isinstance(node, np.ndarray)
+
+
+def flatten(tree: Any) -> tuple[dict[str, np.ndarray], list[str]]:
+    """``dotted name -> array`` for every tensor, and the names of the values that are not tensors."""
+    from .values import Record
+
+    tensors: dict[str, np.ndarray] = OrderedDict()
+    skipped: list[str] = []
+    containers = (dict, list, tuple, Record)
+    for path, leaf in walk(tree, lambda node: not isinstance(node, containers)):
+        if _is_tensor(leaf):
+            tensors[path or "tensor"] = leaf
+        else:
+            skipped.append(path)
+    return tensors, skipped
+
+
+def read_tensors(src: Any, *, key: str | None = None, records: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The tensors of any input ptfile converts from, and the names of non-tensor values skipped."""
+    name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else ""
+    if name.endswith(".safetensors"):
+        tensors, _ = read_safetensors(src)
+        return _subset(tensors, key), []
+    if name.endswith(".npz"):
+        return _subset(read_npz(src), key), []
+    from . import load
+
+    tree = load(src, records=records)
+    if is_sharded(src):
+        return _subset(tree, key), []
+    return flatten(select(tree, key))
+
+
+def _subset(tensors: dict[str, np.ndarray], key: str | None) -> dict[str, np.ndarray]:
+    if not key:
+        return tensors
+    prefix = key + "."
+    found = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if not found:
+        raise KeyError(f"no tensors under {key!r}")
+    return found
+
+
+def cast(tensors: dict[str, np.ndarray], dtype: str | None) -> dict[str, np.ndarray]:
+    """Floating-point tensors cast to ``dtype`` (``float32``, ``bfloat16``...); others untouched."""
+    if not dtype:
+        return tensors
+    target = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
+    if target.name not in FLOAT_TYPES:
+        raise UnsupportedFormatError(f"--dtype must be a floating-point type, got {dtype!r}")
+    return {k: (v.astype(target) if v.dtype.name in FLOAT_TYPES else v) for k, v in tensors.items()}
+
+
+def read_npz(src: Any) -> dict[str, np.ndarray]:
+    with np.load(src, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    names = arrays.pop(NPZ_DTYPES_ENTRY, None)
+    if names is not None:
+        try:
+            mapping = json.loads(str(names))
+        except ValueError:
+            raise CorruptFileError(f"{src}: {NPZ_DTYPES_ENTRY} is not JSON") from None
+        for key, dtype_name in mapping.items():
+            dtype = np.dtype(getattr(ml_dtypes, dtype_name))
+            if key not in arrays or arrays[key].dtype.itemsize != dtype.itemsize:
+                raise CorruptFileError(f"{src}: {NPZ_DTYPES_ENTRY} names {key!r} as {dtype_name} wrongly")
+            arrays[key] = arrays[key].view(dtype)
+    return arrays
+
+
+def write_npz(tensors: Mapping[str, np.ndarray], path: str) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    special: dict[str, str] = {}
+    for key, array in tensors.items():
+        if type(array.dtype).__module__.startswith("ml_dtypes") or array.dtype.name in ("bfloat16", "complex32"):
+            special[key] = array.dtype.name
+            array = np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
+        arrays[key] = array
+    if special:
+        arrays[NPZ_DTYPES_ENTRY] = np.array(json.dumps(special))
+    with atomic_write(path) as out:
+        np.savez(out, **arrays)
+
+
+def plan_shards(tensors: Mapping[str, np.ndarray], max_size: int) -> list[list[str]]:
+    """Greedy shards in key order, as huggingface_hub plans them.
+
+    A tensor larger than the limit gets a shard of its own; tensors that share memory go
+    into the shard of the first of them, so sharing survives within one file.
+    """
+    shards: list[list[str]] = []
+    sizes: list[int] = []
+    home: dict[int, int] = {}
+    for key, array in tensors.items():
+        root = byte_range(array)[0]
+        if root in home:
+            shards[home[root]].append(key)
+            continue
+        size = array.nbytes
+        if not shards or (sizes[-1] + size > max_size and sizes[-1] > 0):
+            shards.append([])
+            sizes.append(0)
+        shards[-1].append(key)
+        sizes[-1] += size
+        home[root] = len(shards) - 1
+    return shards
+
+
+def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: int | str | None = None,
+                  metadata: dict[str, str] | None = None) -> ConvertReport:
+    """Write tensors to ``dst`` in the format its extension names."""
+    report = ConvertReport(tensors=len(tensors))
+    if dst.endswith(".safetensors"):
+        tensors, report.dropped_aliases = remove_shared(tensors)
+        meta = {"format": "pt", **report.dropped_aliases, **(metadata or {})}
+        if max_shard_size is None:
+            write_safetensors(tensors, dst, meta)
+            report.written.append(dst)
+        else:
+            report.written.extend(_write_sharded_safetensors(tensors, dst, parse_size(max_shard_size), meta))
+    elif dst.endswith(".npz"):
+        write_npz(tensors, dst)
+        report.written.append(dst)
+    elif dst.endswith(TORCH_SUFFIXES):
+        from . import save, save_sharded
+
+        if max_shard_size is None:
+            save(OrderedDict(tensors), dst)
+            report.written.append(dst)
+        else:
+            report.written.extend(save_sharded(OrderedDict(tensors), os.path.dirname(dst) or ".",
+                                               max_shard_size=max_shard_size))
+    else:
+        raise UnsupportedFormatError(f"{dst}: cannot tell the output format from its extension "
+                                     "(use .safetensors, .npz, .pt, .pth or .bin)")
+    return report
+
+
+def _write_sharded_safetensors(tensors: dict[str, np.ndarray], dst: str, max_size: int,
+                               metadata: dict[str, str]) -> list[str]:
+    shards = plan_shards(tensors, max_size)
+    if len(shards) == 1:
+        write_safetensors(tensors, dst, metadata)
+        return [dst]
+    folder, stem = os.path.dirname(dst) or ".", os.path.basename(dst)[: -len(".safetensors")]
+    written, weight_map = [], {}
+    for number, keys in enumerate(shards, 1):
+        name = f"{stem}-{number:05d}-of-{len(shards):05d}.safetensors"
+        write_safetensors({k: tensors[k] for k in keys}, os.path.join(folder, name), metadata)
+        weight_map.update(dict.fromkeys(keys, name))
+        written.append(os.path.join(folder, name))
+    index = os.path.join(folder, stem + ".safetensors" + INDEX_SUFFIX)
+    document = {"metadata": {"total_size": sum(a.nbytes for a in tensors.values())}, "weight_map": weight_map}
+    with atomic_write(index) as out:
+        out.write(json.dumps(document, indent=2).encode() + b"\n")
+    written.append(index)
+    return written
+
+
+def convert(src: Any, dst: str, *, dtype: str | None = None, key: str | None = None, records: bool = False,
+            max_shard_size: int | str | None = None) -> ConvertReport:
+    """Convert ``src`` into the format ``dst``'s extension names; see the module docstring."""
+    tensors, skipped = read_tensors(src, key=key, records=records)
+    if not tensors:
+        raise UnsupportedFormatError(f"{src}: no tensors to convert")
+    report = write_tensors(cast(tensors, dtype), dst, max_shard_size=max_shard_size)
+    report.skipped_values = skipped
+    return report
