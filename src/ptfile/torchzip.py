@@ -58,14 +58,17 @@ class TorchZip:
     """A torch zip checkpoint, as a container of one pickle and its storages."""
 
     format = "zip"
+    #: A subclass reading TorchScript archives sets this; a plain reader refuses them.
+    torchscript = False
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, archive: ZipArchive | None = None) -> None:
         self.source = source
         self.name = source.name
-        self.archive = archive = ZipArchive(source)
+        self.archive = archive = archive if archive is not None else ZipArchive(source)
         self._storages: dict[str, StorageRef] = {}
-        if archive.has("constants.pkl"):
-            raise UnsupportedFormatError(f"{self.name}: TorchScript archives are not supported yet")
+        if archive.has("constants.pkl") and not self.torchscript:
+            # torch.load hands such files to torch.jit.load; they need the TorchScript reader.
+            raise UnsupportedFormatError(f"{self.name}: a TorchScript archive; open it with ptfile.torchscript")
         self.pickle_entry = archive.get("data.pkl")
         if self.pickle_entry is None:
             raise CorruptFileError(f"{self.name}: zip archive has no {archive.prefix}/data.pkl record")
@@ -96,6 +99,10 @@ class TorchZip:
 
     def persistent_load(self, pid: Any, context: Any) -> StorageRef:
         storage_type, key, location, numel = parse_storage_pid(pid)
+        return self._storage(key, f"data/{key}", storage_type, location, numel)
+
+    def _storage(self, key: str, record: str, storage_type: StorageType, location: str, numel: int) -> StorageRef:
+        """The storage ``key`` held by ``record`` (relative to the archive folder), checked once."""
         dtype = storage_type.dtype
         nbytes = numel * dtype.itemsize if dtype is not None else numel
         known = self._storages.get(key)
@@ -103,9 +110,9 @@ class TorchZip:
             if known.dtype is not dtype or known.nbytes != nbytes:
                 raise CorruptFileError(f"storage {key!r} is used with two different types or sizes")
             return known
-        entry = self.archive.get(f"data/{key}")
+        entry = self.archive.get(record)
         if entry is None:
-            raise CorruptFileError(f"{self.name}: storage {key!r} has no record {self.archive.prefix}/data/{key}")
+            raise CorruptFileError(f"{self.name}: storage {key!r} has no record {self.archive.full_name(record)}")
         if entry.size != nbytes:
             raise CorruptFileError(f"{self.name}: storage {key!r} declares {nbytes} bytes but its record holds {entry.size}")
         ref = StorageRef(key, dtype, nbytes, location, entry.name)
