@@ -23,6 +23,8 @@ from .errors import (
     UnsupportedFormatError,
 )
 from .loader import LazyCheckpoint, TensorInfo
+from .metadata import AttributeDict
+from .special import MetaTensor, QuantizedTensor, SparseTensor, TensorSubclass
 from .values import Global, Parameter, Record
 
 __version__ = "0.1.0"
@@ -35,6 +37,11 @@ __all__ = [
     "Record",
     "Global",
     "Parameter",
+    "QuantizedTensor",
+    "SparseTensor",
+    "MetaTensor",
+    "TensorSubclass",
+    "AttributeDict",
     "PtfileError",
     "CorruptFileError",
     "UnsupportedFormatError",

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import dtypes, objects, rebuild
+from . import dtypes, metadata, objects, rebuild, special, torchscript
 from .inventory import GlobalUse
 from .tensors import StorageType
 
@@ -64,18 +64,30 @@ _add("torch._utils", "_rebuild_parameter", "tensor", "marks a tensor as nn.Param
 _add("torch._utils", "_rebuild_parameter_with_state", "tensor", "nn.Parameter carrying Python attributes",
      call=rebuild.rebuild_parameter_with_state)
 _add("torch._utils", "_rebuild_meta_tensor_no_storage", "tensor", "shape and dtype of a meta tensor, no data",
-     call=rebuild.rebuild_meta_tensor)
+     call=special.rebuild_meta_tensor)
+_add("torch._utils", "_rebuild_qtensor", "tensor", "quantized tensor: integers from a storage plus checked qparams",
+     call=special.rebuild_qtensor)
+_add("torch._utils", "_rebuild_sparse_tensor", "tensor", "sparse tensor from index and value tensors",
+     call=special.rebuild_sparse_tensor)
+_add("torch._tensor", "_rebuild_from_type_v2", "tensor",
+     "tensor subclass or tensor with attributes; rebuilds only through another tensor entry",
+     call=special.rebuild_from_type_v2)
+_add("torch.serialization", "_get_layout", "tensor", "looks up a layout by name for _rebuild_sparse_tensor",
+     call=special.get_layout)
+_add("torch", "Tensor", "tensor", "class argument of _rebuild_from_type_v2; never called")
+_add("torch.nn.parameter", "Parameter", "tensor", "class argument of _rebuild_from_type_v2; never called")
+for _name in special.QSCHEMES:
+    _add("torch", _name, "dtype", "quantization scheme named in _rebuild_qtensor parameters",
+         value=special.qscheme_value(_name))
+for _name in special.LAYOUTS:
+    _add("torch", _name, "dtype", "tensor layout value", value=special.layout_value(_name))
 for _name, _what in (
-    ("_rebuild_qtensor", "quantized tensors"),
-    ("_rebuild_sparse_tensor", "sparse tensors"),
     ("_rebuild_nested_tensor", "nested tensors"),
     ("_rebuild_wrapper_subclass", "wrapper tensor subclasses"),
     ("_rebuild_device_tensor_from_numpy", "device tensors from numpy"),
     ("_rebuild_device_tensor_from_cpu_tensor", "device tensors from CPU tensors"),
 ):
     _add("torch._utils", _name, "tensor", f"rebuilds {_what} from data only", call=rebuild.not_supported(_what))
-_add("torch._tensor", "_rebuild_from_type_v2", "tensor", "tensor subclass or tensor with attributes",
-     call=rebuild.not_supported("tensor subclasses (_rebuild_from_type_v2)"))
 
 # -- storages and dtypes: inert values -----------------------------------------
 for _info in dtypes.all_infos():
@@ -110,6 +122,66 @@ _add("numpy", "dtype", "numpy", "simple numpy dtype by type code", call=objects.
 # -- metadata records ----------------------------------------------------------
 _add("argparse", "Namespace", "metadata", "training arguments (fairseq and many others)", call=objects.namespace,
      new=objects.namespace)
+
+# numpy random states (RNG snapshots in training checkpoints); all become records.
+for _ctor, _how in (("__randomstate_ctor", metadata.randomstate_ctor), ("__generator_ctor", metadata.generator_ctor),
+                    ("__bit_generator_ctor", metadata.bit_generator_ctor)):
+    _add("numpy.random._pickle", _ctor, "metadata", "numpy RNG state, kept as a record", call=_how)
+_add("numpy.random", "__RandomState_ctor", "metadata", "RandomState of numpy < 1.17, kept as a record",
+     call=metadata.record_of("numpy.random.mtrand", "RandomState", no_args=True))
+_add("numpy.random.mtrand", "RandomState", "metadata", "legacy numpy RNG, a record that BUILD fills",
+     call=metadata.record_of("numpy.random.mtrand", "RandomState"),
+     new=metadata.record_of("numpy.random.mtrand", "RandomState"))
+_add("numpy.random._generator", "Generator", "metadata", "class of the record __generator_ctor makes")
+for _name, _module in metadata.BIT_GENERATORS.items():
+    _add(_module, _name, "metadata", "bit generator class: argument of __bit_generator_ctor; never called")
+_add("numpy.random.bit_generator", "SeedSequence", "metadata", "class argument of __pyx_unpickle_SeedSequence")
+_add("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence", "metadata", "SeedSequence record; BUILD sets it",
+     call=metadata.unpickle_seed_sequence)
+
+# omegaconf (Hydra, Lightning, NeMo hyper-parameters): NEWOBJ + BUILD, kept as records.
+for _module, _name in (
+    ("omegaconf.dictconfig", "DictConfig"), ("omegaconf.listconfig", "ListConfig"),
+    ("omegaconf.base", "ContainerMetadata"), ("omegaconf.base", "Metadata"), ("omegaconf.nodes", "AnyNode"),
+    ("omegaconf.nodes", "StringNode"), ("omegaconf.nodes", "IntegerNode"), ("omegaconf.nodes", "FloatNode"),
+    ("omegaconf.nodes", "BooleanNode"), ("omegaconf.nodes", "BytesNode"), ("omegaconf.nodes", "PathNode"),
+):
+    _add(_module, _name, "metadata", "omegaconf config node: a record of its pickled state",
+         new=metadata.record_of(_module, _name, no_args=True))
+_add("typing", "Any", "metadata", "type annotation omegaconf stores as data", value=metadata.TYPING_ANY)
+
+# Lightning hyper-parameters: a dict subclass.
+for _module in ("lightning_fabric.utilities.data", "lightning.fabric.utilities.data",
+                "pytorch_lightning.utilities.parsing"):
+    _add(_module, "AttributeDict", "metadata", "Lightning hyper-parameters: a dict", call=metadata.attribute_dict,
+         new=metadata.attribute_dict)
+
+# Standard-library values.
+for _module in ("pathlib", "pathlib._local"):
+    for _name, _flavour in (("PosixPath", metadata.pathlib.PurePosixPath),
+                            ("PurePosixPath", metadata.pathlib.PurePosixPath),
+                            ("WindowsPath", metadata.pathlib.PureWindowsPath),
+                            ("PureWindowsPath", metadata.pathlib.PureWindowsPath)):
+        _add(_module, _name, "metadata", "a path, kept as a pure path that never touches the disk",
+             call=metadata.pure_path(_flavour))
+_add("datetime", "datetime", "metadata", "timestamp from its validated byte state", call=metadata.make_datetime)
+_add("datetime", "date", "metadata", "date from its validated byte state", call=metadata.make_date)
+_add("datetime", "time", "metadata", "time of day from its validated byte state", call=metadata.make_time)
+_add("datetime", "timedelta", "metadata", "duration from three integers", call=metadata.make_timedelta)
+_add("datetime", "timezone", "metadata", "fixed-offset time zone of a timestamp", call=metadata.make_timezone)
+_add("torch.torch_version", "TorchVersion", "metadata", "torch.__version__, a str subclass: kept as str",
+     call=metadata.torch_version, new=metadata.torch_version)
+_add("collections", "defaultdict", "container", "dict with a builtin-type default factory", call=metadata.make_defaultdict)
+for _name in ("object", "dict", "list", "tuple", "int", "float", "str", "bool"):
+    _add("builtins", _name, "container",
+         "builtin type as data (defaultdict factory, omegaconf type, _reconstructor base); never called")
+_add("copyreg", "_reconstructor", "container", "protocol 0/1 instance: a 'new' use of its class, never a call",
+     call=metadata.reconstructor)
+
+# TorchScript list builders and type tags: identity-like on checked lists.
+for _name, _how in torchscript.PICKLE_BUILDERS.items():
+    _add("torch.jit._pickle", _name, "container", "TorchScript typed list or type tag, returned as plain data",
+         call=_how)
 
 
 def lookup(module: str, name: str) -> Entry | None:
@@ -176,9 +248,15 @@ class Judgement:
     findings: tuple[Finding, ...]
 
 
-def _severity(use: GlobalUse) -> str | None:
+#: Uses of a class that create or describe an instance without calling anything.
+_INERT_USES = frozenset({"new", "build", "reference"})
+
+
+def _severity(use: GlobalUse, inert_classes: Callable[[str, str], bool] | None = None) -> str | None:
     if is_code_execution(use.module, use.name):
         return DANGEROUS
+    if inert_classes is not None and use.use in _INERT_USES and inert_classes(use.module, use.name):
+        return None  # the container vouches that these classes are data only (TorchScript modules)
     entry = _TABLE.get((use.module, use.name))
     if use.use == "call":
         return None if entry is not None and entry.call is not None else DANGEROUS
@@ -187,12 +265,18 @@ def _severity(use: GlobalUse) -> str | None:
     return None if entry is not None else UNKNOWN_CLASS
 
 
-def judge(inventory: Iterable[GlobalUse]) -> Judgement:
-    """Grade every use of every global; the worst grade is the verdict."""
+def judge(inventory: Iterable[GlobalUse], *, inert_classes: Callable[[str, str], bool] | None = None) -> Judgement:
+    """Grade every use of every global; the worst grade is the verdict.
+
+    ``inert_classes(module, name)`` is the container's allowance: classes it knows
+    to be data only (the ``__torch__.*`` classes of a TorchScript archive, whose
+    code is never run) may be instantiated, built and named.  Calling one is
+    still graded as any call outside the table is.
+    """
     grades: dict[tuple[str, str], str] = {}
     uses: dict[tuple[str, str], list[GlobalUse]] = {}
     for use in inventory:
-        severity = _severity(use)
+        severity = _severity(use, inert_classes)
         key = (use.module, use.name)
         uses.setdefault(key, []).append(use)
         if severity is not None and grades.get(key) != DANGEROUS:

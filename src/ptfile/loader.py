@@ -9,7 +9,7 @@ one (:func:`open_checkpoint`, the lazy handle behind ``ptfile.open``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,8 +19,10 @@ from .engine import Engine
 from .errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from .inventory import GlobalUse
 from .source import Source, open_source
+from .special import QuantizedTensor, SparseTensor, SpecialTensor
 from .tensors import StorageRef, TensorSpec, view_array
-from .torchzip import TorchZip, parse_storage_pid
+from .torchscript import open_zip
+from .torchzip import parse_storage_pid
 from .tree import walk
 from .values import Parameter
 from .ziparchive import is_zip
@@ -76,6 +78,8 @@ class Context:
         self.fresh_arrays: dict[int, np.ndarray] = {}
         self._checkpoint = checkpoint
         self._materialize = materialize
+        self.materialize = materialize  # special tensors build specs when a lazy handle lists them
+        self.inventory = checkpoint.inventory if checkpoint is not None else []  # copyreg._reconstructor notes its class
 
     def tensor(self, spec: TensorSpec) -> Any:
         return self._checkpoint.array(spec) if self._materialize else spec
@@ -95,9 +99,11 @@ class Checkpoint:
     """An opened checkpoint: its container, its object tree, and its tensors on demand.
 
     A container (see :mod:`ptfile.torchzip`) offers ``format``, ``byteorder``,
-    ``main_pickle()`` (``(record, bytes)`` of the object pickle), ``side_pickles()``
-    (every other pickle it holds, which torch never loads but a scanner must see),
-    ``persistent_load(pid, context)`` and ``storage_bytes(storage, copy=...)``.
+    ``pickles()`` (``[(record, bytes)]`` of the pickles torch loads, the object pickle first),
+    ``combine(trees)`` (the checkpoint from their trees), ``side_pickles()`` (every other
+    pickle it holds, which torch never loads but a scanner must see), ``persistent_load(pid,
+    context)`` and ``storage_bytes(storage, copy=...)``; optionally ``inert_classes(module,
+    name)`` (classes that are data in this container, such as TorchScript's ``__torch__``).
     """
 
     def __init__(self, source: Source, *, copy: bool, records: bool) -> None:
@@ -114,7 +120,7 @@ class Checkpoint:
     def run(self, *, materialize: bool) -> Any:
         """Run every pickle of the container, judge them together, return the object tree."""
         try:
-            tree = self._run_main(materialize)
+            tree = self._run_objects(materialize)
             for record, data in self.container.side_pickles():
                 self._run_side(record, data)
         except PtfileError:
@@ -127,7 +133,7 @@ class Checkpoint:
         """Run every pickle dry, never raising for what it finds; return the faults met."""
         faults = []
         try:
-            self._run_main(materialize=False)
+            self._run_objects(materialize=False)
         except PtfileError as exc:
             faults.append(str(exc))
         for record, data in self.container.side_pickles():
@@ -137,9 +143,13 @@ class Checkpoint:
                 faults.append(str(exc))
         return faults
 
-    def _run_main(self, materialize: bool) -> Any:
+    def _run_objects(self, materialize: bool) -> Any:
         context = Context(self, materialize)
-        record, data = self.container.main_pickle()
+        # A TorchScript archive has two such pickles (data.pkl, constants.pkl); the container combines them.
+        trees = [self._run_object(record, data, context) for record, data in self.container.pickles()]
+        return trees[0] if len(trees) == 1 else self.container.combine(trees)
+
+    def _run_object(self, record: str, data: bytes, context: Context) -> Any:
         engine = new_engine(data, record, self.inventory, context, lambda pid: self.container.persistent_load(pid, context))
         tree, end = engine.run()
         if end != len(data):
@@ -153,8 +163,12 @@ class Checkpoint:
         while pos < len(data):
             _, pos = engine.run(pos)
 
+    def judgement(self) -> allowlist.Judgement:
+        """The verdict on every global the pickles used, with this container's inert classes."""
+        return allowlist.judge(self.inventory, inert_classes=getattr(self.container, "inert_classes", None))
+
     def _refuse_unsafe(self) -> None:
-        judgement = allowlist.judge(self.inventory)
+        judgement = self.judgement()
         if judgement.verdict == allowlist.CLEAN:
             return
         if judgement.verdict == allowlist.UNKNOWN_CLASS and self.records:
@@ -206,7 +220,19 @@ class LazyCheckpoint(Checkpoint):
     def __init__(self, source: Source, *, copy: bool, records: bool) -> None:
         super().__init__(source, copy=copy, records=records)
         self.tree = self.run(materialize=False)
-        self._specs: dict[str, TensorSpec] = dict(walk(self.tree, lambda node: type(node) is TensorSpec))
+        named = getattr(self.container, "named_tensors", None)  # TorchScript: state_dict() names
+        found = named(self.tree, _is_tensor) if named is not None else walk(self.tree, _is_tensor)
+        self._specs: dict[str, TensorSpec | SpecialTensor] = dict(found)
+
+    @property
+    def code(self) -> dict[str, str]:
+        """TorchScript source records (name -> text), never run; empty for other formats."""
+        return dict(getattr(self.container, "code", {}))
+
+    @property
+    def constants(self) -> Any:
+        """The tuple of a TorchScript archive's ``constants.pkl``; empty for other formats."""
+        return getattr(self.container, "constants", ())
 
     def keys(self) -> list[str]:
         """Dotted paths of every tensor, in the order of the checkpoint."""
@@ -223,19 +249,40 @@ class LazyCheckpoint(Checkpoint):
 
     def info(self, key: str) -> TensorInfo:
         """dtype, shape, strides, sizes and storage of one tensor, without reading it."""
-        return TensorInfo.of(self._spec(key))
+        return _info(self._spec(key))
 
-    def spec(self, key: str) -> TensorSpec:
+    def spec(self, key: str) -> TensorSpec | SpecialTensor:
         return self._spec(key)
 
-    def __getitem__(self, key: str) -> np.ndarray:
-        return self.array(self._spec(key))
+    def __getitem__(self, key: str) -> Any:
+        """The tensor as a numpy array; quantized and sparse tensors as their ptfile values."""
+        node = self._spec(key)
+        if isinstance(node, SpecialTensor):
+            return node.materialize(self.array)
+        return self.array(node)
 
-    def _spec(self, key: str) -> TensorSpec:
+    def _spec(self, key: str) -> TensorSpec | SpecialTensor:
         try:
             return self._specs[key]
         except KeyError:
             raise KeyError(f"no tensor named {key!r} in {self.source.name}") from None
+
+
+def _is_tensor(node: Any) -> bool:
+    return type(node) is TensorSpec or isinstance(node, SpecialTensor)
+
+
+def _info(node: TensorSpec | SpecialTensor) -> TensorInfo:
+    """A quantized tensor is described by its integers; a sparse one by its values and dense shape."""
+    if type(node) is TensorSpec:
+        return TensorInfo.of(node)
+    if isinstance(node, QuantizedTensor):
+        return TensorInfo.of(node.data)
+    if isinstance(node, SparseTensor) and type(node.values) is TensorSpec:
+        values = TensorInfo.of(node.values)
+        nbytes = sum(spec.nbytes for spec in node.specs())
+        return replace(values, shape=node.shape, strides=(), offset=0, nbytes=nbytes, is_contiguous=False)
+    raise TypeError(f"no tensor information for {node!r}")
 
 
 def _byteswap(buf: np.ndarray, itemsize: int, what: str) -> np.ndarray:
@@ -268,7 +315,7 @@ def open_container(source: Source) -> Any:
     """The container reader for the source's format, chosen as torch chooses it."""
     head = source.read(0, min(source.size, 16), "file header")
     if is_zip(head):
-        return TorchZip(source)
+        return open_zip(source)
     if head[:1] and head[0] in _PICKLE_FIRST_OPCODES and not head.startswith(LEGACY_MAGIC[:12]):
         return RawPickle(source)
     raise _unsupported_kind(source.name, head)
@@ -283,8 +330,8 @@ class RawPickle:
     def __init__(self, source: Source) -> None:
         self.source = source
 
-    def main_pickle(self) -> tuple[str, bytes]:
-        return "pickle", self.source.read(0, self.source.size, "pickle")
+    def pickles(self) -> list[tuple[str, bytes]]:
+        return [("pickle", self.source.read(0, self.source.size, "pickle"))]
 
     def side_pickles(self) -> list[tuple[str, bytes]]:
         return []

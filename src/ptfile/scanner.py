@@ -24,6 +24,7 @@ a zip archive appended after such a pickle (a polyglot) is examined too.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,11 +108,12 @@ def _scan_source(source: Source, strict: bool) -> ScanResult:
         if head.startswith(magic):
             fault = f"{source.name}: {kind} archive; its content cannot be examined, so it is never called clean"
             return ScanResult(source.name, INVALID, kind, faults=[fault])
+    inert = None
     if is_zip(head):
-        fmt, faults = _scan_checkpoint(source, inventory, notes)
+        fmt, faults, inert = _scan_checkpoint(source, inventory, notes)
     else:
         fmt, faults = _scan_stream(source, inventory, notes)
-    judgement = allowlist.judge(inventory)
+    judgement = allowlist.judge(inventory, inert_classes=inert)
     verdict = judgement.verdict
     if faults and verdict != allowlist.DANGEROUS:
         verdict = INVALID
@@ -120,13 +122,14 @@ def _scan_source(source: Source, strict: bool) -> ScanResult:
     return ScanResult(source.name, verdict, fmt, list(judgement.findings), faults, notes, inventory)
 
 
-def _scan_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tuple[str, list[str]]:
+def _scan_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tuple[str, list[str], Any]:
     try:
         checkpoint = Checkpoint(source, copy=False, records=True)
     except PtfileError as exc:
-        return "zip", [str(exc)]
+        return "zip", [str(exc)], None
     checkpoint.inventory = inventory
     faults = checkpoint.examine()
+    notes.extend(_code_notes(getattr(checkpoint.container, "code", {})))
     archive = getattr(checkpoint.container, "archive", None)
     if archive is not None:
         for name in archive.order:
@@ -135,7 +138,22 @@ def _scan_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[str
         for entry in archive.entries.values():
             archive.verify_crc(entry)
         notes.extend(archive.anomalies)
-    return checkpoint.format, faults
+    return checkpoint.format, faults, getattr(checkpoint.container, "inert_classes", None)
+
+
+#: Calls in TorchScript code that reach files, the network or other pickles (CVE-2025-32434 used torch.save).
+_CODE_CALLS = re.compile(r"\b(torch\.(?:save|load|jit\.load|hub\.\w+|ops\.\w+\.\w*(?:save|load|file|open)\w*)|open|"
+                         r"__import__|exec|eval|os\.\w+|subprocess\.\w+)\s*\(")
+
+
+def _code_notes(code: dict[str, str]) -> list[str]:
+    """TorchScript code records are code: say so, and name the calls that reach outside the model."""
+    notes = []
+    for record, text in code.items():
+        calls = sorted(set(_CODE_CALLS.findall(text)))
+        detail = f"; it calls {', '.join(calls)}" if calls else ""
+        notes.append(f"code record {record!r} is TorchScript source (never run by ptfile){detail}")
+    return notes
 
 
 def _scan_stream(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tuple[str, list[str]]:

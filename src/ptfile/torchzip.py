@@ -26,7 +26,7 @@ import numpy as np
 from .errors import CorruptFileError, UnsupportedFormatError
 from .source import Source
 from .tensors import StorageRef, StorageType
-from .ziparchive import ZipArchive
+from .ziparchive import ZipArchive, ZipEntry
 
 __all__ = ["TorchZip", "SUPPORTED_VERSIONS", "check_storage_key"]
 
@@ -62,14 +62,17 @@ class TorchZip:
     """A torch zip checkpoint, as a container of one pickle and its storages."""
 
     format = "zip"
+    #: A subclass reading TorchScript archives sets this; a plain reader refuses them.
+    torchscript = False
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, archive: ZipArchive | None = None) -> None:
         self.source = source
         self.name = source.name
-        self.archive = archive = ZipArchive(source)
+        self.archive = archive = archive if archive is not None else ZipArchive(source)
         self._storages: dict[str, StorageRef] = {}
-        if archive.has("constants.pkl"):
-            raise UnsupportedFormatError(f"{self.name}: TorchScript archives are not supported yet")
+        if archive.has("constants.pkl") and not self.torchscript:
+            # torch.load hands such files to torch.jit.load; they need the TorchScript reader.
+            raise UnsupportedFormatError(f"{self.name}: a TorchScript archive; open it with ptfile.torchscript")
         self.pickle_entry = archive.get("data.pkl")
         if self.pickle_entry is None:
             raise CorruptFileError(f"{self.name}: zip archive has no {archive.prefix}/data.pkl record")
@@ -94,21 +97,31 @@ class TorchZip:
             raise CorruptFileError(f"{self.name}: byteorder record holds {value[:20]!r}")
         return value.decode()
 
-    def main_pickle(self) -> tuple[str, bytes]:
-        """The object pickle: ``(record name, bytes)``."""
-        return self.pickle_entry.name, self.archive.read(self.pickle_entry)
+    #: Folders whose records are raw storage bytes, never pickles.
+    storage_folders = ("data/",)
+
+    def object_entries(self) -> list[ZipEntry]:
+        """The records torch unpickles, the object pickle first."""
+        return [self.pickle_entry]
+
+    def pickles(self) -> list[tuple[str, bytes]]:
+        """The object pickle: ``[(record name, bytes)]``."""
+        return [(self.pickle_entry.name, self.archive.read(self.pickle_entry))]
+
+    def combine(self, trees: list[Any]) -> Any:
+        return trees[0]
 
     def side_pickles(self) -> list[tuple[str, bytes]]:
         """Every other record that is or may be a pickle, wherever it lies in the archive.
 
         Torch never loads these, but another tool might, so a scanner must judge them.
-        Storage records under ``<prefix>/data/`` are raw tensor bytes and are skipped.
+        Storage records are raw tensor bytes and are skipped.
         """
         found = []
-        storage_dir = self.archive.full_name("data/")
-        known = {self.archive.full_name(name) for name in _LAYOUT_RECORDS} | {self.pickle_entry.name}
+        storage_dirs = tuple(self.archive.full_name(folder) for folder in self.storage_folders)
+        known = {self.archive.full_name(name) for name in _LAYOUT_RECORDS} | {e.name for e in self.object_entries()}
         for name, entry in self.archive.entries.items():
-            if name in known or name.startswith(storage_dir) or entry.size == 0:
+            if name in known or name.startswith(storage_dirs) or entry.size == 0:
                 continue
             data = self.archive.read(entry)
             if name.endswith(".pkl") or data[:1] == b"\x80":
@@ -117,6 +130,10 @@ class TorchZip:
 
     def persistent_load(self, pid: Any, context: Any) -> StorageRef:
         storage_type, key, location, numel = parse_storage_pid(pid)
+        return self._storage(key, f"data/{key}", storage_type, location, numel)
+
+    def _storage(self, key: str, record: str, storage_type: StorageType, location: str, numel: int) -> StorageRef:
+        """The storage ``key`` held by ``record`` (relative to the archive folder), checked once."""
         dtype = storage_type.dtype
         nbytes = numel * dtype.itemsize if dtype is not None else numel
         known = self._storages.get(key)
@@ -124,9 +141,9 @@ class TorchZip:
             if known.dtype is not dtype or known.nbytes != nbytes:
                 raise CorruptFileError(f"storage {key!r} is used with two different types or sizes")
             return known
-        entry = self.archive.get(f"data/{key}")
+        entry = self.archive.get(record)
         if entry is None:
-            raise CorruptFileError(f"{self.name}: storage {key!r} has no record {self.archive.prefix}/data/{key}")
+            raise CorruptFileError(f"{self.name}: storage {key!r} has no record {self.archive.full_name(record)}")
         if entry.size != nbytes:
             raise CorruptFileError(f"{self.name}: storage {key!r} declares {nbytes} bytes but its record holds {entry.size}")
         ref = StorageRef(key, dtype, nbytes, location, entry.name)

@@ -1,0 +1,258 @@
+"""TorchScript archives (``torch.jit.save``): weights and module tree, with no code run.
+
+A TorchScript archive is a torch zip with more records::
+
+    <prefix>/data.pkl, data/<key>            the module tree and its tensors
+    <prefix>/constants.pkl, constants/<key>  a tuple of constants (CONSTANTS.cN in the code)
+    <prefix>/code/__torch__/...py            TorchScript source of every class, plus .debug_pkl
+    <prefix>/extra/<name>                    user files (``_extra_files``)
+
+The pickles come from the C++ pickler: each module is ``GLOBAL '__torch__.<path> <Class>'``,
+EMPTY_TUPLE, NEWOBJ, then BUILD with a dict of its attributes (parameters, buffers,
+submodules and plain attributes side by side).  Typed lists go through
+``torch.jit._pickle.build_intlist`` and friends, typed dicts through ``restore_type_tag``.
+
+ptfile runs both pickles through the same restricted engine as any checkpoint.
+``__torch__.*`` classes become inert :class:`~ptfile.values.Record` objects; in this
+container only, instantiating them (NEWOBJ, BUILD, naming them) is judged clean,
+because the code that would give them behaviour is never compiled or run.  Calling
+one (REDUCE) stays dangerous.  The code records are exposed as text only, and
+read as text to learn which attributes are parameters and buffers
+(``__parameters__ = [...]`` / ``__buffers__ = [...]``), so that the lazy handle
+lists tensors under the names ``torch.jit.load(f).state_dict()`` gives.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
+from .source import Source
+from .tensors import StorageRef, TensorSpec
+from .torchzip import TorchZip, check_storage_key, parse_storage_pid
+from .values import Record
+from .ziparchive import ZipArchive, ZipEntry
+
+__all__ = ["TorchScriptArchive", "open_zip", "PICKLE_BUILDERS", "is_torchscript_class", "ClassCode"]
+
+#: Module prefix of every class TorchScript compiles; such classes are records, never imported.
+TORCH_MODULE = "__torch__"
+#: Code records read as text to classify attributes; more than this is refused, not buffered.
+MAX_CODE_BYTES = 64 << 20
+#: The pickles of an archive, in the order they are run; the first one's tree is what load returns.
+PICKLES = ("data", "constants")
+
+_CLASS_LINE = re.compile(r"^class\s+(\w+)\s*(?:\(\s*([\w.]*)\s*\))?\s*:", re.MULTILINE)
+_LIST_LINE = re.compile(r"^ +(__parameters__|__buffers__)\s*=\s*\[(.*?)\]", re.MULTILINE | re.DOTALL)
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def is_torchscript_class(module: str, name: str) -> bool:
+    """True for ``__torch__.*`` classes: compiled TorchScript types, kept as records."""
+    return module == TORCH_MODULE or module.startswith(TORCH_MODULE + ".")
+
+
+# -- torch.jit._pickle ---------------------------------------------------------
+
+
+def _typed_list(kinds: tuple[type, ...], what: str) -> Callable[..., list]:
+    def build(context: Any, items: Any) -> list:
+        if type(items) is not list:
+            raise CorruptFileError(f"torch.jit._pickle.build_{what}list needs a list, got {type(items).__name__}")
+        if not all(type(item) in kinds for item in items):
+            raise CorruptFileError(f"torch.jit._pickle.build_{what}list holds something that is not a {what}")
+        return items
+
+    return build
+
+
+def _tensor_list(context: Any, items: Any) -> list:
+    if type(items) is not list:
+        raise CorruptFileError(f"torch.jit._pickle.build_tensorlist needs a list, got {type(items).__name__}")
+    if not all(isinstance(item, (np.ndarray, TensorSpec)) for item in items):
+        raise CorruptFileError("torch.jit._pickle.build_tensorlist holds something that is not a tensor")
+    return items
+
+
+def _restore_type_tag(context: Any, value: Any, type_str: Any) -> Any:
+    """``restore_type_tag(obj, "Dict[str, float]")``: the type tag is for the TorchScript runtime only."""
+    if type(type_str) is not str:
+        raise CorruptFileError("torch.jit._pickle.restore_type_tag needs a type string")
+    if not isinstance(value, (dict, list)):
+        raise CorruptFileError(f"torch.jit._pickle.restore_type_tag on a {type(value).__name__}, not a dict or list")
+    return value
+
+
+def _tensor_from_id(context: Any, *args: Any) -> Any:
+    raise UnsupportedFormatError("TorchScript archives of torch < 1.4 (model.json, build_tensor_from_id) are not supported")
+
+
+PICKLE_BUILDERS: dict[str, Callable[..., Any]] = {
+    "build_intlist": _typed_list((int,), "int"),
+    "build_doublelist": _typed_list((float,), "double"),
+    "build_boollist": _typed_list((bool,), "bool"),
+    "build_tensorlist": _tensor_list,
+    "restore_type_tag": _restore_type_tag,
+    "build_tensor_from_id": _tensor_from_id,
+}
+
+
+# -- code records --------------------------------------------------------------
+
+
+@dataclass
+class ClassCode:
+    """What the TorchScript source says about one class, read as text."""
+
+    qualified_name: str  # __torch__.torch.nn.modules.linear.Linear
+    base: str  # "Module" for modules, "" for other classes
+    parameters: list[str] = field(default_factory=list)
+    buffers: list[str] = field(default_factory=list)
+
+    @property
+    def is_module(self) -> bool:
+        return self.base == "Module"
+
+
+def parse_code(module: str, text: str) -> list[ClassCode]:
+    """The classes one code record defines, with their parameter and buffer names."""
+    found: list[ClassCode] = []
+    starts = list(_CLASS_LINE.finditer(text))
+    for i, match in enumerate(starts):
+        body = text[match.end() : starts[i + 1].start() if i + 1 < len(starts) else len(text)]
+        info = ClassCode(f"{module}.{match.group(1)}", match.group(2) or "")
+        for kind, items in _LIST_LINE.findall(body):
+            names = [m.encode().decode("unicode_escape") if "\\" in m else m for m in _QUOTED.findall(items)]
+            if kind == "__parameters__":
+                info.parameters = names
+            else:
+                info.buffers = names
+        found.append(info)
+    return found
+
+
+def _code_module(record: str) -> str:
+    """``code/__torch__/torch/nn/modules/linear.py`` -> ``__torch__.torch.nn.modules.linear``."""
+    return record[len("code/") : -len(".py")].replace("/", ".")
+
+
+# -- the container -------------------------------------------------------------
+
+
+class TorchScriptArchive(TorchZip):
+    """A ``torch.jit.save`` archive, as a container of two pickles and their storages.
+
+    Attributes:
+        code: record name (``code/__torch__.py``) -> TorchScript source text, never run.
+        classes: qualified class name -> :class:`ClassCode`.
+        constants: the tuple ``constants.pkl`` holds, once the pickles have run.
+        extra: name -> bytes of the ``extra/`` records.
+    """
+
+    format = "torchscript"
+    torchscript = True
+
+    def __init__(self, source: Source, archive: ZipArchive | None = None) -> None:
+        super().__init__(source, archive=archive)
+        self.constants_entry = self.archive.get("constants.pkl")
+        self._running = "data"
+        self.constants: Any = ()
+        self.code = self._read_code()
+        self.classes = {c.qualified_name: c for name, text in self.code.items() for c in parse_code(_code_module(name), text)}
+        self.extra = {
+            name[len(self.archive.prefix) + len("/extra/") :]: self.archive.read(entry)
+            for name, entry in self.archive.entries.items()
+            if name.startswith(self.archive.full_name("extra/"))
+        }
+
+    def _read_code(self) -> dict[str, str]:
+        prefix = self.archive.full_name("code/")
+        code: dict[str, str] = {}
+        total = 0
+        for name in self.archive.order:
+            if not (name.startswith(prefix) and name.endswith(".py")):
+                continue
+            entry = self.archive.entries[name]
+            total += entry.size
+            if total > MAX_CODE_BYTES:
+                raise LimitExceededError(f"{self.name}: more than {MAX_CODE_BYTES} bytes of TorchScript code")
+            code[name[len(self.archive.prefix) + 1 :]] = self.archive.read(entry).decode("utf-8", "replace")
+        return code
+
+    # -- the loader's container protocol -----------------------------------------------
+
+    storage_folders = ("data/", "constants/")
+
+    def object_entries(self) -> list[ZipEntry]:
+        return [e for e in (self.pickle_entry, self.constants_entry) if e is not None]
+
+    def pickles(self) -> Iterator[tuple[str, bytes]]:
+        """``data.pkl``, then ``constants.pkl``; storage keys resolve against the pickle being run."""
+        for kind, entry in (("data", self.pickle_entry), ("constants", self.constants_entry)):
+            if entry is None:
+                continue
+            self._running = kind
+            yield entry.name, self.archive.read(entry)
+
+    def combine(self, trees: list[Any]) -> Any:
+        """Keep the constants on the container; the module tree is the checkpoint."""
+        if len(trees) > 1:
+            self.constants = trees[1]
+        return trees[0]
+
+    def inert_classes(self, module: str, name: str) -> bool:
+        return is_torchscript_class(module, name)
+
+    def persistent_load(self, pid: Any, context: Any) -> StorageRef:
+        if self._running == "data":
+            return super().persistent_load(pid, context)
+        storage_type, key, location, numel = parse_storage_pid(pid)
+        return self._storage(f"{self._running}/{check_storage_key(key)}", f"{self._running}/{key}", storage_type,
+                             location, numel)
+
+    def named_tensors(self, tree: Any, is_leaf: Callable[[Any], bool]) -> Iterator[tuple[str, Any]]:
+        """Parameters and buffers under the names ``torch.jit.load(f).state_dict()`` gives.
+
+        A module's parameters come first, then its buffers, then its submodules,
+        each in the order of the module's attributes; None entries are skipped,
+        as torch skips them.  Without code for a class, every tensor attribute counts.
+        """
+        seen: set[int] = set()
+        stack: list[tuple[str, Any]] = [("", tree)]
+        while stack:
+            prefix, module = stack.pop()
+            if id(module) in seen or type(module) is not Record or not isinstance(module.state, dict):
+                continue
+            seen.add(id(module))
+            code = self.classes.get(module.cls.path)
+            attrs = module.state
+            own = (code.parameters + code.buffers) if code is not None else [k for k, v in attrs.items() if is_leaf(v)]
+            for name in own:
+                value = attrs.get(name)
+                if value is not None and is_leaf(value):
+                    yield prefix + name, value
+            children = [
+                (prefix + str(key) + ".", value)
+                for key, value in attrs.items()
+                if type(value) is Record and self._is_module(value)
+            ]
+            stack.extend(reversed(children))
+
+    def _is_module(self, record: Record) -> bool:
+        code = self.classes.get(record.cls.path)
+        if code is not None:
+            return code.is_module
+        return is_torchscript_class(record.cls.module, record.cls.name)
+
+
+def open_zip(source: Source) -> TorchZip:
+    """The reader of a zip checkpoint: a TorchScript archive when it holds ``constants.pkl``."""
+    archive = ZipArchive(source)
+    if archive.has("constants.pkl"):
+        return TorchScriptArchive(source, archive=archive)
+    return TorchZip(source, archive=archive)
