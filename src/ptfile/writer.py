@@ -177,7 +177,7 @@ class StorageTable:
             array = array.astype(array.dtype.newbyteorder("="))
         view = self._place(array, info, path)
         if view is None:  # not expressible in torch's terms: a storage of its own
-            array = np.ascontiguousarray(array)
+            array = np.array(array, order="C", copy=True)
             view = self._place(array, info, path)
             assert view is not None, "a fresh contiguous array always has a view"
         return view
@@ -490,7 +490,10 @@ def plan_shards(state_dict: Any, limit: int) -> tuple[list[list[str]], int]:
         lo, hi = _byte_extent(root)
         size = hi - lo
         total += size
-        if size > limit:
+        if size > limit:  # a shard of its own, in key order (huggingface_hub puts it before the open shard)
+            if current:
+                shards.append(current)
+                current, current_size = [], 0
             shards.append([key])
             owner[id(root)] = shards[-1]
             continue
