@@ -32,6 +32,8 @@ __version__ = "0.1.0"
 __all__ = [
     "load",
     "open",
+    "save",
+    "save_sharded",
     "Checkpoint",
     "TensorInfo",
     "Record",
@@ -107,3 +109,38 @@ def open(src: Source, *, mmap: bool = True, records: bool = False) -> LazyCheckp
     from .loader import open_checkpoint
 
     return open_checkpoint(src, mmap=mmap, records=records)
+
+
+def save(obj: Any, dst: Union[str, os.PathLike[str], IO[bytes]]) -> None:
+    """Write ``obj`` as a checkpoint that ``torch.load`` reads (``weights_only=True`` and ``mmap=True``).
+
+    numpy arrays become tensors (:class:`Parameter` arrays become ``nn.Parameter``);
+    arrays viewing the same memory share one storage with their offsets and strides;
+    negative strides are copied, as torch has none.  The file is laid out and pickled
+    exactly as ``torch.save`` lays out and pickles the same objects, so a file read with
+    :func:`load` and saved again is the same checkpoint to torch.
+
+    A path is written through a temporary file in the same folder and replaced only
+    when complete; a file object is written from its current position.
+
+    Raises:
+        PtfileError: naming the path in the tree (``model.layers.0.weight``) of a value
+            that cannot be saved, before anything is written.
+    """
+    from .writer import save as _save
+
+    _save(obj, dst)
+
+
+def save_sharded(state_dict: Any, folder: Union[str, os.PathLike[str]], max_shard_size: Union[int, str] = "5GB") -> list:
+    """Write a ``name -> array`` state dict as Hugging Face ``pytorch_model-0000k-of-0000N.bin`` shards.
+
+    Shards are filled greedily in key order up to ``max_shard_size`` (bytes, or a string
+    such as ``"5GB"``, ``"500MB"`` in decimal units, or ``"2GiB"``); tensors sharing a
+    storage stay in one shard; a tensor larger than the limit gets a shard of its own.
+    Several shards come with ``pytorch_model.bin.index.json``; a single one is written as
+    ``pytorch_model.bin``.  Returns the names of the files written.
+    """
+    from .writer import save_sharded as _save_sharded
+
+    return _save_sharded(state_dict, folder, max_shard_size)
