@@ -8,6 +8,7 @@ one (:func:`open_checkpoint`, the lazy handle behind ``ptfile.open``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,8 +30,8 @@ from .ziparchive import is_zip
 
 __all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint"]
 
-#: Opcodes a pickle can start with (PROTO, or a protocol 0/1 opcode that pushes a value).
-_PICKLE_FIRST_OPCODES = frozenset(b"\x80(}])cSVILFNKJMXGUTCBh")
+#: How pickles start: PROTO (protocol 2+), or the protocol 0/1 containers and GLOBAL line.
+_PICKLE_START = re.compile(rb"\x80[\x00-\x05]|[(}\])]|c[\w.]+\n\w+\n")
 LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa850192e")
 
 
@@ -313,10 +314,10 @@ def detached_storage(pid: Any) -> StorageRef:
 
 def open_container(source: Source) -> Any:
     """The container reader for the source's format, chosen as torch chooses it."""
-    head = source.read(0, min(source.size, 16), "file header")
+    head = source.read(0, min(source.size, 64), "file header")
     if is_zip(head):
         return open_zip(source)
-    if head[:1] and head[0] in _PICKLE_FIRST_OPCODES and not head.startswith(LEGACY_MAGIC[:12]):
+    if _PICKLE_START.match(head) and not head.startswith(LEGACY_MAGIC[:12]):
         return RawPickle(source)
     raise _unsupported_kind(source.name, head)
 
