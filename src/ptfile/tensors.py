@@ -81,7 +81,15 @@ class TensorSpec:
 
     @property
     def is_contiguous(self) -> bool:
-        return self.strides == contiguous_strides(self.shape)
+        """As torch's ``is_contiguous()``: row-major, ignoring strides of size-1 dimensions; empty is contiguous."""
+        if 0 in self.shape:
+            return True
+        expected = 1
+        for size, stride in zip(reversed(self.shape), reversed(self.strides), strict=True):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
 
     def as_parameter(self, requires_grad: bool) -> TensorSpec:
         return replace(self, parameter=True, requires_grad=requires_grad)
@@ -138,6 +146,26 @@ def numpy_dtype(info: DtypeInfo) -> np.dtype:
     return info.numpy
 
 
+def _resolve_flags(view: np.ndarray, *, conj: bool, neg: bool) -> np.ndarray:
+    """The values of a lazy conjugate / negative view, in a fresh array of the same shape.
+
+    torch saves such a view as its base's bytes plus a flag; numpy has no lazy views,
+    so the values are computed once.  ``out=`` keeps 0-d results arrays (a bare ufunc
+    call would return a scalar), and a read-only view gives a read-only result, as
+    every other array of a memory-mapped load is.
+    """
+    out = np.empty(view.shape, view.dtype)
+    source = view
+    if conj:
+        np.conjugate(source, out=out)
+        source = out
+    if neg:
+        np.negative(source, out=out)
+    if not view.flags.writeable:
+        out.flags.writeable = False
+    return out
+
+
 def view_array(spec: TensorSpec, buffer: np.ndarray) -> np.ndarray:
     """The tensor as a numpy view of its storage's bytes (``buffer``, uint8)."""
     dtype = numpy_dtype(spec.dtype)
@@ -148,10 +176,8 @@ def view_array(spec: TensorSpec, buffer: np.ndarray) -> np.ndarray:
         arr = np.ndarray(
             spec.shape, dtype, buffer=buffer, offset=spec.offset * itemsize, strides=[s * itemsize for s in spec.strides]
         )
-    if spec.conj:
-        arr = np.conjugate(arr)
-    if spec.neg:
-        arr = np.negative(arr)
+    if spec.conj or spec.neg:
+        arr = _resolve_flags(arr, conj=spec.conj, neg=spec.neg)
     if spec.parameter:
         arr = arr.view(Parameter)
         arr.requires_grad = spec.requires_grad
