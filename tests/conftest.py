@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 GENERATOR = Path(__file__).resolve().parent / "fixtures" / "make_fixtures.py"
 
 # Property tests save and load a file per example; keep the suite to a few minutes.
-settings.register_profile("default", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("default", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("default")
 

@@ -156,6 +156,10 @@ def check_tensor(arr: np.ndarray, t: dict, expected: Expected, *, writable: bool
     assert isinstance(arr, ptfile.Parameter) == t["parameter"], f"{where}: Parameter is {type(arr).__name__}"
     if t["parameter"]:
         assert arr.requires_grad is t["requires_grad"], f"{where}: requires_grad {arr.requires_grad}"
+        if t["attributes"] is None:
+            assert not arr.attributes, f"{where}: unexpected attributes {arr.attributes!r}"
+        else:  # Python attributes the parameter carried (_rebuild_parameter_with_state)
+            compare_tree(arr.attributes, t["attributes"], expected, f"{where} attributes")
     if writable is not None:
         assert arr.flags.writeable == writable, f"{where}: writeable is {arr.flags.writeable}"
 
@@ -240,23 +244,34 @@ _LOCAL = b"PK\x03\x04"
 ALIGNMENT = 64
 
 
-def read_zip(data: bytes) -> list[tuple[str, bytes]]:
-    """``[(name, bytes)]`` of a small, stored zip (torch's files: no ZIP64 values needed)."""
+@dataclass(frozen=True)
+class ZipEntry:
+    name: str
+    crc: int
+    start: int  # offset of the record's data in the file
+    size: int
+
+
+def zip_entries(data: bytes) -> list[ZipEntry]:
+    """The records of a small, stored zip (torch's files: no ZIP64 values needed), in directory order."""
     end = data.rindex(_EOCD)
     count, _, cd_offset = struct.unpack_from("<HII", data, end + 10)
-    records, pos = [], cd_offset
+    entries, pos = [], cd_offset
     for _ in range(count):
         assert data[pos : pos + 4] == _CENTRAL
-        method, size = struct.unpack_from("<H", data, pos + 10)[0], struct.unpack_from("<I", data, pos + 24)[0]
-        name_len, extra_len, comment_len = struct.unpack_from("<HHH", data, pos + 28)
+        method, crc, _, size, name_len, extra_len, comment_len = struct.unpack_from("<H4xIIIHHH", data, pos + 10)
         local = struct.unpack_from("<I", data, pos + 42)[0]
         name = data[pos + 46 : pos + 46 + name_len].decode()
         assert method == 0, f"{name}: compressed record"
         local_name, local_extra = struct.unpack_from("<HH", data, local + 26)
-        start = local + 30 + local_name + local_extra
-        records.append((name, data[start : start + size]))
+        entries.append(ZipEntry(name, crc, local + 30 + local_name + local_extra, size))
         pos += 46 + name_len + extra_len + comment_len
-    return records
+    return entries
+
+
+def read_zip(data: bytes) -> list[tuple[str, bytes]]:
+    """``[(name, bytes)]`` of every record."""
+    return [(e.name, data[e.start : e.start + e.size]) for e in zip_entries(data)]
 
 
 def write_zip(records: list[tuple[str, bytes]]) -> bytes:

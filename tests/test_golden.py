@@ -27,6 +27,7 @@ from goldencheck import (
     load_expected,
     read_zip,
     write_zip,
+    zip_entries,
 )
 
 NAMES = fixture_names()
@@ -118,6 +119,20 @@ def test_renamed_prefix_reads_the_same() -> None:
 
 def test_buffer_prefix_is_archive() -> None:
     assert all(name.startswith("archive/") for name, _ in read_zip(load_expected("buffer").path.read_bytes()))
+
+
+def test_no_crc_fixture_has_no_crcs() -> None:
+    """torch wrote CRC 0 for every record (config.save.compute_crc32 = False); ptfile must not care."""
+    entries = zip_entries(load_expected("no_crc").path.read_bytes())
+    assert entries and all(e.crc == 0 for e in entries if e.size)
+    assert any(e.crc for e in zip_entries(load_expected("views").path.read_bytes()))
+
+
+def test_align4096_fixture_is_aligned() -> None:
+    data = load_expected("align4096").path.read_bytes()
+    records = dict(read_zip(data))
+    assert records["align4096/.storage_alignment"] == b"4096"
+    assert all(e.start % 4096 == 0 for e in zip_entries(data))
 
 
 def test_zip_rewriter_round_trips() -> None:
