@@ -15,7 +15,7 @@ bytes only when asked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -67,6 +67,8 @@ class TensorSpec:
     parameter: bool = False
     conj: bool = False
     neg: bool = False
+    # Python attributes of a parameter (``_rebuild_parameter_with_state``); not part of identity.
+    attributes: dict | None = field(default=None, compare=False, hash=False)
 
     @property
     def numel(self) -> int:
@@ -91,8 +93,8 @@ class TensorSpec:
             expected *= size
         return True
 
-    def as_parameter(self, requires_grad: bool) -> TensorSpec:
-        return replace(self, parameter=True, requires_grad=requires_grad)
+    def as_parameter(self, requires_grad: bool, attributes: dict | None = None) -> TensorSpec:
+        return replace(self, parameter=True, requires_grad=requires_grad, attributes=attributes)
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -181,4 +183,5 @@ def view_array(spec: TensorSpec, buffer: np.ndarray) -> np.ndarray:
     if spec.parameter:
         arr = arr.view(Parameter)
         arr.requires_grad = spec.requires_grad
+        arr.attributes = spec.attributes
     return arr
