@@ -4,7 +4,8 @@ Hypothesis draws a dtype, a storage of random bytes, and a view of it
 (``torch.as_strided`` with any shape, strides including 0 and overlapping or
 gapped layouts, and a storage offset).  torch saves the view together with the
 whole storage, so ptfile must also place the view at the right offset of the
-storage it shares with the base.  The comparison is the one the golden tests use.
+storage it shares with the base.  The comparison is the one the golden tests use,
+and a big-endian rewrite of each file must read back to the same values.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import ptfile  # noqa: E402
 from conftest import import_generator  # noqa: E402
-from goldencheck import Expected, check_lazy, check_loaded  # noqa: E402
+from goldencheck import Expected, big_endian, check_lazy, check_loaded  # noqa: E402
 
 generator = import_generator()
 
@@ -68,6 +69,10 @@ def _roundtrip(obj: dict) -> None:
         check_loaded(ptfile.load(path.read_bytes(), mmap=False), expected, writable=True)
         with ptfile.open(path) as ckpt:
             check_lazy(ckpt, expected, writable=False)
+        # complex32 big-endian storages: a known loader bug, see test_golden.test_big_endian_complex32
+        skip = frozenset(t["path"] for t in expected.tensors if t["torch_dtype"] == "complex32")
+        swapped = big_endian(path.read_bytes(), expected)
+        check_loaded(ptfile.load(swapped, mmap=False), expected, writable=True, skip=skip)
 
 
 @given(strided_views(), st.booleans())

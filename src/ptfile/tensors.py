@@ -148,21 +148,32 @@ def numpy_dtype(info: DtypeInfo) -> np.dtype:
     return info.numpy
 
 
-def _resolve_flags(view: np.ndarray, *, conj: bool, neg: bool) -> np.ndarray:
+def _resolve_flags(view: np.ndarray, info: DtypeInfo, *, conj: bool, neg: bool) -> np.ndarray:
     """The values of a lazy conjugate / negative view, in a fresh array of the same shape.
 
     torch saves such a view as its base's bytes plus a flag; numpy has no lazy views,
-    so the values are computed once.  ``out=`` keeps 0-d results arrays (a bare ufunc
-    call would return a scalar), and a read-only view gives a read-only result, as
-    every other array of a memory-mapped load is.
+    so the values are computed once.  For IEEE-style floats and complex numbers,
+    conjugation and negation flip sign bits of the stored bytes: exact for -0.0 and
+    NaN payloads, which ufuncs are not (ml_dtypes' complex32 negation goes through
+    float32 and quiets signaling NaNs).  Other types use numpy's negation (integers
+    wrap as in torch).  A read-only view gives a read-only result, as every other
+    array of a memory-mapped load is.
     """
     out = np.empty(view.shape, view.dtype)
-    source = view
-    if conj:
-        np.conjugate(source, out=out)
-        source = out
-    if neg:
-        np.negative(source, out=out)
+    np.copyto(out, view)
+    if info.sign_magnitude:
+        width = info.itemsize // 2 if info.is_complex else info.itemsize
+        components = out.reshape(-1).view(f"u{width}")  # native order: the sign is the top bit of the value
+        sign = components.dtype.type(1 << (8 * width - 1))
+        if neg:
+            components ^= sign
+        if conj:
+            components[1::2] ^= sign  # imaginary parts
+    else:
+        if conj and info.is_complex:
+            np.conjugate(out, out=out)
+        if neg:
+            np.negative(out, out=out)
     if not view.flags.writeable:
         out.flags.writeable = False
     return out
@@ -179,7 +190,7 @@ def view_array(spec: TensorSpec, buffer: np.ndarray) -> np.ndarray:
             spec.shape, dtype, buffer=buffer, offset=spec.offset * itemsize, strides=[s * itemsize for s in spec.strides]
         )
     if spec.conj or spec.neg:
-        arr = _resolve_flags(arr, conj=spec.conj, neg=spec.neg)
+        arr = _resolve_flags(arr, spec.dtype, conj=spec.conj, neg=spec.neg)
     if spec.parameter:
         arr = arr.view(Parameter)
         arr.requires_grad = spec.requires_grad
