@@ -195,12 +195,11 @@ def test_diff_strip_prefix_and_tolerance(tmp_path):
 def test_stats_json():
     code, doc = run_json("stats", STATE_DICT)
     assert code == 0
-    sd = ptfile.load(STATE_DICT)
+    with ptfile.open(STATE_DICT) as ckpt:
+        arrays = {key: np.array(ckpt[key]) for key in ckpt.keys()}
+    assert [row["name"] for row in doc["tensors"]] == list(arrays)
     for row in doc["tensors"]:
-        array = sd
-        for part in row["name"].split("."):
-            array = array[part] if isinstance(array, dict) else array[int(part)]
-        values = np.asarray(array, dtype=np.float64)
+        values = arrays[row["name"]].astype(np.float64)
         assert row["count"] == values.size
         finite = values[np.isfinite(values)]
         if finite.size:

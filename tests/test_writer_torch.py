@@ -33,7 +33,8 @@ DTYPES = {
 
 def raw_bytes(t) -> bytes:
     """A tensor's elements in logical order as bytes (torch cannot .numpy() every dtype)."""
-    flat = t.detach().contiguous().reshape(-1)
+    # a fresh buffer: .contiguous() keeps odd strides of size-1 tensors, which .view refuses
+    flat = torch.empty(t.numel(), dtype=t.dtype).copy_(t.detach().reshape(-1))
     return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
 
 

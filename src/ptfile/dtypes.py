@@ -39,6 +39,15 @@ class DtypeInfo:
     def is_quantized(self) -> bool:
         return self.quantized_base is not None
 
+    @property
+    def is_complex(self) -> bool:
+        return self.torch_name.startswith("complex")
+
+    @property
+    def sign_magnitude(self) -> bool:
+        """Negating a value flips the top bit of each component (real and imaginary part)."""
+        return self.torch_name in _SIGN_MAGNITUDE
+
 
 def _info(torch_name, scalar_type, itemsize, numpy, legacy=False, quantized_base=None):
     storage = scalar_type + "Storage" if legacy else None
@@ -79,6 +88,12 @@ _TABLE = (
     _info("qint32", "QInt32", 4, np.int32, legacy=True, quantized_base="int32"),
     _info("quint4x2", "QUInt4x2", 1, np.uint8, legacy=True, quantized_base="uint8"),
     _info("quint2x4", "QUInt2x4", 1, np.uint8, legacy=True, quantized_base="uint8"),
+)
+
+# Float types whose top bit is a plain sign, with a -0.0: negation is exactly a bit flip.
+# Not the fnuz float8 types (0x80 is their NaN, there is no -0.0) nor float8_e8m0fnu (unsigned).
+_SIGN_MAGNITUDE = frozenset(
+    {"float16", "bfloat16", "float32", "float64", "complex32", "complex64", "complex128", "float8_e5m2", "float8_e4m3fn"}
 )
 
 # Sub-byte integer dtypes torch lists in its weights_only allowlist but cannot

@@ -87,7 +87,7 @@ class Context:
 
     def parameter(self, data: Any, requires_grad: bool, attributes: dict | None) -> Any:
         if type(data) is TensorSpec:
-            return data.as_parameter(requires_grad)
+            return data.as_parameter(requires_grad, attributes)
         if not isinstance(data, np.ndarray):
             raise CorruptFileError(f"parameter built from a {type(data).__name__}, not a tensor")
         param = data.view(Parameter)
@@ -191,6 +191,7 @@ class Checkpoint:
         buf = self.container.storage_bytes(storage, copy=self.copy)
         if self.container.byteorder == "big" and itemsize > 1:
             buf = _byteswap(buf, itemsize, storage.record)
+            buf.flags.writeable = self.copy  # a swapped copy of a mapped file stays read-only like the rest
         self._buffers[storage.key] = buf
         return buf
 
@@ -198,7 +199,7 @@ class Checkpoint:
         if spec.storage is None:
             raise UnsupportedFormatError("meta tensors have no data to load")
         itemsize = spec.dtype.itemsize
-        if spec.dtype.numpy is not None and spec.dtype.numpy.kind == "c":
+        if spec.dtype.is_complex:
             itemsize //= 2  # complex numbers swap each half
         buffer = self.buffer(spec.storage, itemsize)
         return view_array(spec, buffer)

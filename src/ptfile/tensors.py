@@ -15,7 +15,7 @@ bytes only when asked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -67,6 +67,8 @@ class TensorSpec:
     parameter: bool = False
     conj: bool = False
     neg: bool = False
+    # Python attributes of a parameter (``_rebuild_parameter_with_state``); not part of identity.
+    attributes: dict | None = field(default=None, compare=False, hash=False)
 
     @property
     def numel(self) -> int:
@@ -81,10 +83,18 @@ class TensorSpec:
 
     @property
     def is_contiguous(self) -> bool:
-        return self.strides == contiguous_strides(self.shape)
+        """As torch's ``is_contiguous()``: row-major, ignoring strides of size-1 dimensions; empty is contiguous."""
+        if 0 in self.shape:
+            return True
+        expected = 1
+        for size, stride in zip(reversed(self.shape), reversed(self.strides), strict=True):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
 
-    def as_parameter(self, requires_grad: bool) -> TensorSpec:
-        return replace(self, parameter=True, requires_grad=requires_grad)
+    def as_parameter(self, requires_grad: bool, attributes: dict | None = None) -> TensorSpec:
+        return replace(self, parameter=True, requires_grad=requires_grad, attributes=attributes)
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -132,6 +142,37 @@ def check_view(storage: StorageRef | None, dtype: DtypeInfo, offset: Any, shape:
     return offset, shape, strides
 
 
+def _resolve_flags(view: np.ndarray, info: DtypeInfo, *, conj: bool, neg: bool) -> np.ndarray:
+    """The values of a lazy conjugate / negative view, in a fresh array of the same shape.
+
+    torch saves such a view as its base's bytes plus a flag; numpy has no lazy views,
+    so the values are computed once.  For IEEE-style floats and complex numbers,
+    conjugation and negation flip sign bits of the stored bytes: exact for -0.0 and
+    NaN payloads, which ufuncs are not (ml_dtypes' complex32 negation goes through
+    float32 and quiets signaling NaNs).  Other types use numpy's negation (integers
+    wrap as in torch).  A read-only view gives a read-only result, as every other
+    array of a memory-mapped load is.
+    """
+    out = np.empty(view.shape, view.dtype)
+    np.copyto(out, view)
+    if info.sign_magnitude:
+        width = info.itemsize // 2 if info.is_complex else info.itemsize
+        components = out.reshape(-1).view(f"u{width}")  # native order: the sign is the top bit of the value
+        sign = components.dtype.type(1 << (8 * width - 1))
+        if neg:
+            components ^= sign
+        if conj:
+            components[1::2] ^= sign  # imaginary parts
+    else:
+        if conj and info.is_complex:
+            np.conjugate(out, out=out)
+        if neg:
+            np.negative(out, out=out)
+    if not view.flags.writeable:
+        out.flags.writeable = False
+    return out
+
+
 def view_array(spec: TensorSpec, buffer: np.ndarray) -> np.ndarray:
     """The tensor as a numpy view of its storage's bytes (``buffer``, uint8)."""
     dtype = spec.dtype.numpy
@@ -144,11 +185,10 @@ def view_array(spec: TensorSpec, buffer: np.ndarray) -> np.ndarray:
         arr = np.ndarray(shape, dtype, buffer=buffer[:0], offset=0, strides=strides)
     else:
         arr = np.ndarray(shape, dtype, buffer=buffer, offset=spec.offset * itemsize, strides=strides)
-    if spec.conj:
-        arr = np.conjugate(arr)
-    if spec.neg:
-        arr = np.negative(arr)
+    if spec.conj or spec.neg:
+        arr = _resolve_flags(arr, spec.dtype, conj=spec.conj, neg=spec.neg)
     if spec.parameter:
         arr = arr.view(Parameter)
         arr.requires_grad = spec.requires_grad
+        arr.attributes = spec.attributes
     return arr
