@@ -2,8 +2,10 @@
 
 Output goes to a temporary file in the destination's folder (so the final rename
 never crosses file systems) and is renamed over the destination only once every
-byte is written and flushed.  On any error the temporary file is removed and the
-destination is left exactly as it was.
+byte is written.  On any error the temporary file is removed and the destination
+is left exactly as it was.  Like ``torch.save``, it does not fsync: a crash of the
+process never leaves a half-written file under the final name, while surviving a
+power loss is left to the file system.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from .errors import CheckpointNotFoundError, PtfileError
+
 __all__ = ["atomic_write"]
 
 
@@ -22,12 +26,15 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` when the block ends without an error."""
     target = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(target))
-    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{target}: the folder {folder} does not exist") from None
+    except OSError as exc:
+        raise PtfileError(f"{target}: cannot write in {folder}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as out:
             yield out
-            out.flush()
-            os.fsync(out.fileno())
         os.chmod(temp, 0o666 & ~_umask())
         os.replace(temp, target)
     except BaseException:

@@ -26,10 +26,11 @@ import numpy as np
 from .atomic import atomic_write
 from .errors import CorruptFileError, UnsupportedFormatError
 from .sharded import INDEX_SUFFIX, is_sharded
-from .stformat import byte_range, read_safetensors, remove_shared, write_safetensors
+from .stformat import read_safetensors, remove_shared, write_safetensors
 from .tree import walk
+from .writer import parse_size, plan_shards
 
-__all__ = ["convert", "read_tensors", "write_tensors", "select", "cast", "parse_size", "plan_shards", "ConvertReport"]
+__all__ = ["convert", "read_tensors", "write_tensors", "select", "cast", "ConvertReport"]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
 #: npz cannot name ml_dtypes types; their bits are stored as unsigned integers and the
@@ -37,8 +38,6 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
 NPZ_DTYPES_ENTRY = "__ptfile_dtypes__"
 FLOAT_TYPES = frozenset({"float16", "float32", "float64", "bfloat16", "float8_e5m2", "float8_e4m3fn",
                          "float8_e5m2fnuz", "float8_e4m3fnuz", "float8_e8m0fnu"})
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
 @dataclass
@@ -47,18 +46,6 @@ class ConvertReport:
     tensors: int = 0
     skipped_values: list[str] = field(default_factory=list)  # non-tensor values left out
     dropped_aliases: dict[str, str] = field(default_factory=dict)  # alias -> tensor kept in its place
-
-
-def parse_size(size: int | str) -> int:
-    """``5GB`` (decimal, as Hugging Face counts), ``500MiB`` or a number of bytes."""
-    if isinstance(size, int):
-        return size
-    text = size.strip().upper().replace(" ", "")
-    number = text.rstrip("KMGTIB")
-    unit = text[len(number):]
-    if unit not in _UNITS or not number:
-        raise ValueError(f"cannot read {size!r} as a size such as 5GB or 500MiB")
-    return int(float(number) * _UNITS[unit])
 
 
 def select(tree: Any, key: str | None) -> Any:
@@ -162,34 +149,12 @@ def write_npz(tensors: Mapping[str, np.ndarray], path: str) -> None:
         np.savez(out, **arrays)
 
 
-def plan_shards(tensors: Mapping[str, np.ndarray], max_size: int) -> list[list[str]]:
-    """Greedy shards in key order, as huggingface_hub plans them.
-
-    A tensor larger than the limit gets a shard of its own; tensors that share memory go
-    into the shard of the first of them, so sharing survives within one file.
-    """
-    shards: list[list[str]] = []
-    sizes: list[int] = []
-    home: dict[int, int] = {}
-    for key, array in tensors.items():
-        root = byte_range(array)[0]
-        if root in home:
-            shards[home[root]].append(key)
-            continue
-        size = array.nbytes
-        if not shards or (sizes[-1] + size > max_size and sizes[-1] > 0):
-            shards.append([])
-            sizes.append(0)
-        shards[-1].append(key)
-        sizes[-1] += size
-        home[root] = len(shards) - 1
-    return shards
-
-
 def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: int | str | None = None,
                   metadata: dict[str, str] | None = None) -> ConvertReport:
     """Write tensors to ``dst`` in the format its extension names."""
     report = ConvertReport(tensors=len(tensors))
+    if os.path.dirname(dst):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
     if dst.endswith(".safetensors"):
         tensors, report.dropped_aliases = remove_shared(tensors)
         meta = {"format": "pt", **report.dropped_aliases, **(metadata or {})}
@@ -208,8 +173,9 @@ def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: i
             save(OrderedDict(tensors), dst)
             report.written.append(dst)
         else:
-            report.written.extend(save_sharded(OrderedDict(tensors), os.path.dirname(dst) or ".",
-                                               max_shard_size=max_shard_size))
+            folder = os.path.dirname(dst) or "."
+            names = save_sharded(OrderedDict(tensors), folder, max_shard_size=max_shard_size)
+            report.written.extend(os.path.join(folder, name) for name in names)
     else:
         raise UnsupportedFormatError(f"{dst}: cannot tell the output format from its extension "
                                      "(use .safetensors, .npz, .pt, .pth or .bin)")
@@ -218,7 +184,7 @@ def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: i
 
 def _write_sharded_safetensors(tensors: dict[str, np.ndarray], dst: str, max_size: int,
                                metadata: dict[str, str]) -> list[str]:
-    shards = plan_shards(tensors, max_size)
+    shards, _ = plan_shards(tensors, max_size)
     if len(shards) == 1:
         write_safetensors(tensors, dst, metadata)
         return [dst]

@@ -33,6 +33,7 @@ from numpy.lib.array_utils import byte_bounds
 from .atomic import atomic_write
 from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from .source import open_source
+from .writer import root_of
 
 __all__ = ["read_safetensors", "write_safetensors", "remove_shared", "DTYPE_CODES"]
 
@@ -146,15 +147,9 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike
             out.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
 
 
-def _root(array: np.ndarray) -> np.ndarray:
-    while isinstance(array.base, np.ndarray):
-        array = array.base
-    return array
-
-
 def byte_range(array: np.ndarray) -> tuple[int, int, int]:
     """(id of the root buffer, first byte, one past the last byte) of an array's memory."""
-    root = _root(array)
+    root = root_of(array)
     low, high = byte_bounds(array)
     return id(root), low - byte_bounds(root)[0], high - byte_bounds(root)[0]
 
@@ -167,7 +162,7 @@ def remove_shared(tensors: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarr
         root, low, high = byte_range(array)
         if array.size:
             groups.setdefault(root, []).append((name, low, high))
-        sizes[root] = _root(array).nbytes
+        sizes[root] = root_of(array).nbytes
     result = dict(tensors)
     dropped: dict[str, str] = {}
     for root, members in groups.items():

@@ -44,12 +44,10 @@ same folder that replaces the target only when complete.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import sys
-import tempfile
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import IO, Any
@@ -57,6 +55,7 @@ from typing import IO, Any
 import numpy as np
 
 from . import dtypes
+from .atomic import atomic_write
 from .dtypes import DtypeInfo
 from .engine import GlobalRef
 from .errors import PtfileError
@@ -418,24 +417,8 @@ def save(obj: Any, dst: Any) -> None:
     prefix = archive_prefix(path)
     if not prefix:
         raise PtfileError(f"{path!r}: torch cannot name the archive of a file called this (empty base name)")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write_archive(file, prefix, data, storages)
-        os.chmod(tmp, _new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _new_file_mode() -> int:
-    """The mode ``open(path, 'w')`` would give a new file (0o666 less the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    with atomic_write(path) as file:
+        write_archive(file, prefix, data, storages)
 
 
 # -- Hugging Face shards ----------------------------------------------------------
@@ -530,23 +513,11 @@ def save_sharded(state_dict: Any, folder: Any, max_shard_size: int | str = "5GB"
             save({key: state_dict[key] for key in keys}, os.path.join(folder, name))
         weight_map = {key: name for name, keys in zip(names, shards, strict=True) for key in keys}
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        _write_text(os.path.join(folder, INDEX_NAME), json.dumps(index, indent=2, sort_keys=True) + "\n")
+        with atomic_write(os.path.join(folder, INDEX_NAME)) as file:
+            file.write((json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
         names.append(INDEX_NAME)
     _remove_stale(folder, set(names))
     return names
-
-
-def _write_text(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(tmp, _new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _remove_stale(folder: str, keep: set[str]) -> None:
