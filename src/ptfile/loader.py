@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import allowlist, objects
+from . import allowlist, legacy, objects
 from .engine import Engine
 from .errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from .inventory import GlobalUse
@@ -26,9 +26,6 @@ from .values import Parameter
 from .ziparchive import is_zip
 
 __all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint"]
-
-LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa850192e")
-
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -224,15 +221,18 @@ def _byteswap(buf: np.ndarray, itemsize: int, what: str) -> np.ndarray:
 
 def open_container(source: Source) -> Any:
     """The container reader for the source's format, chosen as torch chooses it."""
-    head = source.read(0, min(source.size, 16), "file header")
+    head = source.read(0, min(source.size, legacy.TAR_BLOCK), "file header")
+    if legacy.is_tar(head):  # torch tries the tar reader first
+        return legacy.LegacyTar(source)
     if is_zip(head):
         return TorchZip(source)
-    raise _unsupported_kind(source.name, head)
+    stream = legacy.open_stream(source, head)
+    if stream is not None:
+        return stream
+    raise _unsupported_kind(source.name, head[:16])
 
 
 def _unsupported_kind(name: str, head: bytes) -> PtfileError:
-    if head.startswith(LEGACY_MAGIC[:12]):
-        return UnsupportedFormatError(f"{name}: legacy (pre-1.6, non-zip) checkpoints are not supported yet")
     if head.startswith(b"PYTORCH1"):
         return UnsupportedFormatError(f"{name}: a PyTorch preview-release file, which torch itself refuses")
     if head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"]"):
