@@ -477,8 +477,10 @@ def open_stream(source: Source, head: bytes) -> LegacyStream | None:
         raise
     except PtfileError:
         return None  # not a pickle this short: another kind of file
-    if type(magic) is not int or magic != MAGIC_NUMBER:
+    if type(magic) is not int:
         return None
+    if magic != MAGIC_NUMBER:
+        raise CorruptFileError(f"{source.name}: legacy magic number is 0x{magic:X}, expected 0x{MAGIC_NUMBER:X}")
     return LegacyStream(source, cursor, inventory)
 
 
@@ -506,7 +508,7 @@ class LegacyStream(_Container):
             raise CorruptFileError(f"{self.name}: legacy protocol version {version!r:.40}, expected {PROTOCOL_VERSION}")
         cursor.part = "sys_info"
         sys_info = cursor.pickle("sys_info", MAX_HEADER_PICKLE_BYTES)
-        if type(sys_info) is not dict:
+        if not isinstance(sys_info, dict):
             raise CorruptFileError(f"{self.name}: legacy sys_info is a {type(sys_info).__name__}, not a dict")
         cursor.part = "pickle"
         self.pickle_offset = cursor.pos
@@ -747,7 +749,7 @@ class LegacyTar(_Container):
 
     def _read_sys_info(self) -> None:
         cursor = self._cursor("sys_info")
-        if type(cursor.pickle("sys_info", MAX_HEADER_PICKLE_BYTES)) is not dict:
+        if not isinstance(cursor.pickle("sys_info", MAX_HEADER_PICKLE_BYTES), dict):
             raise CorruptFileError(f"{self.name}: tar member sys_info is not a dict")
         self._end(cursor)
 
