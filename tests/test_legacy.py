@@ -15,6 +15,7 @@ import mmap
 import pickle
 import struct
 import sys
+import tracemalloc
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,34 @@ def test_copies_own_one_buffer_per_storage() -> None:
     tree["base"][1, 2] = -100.0
     assert tree["row"][2] == -100.0 and tree["column"][1] == -100.0 and tree["transposed"][2, 1] == -100.0
     assert tree["block"][0, 0] == -100.0
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "tar"])
+def test_memory_is_one_copy_or_none(tmp_path: Path, fmt: str) -> None:
+    numel = 4 << 20  # float32 elements: 16 MiB
+    nbytes = 4 * numel
+    if fmt == "legacy":
+        pid = lb.storage_pid("FloatStorage", "1", numel)
+        obj = {"x": lb.rebuild_v2(pid, 0, (numel,), (1,)), "y": lb.rebuild_v2(pid, 4, (8,), (1,))}
+        data = lb.legacy_stream(obj, {"1": (numel, bytes(nbytes))})
+    else:
+        data = lb.tar_archive(lb.tar_members({"x": lb.Pid("1"), "y": lb.Pid("2")},
+                                             [(5, "FloatStorage", numel, bytes(nbytes))],
+                                             [(1, 5, "FloatTensor", (numel,), (1,), 0), (2, 5, "FloatTensor", (8,), (1,), 4)]))
+    path = tmp_path / "big.pt"
+    path.write_bytes(data)
+    del data
+    slack = 3 << 20  # pickles, walk windows, arrays' own objects
+    for mmap_file, low, high in ((False, nbytes, nbytes + slack), (True, 0, slack)):
+        tracemalloc.start()
+        try:
+            tree = ptfile.load(path, mmap=mmap_file)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert low <= peak < high, (mmap_file, peak)
+        assert np.shares_memory(tree["x"], tree["y"])
+        del tree
 
 
 @pytest.mark.parametrize("mmap_file", [True, False], ids=["mmap", "copy"])

@@ -81,7 +81,9 @@ PROTOCOL_VERSION = 1001
 
 #: The magic, version and sys_info pickles are a few dozen bytes; anything longer is not one.
 MAX_HEADER_PICKLE_BYTES = 64 * 1024
-#: Bytes read at a time while walking a pickle's opcodes; a pickle's extent costs no more memory.
+#: Bytes read at a time while walking a pickle's opcodes: the first window is small because the
+#: storage data follows the pickle; later windows double up to the largest.
+WALK_FIRST_WINDOW = 64 * 1024
 WALK_WINDOW = 1 << 20
 #: Element counts in legacy storages are int64 on disk.
 INT64_MAX = (1 << 63) - 1
@@ -149,9 +151,11 @@ class _Window:
         self.what = what
         self.base = 0
         self.buf = b""
+        self.size = min(WALK_FIRST_WINDOW, WALK_WINDOW)
 
     def _load(self, pos: int, need: int) -> None:
-        size = min(max(need, WALK_WINDOW), self.limit - pos)
+        size = min(max(need, self.size), self.limit - pos)
+        self.size = min(2 * self.size, WALK_WINDOW)
         if size < need:
             raise CorruptFileError(f"{self.what}: the pickle runs past byte {self.limit} without a STOP")
         self.buf = self.source.read(pos, size, self.what)
@@ -166,7 +170,7 @@ class _Window:
 
     def newline(self, pos: int) -> int:
         """Offset of the first newline at or after ``pos``."""
-        need = WALK_WINDOW
+        need = 1
         while True:
             self.get(pos, 1)
             found = self.buf.find(b"\n", pos - self.base)
