@@ -47,8 +47,12 @@ Both formats
 ------------
 Every pickle, the small ones included, runs through :class:`~ptfile.engine.Engine`
 with :func:`~ptfile.allowlist.lookup`.  The globals of the pickles other than the
-object pickle are kept in ``inventory_extra`` for the checkpoint's judgement; a
-dangerous one is refused at once, before any value is looked at.  Every length read
+object pickle are kept in ``inventory_extra`` (the checkpoint and the scanner judge
+them with the object pickle's); a dangerous one is refused at once, before any value
+is looked at, and a file that is both broken and dangerous is reported as dangerous.
+``pickles()`` returns the object pickle only; ``persistent_load`` turns its ids into
+:class:`~ptfile.tensors.StorageRef` (a view keeps its own key and size, its bytes a
+slice of its root's), tensor specs (tar) or a module's class.  Every length read
 from the file is checked against the bytes that are left before it is used, and a
 pickle's extent is found by walking its opcodes (:func:`pickle_end`) without reading
 anything past it.  Storages are little-endian on every host, so both containers say
@@ -74,7 +78,8 @@ from .source import Source
 from .tensors import MAX_NDIM, StorageRef, StorageType, TensorSpec, check_view
 from .torchzip import check_storage_key
 
-__all__ = ["LegacyStream", "LegacyTar", "open_stream", "is_tar", "pickle_end", "MAGIC_NUMBER", "PROTOCOL_VERSION"]
+__all__ = ["LegacyStream", "LegacyTar", "open_stream", "is_tar", "tar_members", "pickle_end", "MAGIC_NUMBER",
+           "PROTOCOL_VERSION"]
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -317,12 +322,13 @@ class _Cursor:
         """Run the next pickle through the engine and return its value; dangerous globals are refused."""
         record = what if what == self.part else f"{self.part}/{what}@{self.pos}"
         data = self.pickle_bytes(what, max_bytes)
+        seen = len(self.inventory)  # earlier uses were judged already: judging only new ones keeps this linear
         try:
             value = _run(data, record, self.inventory, None, _inert_context())
         except PtfileError:
-            _refuse_dangerous(self.inventory, self.source.name)
+            _refuse_dangerous(self.inventory[seen:], self.source.name)
             raise
-        _refuse_dangerous(self.inventory, self.source.name)
+        _refuse_dangerous(self.inventory[seen:], self.source.name)
         return value
 
 
@@ -461,7 +467,7 @@ def _container_class(cls: Any, source_file: Any, source: Any) -> GlobalRef:
 
 
 def looks_like_pickle_stream(head: bytes) -> bool:
-    """Could the file start with the magic-number pickle: PROTO 2+, or protocol 0/1 LONG or GLOBAL."""
+    """Could the file start with the magic-number pickle: PROTO, or a protocol 0/1 LONG or GLOBAL."""
     return head[:1] in (b"\x80", b"L", b"c")
 
 
