@@ -28,6 +28,7 @@ from typing import Any
 from . import dtypes, metadata, objects, rebuild, special, torchscript
 from .inventory import GlobalUse
 from .tensors import StorageType
+from .values import Global
 
 __all__ = ["Entry", "lookup", "entries", "judge", "Judgement", "is_code_execution"]
 
@@ -93,6 +94,15 @@ for _name, _what in (
 for _info in dtypes.all_infos():
     _storage = _info.scalar_type + "Storage"
     _add("torch", _storage, "storage", "storage class naming an element type", value=StorageType(_storage, _info))
+for _info in dtypes.all_infos():
+    if _info.legacy_storage and not _info.is_quantized:
+        _storage = _info.legacy_storage
+        _add("torch.cuda", _storage, "storage", "storage class of a GPU-saved legacy file; data is read to the CPU",
+             value=StorageType(_storage, _info))
+        for _module in ("torch", "torch.cuda"):
+            _tensor = _info.scalar_type + "Tensor"
+            _add(_module, _tensor, "tensor", "legacy tensor type named by tar-format files; never called",
+                 value=Global(_module, _tensor))
 _add("torch.storage", "UntypedStorage", "storage", "byte storage of a v3 tensor",
      value=StorageType("UntypedStorage", None))
 for _name in dtypes.TORCH_DTYPE_NAMES:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import allowlist, objects
+from . import allowlist, legacy, objects
 from .engine import Engine
 from .errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from .inventory import GlobalUse
@@ -30,9 +30,10 @@ from .ziparchive import is_zip
 
 __all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint"]
 
+#: The byte order of numpy's native dtypes, which every tensor is read as.
+NATIVE_BYTEORDER = "little" if np.little_endian else "big"
 #: How pickles start: PROTO (protocol 2+), or the protocol 0/1 containers and GLOBAL line.
 _PICKLE_START = re.compile(rb"\x80[\x00-\x05]|[(}\])]|c[\w.]+\n\w+\n")
-LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa850192e")
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ class Checkpoint:
         self._buffers: dict[str, np.ndarray] = {}
         self.container = open_container(source)
         self.format = self.container.format
+        # legacy files run their small pickles (magic, version, sys_info, keys) while opening
+        self.inventory.extend(getattr(self.container, "inventory_extra", ()))
 
     # -- pickle -------------------------------------------------------------------
 
@@ -189,7 +192,7 @@ class Checkpoint:
         if found is not None:
             return found
         buf = self.container.storage_bytes(storage, copy=self.copy)
-        if self.container.byteorder == "big" and itemsize > 1:
+        if self.container.byteorder != NATIVE_BYTEORDER and itemsize > 1:
             buf = _byteswap(buf, itemsize, storage.record)
             buf.flags.writeable = self.copy  # a swapped copy of a mapped file stays read-only like the rest
         self._buffers[storage.key] = buf
@@ -315,12 +318,17 @@ def detached_storage(pid: Any) -> StorageRef:
 
 def open_container(source: Source) -> Any:
     """The container reader for the source's format, chosen as torch chooses it."""
-    head = source.read(0, min(source.size, 64), "file header")
+    head = source.read(0, min(source.size, legacy.TAR_BLOCK), "file header")
+    if legacy.is_tar(head):  # torch tries the tar reader first
+        return legacy.LegacyTar(source)
     if is_zip(head):
         return open_zip(source)
-    if _PICKLE_START.match(head) and not head.startswith(LEGACY_MAGIC[:12]):
+    stream = legacy.open_stream(source, head)
+    if stream is not None:
+        return stream
+    if _PICKLE_START.match(head):
         return RawPickle(source)
-    raise _unsupported_kind(source.name, head)
+    raise _unsupported_kind(source.name, head[:16])
 
 
 class RawPickle:
@@ -346,8 +354,6 @@ class RawPickle:
 
 
 def _unsupported_kind(name: str, head: bytes) -> PtfileError:
-    if head.startswith(LEGACY_MAGIC[:12]):
-        return UnsupportedFormatError(f"{name}: legacy (pre-1.6, non-zip) checkpoints are not supported yet")
     if head.startswith(b"PYTORCH1"):
         return UnsupportedFormatError(f"{name}: a PyTorch preview-release file, which torch itself refuses")
     if head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"]"):

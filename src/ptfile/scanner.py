@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import allowlist
-from .errors import PtfileError
+from .errors import PtfileError, UnsafeGlobalError
 from .inventory import GlobalUse
 from .loader import Checkpoint, Context, detached_storage, new_engine
 from .source import Source, open_source
@@ -108,10 +108,9 @@ def _scan_source(source: Source, strict: bool) -> ScanResult:
         if head.startswith(magic):
             fault = f"{source.name}: {kind} archive; its content cannot be examined, so it is never called clean"
             return ScanResult(source.name, INVALID, kind, faults=[fault])
-    inert = None
-    if is_zip(head):
-        fmt, faults, inert = _scan_checkpoint(source, inventory, notes)
-    else:
+    fmt, faults, inert = _scan_checkpoint(source, inventory, notes, zip_file=is_zip(head))
+    if fmt == "pickle":  # not a checkpoint: every pickle in the file, as torch's non-zip path meets them
+        inventory.clear()
         fmt, faults = _scan_stream(source, inventory, notes)
     judgement = allowlist.judge(inventory, inert_classes=inert)
     verdict = judgement.verdict
@@ -122,11 +121,17 @@ def _scan_source(source: Source, strict: bool) -> ScanResult:
     return ScanResult(source.name, verdict, fmt, list(judgement.findings), faults, notes, inventory)
 
 
-def _scan_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tuple[str, list[str], Any]:
+def _scan_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[str], *,
+                     zip_file: bool) -> tuple[str, list[str], Any]:
+    """Examine a file with the loader's own container readers; ``pickle`` when it is none of them."""
     try:
         checkpoint = Checkpoint(source, copy=False, records=True)
+    except UnsafeGlobalError as exc:  # refused while opening (a legacy file's first pickles)
+        inventory.extend(use for finding in exc.findings for use in finding.uses)
+        return "pickle stream", [], None
     except PtfileError as exc:
-        return "zip", [str(exc)], None
+        return ("zip" if zip_file else "pickle"), [str(exc)], None
+    inventory.extend(checkpoint.inventory)  # what the container ran while opening
     checkpoint.inventory = inventory
     faults = checkpoint.examine()
     notes.extend(_code_notes(getattr(checkpoint.container, "code", {})))
@@ -157,7 +162,7 @@ def _code_notes(code: dict[str, str]) -> list[str]:
 
 
 def _scan_stream(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tuple[str, list[str]]:
-    """Pickles back to back from byte 0, as torch's non-zip path reads them."""
+    """Pickles back to back from byte 0: torch's non-zip path runs the first, other loaders the rest."""
     data = source.read(0, source.size, "pickle stream")
     engine = new_engine(data, "", inventory, Context(None, False), detached_storage)  # type: ignore[arg-type]
     faults: list[str] = []
@@ -166,20 +171,16 @@ def _scan_stream(source: Source, inventory: list[GlobalUse], notes: list[str]) -
     while pos < len(data):
         try:
             _, pos = engine.run(pos)
-            count += 1
         except PtfileError as exc:
-            if count == 0 or not _is_legacy_tail(count):
-                faults.append(str(exc))
+            faults.append(str(exc))
             break
-    zip_at = data.find(b"PK\x03\x04", pos if not faults else 1)
+        count += 1
+    if count > 1:
+        faults.append(f"{source.name}: {count} pickles back to back; a checkpoint loader reads only the first")
+    zip_at = data.find(b"PK\x03\x04", 1)
     if zip_at > 0:
         faults.extend(_scan_appended_zip(source, inventory, notes))
-    return ("pickle" if count != 5 else "legacy"), faults
-
-
-def _is_legacy_tail(count: int) -> bool:
-    # A legacy torch file is five pickles followed by raw storage bytes.
-    return count >= 5
+    return "pickle", faults
 
 
 def _scan_appended_zip(source: Source, inventory: list[GlobalUse], notes: list[str]) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .dtypes import DtypeInfo
-from .errors import CorruptFileError, UnsupportedFormatError
+from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from .values import Parameter
 
 __all__ = ["StorageType", "StorageRef", "TensorSpec", "check_view", "view_array"]
@@ -181,10 +181,13 @@ def view_array(spec: TensorSpec, buffer: np.ndarray) -> np.ndarray:
     itemsize = spec.dtype.itemsize
     shape = spec.shape
     strides = tuple([s * itemsize for s in spec.strides])
-    if 0 in shape:
-        arr = np.ndarray(shape, dtype, buffer=buffer[:0], offset=0, strides=strides)
-    else:
-        arr = np.ndarray(shape, dtype, buffer=buffer, offset=spec.offset * itemsize, strides=strides)
+    try:
+        if 0 in shape:
+            arr = np.ndarray(shape, dtype, buffer=buffer[:0], offset=0, strides=strides)
+        else:
+            arr = np.ndarray(shape, dtype, buffer=buffer, offset=spec.offset * itemsize, strides=strides)
+    except ValueError as exc:  # e.g. a stride-0 view whose element count overflows numpy's index type
+        raise LimitExceededError(f"a tensor of size {shape} cannot be represented as a numpy array: {exc}") from None
     if spec.conj or spec.neg:
         arr = _resolve_flags(arr, spec.dtype, conj=spec.conj, neg=spec.neg)
     if spec.parameter:

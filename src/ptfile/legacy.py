@@ -1,0 +1,857 @@
+"""The two pre-zip checkpoint formats: the legacy pickle stream and the ancient tar archive.
+
+Legacy stream (torch < 1.6, or ``torch.save(..., _use_new_zipfile_serialization=False)``)
+---------------------------------------------------------------------------------------
+Five pickles back to back (protocol 2 unless the writer asked for another), then the
+storages::
+
+    pickle  MAGIC_NUMBER            0x1950A86A20F9469CFC6C (an int)
+    pickle  PROTOCOL_VERSION        1001
+    pickle  sys_info                {'protocol_version': 1001, 'little_endian': ..., 'type_sizes': {...}}
+    pickle  the object tree         persistent ids ('storage', <storage type>, key, location,
+                                    numel, view_metadata) and ('module', cls, file, source)
+    pickle  sorted(keys)            the root storage keys, str(pointer) of each storage
+    per key, in that order:
+        int64le numel               elements, which must equal the numel of the persistent id
+        numel * itemsize bytes      always little-endian, whatever the writer's host
+
+``view_metadata`` is None in files of torch >= 1.0; older files may give
+``(view_key, offset, size)``, in elements of the root storage: the persistent id then
+stands for the slice ``[offset, offset + size)`` of the root storage, under its own key.
+
+The byte layout of the storage section depends on each storage's element size,
+which only the object pickle says.  So this module runs the object pickle once
+itself (with the same restricted engine, building nothing but tensor specs) to
+learn every storage, checks the key list and the section against it, and then the
+:class:`~ptfile.loader.Checkpoint` runs it again to build the tree.
+
+Tar archive (torch <= 0.3)
+--------------------------
+A POSIX tar (ustar headers, PAX extended headers allowed) with exactly the members::
+
+    sys_info   one pickle: a dict (torch ignores it)
+    pickle     the object tree; persistent ids are str(key) of a tensor or a storage,
+               or (container class, source file, source) tuples
+    tensors    pickle(count); per tensor: pickle((key, storage key, tensor type)),
+               int32le ndim, 4 pad bytes, ndim int64le sizes, ndim int64le strides,
+               int64le storage offset
+    storages   pickle(count); per storage: pickle((key, location, storage type)),
+               int64le numel, numel * itemsize bytes (little-endian); then
+               pickle([(view key, root key, offset, numel), ...]) in elements
+
+Keys are Python ints (pointers).  torch's reader handed the sizes, strides and offsets
+of ``tensors`` to ``Tensor.set_`` unchecked (the path ``weights_only`` had to refuse,
+CVE-2025-32434); here every view is checked with :func:`~ptfile.tensors.check_view`.
+
+Both formats
+------------
+Every pickle, the small ones included, runs through :class:`~ptfile.engine.Engine`
+with :func:`~ptfile.allowlist.lookup`.  The globals of the pickles other than the
+object pickle are kept in ``inventory_extra`` (the checkpoint and the scanner judge
+them with the object pickle's); a dangerous one is refused at once, before any value
+is looked at, and a file that is both broken and dangerous is reported as dangerous.
+``pickles()`` returns the object pickle only; ``persistent_load`` turns its ids into
+:class:`~ptfile.tensors.StorageRef` (a view keeps its own key and size, its bytes a
+slice of its root's), tensor specs (tar) or a module's class.  Every length read
+from the file is checked against the bytes that are left before it is used, and a
+pickle's extent is found by walking its opcodes (:func:`pickle_end`) without reading
+anything past it.  Storages are little-endian on every host, so both containers say
+``byteorder = "little"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickletools
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import allowlist
+from .engine import Engine, GlobalRef
+from .errors import CorruptFileError, LimitExceededError, PtfileError, UnsafeGlobalError
+from .inventory import GlobalUse
+from .source import Source
+from .tensors import MAX_NDIM, StorageRef, StorageType, TensorSpec, check_view
+from .torchzip import check_storage_key
+
+__all__ = ["LegacyStream", "LegacyTar", "open_stream", "is_tar", "tar_members", "pickle_end", "MAGIC_NUMBER",
+           "PROTOCOL_VERSION"]
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
+
+#: The magic, version and sys_info pickles are a few dozen bytes; anything longer is not one.
+MAX_HEADER_PICKLE_BYTES = 64 * 1024
+#: Bytes read at a time while walking a pickle's opcodes: the first window is small because the
+#: storage data follows the pickle; later windows double up to the largest.
+WALK_FIRST_WINDOW = 64 * 1024
+WALK_WINDOW = 1 << 20
+#: Element counts in legacy storages are int64 on disk.
+INT64_MAX = (1 << 63) - 1
+#: Tar blocks and records (tarfile pads an archive to whole 20-block records).
+TAR_BLOCK = 512
+TAR_RECORD = 20 * TAR_BLOCK
+#: The members torch's tar writer adds, each exactly once, in this order.
+TAR_MEMBERS = ("sys_info", "pickle", "tensors", "storages")
+#: Headers a torch tar may hold: one per member, each possibly preceded by a PAX header.
+MAX_TAR_HEADERS = 2 * len(TAR_MEMBERS)
+#: A PAX header only carries a path and a size for these members.
+MAX_PAX_BYTES = 64 * 1024
+#: After the end-of-archive block: the second zero block and the padding to a whole record.
+MAX_TAR_TRAILER = 2 * TAR_BLOCK + TAR_RECORD
+#: Smallest tar storage record: a 2-byte pickle (PROTO-less EMPTY_TUPLE STOP) and the int64 numel.
+MIN_TAR_STORAGE_RECORD = 2 + 8
+#: Smallest tar tensor record: a 2-byte pickle, int32 ndim, 4 pad bytes, int64 offset.
+MIN_TAR_TENSOR_RECORD = 2 + 8 + 8
+#: A persistent id naming a tar object: the decimal digits of a pointer.
+_TAR_ID = re.compile(r"[0-9]{1,30}")
+
+_int64 = struct.Struct("<q")
+_int32 = struct.Struct("<i")
+
+
+# -- where a pickle ends -------------------------------------------------------
+
+_FIXED, _LINES, _COUNTED = 0, 1, 2
+
+
+def _opcode_args() -> dict[int, tuple[int, int, bool]]:
+    """opcode byte -> (kind, n, signed): the length of each opcode's argument, from pickletools."""
+    table: dict[int, tuple[int, int, bool]] = {}
+    counted = {
+        pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+        pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+        pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+        pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+    }
+    for info in pickletools.opcodes:
+        code = info.code.encode("latin-1")[0]
+        arg = info.arg
+        if arg is None:
+            table[code] = (_FIXED, 0, False)
+        elif arg.n >= 0:
+            table[code] = (_FIXED, arg.n, False)
+        elif arg.n == pickletools.UP_TO_NEWLINE:
+            table[code] = (_LINES, 2 if arg.name.endswith("_pair") else 1, False)
+        else:
+            size, signed = counted[arg.n]
+            table[code] = (_COUNTED, size, signed)
+    return table
+
+
+_OPCODE_ARGS = _opcode_args()
+_STOP = ord(".")
+
+
+class _Window:
+    """Bytes of ``[.., limit)`` of a source, read a window at a time."""
+
+    def __init__(self, source: Source, limit: int, what: str) -> None:
+        self.source = source
+        self.limit = limit
+        self.what = what
+        self.base = 0
+        self.buf = b""
+        self.size = min(WALK_FIRST_WINDOW, WALK_WINDOW)
+
+    def _load(self, pos: int, need: int) -> None:
+        size = min(max(need, self.size), self.limit - pos)
+        self.size = min(2 * self.size, WALK_WINDOW)
+        if size < need:
+            raise CorruptFileError(f"{self.what}: the pickle runs past byte {self.limit} without a STOP")
+        self.buf = self.source.read(pos, size, self.what)
+        self.base = pos
+
+    def get(self, pos: int, n: int) -> bytes:
+        start = pos - self.base
+        if start < 0 or start + n > len(self.buf):
+            self._load(pos, n)
+            start = 0
+        return self.buf[start : start + n]
+
+    def newline(self, pos: int) -> int:
+        """Offset of the first newline at or after ``pos``."""
+        need = 1
+        while True:
+            self.get(pos, 1)
+            found = self.buf.find(b"\n", pos - self.base)
+            if found >= 0:
+                return self.base + found
+            if self.base + len(self.buf) >= self.limit:
+                raise CorruptFileError(f"{self.what}: text argument at byte {pos} has no end of line")
+            need = min(2 * max(need, len(self.buf)), self.limit - pos)
+            self._load(pos, need)
+
+
+def pickle_end(source: Source, start: int, limit: int, what: str) -> int:
+    """The offset just after the STOP of the pickle at ``start``, found by walking its opcodes.
+
+    Only opcode lengths are read (the restricted engine interprets the bytes later and
+    must end at the same STOP); nothing at or past ``limit`` is read.
+    """
+    window = _Window(source, limit, what)
+    pos = start
+    while True:
+        op = window.get(pos, 1)[0]
+        spec = _OPCODE_ARGS.get(op)
+        if spec is None:
+            raise CorruptFileError(f"{what}: unknown pickle opcode 0x{op:02x} at byte {pos}")
+        pos += 1
+        if op == _STOP:
+            return pos
+        kind, n, signed = spec
+        if kind == _FIXED:
+            pos += n
+        elif kind == _LINES:
+            for _ in range(n):
+                pos = window.newline(pos) + 1
+        else:
+            length = int.from_bytes(window.get(pos, n), "little", signed=signed)
+            if length < 0:
+                raise CorruptFileError(f"{what}: negative length {length} at byte {pos}")
+            pos += n + length
+        if pos > limit:
+            raise CorruptFileError(f"{what}: the pickle runs past byte {limit} without a STOP")
+
+
+# -- running the small pickles ---------------------------------------------------
+
+
+def _inert_context() -> Any:
+    """An engine context that builds tensor specs, never arrays."""
+    from .loader import Context  # the loader imports this module
+
+    return Context(None, materialize=False)
+
+
+def _refuse_dangerous(inventory: list[GlobalUse], name: str) -> None:
+    """Refuse a file whose pickles would call or name code; unknown classes are the checkpoint's call."""
+    judgement = allowlist.judge(inventory)
+    if judgement.verdict != allowlist.DANGEROUS:
+        return
+    findings = [f for f in judgement.findings if f.severity == allowlist.DANGEROUS]
+    listed = "; ".join(f.describe() for f in findings[:8])
+    raise UnsafeGlobalError(f"{name}: refused dangerous globals: {listed}", findings)
+
+
+def _run(data: bytes, record: str, inventory: list, persistent_load: Any, context: Any) -> Any:
+    """Run one whole pickle through the engine; it must end exactly at the end of ``data``."""
+    engine = Engine(
+        data,
+        lookup=allowlist.lookup,
+        persistent_load=persistent_load,
+        context=context,
+        record=record,
+        inventory=inventory,
+        use_factory=GlobalUse,
+    )
+    value, end = engine.run()
+    if end != len(data):
+        raise CorruptFileError(f"{record}: {len(data) - end} bytes follow the pickle's STOP")
+    return value
+
+
+def _scan_for_danger(source: Source, start: int, limit: int, count: int, name: str) -> None:
+    """Best effort after a failure: refuse if the next pickles name dangerous globals.
+
+    A file that is both unsafe and broken is reported as unsafe, as the checkpoint
+    does for its object pickle.  Errors here are ignored: the caller re-raises its own.
+    """
+    inventory: list[GlobalUse] = []
+    pos = start
+    for index in range(count):
+        try:
+            end = pickle_end(source, pos, limit, name)
+        except PtfileError:
+            break
+        with contextlib.suppress(PtfileError):  # the globals seen before a failure stay in the inventory
+            _run(source.read(pos, end - pos, name), f"pickle {index}", inventory, lambda pid: None, _inert_context())
+        pos = end
+    _refuse_dangerous(inventory, name)
+
+
+class _Cursor:
+    """Sequential reads over ``[pos, end)`` of a source, each length checked first."""
+
+    def __init__(self, source: Source, pos: int, end: int, part: str, inventory: list) -> None:
+        self.source = source
+        self.pos = pos
+        self.end = end
+        self.part = part
+        self.inventory = inventory
+
+    @property
+    def left(self) -> int:
+        return self.end - self.pos
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or n > self.left:
+            raise CorruptFileError(
+                f"{self.source.name}: {self.part}: {what} needs {n} bytes at byte {self.pos}; {self.left} are left"
+            )
+
+    def take(self, n: int, what: str) -> bytes:
+        self.need(n, what)
+        data = self.source.read(self.pos, n, f"{self.part}: {what}")
+        self.pos += n
+        return data
+
+    def int64(self, what: str) -> int:
+        return _int64.unpack(self.take(8, what))[0]
+
+    def int32(self, what: str) -> int:
+        return _int32.unpack(self.take(4, what))[0]
+
+    def skip(self, n: int, what: str) -> int:
+        """Skip ``n`` bytes; return where they start."""
+        self.need(n, what)
+        start = self.pos
+        self.pos += n
+        return start
+
+    def pickle_bytes(self, what: str, max_bytes: int | None = None) -> bytes:
+        limit = self.end if max_bytes is None else min(self.end, self.pos + max_bytes)
+        end = pickle_end(self.source, self.pos, limit, f"{self.source.name}: {self.part}: {what}")
+        return self.take(end - self.pos, what)
+
+    def pickle(self, what: str, max_bytes: int | None = None) -> Any:
+        """Run the next pickle through the engine and return its value; dangerous globals are refused."""
+        record = what if what == self.part else f"{self.part}/{what}@{self.pos}"
+        data = self.pickle_bytes(what, max_bytes)
+        seen = len(self.inventory)  # earlier uses were judged already: judging only new ones keeps this linear
+        try:
+            value = _run(data, record, self.inventory, None, _inert_context())
+        except PtfileError:
+            _refuse_dangerous(self.inventory[seen:], self.source.name)
+            raise
+        _refuse_dangerous(self.inventory[seen:], self.source.name)
+        return value
+
+
+# -- storages --------------------------------------------------------------------
+
+
+def _itemsize(storage_type: StorageType) -> int:
+    # An untyped storage counts bytes.
+    return storage_type.dtype.itemsize if storage_type.dtype is not None else 1
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise CorruptFileError(f"{what} {value!r:.40} is not a non-negative integer")
+    return value
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """Where a storage's bytes are: a byte range of a root storage."""
+
+    root: str
+    offset: int  # bytes from the start of the root
+    nbytes: int
+
+
+class _Storages:
+    """The storages of a file: roots with their data offset, and views into them.
+
+    ``StorageRef.key`` is the key the file uses (root or view), so the checkpoint caches one
+    buffer per key; a view's buffer is a slice of its root's bytes, sharing memory with it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.refs: dict[str, StorageRef] = {}
+        self.slices: dict[str, _Slice] = {}
+        self.types: dict[str, StorageType] = {}
+        self.data_offsets: dict[str, int] = {}  # root key -> file offset of its bytes
+        self.has_views: set[str] = set()  # roots some view slices
+        self.sealed = False
+
+    def root(self, key: str, storage_type: StorageType, location: str, numel: int) -> StorageRef:
+        known = self.refs.get(key)
+        if known is not None:
+            slice_ = self.slices[key]
+            if slice_.root != key or self.types[key] is not storage_type or known.nbytes != numel * _itemsize(storage_type):
+                raise CorruptFileError(f"{self.name}: storage {key!r} is used with two different types or sizes")
+            return known
+        self._new(key)
+        ref = StorageRef(key, storage_type.dtype, numel * _itemsize(storage_type), location, f"storage {key}")
+        self.refs[key], self.types[key], self.slices[key] = ref, storage_type, _Slice(key, 0, ref.nbytes)
+        return ref
+
+    def view(self, key: str, root: str, offset: int, numel: int) -> StorageRef:
+        """The slice ``[offset, offset + numel)`` (elements) of root storage ``root``, under its own key."""
+        base = self.refs.get(root)
+        if base is None or self.slices[root].root != root:
+            raise CorruptFileError(f"{self.name}: storage view {key!r} names {root!r}, which is not a root storage")
+        storage_type = self.types[root]
+        size = _itemsize(storage_type)
+        if offset + numel > base.nbytes // size:
+            raise CorruptFileError(
+                f"{self.name}: storage view {key!r} covers elements [{offset}, {offset + numel}) "
+                f"of storage {root!r}, which holds {base.nbytes // size}"
+            )
+        slice_ = _Slice(root, offset * size, numel * size)
+        known = self.refs.get(key)
+        if known is not None:
+            if self.slices[key] != slice_ or self.types[key] is not storage_type:
+                raise CorruptFileError(f"{self.name}: storage view {key!r} is declared twice differently")
+            return known
+        self._new(key)
+        ref = StorageRef(key, storage_type.dtype, slice_.nbytes, base.location, f"storage {root} view {key}")
+        self.refs[key], self.types[key], self.slices[key] = ref, storage_type, slice_
+        self.has_views.add(root)
+        return ref
+
+    def _new(self, key: str) -> None:
+        if self.sealed:
+            raise CorruptFileError(f"{self.name}: storage {key!r} was not seen when the file was opened")
+
+    def roots(self) -> list[str]:
+        return [key for key, where in self.slices.items() if where.root == key]
+
+    def byte_range(self, storage: StorageRef) -> tuple[str, int, int]:
+        """``(root key, file offset, length)`` of a storage's bytes."""
+        where = self.slices.get(storage.key)
+        if where is None or self.refs[storage.key] != storage:
+            raise CorruptFileError(f"{self.name}: storage {storage.key!r} is not one of this file's")
+        return where.root, self.data_offsets[where.root] + where.offset, where.nbytes
+
+
+class _Container:
+    """What both formats share: little-endian storages served from the source."""
+
+    byteorder = "little"  # legacy writers swapped big-endian data on write
+    format = ""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.name = source.name
+        self.inventory_extra: list[GlobalUse] = []
+        self.storages = _Storages(source.name)
+        self._root_copies: dict[str, np.ndarray] = {}
+
+    def side_pickles(self) -> list[tuple[str, bytes]]:
+        """None: every pickle of these formats is run while opening or as the object pickle."""
+        return []
+
+    def combine(self, trees: list[Any]) -> Any:
+        return trees[0]
+
+    def storage_bytes(self, storage: StorageRef, *, copy: bool) -> np.ndarray:
+        """The storage's bytes as a uint8 array: a view of the file, or an owned copy.
+
+        With ``copy``, a root that views slice is copied once and its views are slices
+        of that copy, so they share memory as in torch.
+        """
+        root, offset, nbytes = self.storages.byte_range(storage)
+        if not copy or root not in self.storages.has_views:
+            return self.source.array(offset, nbytes, storage.record, copy=copy)
+        whole = self._root_copies.get(root)
+        if whole is None:
+            ref = self.storages.refs[root]
+            whole = self.source.array(self.storages.data_offsets[root], ref.nbytes, ref.record, copy=True)
+            self._root_copies[root] = whole
+        start = offset - self.storages.data_offsets[root]
+        return whole[start : start + nbytes]
+
+
+def _container_class(cls: Any, source_file: Any, source: Any) -> GlobalRef:
+    """A pickled nn.Module class (``('module', cls, file, source)``): the class itself, never its source."""
+    if type(cls) is not GlobalRef:
+        raise CorruptFileError(f"module persistent id names {cls!r:.40}, not a class")
+    for value in (source_file, source):
+        if value is not None and type(value) is not str:
+            raise CorruptFileError(f"module persistent id carries a {type(value).__name__}, not source text")
+    return cls
+
+
+# -- the legacy stream -----------------------------------------------------------
+
+
+def looks_like_pickle_stream(head: bytes) -> bool:
+    """Could the file start with the magic-number pickle: PROTO, or a protocol 0/1 LONG or GLOBAL."""
+    return head[:1] in (b"\x80", b"L", b"c")
+
+
+def open_stream(source: Source, head: bytes) -> LegacyStream | None:
+    """A :class:`LegacyStream` if the file's first pickle is the magic number, else None.
+
+    The first pickle runs through the engine like every other; a dangerous one is
+    refused here (a forged magic number computed by ``eval``), whatever its value.
+    """
+    if not looks_like_pickle_stream(head):
+        return None
+    inventory: list[GlobalUse] = []
+    cursor = _Cursor(source, 0, source.size, "magic number", inventory)
+    try:
+        magic = cursor.pickle("magic number", MAX_HEADER_PICKLE_BYTES)
+    except UnsafeGlobalError:
+        raise
+    except PtfileError:
+        return None  # not a pickle this short: another kind of file
+    if type(magic) is not int:
+        return None
+    if magic != MAGIC_NUMBER:
+        raise CorruptFileError(f"{source.name}: legacy magic number is 0x{magic:X}, expected 0x{MAGIC_NUMBER:X}")
+    return LegacyStream(source, cursor, inventory)
+
+
+class LegacyStream(_Container):
+    """A legacy (pre-1.6, non-zip) checkpoint: five pickles and the storages."""
+
+    format = "legacy"
+
+    def __init__(self, source: Source, cursor: _Cursor, inventory: list[GlobalUse]) -> None:
+        super().__init__(source)
+        self.inventory_extra = inventory
+        after_magic = cursor.pos
+        try:
+            self._read(cursor)
+        except UnsafeGlobalError:
+            raise
+        except PtfileError:
+            _scan_for_danger(source, after_magic, source.size, 4, self.name)
+            raise
+
+    def _read(self, cursor: _Cursor) -> None:
+        cursor.part = "protocol version"
+        version = cursor.pickle("protocol version", MAX_HEADER_PICKLE_BYTES)
+        if type(version) is not int or version != PROTOCOL_VERSION:
+            raise CorruptFileError(f"{self.name}: legacy protocol version {version!r:.40}, expected {PROTOCOL_VERSION}")
+        cursor.part = "sys_info"
+        sys_info = cursor.pickle("sys_info", MAX_HEADER_PICKLE_BYTES)
+        if not isinstance(sys_info, dict):
+            raise CorruptFileError(f"{self.name}: legacy sys_info is a {type(sys_info).__name__}, not a dict")
+        cursor.part = "pickle"
+        self.pickle_offset = cursor.pos
+        self.pickle_data = cursor.pickle_bytes("object pickle")
+        cursor.part = "storage keys"
+        keys = cursor.pickle("storage keys")
+        self._probe()
+        self._locate(cursor, keys)
+
+    def _probe(self) -> None:
+        """Run the object pickle once to learn every storage it names; refuse it if dangerous."""
+        inventory: list[GlobalUse] = []
+        try:
+            _run(self.pickle_data, "pickle", inventory, self._storage_of, _inert_context())
+        except PtfileError:
+            _refuse_dangerous(inventory, self.name)
+            raise
+        _refuse_dangerous(inventory, self.name)
+        self.storages.sealed = True
+
+    def _locate(self, cursor: _Cursor, keys: Any) -> None:
+        """Check the key list against the object pickle and find each root storage's bytes."""
+        if type(keys) is not list or not all(type(k) is str for k in keys):
+            raise CorruptFileError(f"{self.name}: legacy storage key list is not a list of strings")
+        listed = set(keys)
+        if len(listed) != len(keys):
+            raise CorruptFileError(f"{self.name}: legacy storage key list names a storage twice")
+        used = set(self.storages.roots())
+        if listed != used:
+            missing, extra = sorted(used - listed)[:4], sorted(listed - used)[:4]
+            raise CorruptFileError(
+                f"{self.name}: legacy storage key list does not match the pickle: "
+                f"missing {missing}, not used by the pickle {extra}"
+            )
+        for key in keys:
+            ref = self.storages.refs[key]
+            size = _itemsize(self.storages.types[key])
+            numel = cursor.int64(f"element count of storage {key}")
+            if numel < 0 or numel > cursor.left // size:
+                raise CorruptFileError(
+                    f"{self.name}: storage {key!r} declares {numel} elements of {size} bytes; {cursor.left} bytes are left"
+                )
+            if numel * size != ref.nbytes:
+                raise CorruptFileError(
+                    f"{self.name}: storage {key!r} holds {numel * size} bytes but the pickle says {ref.nbytes}"
+                )
+            self.storages.data_offsets[key] = cursor.skip(ref.nbytes, f"storage {key}")
+        if cursor.left:
+            raise CorruptFileError(f"{self.name}: {cursor.left} bytes follow the last legacy storage")
+
+    def pickles(self) -> list[tuple[str, bytes]]:
+        """The object pickle: ``[(name, bytes)]``."""
+        return [("pickle", self.pickle_data)]
+
+    def persistent_load(self, pid: Any, context: Any) -> Any:
+        return self._storage_of(pid)
+
+    def _storage_of(self, pid: Any) -> Any:
+        if type(pid) is not tuple or not pid:
+            raise CorruptFileError(f"{self.name}: persistent id {pid!r:.80} is not a tuple")
+        if pid[0] == "module" and len(pid) == 4:
+            return _container_class(*pid[1:])
+        if pid[0] != "storage" or len(pid) != 6:
+            raise CorruptFileError(f"{self.name}: persistent id {pid!r:.80} is not a legacy ('storage', ...) tuple")
+        _, storage_type, key, location, numel, view = pid
+        if type(storage_type) is not StorageType:
+            raise CorruptFileError(f"{self.name}: persistent id names {storage_type!r:.40}, not a storage class")
+        if type(location) is not str:
+            raise CorruptFileError(f"{self.name}: storage location {location!r:.40} is not a string")
+        numel = _int(numel, "storage element count")
+        if numel > INT64_MAX:
+            raise CorruptFileError(f"{self.name}: storage element count {numel} does not fit an int64")
+        root = self.storages.root(check_storage_key(key), storage_type, location, numel)
+        if view is None:
+            return root
+        if type(view) is not tuple or len(view) != 3:
+            raise CorruptFileError(f"{self.name}: storage view metadata {view!r:.60} is not (key, offset, size)")
+        view_key, offset, size = view
+        return self.storages.view(
+            check_storage_key(view_key), root.key, _int(offset, "view offset"), _int(size, "view size")
+        )
+
+
+# -- the tar archive -----------------------------------------------------------
+
+
+def _tar_number(field: bytes) -> int:
+    """A tar numeric field: NUL- or space-terminated octal, or GNU base-256."""
+    if field[:1] == b"\x80":
+        return int.from_bytes(field[1:], "big")
+    if field[:1] == b"\xff":
+        raise CorruptFileError(f"tar header holds a negative number {field!r}")
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    if text and not set(text) <= set(b"01234567"):
+        raise CorruptFileError(f"tar header number {field!r} is not octal")
+    return int(text, 8) if text else 0
+
+
+def _tar_checksum_ok(block: bytes) -> bool:
+    """The header's checksum, counted unsigned or signed as tar implementations do."""
+    try:
+        stored = _tar_number(block[148:156])
+    except CorruptFileError:
+        return False
+    rest = block[:148] + b" " * 8 + block[156:]
+    unsigned = sum(rest)
+    signed = unsigned - 256 * sum(1 for b in rest if b > 127)
+    return stored in (unsigned, signed)
+
+
+def is_tar(head: bytes) -> bool:
+    """True when the file starts with a tar header whose checksum holds, the test tarfile uses."""
+    block = head[:TAR_BLOCK]
+    return len(block) == TAR_BLOCK and block != bytes(TAR_BLOCK) and _tar_checksum_ok(block)
+
+
+def _pax_records(data: bytes, name: str) -> dict[str, str]:
+    """``"<len> key=value\\n"`` records of a PAX extended header."""
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos, pos + 20)
+        if space < 0 or not data[pos:space].isdigit():
+            raise CorruptFileError(f"{name}: malformed PAX header record at byte {pos}")
+        length = int(data[pos:space])
+        record = data[space + 1 : pos + length]
+        if length <= space - pos or pos + length > len(data) or not record.endswith(b"\n") or b"=" not in record:
+            raise CorruptFileError(f"{name}: malformed PAX header record at byte {pos}")
+        key, value = record[:-1].split(b"=", 1)
+        try:
+            records[key.decode("utf-8")] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptFileError(f"{name}: PAX header record at byte {pos} is not UTF-8") from None
+        pos += length
+    if any(key.startswith("GNU.sparse") for key in records):
+        raise CorruptFileError(f"{name}: sparse tar members are not torch's")
+    return records
+
+
+def _tar_name(block: bytes) -> str:
+    name = block[:100].split(b"\0", 1)[0]
+    if block[257:262] == b"ustar":
+        prefix = block[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+    return name.decode("utf-8", "replace")
+
+
+def tar_members(source: Source) -> dict[str, tuple[int, int]]:
+    """``member name -> (data offset, size)`` for a torch tar, every header and range checked."""
+    name = source.name
+    members: dict[str, tuple[int, int]] = {}
+    pax: dict[str, str] | None = None
+    pos = headers = 0
+    while True:
+        if pos == source.size and pax is None:
+            break  # no end-of-archive blocks: tarfile reads that too
+        block = source.read(pos, TAR_BLOCK, "tar header")
+        if block == bytes(TAR_BLOCK):
+            if pax is not None:
+                raise CorruptFileError(f"{name}: PAX header at the end of the tar archive")
+            _check_tar_trailer(source, pos)
+            break
+        headers += 1
+        if headers > MAX_TAR_HEADERS:
+            raise LimitExceededError(f"{name}: more than {MAX_TAR_HEADERS} tar headers; torch writes {len(TAR_MEMBERS)}")
+        if not _tar_checksum_ok(block):
+            raise CorruptFileError(f"{name}: tar header at byte {pos} has a bad checksum")
+        kind = block[156:157]
+        size = _tar_number(block[124:136])
+        data = pos + TAR_BLOCK
+        if kind == b"x" and pax is None:
+            if size > MAX_PAX_BYTES:
+                raise LimitExceededError(f"{name}: PAX header of {size} bytes at byte {pos}")
+            pax = _pax_records(source.read(data, size, "PAX header"), name)
+            pos = data + -(-size // TAR_BLOCK) * TAR_BLOCK
+            continue
+        if kind not in (b"0", b"\0"):
+            raise CorruptFileError(f"{name}: tar member at byte {pos} has type {kind!r}; torch writes regular files only")
+        member = _tar_name(block)
+        if pax is not None:
+            member = pax.get("path", member)
+            if "size" in pax:
+                if not pax["size"].isdigit():
+                    raise CorruptFileError(f"{name}: PAX size {pax['size']!r:.30} is not a number")
+                size = int(pax["size"])
+            pax = None
+        if member not in TAR_MEMBERS:
+            raise CorruptFileError(f"{name}: tar member {member!r:.60} is not one torch writes")
+        if member in members:
+            raise CorruptFileError(f"{name}: tar member {member!r} appears twice")
+        source.check(data, size, f"tar member {member}")
+        members[member] = (data, size)
+        pos = data + -(-size // TAR_BLOCK) * TAR_BLOCK
+        if pos > source.size:
+            raise CorruptFileError(f"{name}: tar member {member!r} is cut short in its padding")
+    missing = [m for m in TAR_MEMBERS if m not in members]
+    if missing:
+        raise CorruptFileError(f"{name}: tar archive lacks the members {missing}")
+    return members
+
+
+def _check_tar_trailer(source: Source, pos: int) -> None:
+    left = source.size - pos
+    if left > MAX_TAR_TRAILER or source.read(pos, left, "tar trailer") != bytes(left):
+        raise CorruptFileError(f"{source.name}: {left} bytes after the end of the tar archive are not its zero padding")
+
+
+class LegacyTar(_Container):
+    """An ancient tar checkpoint (torch <= 0.3): its four members, checked as they are read."""
+
+    format = "tar"
+
+    def __init__(self, source: Source) -> None:
+        super().__init__(source)
+        self.members = tar_members(source)
+        self.tensors: dict[str, TensorSpec] = {}
+        try:
+            self._read_sys_info()
+            self._read_storages()
+            self._read_tensors()
+        except UnsafeGlobalError:
+            raise
+        except PtfileError:
+            start, size = self.members["pickle"]
+            _scan_for_danger(source, start, start + size, 1, self.name)
+            raise
+        start, size = self.members["pickle"]
+        self.pickle_data = source.read(start, size, "tar member pickle")
+
+    def _cursor(self, member: str) -> _Cursor:
+        start, size = self.members[member]
+        return _Cursor(self.source, start, start + size, member, self.inventory_extra)
+
+    def _end(self, cursor: _Cursor) -> None:
+        if cursor.left:
+            raise CorruptFileError(f"{self.name}: {cursor.left} bytes follow the data of tar member {cursor.part}")
+
+    def _read_sys_info(self) -> None:
+        cursor = self._cursor("sys_info")
+        if not isinstance(cursor.pickle("sys_info", MAX_HEADER_PICKLE_BYTES), dict):
+            raise CorruptFileError(f"{self.name}: tar member sys_info is not a dict")
+        self._end(cursor)
+
+    def _count(self, cursor: _Cursor, smallest: int) -> int:
+        count = cursor.pickle("count")
+        if type(count) is not int or count < 0 or count > cursor.left // smallest:
+            raise CorruptFileError(
+                f"{self.name}: tar member {cursor.part} declares {count!r:.30} records in {cursor.left} bytes"
+            )
+        return count
+
+    def _key(self, value: Any, what: str) -> str:
+        key = str(_int(value, what))
+        if key in self.storages.refs or key in self.tensors:
+            raise CorruptFileError(f"{self.name}: key {key} names two objects")
+        return key
+
+    def _read_storages(self) -> None:
+        cursor = self._cursor("storages")
+        for _ in range(self._count(cursor, MIN_TAR_STORAGE_RECORD)):
+            header = cursor.pickle("storage header")
+            if type(header) is not tuple or len(header) != 3:
+                raise CorruptFileError(f"{self.name}: tar storage header {header!r:.60} is not (key, location, type)")
+            key, location, storage_type = header
+            key = self._key(key, "tar storage key")
+            if type(location) is not str or type(storage_type) is not StorageType:
+                raise CorruptFileError(f"{self.name}: tar storage {key} has a bad location or storage type")
+            size = _itemsize(storage_type)
+            numel = cursor.int64(f"element count of storage {key}")
+            if numel < 0 or numel > cursor.left // size:
+                raise CorruptFileError(
+                    f"{self.name}: storage {key} declares {numel} elements of {size} bytes; {cursor.left} bytes are left"
+                )
+            self.storages.root(key, storage_type, location, numel)
+            self.storages.data_offsets[key] = cursor.skip(numel * size, f"storage {key}")
+        views = cursor.pickle("storage views")
+        if type(views) is not list:
+            raise CorruptFileError(f"{self.name}: tar storage views are a {type(views).__name__}, not a list")
+        for view in views:
+            if type(view) is not tuple or len(view) != 4:
+                raise CorruptFileError(f"{self.name}: tar storage view {view!r:.60} is not (key, root, offset, numel)")
+            key, root, offset, numel = view
+            root = str(_int(root, "tar storage view root"))
+            self.storages.view(self._key(key, "tar storage view key"), root, _int(offset, "view offset"),
+                               _int(numel, "view size"))
+        self._end(cursor)
+
+    def _read_tensors(self) -> None:
+        cursor = self._cursor("tensors")
+        for _ in range(self._count(cursor, MIN_TAR_TENSOR_RECORD)):
+            header = cursor.pickle("tensor header")
+            if type(header) is not tuple or len(header) != 3:
+                raise CorruptFileError(f"{self.name}: tar tensor header {header!r:.60} is not (key, storage, type)")
+            key = self._key(header[0], "tar tensor key")
+            storage = self.storages.refs.get(str(_int(header[1], "tar tensor storage key")))
+            if storage is None:
+                raise CorruptFileError(f"{self.name}: tar tensor {key} names storage {header[1]!r:.30}, which is absent")
+            ndim = cursor.int32(f"dimensions of tensor {key}")
+            if not 0 <= ndim <= MAX_NDIM:
+                raise CorruptFileError(f"{self.name}: tar tensor {key} has {ndim} dimensions")
+            cursor.skip(4, "padding")  # ndim was once written as 8 bytes
+            size = tuple(cursor.int64("size") for _ in range(ndim))
+            stride = tuple(cursor.int64("stride") for _ in range(ndim))
+            offset = cursor.int64("storage offset")
+            dtype = self.storages.types[storage.key].dtype
+            if dtype is None:
+                raise CorruptFileError(f"{self.name}: tar tensor {key} views an untyped storage")
+            offset, size, stride = check_view(storage, dtype, offset, size, stride)
+            self.tensors[key] = TensorSpec(storage, dtype, size, stride, offset)
+        self._end(cursor)
+
+    def pickles(self) -> list[tuple[str, bytes]]:
+        """The object pickle (the ``pickle`` member): ``[(name, bytes)]``."""
+        return [("pickle", self.pickle_data)]
+
+    def persistent_load(self, pid: Any, context: Any) -> Any:
+        if type(pid) is tuple and len(pid) == 3:
+            return _container_class(*pid)
+        if type(pid) is not str or not _TAR_ID.fullmatch(pid):
+            raise CorruptFileError(f"{self.name}: tar persistent id {pid!r:.60} is not an object key")
+        key = str(int(pid))
+        spec = self.tensors.get(key)
+        if spec is not None:
+            return context.tensor(spec)
+        storage = self.storages.refs.get(key)
+        if storage is None:
+            raise CorruptFileError(f"{self.name}: tar persistent id {pid!r:.40} names no tensor or storage")
+        return storage
