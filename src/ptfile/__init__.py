@@ -32,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "load",
     "open",
+    "scan",
     "save",
     "save_sharded",
     "Checkpoint",
@@ -144,3 +145,17 @@ def save_sharded(state_dict: Any, folder: Union[str, os.PathLike[str]], max_shar
     from .writer import save_sharded as _save_sharded
 
     return _save_sharded(state_dict, folder, max_shard_size)
+
+
+def scan(src: Source, *, strict: bool = False) -> Any:
+    """Look for malicious content with the loader's own parser, without loading anything.
+
+    Returns a :class:`ptfile.scanner.ScanResult` whose ``verdict`` is ``clean``,
+    ``unknown-class`` (instances of classes ptfile does not know; ``dangerous`` with
+    ``strict``), ``invalid`` (could not be parsed to the end) or ``dangerous``, with every
+    finding (global, how it was used, record and byte offset).  ``ptfile.load`` refuses
+    exactly the files this does not call clean (``records=True`` also accepts unknown classes).
+    """
+    from .scanner import scan as _scan
+
+    return _scan(src, strict=strict)

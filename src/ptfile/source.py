@@ -131,8 +131,15 @@ def open_source(src: Any, *, mmap_file: bool) -> Source:
     Files are memory-mapped when ``mmap_file`` is true and read with positioned reads
     otherwise; bytes-like objects are always used in place.
     """
+    if isinstance(src, Source):
+        return src
     if isinstance(src, (bytes, bytearray, memoryview)):
         return MappedSource(src, "<bytes>")
+    if isinstance(src, str) and "://" in src:
+        from .remote import is_url, open_remote
+
+        if is_url(src):
+            return open_remote(src)
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
         try:
