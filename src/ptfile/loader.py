@@ -316,6 +316,11 @@ def detached_storage(pid: Any) -> StorageRef:
     return StorageRef(key, dtype, numel * dtype.itemsize if dtype else numel, location, "")
 
 
+def looks_like_pickle(head: bytes) -> bool:
+    """Whether bytes start the way a pickle does (PROTO, or a protocol 0/1 container or GLOBAL)."""
+    return _PICKLE_START.match(head) is not None
+
+
 def open_container(source: Source) -> Any:
     """The container reader for the source's format, chosen as torch chooses it."""
     head = source.read(0, min(source.size, legacy.TAR_BLOCK), "file header")
@@ -326,7 +331,7 @@ def open_container(source: Source) -> Any:
     stream = legacy.open_stream(source, head)
     if stream is not None:
         return stream
-    if _PICKLE_START.match(head):
+    if looks_like_pickle(head):
         return RawPickle(source)
     raise _unsupported_kind(source.name, head[:16])
 

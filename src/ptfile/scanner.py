@@ -80,6 +80,25 @@ class ScanResult:
         }
 
 
+def is_scannable(path: str) -> bool:
+    """Whether a file met while walking a folder could hold a model: sniffed, never judged by name.
+
+    Zip, tar and compressed archives and anything that starts like a pickle qualify, whatever
+    the extension; text, JSON and other data files are passed over.  Files named explicitly
+    are always scanned.
+    """
+    from .legacy import TAR_BLOCK, is_tar
+    from .loader import looks_like_pickle
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(TAR_BLOCK)
+    except OSError:
+        return True  # let the scan report why it cannot be read
+    return (is_zip(head) or is_tar(head) or looks_like_pickle(head)
+            or any(head.startswith(magic) for magic in _COMPRESSED_MAGICS))
+
+
 def scan(src: Any, *, strict: bool = False) -> ScanResult:
     """Scan one checkpoint (path, file object or bytes) without loading anything from it.
 

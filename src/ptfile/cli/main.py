@@ -162,14 +162,17 @@ def _verdict_style(verdict: str) -> str:
 
 
 def _candidates(paths: Sequence[str], include: list[str], exclude: list[str], recursive: bool) -> list[str]:
-    """Files to scan: each path, or the files below each folder; excludes win over includes."""
+    """Files to scan: each path, or the model-like files below each folder; excludes win over includes."""
+    from ..scanner import is_scannable
+
     found: list[str] = []
     for path in paths:
         if os.path.isdir(path):
             walker = os.walk(path) if recursive else [(path, [], os.listdir(path))]
             for folder, dirs, files in walker:
                 dirs.sort()
-                found.extend(os.path.join(folder, f) for f in sorted(files) if os.path.isfile(os.path.join(folder, f)))
+                paths = (os.path.join(folder, f) for f in sorted(files))
+                found.extend(p for p in paths if os.path.isfile(p) and is_scannable(p))
         else:
             found.append(path)
     if include:
@@ -180,21 +183,23 @@ def _candidates(paths: Sequence[str], include: list[str], exclude: list[str], re
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from ..scanner import INVALID, scan
+    from ..scanner import INVALID
 
     files = _candidates(args.paths, args.include, args.exclude, args.recursive)
     if not files:
         _error("nothing to scan")
         return EXIT_ERROR
-    results = []
-    show_progress = len(files) > 1 and sys.stderr.isatty() and not args.json
-    for index, path in enumerate(files, 1):
-        if show_progress:
-            sys.stderr.write(f"\r[{index}/{len(files)}] {safe(path)[-60:]:<60}")
-            sys.stderr.flush()
-        results.append(scan(path, strict=args.strict))
-    if show_progress:
-        sys.stderr.write("\n")
+    if args.jobs > 1 or args.scheduler:
+        from ..fleet import connect, scan_many
+
+        client = connect(args.scheduler) if args.scheduler else None
+        try:
+            results = scan_many(files, strict=args.strict, jobs=args.jobs, client=client)
+        finally:
+            if client is not None:
+                client.close()
+    else:
+        results = _scan_serially(files, args.strict, show_progress=len(files) > 1 and not args.json)
     if args.json:
         counts = {v: sum(r.verdict == v for r in results) for v in ("clean", "unknown-class", "invalid", "dangerous")}
         _print_json({"schema": JSON_SCHEMA_VERSION, "command": "scan", "summary": counts,
@@ -206,6 +211,20 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if any(r.verdict == INVALID for r in results):
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _scan_serially(files: list[str], strict: bool, *, show_progress: bool) -> list:
+    from ..scanner import scan
+
+    progress = _Progress("scanning", show_progress)
+    results = []
+    try:
+        for index, path in enumerate(files, 1):
+            results.append(scan(path, strict=strict))
+            progress(index, len(files))
+    finally:
+        progress.close()
+    return results
 
 
 def _render_scan(results: list) -> None:
@@ -456,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("-r", "--recursive", action="store_true", help="scan folders recursively")
     scan.add_argument("--include", action="append", default=[], metavar="REGEX", help="only paths matching (repeatable)")
     scan.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="skip paths matching (repeatable)")
+    scan.add_argument("-j", "--jobs", type=int, default=1, help="scan with this many processes")
+    scan.add_argument("--scheduler", metavar="ADDRESS", help="scan on a Dask cluster (tcp://host:8786)")
     scan.set_defaults(func=cmd_scan)
 
     diff = commands.add_parser("diff", help="compare two checkpoints (exit 1 when they differ)")
