@@ -262,8 +262,9 @@ class ZipArchive:
         except zlib.error as exc:
             raise CorruptFileError(f"{self.name}: compressed record {entry.name!r} is corrupt: {exc}") from None
         if len(data) != entry.size:
+            found = f"more than {entry.size}" if len(data) > entry.size else str(len(data))
             raise CorruptFileError(
-                f"{self.name}: compressed record {entry.name!r} inflates to {len(data)}+ bytes, not the declared {entry.size}"
+                f"{self.name}: compressed record {entry.name!r} inflates to {found} bytes, not the declared {entry.size}"
             )
         return data
 
