@@ -950,6 +950,24 @@ def test_e1_billion_laughs(tmp_path: Path) -> None:
     assert 1 <= len(keys) <= 10 and keys[0] == ".".join(["0"] * 9)
 
 
+def test_e1_billion_laughs_through_the_memo(tmp_path: Path) -> None:
+    """billionLaughsAlt: each level is a list of ten GETs of the previous level's memo slot."""
+    body = binunicode("lol") + pickle.BINPUT + b"\0" + pickle.POP
+    for level in range(1, 10):
+        body += pickle.MARK + (pickle.BINGET + bytes([level - 1])) * 10 + pickle.LIST + pickle.BINPUT + bytes([level])
+        body += pickle.POP if level < 9 else b""
+    tree = assert_loads(tmp_path, in_zip(proto(2) + body + pickle.STOP))
+    assert len(tree) == 10 and tree[0] is tree[1]
+
+
+def test_c10_zip_inside_zip_is_not_opened(tmp_path: Path, marker: Path) -> None:
+    inner = in_zip(program(_os_system(marker), 2))
+    assert_refused(tmp_path, in_zip(inner), CorruptFileError, r"text persistent id", marker=marker)
+    outer = in_zip(program({"blob": inner}, 4))  # an archive carried as bytes stays bytes
+    assert assert_loads(tmp_path, outer) == {"blob": inner}
+    assert not marker.exists()
+
+
 def _laughs_as_argument(constructor: G, wrap) -> bytes:
     laughs = Raw(billion_laughs(binunicode("lol"), levels=7))
     return in_zip(program(Call(constructor, wrap(laughs)), 2), {"0": floats(*range(10))})
