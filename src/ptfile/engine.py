@@ -26,26 +26,37 @@ Structural rules, stricter than CPython's unpickler where the two could disagree
   on records, which store them).  Keys that get hashed must be plain values or
   shallow tuples of them: hashing a deeply nested tuple crashes CPython.
 * Every declared length is checked against the bytes that remain before anything
-  is allocated, and the memo is a dict, so a huge memo index costs one entry.
+  is allocated, and the memo is a dict, so a huge memo index costs one entry;
+  indices CPython refuses (negative, above ``sys.maxsize``) are refused too.
+
+Error messages quote pickle values only through :func:`brief`: a value shared
+exponentially often ("billion laughs") has a cheap graph but an astronomically
+long ``repr``.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
 import codecs
+import reprlib
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from .errors import CorruptFileError, LimitExceededError, PtfileError
 from .values import Global, Record
 
-__all__ = ["GlobalRef", "Engine"]
+__all__ = ["GlobalRef", "Engine", "brief", "check_key"]
 
 #: Hashing recurses in C without a depth check; keys nested deeper than this are refused.
 MAX_KEY_DEPTH = 32
 #: MARK nesting deeper than any real checkpoint needs; bounds the metastack.
 MAX_MARK_DEPTH = 10_000
+#: CPython keeps memo indices in a Py_ssize_t and refuses negative ones; so does ptfile.
+MAX_MEMO_INDEX = sys.maxsize
+#: Integers wider than this are described by their size: repr of a huge int is slow or refused.
+_BRIEF_INT_BITS = 128
 
 _HASHABLE_SCALARS = frozenset({str, int, float, bool, bytes, complex, type(None), Global, Record})
 
@@ -76,6 +87,40 @@ class GlobalRef:
 
 class _Mark:
     """Sentinel type: never a value, so a stray MARK can be told from data."""
+
+
+class _BriefRepr(reprlib.Repr):
+    """A repr whose cost is bounded whatever the value: few levels, few items, short strings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxtuple = self.maxlist = self.maxdict = self.maxset = self.maxfrozenset = 4
+        self.maxstring = self.maxother = 30
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > _BRIEF_INT_BITS:
+            return f"<int of {x.bit_length()} bits>"
+        return repr(x)
+
+    def repr_bytes(self, x: bytes, level: int) -> str:
+        return repr(x[: self.maxstring]) + ("..." if len(x) > self.maxstring else "")
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        if type(x) in (float, bool, complex, type(None), Global):
+            return repr(x)
+        if type(x) is Record:
+            return f"<Record {x.cls.path}>"  # its own repr shows its arguments, unbounded
+        return f"<{type(x).__name__}>"
+
+
+_brief = _BriefRepr()
+
+
+def brief(value: Any, limit: int = 60) -> str:
+    """A short description of a pickle value for error messages, at bounded cost."""
+    text = _brief.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_key(key: Any) -> None:
@@ -372,7 +417,8 @@ class Engine:
                             raise CorruptFileError(f"{record}: FRAME at byte {start} inside another frame")
                         frame_end = pos + self._frame_len
                         need(self._frame_len, pos)
-        except PtfileError:
+        except PtfileError as exc:
+            _locate(exc, record, start)
             raise
         except RecursionError:  # pragma: no cover - defensive; the loop itself never recurses
             raise CorruptFileError(f"{record}: pickle nested too deeply at byte {start}") from None
@@ -475,7 +521,10 @@ class Engine:
             return pos + 4 + n
         if op == 0x70:  # PUT
             text, pos = line(pos)
-            memo[int(text)] = stack[-1]
+            index = int(text)
+            if not 0 <= index <= MAX_MEMO_INDEX:
+                raise CorruptFileError(f"{record}: PUT index at byte {start} is out of range (CPython refuses it too)")
+            memo[index] = stack[-1]
             return pos
         if op == 0x67:  # GET
             text, pos = line(pos)
@@ -564,6 +613,12 @@ class Engine:
         if op in (0x97, 0x98):  # NEXT_BUFFER, READONLY_BUFFER
             raise CorruptFileError(f"{record}: out-of-band buffer opcode at byte {start} is refused")
         raise CorruptFileError(f"{record}: unknown opcode 0x{op:02x} at byte {start}")
+
+
+def _locate(exc: PtfileError, record: str, offset: int) -> None:
+    """Prefix a constructor's or container's error with the pickle record and opcode offset."""
+    if exc.args and type(exc.args[0]) is str and not exc.args[0].startswith(f"{record}:"):
+        exc.args = (f"{record}: at byte {offset}: {exc.args[0]}", *exc.args[1:])
 
 
 def _unescape(text: bytes) -> bytes:

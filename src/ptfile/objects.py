@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import check_key
+from .engine import brief, check_key
 from .errors import CorruptFileError, UnsupportedFormatError
 from .values import Global, Record
 
@@ -50,7 +50,7 @@ def _fill(target: dict, pairs: Any, what: str) -> None:
         raise CorruptFileError(f"{what} must be built from a list of pairs")
     for pair in pairs:
         if type(pair) not in (list, tuple) or len(pair) != 2:
-            raise CorruptFileError(f"{what} item {pair!r:.40} is not a key/value pair")
+            raise CorruptFileError(f"{what} item {brief(pair)} is not a key/value pair")
         check_key(pair[0])
         target[pair[0]] = pair[1]
 
@@ -90,7 +90,7 @@ def make_complex(context: Any, real: Any = 0.0, imag: Any = 0.0) -> complex:
 def codecs_encode(context: Any, text: Any, encoding: Any = "utf-8") -> bytes:
     """``_codecs.encode(text, 'latin1')``: how protocol 2 stores bytes."""
     if type(text) is not str or encoding not in ("latin1", "latin-1"):
-        raise CorruptFileError(f"_codecs.encode is only allowed for latin-1 text, got encoding {encoding!r:.20}")
+        raise CorruptFileError(f"_codecs.encode is only allowed for latin-1 text, got encoding {brief(encoding)}")
     return text.encode("latin-1")
 
 
@@ -102,13 +102,13 @@ def namespace(context: Any, *args: Any) -> argparse.Namespace:
 
 def torch_size(context: Any, dims: Any = ()) -> tuple:
     if type(dims) is not tuple or not all(type(d) is int for d in dims):
-        raise CorruptFileError(f"torch.Size must be built from a tuple of integers, got {dims!r:.40}")
+        raise CorruptFileError(f"torch.Size must be built from a tuple of integers, got {brief(dims)}")
     return dims
 
 
 def torch_device(context: Any, *args: Any) -> Record:
     if not args or type(args[0]) is not str or len(args) > 2 or (len(args) == 2 and type(args[1]) is not int):
-        raise CorruptFileError(f"torch.device arguments {args!r:.40} are not (type[, index])")
+        raise CorruptFileError(f"torch.device arguments {brief(args)} are not (type[, index])")
     return Record(Global("torch", "device"), args)
 
 
@@ -118,38 +118,38 @@ def torch_device(context: Any, *args: Any) -> Record:
 def numpy_dtype(context: Any, spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
     """``numpy.dtype(spec, align, copy)``: a fresh dtype that a later BUILD may give a byte order."""
     if type(spec) is not str or len(spec) > 8 or type(align) is not bool:
-        raise CorruptFileError(f"numpy dtype {spec!r:.20} is not a simple type code")
+        raise CorruptFileError(f"numpy dtype {brief(spec)} is not a simple type code")
     try:
         dtype = np.dtype(spec, align, True)
     except TypeError:
-        raise CorruptFileError(f"numpy dtype {spec!r} is not a known type") from None
+        raise CorruptFileError(f"numpy dtype {brief(spec)} is not a known type") from None
     if dtype.kind not in _NUMPY_KINDS or dtype.fields is not None or dtype.subdtype is not None:
-        raise UnsupportedFormatError(f"numpy dtype {spec!r} (kind {dtype.kind!r}) is not supported")
+        raise UnsupportedFormatError(f"numpy dtype {brief(spec)} (kind {dtype.kind!r}) is not supported")
     return dtype
 
 
 def build_numpy_dtype(context: Any, dtype: np.dtype, state: Any) -> None:
     # numpy's own state tuple: (version, byteorder, subdescr, names, fields, elsize, alignment, flags[, metadata])
     if type(state) is not tuple or len(state) not in (8, 9) or state[0] not in (3, 4):
-        raise CorruptFileError(f"numpy dtype state {state!r:.60} is not understood")
+        raise CorruptFileError(f"numpy dtype state {brief(state)} is not understood")
     if state[1] not in ("<", ">", "|", "=") or any(item is not None for item in state[2:5]):
-        raise CorruptFileError(f"numpy dtype state {state!r:.60} describes a structured type")
+        raise CorruptFileError(f"numpy dtype state {brief(state)} describes a structured type")
     if len(state) == 9 and state[8] is not None:
         raise CorruptFileError("numpy dtype metadata is not supported")
     if dtype.kind in "SUV" and state[5] != -1:
         if type(state[5]) is not int or state[5] < 0 or state[5] > (1 << 20):
-            raise CorruptFileError(f"numpy dtype element size {state[5]!r} is out of range")
+            raise CorruptFileError(f"numpy dtype element size {brief(state[5])} is out of range")
     elif state[5] != -1 or state[6] != -1:
-        raise CorruptFileError(f"numpy dtype state {state!r:.60} sets sizes of a fixed-size type")
+        raise CorruptFileError(f"numpy dtype state {brief(state)} sets sizes of a fixed-size type")
     if type(state[7]) is not int or state[7] < 0 or state[7] > 0xFF:
-        raise CorruptFileError(f"numpy dtype flags {state[7]!r} are out of range")
+        raise CorruptFileError(f"numpy dtype flags {brief(state[7])} are out of range")
     dtype.__setstate__(state[:8])
 
 
 def numpy_reconstruct(context: Any, cls: Any, shape: Any, typecode: Any) -> np.ndarray:
     """``numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')``: an empty array a BUILD fills."""
     if getattr(cls, "module", None) != "numpy" or getattr(cls, "name", None) != "ndarray":
-        raise CorruptFileError(f"numpy _reconstruct of {cls!r:.40}; only numpy.ndarray is allowed")
+        raise CorruptFileError(f"numpy _reconstruct of {brief(cls)}; only numpy.ndarray is allowed")
     if shape != (0,) or typecode not in (b"b", "b"):
         raise CorruptFileError("numpy _reconstruct arguments are not the (0,), b'b' numpy writes")
     array = np.ndarray((0,), np.int8)
@@ -162,12 +162,12 @@ def build_numpy_array(context: Any, array: np.ndarray, state: Any) -> None:
     if context.fresh_arrays.pop(id(array), None) is not array:
         raise CorruptFileError("BUILD on a numpy array that was not just reconstructed")
     if type(state) is not tuple or len(state) != 5 or state[0] != 1:
-        raise CorruptFileError(f"numpy array state {state!r:.60} is not understood")
+        raise CorruptFileError(f"numpy array state {brief(state)} is not understood")
     _, shape, dtype, fortran, raw = state
     if not isinstance(dtype, np.dtype) or type(fortran) is not bool:
         raise CorruptFileError("numpy array state has no valid dtype")
     if type(shape) is not tuple or len(shape) > 64 or not all(type(d) is int and d >= 0 for d in shape):
-        raise CorruptFileError(f"numpy array shape {shape!r:.40} is not a tuple of sizes")
+        raise CorruptFileError(f"numpy array shape {brief(shape)} is not a tuple of sizes")
     if type(raw) is not bytes:
         raise UnsupportedFormatError("numpy arrays of Python objects are not supported")
     count = 1
@@ -198,7 +198,7 @@ def build_attributes(context: Any, obj: Any, state: Any) -> None:
         raise CorruptFileError(f"BUILD state for {type(obj).__name__} must be a dict, got {type(state).__name__}")
     for key in state:
         if type(key) is not str or (key.startswith("__") and key.endswith("__")):
-            raise CorruptFileError(f"BUILD may not set attribute {key!r:.40}")
+            raise CorruptFileError(f"BUILD may not set attribute {brief(key)}")
     obj.__dict__.update(state)
 
 

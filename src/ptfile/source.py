@@ -158,6 +158,10 @@ def open_source(src: Any, *, mmap_file: bool) -> Source:
 
 def _from_file(file: Any, name: Any, *, owned: bool, mmap_file: bool) -> Source:
     name = str(name)
+    if isinstance(file, io.TextIOBase):
+        if owned:
+            file.close()
+        raise PtfileError(f"{name}: the file object must be opened in binary mode")
     seekable = getattr(file, "seekable", lambda: False)()
     if not seekable:  # pipes and sockets: read it all once
         data = file.read()

@@ -19,7 +19,9 @@ is useless, so this reader:
 And for safety it MUST:
 
 * check every offset and size against the real file size before use;
-* refuse duplicate names (readers disagree on which copy wins), encrypted records,
+* refuse duplicate names (readers disagree on which copy wins), records that
+  share bytes (many central entries over one local record would multiply a
+  compressed record's memory), encrypted records,
   compression methods other than stored and deflate, and a local header whose
   signature is wrong;
 * remember anomalies (local name differing from the central name, flag bits over
@@ -85,6 +87,7 @@ class ZipEntry:
     header_offset: int
     central_offset: int
     data_offset: int = -1  # resolved from the local header on first use
+    limit: int = -1  # where the next record (or the central directory) starts: the data must end before it
 
 
 class ZipArchive:
@@ -141,6 +144,24 @@ class ZipArchive:
         pos = 0
         for _ in range(count):
             pos = self._read_central(directory, pos, cd_offset)
+        self._assign_limits(cd_offset)
+
+    def _assign_limits(self, cd_offset: int) -> None:
+        """Give each record the bytes up to the next local header; refuse records that overlap.
+
+        Writers lay records out one after another, then the central directory.  Two
+        central entries over the same bytes would let a small file read (or inflate)
+        one record many times, so each record must fit before the next one starts.
+        """
+        ordered = sorted(self.entries.values(), key=lambda entry: entry.header_offset)
+        limits = [entry.header_offset for entry in ordered[1:]] + [cd_offset]
+        for entry, limit in zip(ordered, limits[: len(ordered)], strict=True):
+            if entry.header_offset + LOCAL_SIZE > limit:
+                raise CorruptFileError(
+                    f"{self.name}: zip record {entry.name!r} at byte {entry.header_offset} overlaps "
+                    f"the next record or the central directory at byte {limit}"
+                )
+            entry.limit = limit
 
     def _read_central(self, directory: bytes, pos: int, cd_offset: int) -> int:
         if pos + CENTRAL_SIZE > len(directory):
@@ -196,6 +217,11 @@ class ZipArchive:
             self.anomalies.append(f"record {entry.name!r} has local name {local_name.decode('utf-8', 'replace')!r}")
         start = entry.header_offset + LOCAL_SIZE + nlen + elen
         self.source.check(start, entry.compressed_size, f"data of zip record {entry.name!r}")
+        if start + entry.compressed_size > entry.limit:
+            raise CorruptFileError(
+                f"{self.name}: data of zip record {entry.name!r} ends at byte {start + entry.compressed_size}, "
+                f"past the start of the next record or the central directory at byte {entry.limit}"
+            )
         entry.data_offset = start
         return start
 
@@ -236,8 +262,9 @@ class ZipArchive:
         except zlib.error as exc:
             raise CorruptFileError(f"{self.name}: compressed record {entry.name!r} is corrupt: {exc}") from None
         if len(data) != entry.size:
+            found = f"more than {entry.size}" if len(data) > entry.size else str(len(data))
             raise CorruptFileError(
-                f"{self.name}: compressed record {entry.name!r} inflates to {len(data)}+ bytes, not the declared {entry.size}"
+                f"{self.name}: compressed record {entry.name!r} inflates to {found} bytes, not the declared {entry.size}"
             )
         return data
 
