@@ -38,14 +38,13 @@ from __future__ import annotations
 
 import _compat_pickle
 import codecs
-import reprlib
 import struct
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from .errors import CorruptFileError, LimitExceededError, PtfileError
-from .values import Global, Record
+from .values import Global, Record, brief
 
 __all__ = ["GlobalRef", "Engine", "brief", "check_key"]
 
@@ -55,8 +54,6 @@ MAX_KEY_DEPTH = 32
 MAX_MARK_DEPTH = 10_000
 #: CPython keeps memo indices in a Py_ssize_t and refuses negative ones; so does ptfile.
 MAX_MEMO_INDEX = sys.maxsize
-#: Integers wider than this are described by their size: repr of a huge int is slow or refused.
-_BRIEF_INT_BITS = 128
 
 _HASHABLE_SCALARS = frozenset({str, int, float, bool, bytes, complex, type(None), Global, Record})
 
@@ -87,40 +84,6 @@ class GlobalRef:
 
 class _Mark:
     """Sentinel type: never a value, so a stray MARK can be told from data."""
-
-
-class _BriefRepr(reprlib.Repr):
-    """A repr whose cost is bounded whatever the value: few levels, few items, short strings."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.maxlevel = 3
-        self.maxtuple = self.maxlist = self.maxdict = self.maxset = self.maxfrozenset = 4
-        self.maxstring = self.maxother = 30
-
-    def repr_int(self, x: int, level: int) -> str:
-        if x.bit_length() > _BRIEF_INT_BITS:
-            return f"<int of {x.bit_length()} bits>"
-        return repr(x)
-
-    def repr_bytes(self, x: bytes, level: int) -> str:
-        return repr(x[: self.maxstring]) + ("..." if len(x) > self.maxstring else "")
-
-    def repr_instance(self, x: Any, level: int) -> str:
-        if type(x) in (float, bool, complex, type(None), Global):
-            return repr(x)
-        if type(x) is Record:
-            return f"<Record {x.cls.path}>"  # its own repr shows its arguments, unbounded
-        return f"<{type(x).__name__}>"
-
-
-_brief = _BriefRepr()
-
-
-def brief(value: Any, limit: int = 60) -> str:
-    """A short description of a pickle value for error messages, at bounded cost."""
-    text = _brief.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_key(key: Any) -> None:

@@ -77,6 +77,7 @@ from .inventory import GlobalUse
 from .source import Source
 from .tensors import MAX_NDIM, StorageRef, StorageType, TensorSpec, check_view
 from .torchzip import check_storage_key
+from .values import brief
 
 __all__ = ["LegacyStream", "LegacyTar", "open_stream", "is_tar", "tar_members", "pickle_end", "MAGIC_NUMBER",
            "PROTOCOL_VERSION"]
@@ -342,7 +343,7 @@ def _itemsize(storage_type: StorageType) -> int:
 
 def _int(value: Any, what: str) -> int:
     if type(value) is not int or value < 0:
-        raise CorruptFileError(f"{what} {value!r:.40} is not a non-negative integer")
+        raise CorruptFileError(f"{what} {brief(value)} is not a non-negative integer")
     return value
 
 
@@ -463,7 +464,7 @@ class _Container:
 def _container_class(cls: Any, source_file: Any, source: Any) -> GlobalRef:
     """A pickled nn.Module class (``('module', cls, file, source)``): the class itself, never its source."""
     if type(cls) is not GlobalRef:
-        raise CorruptFileError(f"module persistent id names {cls!r:.40}, not a class")
+        raise CorruptFileError(f"module persistent id names {brief(cls)}, not a class")
     for value in (source_file, source):
         if value is not None and type(value) is not str:
             raise CorruptFileError(f"module persistent id carries a {type(value).__name__}, not source text")
@@ -522,7 +523,7 @@ class LegacyStream(_Container):
         cursor.part = "protocol version"
         version = cursor.pickle("protocol version", MAX_HEADER_PICKLE_BYTES)
         if type(version) is not int or version != PROTOCOL_VERSION:
-            raise CorruptFileError(f"{self.name}: legacy protocol version {version!r:.40}, expected {PROTOCOL_VERSION}")
+            raise CorruptFileError(f"{self.name}: legacy protocol version {brief(version)}, expected {PROTOCOL_VERSION}")
         cursor.part = "sys_info"
         sys_info = cursor.pickle("sys_info", MAX_HEADER_PICKLE_BYTES)
         if not isinstance(sys_info, dict):
@@ -585,16 +586,16 @@ class LegacyStream(_Container):
 
     def _storage_of(self, pid: Any) -> Any:
         if type(pid) is not tuple or not pid:
-            raise CorruptFileError(f"{self.name}: persistent id {pid!r:.80} is not a tuple")
+            raise CorruptFileError(f"{self.name}: persistent id {brief(pid)} is not a tuple")
         if pid[0] == "module" and len(pid) == 4:
             return _container_class(*pid[1:])
         if pid[0] != "storage" or len(pid) != 6:
-            raise CorruptFileError(f"{self.name}: persistent id {pid!r:.80} is not a legacy ('storage', ...) tuple")
+            raise CorruptFileError(f"{self.name}: persistent id {brief(pid)} is not a legacy ('storage', ...) tuple")
         _, storage_type, key, location, numel, view = pid
         if type(storage_type) is not StorageType:
-            raise CorruptFileError(f"{self.name}: persistent id names {storage_type!r:.40}, not a storage class")
+            raise CorruptFileError(f"{self.name}: persistent id names {brief(storage_type)}, not a storage class")
         if type(location) is not str:
-            raise CorruptFileError(f"{self.name}: storage location {location!r:.40} is not a string")
+            raise CorruptFileError(f"{self.name}: storage location {brief(location)} is not a string")
         numel = _int(numel, "storage element count")
         if numel > INT64_MAX:
             raise CorruptFileError(f"{self.name}: storage element count {numel} does not fit an int64")
@@ -602,7 +603,7 @@ class LegacyStream(_Container):
         if view is None:
             return root
         if type(view) is not tuple or len(view) != 3:
-            raise CorruptFileError(f"{self.name}: storage view metadata {view!r:.60} is not (key, offset, size)")
+            raise CorruptFileError(f"{self.name}: storage view metadata {brief(view)} is not (key, offset, size)")
         view_key, offset, size = view
         return self.storages.view(
             check_storage_key(view_key), root.key, _int(offset, "view offset"), _int(size, "view size")
@@ -617,10 +618,10 @@ def _tar_number(field: bytes) -> int:
     if field[:1] == b"\x80":
         return int.from_bytes(field[1:], "big")
     if field[:1] == b"\xff":
-        raise CorruptFileError(f"tar header holds a negative number {field!r}")
+        raise CorruptFileError(f"tar header holds a negative number {brief(field)}")
     text = field.split(b"\0", 1)[0].strip(b" ")
     if text and not set(text) <= set(b"01234567"):
-        raise CorruptFileError(f"tar header number {field!r} is not octal")
+        raise CorruptFileError(f"tar header number {brief(field)} is not octal")
     return int(text, 8) if text else 0
 
 
@@ -704,7 +705,7 @@ def tar_members(source: Source) -> dict[str, tuple[int, int]]:
             pos = data + -(-size // TAR_BLOCK) * TAR_BLOCK
             continue
         if kind not in (b"0", b"\0"):
-            raise CorruptFileError(f"{name}: tar member at byte {pos} has type {kind!r}; torch writes regular files only")
+            raise CorruptFileError(f"{name}: tar member at byte {pos} has type {brief(kind)}; torch writes regular files only")
         member = _tar_name(block)
         if pax is not None:
             member = pax.get("path", member)
@@ -714,7 +715,7 @@ def tar_members(source: Source) -> dict[str, tuple[int, int]]:
                 size = int(pax["size"])
             pax = None
         if member not in TAR_MEMBERS:
-            raise CorruptFileError(f"{name}: tar member {member!r:.60} is not one torch writes")
+            raise CorruptFileError(f"{name}: tar member {brief(member)} is not one torch writes")
         if member in members:
             raise CorruptFileError(f"{name}: tar member {member!r} appears twice")
         source.check(data, size, f"tar member {member}")
@@ -774,7 +775,7 @@ class LegacyTar(_Container):
         count = cursor.pickle("count")
         if type(count) is not int or count < 0 or count > cursor.left // smallest:
             raise CorruptFileError(
-                f"{self.name}: tar member {cursor.part} declares {count!r:.30} records in {cursor.left} bytes"
+                f"{self.name}: tar member {cursor.part} declares {brief(count)} records in {cursor.left} bytes"
             )
         return count
 
@@ -789,7 +790,7 @@ class LegacyTar(_Container):
         for _ in range(self._count(cursor, MIN_TAR_STORAGE_RECORD)):
             header = cursor.pickle("storage header")
             if type(header) is not tuple or len(header) != 3:
-                raise CorruptFileError(f"{self.name}: tar storage header {header!r:.60} is not (key, location, type)")
+                raise CorruptFileError(f"{self.name}: tar storage header {brief(header)} is not (key, location, type)")
             key, location, storage_type = header
             key = self._key(key, "tar storage key")
             if type(location) is not str or type(storage_type) is not StorageType:
@@ -807,7 +808,7 @@ class LegacyTar(_Container):
             raise CorruptFileError(f"{self.name}: tar storage views are a {type(views).__name__}, not a list")
         for view in views:
             if type(view) is not tuple or len(view) != 4:
-                raise CorruptFileError(f"{self.name}: tar storage view {view!r:.60} is not (key, root, offset, numel)")
+                raise CorruptFileError(f"{self.name}: tar storage view {brief(view)} is not (key, root, offset, numel)")
             key, root, offset, numel = view
             root = str(_int(root, "tar storage view root"))
             self.storages.view(self._key(key, "tar storage view key"), root, _int(offset, "view offset"),
@@ -819,11 +820,11 @@ class LegacyTar(_Container):
         for _ in range(self._count(cursor, MIN_TAR_TENSOR_RECORD)):
             header = cursor.pickle("tensor header")
             if type(header) is not tuple or len(header) != 3:
-                raise CorruptFileError(f"{self.name}: tar tensor header {header!r:.60} is not (key, storage, type)")
+                raise CorruptFileError(f"{self.name}: tar tensor header {brief(header)} is not (key, storage, type)")
             key = self._key(header[0], "tar tensor key")
             storage = self.storages.refs.get(str(_int(header[1], "tar tensor storage key")))
             if storage is None:
-                raise CorruptFileError(f"{self.name}: tar tensor {key} names storage {header[1]!r:.30}, which is absent")
+                raise CorruptFileError(f"{self.name}: tar tensor {key} names storage {brief(header[1])}, which is absent")
             ndim = cursor.int32(f"dimensions of tensor {key}")
             if not 0 <= ndim <= MAX_NDIM:
                 raise CorruptFileError(f"{self.name}: tar tensor {key} has {ndim} dimensions")
@@ -846,12 +847,12 @@ class LegacyTar(_Container):
         if type(pid) is tuple and len(pid) == 3:
             return _container_class(*pid)
         if type(pid) is not str or not _TAR_ID.fullmatch(pid):
-            raise CorruptFileError(f"{self.name}: tar persistent id {pid!r:.60} is not an object key")
+            raise CorruptFileError(f"{self.name}: tar persistent id {brief(pid)} is not an object key")
         key = str(int(pid))
         spec = self.tensors.get(key)
         if spec is not None:
             return context.tensor(spec)
         storage = self.storages.refs.get(key)
         if storage is None:
-            raise CorruptFileError(f"{self.name}: tar persistent id {pid!r:.40} names no tensor or storage")
+            raise CorruptFileError(f"{self.name}: tar persistent id {brief(pid)} names no tensor or storage")
         return storage

@@ -25,7 +25,7 @@ from .tensors import StorageRef, TensorSpec, view_array
 from .torchscript import open_zip
 from .torchzip import parse_storage_pid
 from .tree import walk
-from .values import Parameter
+from .values import Parameter, brief
 from .ziparchive import is_zip
 
 __all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint"]
@@ -352,7 +352,7 @@ class RawPickle:
         return []
 
     def persistent_load(self, pid: Any, context: Any) -> StorageRef:
-        raise CorruptFileError(f"{self.source.name}: a plain pickle refers to external storage {pid!r:.60}")
+        raise CorruptFileError(f"{self.source.name}: a plain pickle refers to external storage {brief(pid)}")
 
     def storage_bytes(self, storage: StorageRef, *, copy: bool) -> np.ndarray:
         raise CorruptFileError(f"{self.source.name}: a plain pickle has no storages")

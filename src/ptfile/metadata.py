@@ -23,7 +23,7 @@ from typing import Any
 from .engine import GlobalRef
 from .errors import CorruptFileError, UnsupportedFormatError
 from .inventory import GlobalUse
-from .values import Global, Record
+from .values import Global, Record, brief
 
 __all__ = ["AttributeDict", "record_of", "TYPING_ANY"]
 
@@ -75,7 +75,7 @@ def record_of(module: str, name: str, *, no_args: bool = False) -> Callable[...,
 
     def make(context: Any, *args: Any) -> Record:
         if no_args and args:
-            raise CorruptFileError(f"{cls.path} is created without arguments, got {args!r:.40}")
+            raise CorruptFileError(f"{cls.path} is created without arguments, got {brief(args)}")
         return Record(cls, args)
 
     return make
@@ -89,7 +89,7 @@ def _bit_generator_class(value: Any) -> Global:
         return Global(BIT_GENERATORS[value], value)
     if type(value) is GlobalRef and BIT_GENERATORS.get(value.name) == value.module:
         return value.as_global()
-    raise CorruptFileError(f"{value!r:.40} is not a numpy bit generator")
+    raise CorruptFileError(f"{brief(value)} is not a numpy bit generator")
 
 
 def bit_generator_ctor(context: Any, bit_generator: Any = "MT19937") -> Record:
@@ -136,7 +136,7 @@ def pure_path(flavour: type) -> Callable[..., pathlib.PurePath]:
 
     def make(context: Any, *parts: Any) -> pathlib.PurePath:
         if not all(type(p) is str for p in parts):
-            raise CorruptFileError(f"path parts {parts!r:.60} are not strings")
+            raise CorruptFileError(f"path parts {brief(parts)} are not strings")
         return flavour(*parts)
 
     return make
@@ -145,7 +145,7 @@ def pure_path(flavour: type) -> Callable[..., pathlib.PurePath]:
 def torch_version(context: Any, *args: Any) -> str:
     """``torch.torch_version.TorchVersion``: a str subclass, kept as its text."""
     if len(args) != 1 or type(args[0]) is not str:
-        raise CorruptFileError(f"TorchVersion arguments {args!r:.40} are not one string")
+        raise CorruptFileError(f"TorchVersion arguments {brief(args)} are not one string")
     return args[0]
 
 
@@ -157,7 +157,7 @@ def make_defaultdict(context: Any, factory: Any = None, *rest: Any) -> defaultdi
         return defaultdict(None)
     key = (factory.module, factory.name) if type(factory) is GlobalRef else None
     if key not in _FACTORIES:
-        raise CorruptFileError(f"defaultdict factory {factory!r:.40} is not a builtin type")
+        raise CorruptFileError(f"defaultdict factory {brief(factory)} is not a builtin type")
     return defaultdict(_FACTORIES[key])
 
 
@@ -170,7 +170,7 @@ _STATE_BYTES = {datetime.datetime: 10, datetime.date: 4, datetime.time: 6}
 def _tzinfo(value: Any) -> datetime.tzinfo | None:
     if value is None or type(value) is datetime.timezone:
         return value
-    raise UnsupportedFormatError(f"time zone {value!r:.40} is not a fixed datetime.timezone")
+    raise UnsupportedFormatError(f"time zone {brief(value)} is not a fixed datetime.timezone")
 
 
 def _from_state(kind: type, state: Any, *tz: Any) -> Any:
@@ -179,7 +179,7 @@ def _from_state(kind: type, state: Any, *tz: Any) -> Any:
     try:
         return kind(state, *(_tzinfo(t) for t in tz)) if kind is not datetime.date else kind(state)
     except (TypeError, ValueError) as exc:
-        raise CorruptFileError(f"{kind.__name__} state {state!r} is invalid: {exc}") from None
+        raise CorruptFileError(f"{kind.__name__} state {brief(state)} is invalid: {exc}") from None
 
 
 def make_datetime(context: Any, state: Any, *tz: Any) -> datetime.datetime:

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .engine import brief, check_key
+from .engine import check_key
 from .errors import CorruptFileError, UnsupportedFormatError
-from .values import Global, Record
+from .values import Global, Record, brief
 
 __all__ = ["build_handler"]
 

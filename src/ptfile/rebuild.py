@@ -14,7 +14,7 @@ from . import dtypes
 from .dtypes import DtypeInfo
 from .errors import CorruptFileError, UnsupportedFormatError
 from .tensors import StorageRef, TensorSpec, check_view
-from .values import Global
+from .values import Global, brief
 
 __all__ = ["TorchDtype", "rebuild_tensor", "rebuild_tensor_v2", "rebuild_tensor_v3", "rebuild_parameter"]
 
@@ -40,23 +40,23 @@ def _storage(value: Any) -> StorageRef:
 def _hooks(value: Any) -> None:
     # Backward hooks are code; torch saves an empty OrderedDict and so must every real file.
     if not isinstance(value, dict) or value:
-        raise CorruptFileError(f"tensor backward hooks must be an empty OrderedDict, got {value!r:.60}")
+        raise CorruptFileError(f"tensor backward hooks must be an empty OrderedDict, got {brief(value)}")
 
 
 def _flags(metadata: Any) -> tuple[bool, bool]:
     if metadata is None:
         return False, False
     if type(metadata) is not dict or not set(metadata) <= _METADATA_KEYS:
-        raise CorruptFileError(f"tensor metadata {metadata!r:.60} is not a dict of 'conj' / 'neg' flags")
+        raise CorruptFileError(f"tensor metadata {brief(metadata)} is not a dict of 'conj' / 'neg' flags")
     conj, neg = metadata.get("conj", False), metadata.get("neg", False)
     if type(conj) is not bool or type(neg) is not bool:
-        raise CorruptFileError(f"tensor metadata flags must be booleans, got {metadata!r:.60}")
+        raise CorruptFileError(f"tensor metadata flags must be booleans, got {brief(metadata)}")
     return conj, neg
 
 
 def _bool(value: Any, what: str) -> bool:
     if type(value) is not bool:
-        raise CorruptFileError(f"tensor {what} must be a bool, got {value!r:.40}")
+        raise CorruptFileError(f"tensor {what} must be a bool, got {brief(value)}")
     return value
 
 
@@ -105,7 +105,7 @@ def rebuild_tensor_v3(
     conj, neg = _flags(metadata)
     grad = _bool(requires_grad, "requires_grad")
     if type(dtype) is not TorchDtype or dtype.info is None:
-        raise CorruptFileError(f"_rebuild_tensor_v3 needs a torch dtype, got {dtype!r:.40}")
+        raise CorruptFileError(f"_rebuild_tensor_v3 needs a torch dtype, got {brief(dtype)}")
     if storage.dtype is not None and storage.dtype is not dtype.info:
         raise CorruptFileError(
             f"storage {storage.key!r} holds {storage.dtype.torch_name} but is read as {dtype.info.torch_name}"
@@ -123,14 +123,14 @@ def rebuild_parameter_with_state(context: Any, data: Any, requires_grad: Any, ho
     """``torch._utils._rebuild_parameter_with_state``: a parameter that carried Python attributes."""
     _hooks(hooks)
     if state is not None and (type(state) not in (dict, OrderedDict) or not all(type(k) is str for k in state)):
-        raise CorruptFileError(f"parameter state must be a dict of attribute names, got {state!r:.60}")
+        raise CorruptFileError(f"parameter state must be a dict of attribute names, got {brief(state)}")
     return context.parameter(data, _bool(requires_grad, "requires_grad"), dict(state) if state else None)
 
 
 def rebuild_meta_tensor(context: Any, dtype: Any, size: Any, stride: Any, requires_grad: Any) -> Any:
     """``torch._utils._rebuild_meta_tensor_no_storage``: shape and type only, no data."""
     if type(dtype) is not TorchDtype or dtype.info is None:
-        raise CorruptFileError(f"meta tensor needs a torch dtype, got {dtype!r:.40}")
+        raise CorruptFileError(f"meta tensor needs a torch dtype, got {brief(dtype)}")
     offset, size, stride = check_view(None, dtype.info, 0, size, stride)
     grad = _bool(requires_grad, "requires_grad")
     return context.tensor(TensorSpec(None, dtype.info, size, stride, offset, requires_grad=grad))

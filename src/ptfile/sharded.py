@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import CheckpointNotFoundError, CorruptFileError, LimitExceededError
 from .loader import LazyCheckpoint, TensorInfo, open_checkpoint
+from .values import brief
 
 __all__ = ["ShardedCheckpoint", "find_index", "is_sharded"]
 
@@ -60,7 +61,7 @@ def read_index(path: str) -> dict[str, str]:
         raise CorruptFileError(f"{path}: no weight_map object")
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or not shard or os.path.basename(shard) != shard or shard in (".", ".."):
-            raise CorruptFileError(f"{path}: shard {shard!r:.60} of {name!r:.60} is not a plain file name")
+            raise CorruptFileError(f"{path}: shard {brief(shard)} of {brief(name)} is not a plain file name")
     return weight_map
 
 

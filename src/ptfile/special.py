@@ -36,7 +36,7 @@ from .engine import GlobalRef
 from .errors import CorruptFileError, UnsupportedFormatError
 from .rebuild import TorchDtype, _bool, _hooks, _make, _storage
 from .tensors import TensorSpec, check_view
-from .values import Global
+from .values import Global, brief
 
 __all__ = [
     "QScheme",
@@ -264,7 +264,7 @@ def _per_channel(qparams: tuple, shape: tuple[int, ...]) -> tuple[Any, Any, int]
         raise CorruptFileError(f"per-channel quantizer parameters must be (qscheme, scales, zero_points, axis), got {len(qparams)} items")
     _, scales, zero_points, axis = qparams
     if type(axis) is not int or not 0 <= axis < len(shape):
-        raise CorruptFileError(f"per-channel axis {axis!r:.20} is out of range for size {shape}")
+        raise CorruptFileError(f"per-channel axis {brief(axis)} is out of range for size {shape}")
     if type(scales) is list:
         scales = _number_list(scales, (float, int), "scales")
     if type(zero_points) is list:
@@ -284,9 +284,9 @@ def _per_tensor(qparams: tuple, info: dtypes.DtypeInfo) -> tuple[float, int]:
         raise CorruptFileError(f"per-tensor quantizer parameters must be (qscheme, scale, zero_point), got {len(qparams)} items")
     _, scale, zero_point = qparams
     if type(scale) not in (float, int) or not math.isfinite(scale):
-        raise CorruptFileError(f"quantizer scale {scale!r:.30} is not a finite number")
+        raise CorruptFileError(f"quantizer scale {brief(scale)} is not a finite number")
     if type(zero_point) is not int:
-        raise CorruptFileError(f"quantizer zero point {zero_point!r:.30} is not an integer")
+        raise CorruptFileError(f"quantizer zero point {brief(zero_point)} is not an integer")
     limits = np.iinfo(info.numpy)
     if not limits.min <= zero_point <= limits.max:
         raise CorruptFileError(f"quantizer zero point {zero_point} is out of range for {info.torch_name}")
@@ -305,7 +305,7 @@ def rebuild_qtensor(context: Any, storage: Any, offset: Any, size: Any, stride: 
     if info.torch_name in _PACKED_QUANTIZED:
         raise UnsupportedFormatError(f"{info.torch_name} quantized tensors (packed sub-byte elements) are not supported")
     if type(qparams) is not tuple or not qparams or type(qparams[0]) is not QScheme:
-        raise CorruptFileError(f"quantizer parameters {qparams!r:.60} do not start with a torch qscheme")
+        raise CorruptFileError(f"quantizer parameters {brief(qparams)} do not start with a torch qscheme")
     scheme = qparams[0].name
     data = _make(context, storage, info, offset, size, stride, requires_grad=grad)
     shape = _shape(data)
@@ -427,7 +427,7 @@ class SparseTensor(SpecialTensor):
 def get_layout(context: Any, name: Any) -> Layout:
     """``torch.serialization._get_layout("torch.sparse_coo")``: a layout by its printed name."""
     if type(name) is not str or not name.startswith("torch.") or name[6:] not in _LAYOUT_VALUES:
-        raise CorruptFileError(f"_get_layout of {name!r:.40}, which is not a torch layout")
+        raise CorruptFileError(f"_get_layout of {brief(name)}, which is not a torch layout")
     return _LAYOUT_VALUES[name[6:]]
 
 
@@ -441,7 +441,7 @@ def _index_array(value: Any, ndim: int, what: str) -> Any:
 
 def _sparse_size(size: Any) -> tuple[int, ...]:
     if type(size) is not tuple or not all(type(d) is int and d >= 0 for d in size):
-        raise CorruptFileError(f"sparse tensor size {size!r:.40} is not a tuple of sizes")
+        raise CorruptFileError(f"sparse tensor size {brief(size)} is not a tuple of sizes")
     return size
 
 
@@ -489,7 +489,7 @@ def _compressed(layout: str, data: tuple) -> SparseTensor:
 def rebuild_sparse_tensor(context: Any, layout: Any, data: Any) -> SparseTensor:
     """``torch._utils._rebuild_sparse_tensor(layout, data)``."""
     if type(layout) is not Layout:
-        raise CorruptFileError(f"sparse tensor layout {layout!r:.40} is not a torch layout")
+        raise CorruptFileError(f"sparse tensor layout {brief(layout)} is not a torch layout")
     if type(data) is not tuple:
         raise CorruptFileError("sparse tensor data must be a tuple")
     if layout.name == "sparse_coo":
@@ -527,7 +527,7 @@ class MetaTensor(SpecialTensor):
 def rebuild_meta_tensor(context: Any, dtype: Any, size: Any, stride: Any, requires_grad: Any) -> Any:
     """``torch._utils._rebuild_meta_tensor_no_storage``: a :class:`MetaTensor` (a spec when listing lazily)."""
     if type(dtype) is not TorchDtype or dtype.info is None:
-        raise CorruptFileError(f"meta tensor needs a torch dtype, got {dtype!r:.40}")
+        raise CorruptFileError(f"meta tensor needs a torch dtype, got {brief(dtype)}")
     offset, size, stride = check_view(None, dtype.info, 0, size, stride)
     grad = _bool(requires_grad, "requires_grad")
     spec = TensorSpec(None, dtype.info, size, stride, offset, requires_grad=grad)
@@ -591,7 +591,7 @@ def _attribute_dict(value: Any) -> dict:
         raise CorruptFileError(f"tensor state must be a dict of attributes, got {type(value).__name__}")
     for key in value:
         if type(key) is not str or (key.startswith("__") and key.endswith("__")):
-            raise CorruptFileError(f"tensor state may not set attribute {key!r:.40}")
+            raise CorruptFileError(f"tensor state may not set attribute {brief(key)}")
     return dict(value)
 
 
@@ -603,13 +603,13 @@ def rebuild_from_type_v2(context: Any, func: Any, cls: Any, args: Any, state: An
     """
     entry = getattr(func, "entry", None)
     if type(func) is not GlobalRef or entry is None or entry.category != "tensor" or entry.call is None:
-        raise CorruptFileError(f"_rebuild_from_type_v2 rebuilds with {func!r:.60}, not a tensor rebuild function")
+        raise CorruptFileError(f"_rebuild_from_type_v2 rebuilds with {brief(func)}, not a tensor rebuild function")
     if entry.call is rebuild_from_type_v2:
         raise CorruptFileError("_rebuild_from_type_v2 may not nest itself")
     if type(args) is not tuple:
         raise CorruptFileError("_rebuild_from_type_v2 arguments must be a tuple")
     if type(cls) is not GlobalRef:
-        raise CorruptFileError(f"_rebuild_from_type_v2 class {cls!r:.40} is not a global")
+        raise CorruptFileError(f"_rebuild_from_type_v2 class {brief(cls)} is not a global")
     attributes = _object_state(state)
     value = entry.call(_ListingContext(context), *args)
     if isinstance(value, SpecialTensor):

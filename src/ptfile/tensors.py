@@ -22,12 +22,15 @@ import numpy as np
 
 from .dtypes import DtypeInfo
 from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
-from .values import Parameter
+from .values import Parameter, brief
 
 __all__ = ["StorageType", "StorageRef", "TensorSpec", "check_view", "view_array"]
 
 #: numpy cannot hold more dimensions than this (NPY_MAXDIMS); neither does any real tensor.
 MAX_NDIM = 64
+#: numpy indexes bytes with a signed 64-bit integer; a view claiming more (a stride-0 view of
+#: 2**64 elements) cannot be an array, whatever its storage.
+MAX_TENSOR_BYTES = 2**63 - 1
 
 
 class StorageType:
@@ -111,7 +114,7 @@ def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
         raise CorruptFileError(f"tensor {what} must be a tuple of at most {MAX_NDIM} integers, got {type(value).__name__}")
     for item in value:
         if type(item) is not int or item < 0:
-            raise CorruptFileError(f"tensor {what} {value!r} holds {item!r}, not a non-negative integer")
+            raise CorruptFileError(f"tensor {what} {brief(value)} holds {brief(item)}, not a non-negative integer")
     return value
 
 
@@ -127,17 +130,23 @@ def check_view(storage: StorageRef | None, dtype: DtypeInfo, offset: Any, shape:
     if len(shape) != len(strides):
         raise CorruptFileError(f"tensor size {shape} and stride {strides} differ in length")
     if type(offset) is not int or offset < 0:
-        raise CorruptFileError(f"tensor storage offset {offset!r} is not a non-negative integer")
-    if storage is None or 0 in shape:
-        return offset, shape, strides
-    capacity = storage.nbytes // dtype.itemsize
-    last = offset
-    for size, stride in zip(shape, strides, strict=True):
-        last += (size - 1) * stride
-    if last >= capacity:
-        raise CorruptFileError(
-            f"tensor of size {shape}, stride {strides}, offset {offset} reaches element {last} "
-            f"of storage {storage.key!r}, which holds {capacity} {dtype.torch_name} elements"
+        raise CorruptFileError(f"tensor storage offset {brief(offset)} is not a non-negative integer")
+    if storage is not None and 0 not in shape:
+        capacity = storage.nbytes // dtype.itemsize
+        last = offset
+        for size, stride in zip(shape, strides, strict=True):
+            last += (size - 1) * stride
+        if last >= capacity:
+            raise CorruptFileError(
+                f"tensor of size {shape}, stride {strides}, offset {offset} reaches element {last} "
+                f"of storage {storage.key!r}, which holds {capacity} {dtype.torch_name} elements"
+            )
+    numel = 1
+    for size in shape:
+        numel *= size
+    if numel * dtype.itemsize > MAX_TENSOR_BYTES:  # in bounds only through stride 0, or a meta tensor
+        raise LimitExceededError(
+            f"tensor of size {shape} would hold {numel * dtype.itemsize} bytes, more than numpy can index"
         )
     return offset, shape, strides
 
@@ -173,6 +182,20 @@ def _resolve_flags(view: np.ndarray, info: DtypeInfo, *, conj: bool, neg: bool) 
     return out
 
 
+def _flagged_view(spec: TensorSpec, buffer: np.ndarray, dtype: np.dtype, strides: tuple[int, ...]) -> np.ndarray:
+    """A conj/neg view: the flags resolved over the elements the view spans, viewed with its strides.
+
+    Resolving only the span (never the expanded view) keeps the cost within the storage's
+    size, so a stride-0 view of one element stays one element, and the result keeps torch's
+    strides and sharing among its own elements.
+    """
+    span = 1 + sum((size - 1) * stride for size, stride in zip(spec.shape, spec.strides, strict=True))
+    segment = np.ndarray((span,), dtype, buffer=buffer, offset=spec.offset * spec.dtype.itemsize)
+    resolved = _resolve_flags(segment, spec.dtype, conj=spec.conj, neg=spec.neg)
+    # through a uint8 view, as for every other tensor: ml_dtypes types have no array-interface typestr
+    return np.ndarray(spec.shape, dtype, buffer=resolved.view(np.uint8), offset=0, strides=strides)
+
+
 def view_array(spec: TensorSpec, buffer: np.ndarray) -> np.ndarray:
     """The tensor as a numpy view of its storage's bytes (``buffer``, uint8)."""
     dtype = spec.dtype.numpy
@@ -184,12 +207,12 @@ def view_array(spec: TensorSpec, buffer: np.ndarray) -> np.ndarray:
     try:
         if 0 in shape:
             arr = np.ndarray(shape, dtype, buffer=buffer[:0], offset=0, strides=strides)
+        elif spec.conj or spec.neg:
+            arr = _flagged_view(spec, buffer, dtype, strides)
         else:
             arr = np.ndarray(shape, dtype, buffer=buffer, offset=spec.offset * itemsize, strides=strides)
-    except ValueError as exc:  # e.g. a stride-0 view whose element count overflows numpy's index type
+    except ValueError as exc:  # numpy's own limits, should a view pass ours
         raise LimitExceededError(f"a tensor of size {shape} cannot be represented as a numpy array: {exc}") from None
-    if spec.conj or spec.neg:
-        arr = _resolve_flags(arr, spec.dtype, conj=spec.conj, neg=spec.neg)
     if spec.parameter:
         arr = arr.view(Parameter)
         arr.requires_grad = spec.requires_grad

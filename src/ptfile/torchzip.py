@@ -26,6 +26,7 @@ import numpy as np
 from .errors import CorruptFileError, UnsupportedFormatError
 from .source import Source
 from .tensors import StorageRef, StorageType
+from .values import brief
 from .ziparchive import ZipArchive, ZipEntry
 
 __all__ = ["TorchZip", "SUPPORTED_VERSIONS", "check_storage_key"]
@@ -42,19 +43,19 @@ _LAYOUT_RECORDS = ("version", ".data/version", "byteorder", ".format_version", "
 
 def check_storage_key(key: Any) -> str:
     if type(key) is not str or not key or not set(key) <= _KEY_CHARS:
-        raise CorruptFileError(f"storage key {key!r:.40} is not a plain name")
+        raise CorruptFileError(f"storage key {brief(key)} is not a plain name")
     return key
 
 
 def parse_storage_pid(pid: Any) -> tuple[StorageType, str, str, int]:
     """Check a ``('storage', type, key, location, numel)`` id; return its fields."""
     if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage":
-        raise CorruptFileError(f"persistent id {pid!r:.80} is not a ('storage', ...) tuple")
+        raise CorruptFileError(f"persistent id {brief(pid)} is not a ('storage', ...) tuple")
     _, storage_type, key, location, numel = pid
     if type(storage_type) is not StorageType:
-        raise CorruptFileError(f"persistent id names {storage_type!r:.40}, not a storage class")
+        raise CorruptFileError(f"persistent id names {brief(storage_type)}, not a storage class")
     if type(location) is not str or type(numel) is not int or numel < 0:
-        raise CorruptFileError(f"persistent id {pid!r:.80} has a bad location or element count")
+        raise CorruptFileError(f"persistent id {brief(pid)} has a bad location or element count")
     return storage_type, check_storage_key(key), location, numel
 
 

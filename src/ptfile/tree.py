@@ -20,42 +20,72 @@ __all__ = ["walk", "MODULE_SLOTS"]
 MODULE_SLOTS = ("_parameters", "_buffers", "_modules")
 
 
-def _children(node: Any) -> list[tuple[str | None, Any]]:
+def _children(node: Any) -> Iterator[tuple[Any, Any]] | None:
+    """The (key, child) pairs of a container, lazily; None for a leaf value.
+
+    Keys stay as the pickle gave them until a path is needed: a key of ``None`` marks an
+    ``nn.Module`` slot that adds no path component.
+    """
     if isinstance(node, dict):
-        return [(str(k), v) for k, v in node.items()]
+        return iter(node.items())
     if type(node) in (list, tuple):
-        return [(str(i), v) for i, v in enumerate(node)]
+        return enumerate(node)
     if type(node) is Record:
-        children: list[tuple[str | None, Any]] = []
-        state = node.state
-        if type(state) is tuple and len(state) == 2 and isinstance(state[0], dict):
-            state = state[0]  # (dict, slots) state
-        if isinstance(state, dict):
-            for key, value in state.items():
-                children.append((None if key in MODULE_SLOTS else str(key), value))
-        children.extend((str(k), v) for k, v in node.items.items())
-        children.extend((str(i), v) for i, v in enumerate(node.listitems))
-        return children
-    if hasattr(node, "__dict__") and type(node).__module__ == "argparse":
-        return [(str(k), v) for k, v in vars(node).items()]
-    return []
+        return _record_children(node)
+    if type(node).__module__ == "argparse" and hasattr(node, "__dict__"):
+        return iter(vars(node).items())
+    return None
+
+
+def _record_children(node: Record) -> Iterator[tuple[Any, Any]]:
+    state = node.state
+    if type(state) is tuple and len(state) == 2 and isinstance(state[0], dict):
+        state = state[0]  # (dict, slots) state
+    if isinstance(state, dict):
+        for key, value in state.items():
+            yield (None if key in MODULE_SLOTS else key), value
+    yield from node.items.items()
+    yield from enumerate(node.listitems)
+
+
+def _join(link: tuple | None) -> str:
+    """The dotted path of a chain of ``(parent link, key)`` links, built only when asked for."""
+    parts = []
+    while link is not None:
+        link, key = link
+        parts.append(key if type(key) is str else str(key))
+    return ".".join(reversed(parts))
 
 
 def walk(tree: Any, is_leaf: Callable[[Any], bool]) -> Iterator[tuple[str, Any]]:
-    """Yield ``(dotted path, leaf)`` for every leaf, in the order of the tree."""
-    seen: set[int] = set()
-    stack: list[tuple[str, Any]] = [("", tree)]
+    """Yield ``(dotted path, leaf)`` for every leaf, in the order of the tree.
+
+    The walk holds one iterator per open container and one link per path component, so
+    memory grows with the depth and the number of containers, never with their width, and
+    each path is joined once, for its leaf.
+    """
+    if is_leaf(tree):
+        yield "", tree
+        return
+    root = _children(tree)
+    if root is None:
+        return
+    seen = {id(tree)}
+    stack: list[tuple[tuple | None, Iterator]] = [(None, root)]
     while stack:
-        path, node = stack.pop()
-        if is_leaf(node):
-            yield path, node
+        link, children = stack[-1]
+        item = next(children, None)
+        if item is None:
+            stack.pop()
             continue
-        if id(node) in seen:
+        key, child = item
+        child_link = link if key is None else (link, key)
+        if is_leaf(child):
+            yield _join(child_link), child
             continue
-        children = _children(node)
-        if not children:
+        if id(child) in seen:
             continue
-        seen.add(id(node))
-        for key, child in reversed(children):
-            child_path = path if key is None else (f"{path}.{key}" if path else key)
-            stack.append((child_path, child))
+        grandchildren = _children(child)
+        if grandchildren is not None:
+            seen.add(id(child))
+            stack.append((child_link, grandchildren))

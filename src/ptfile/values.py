@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Global", "Record", "Parameter"]
+__all__ = ["Global", "Record", "Parameter", "brief"]
 
 
 class Global:
@@ -67,11 +68,11 @@ class Record:
     def __repr__(self) -> str:
         parts = [self.cls.path]
         if self.args:
-            parts.append(f"args={_short(self.args)}")
+            parts.append(f"args={brief(self.args)}")
         if isinstance(self.state, dict):
-            parts.append(f"state keys={_short(list(self.state))}")
+            parts.append(f"state keys={brief(list(self.state))}")
         elif self.state is not None:
-            parts.append(f"state={_short(self.state)}")
+            parts.append(f"state={brief(self.state)}")
         return f"<Record {' '.join(parts)}>"
 
 
@@ -91,6 +92,40 @@ class Parameter(np.ndarray):
             self.requires_grad = getattr(obj, "requires_grad", True)
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+#: Integers wider than this are described by their size: repr of a huge int is slow or refused.
+_BRIEF_INT_BITS = 128
+
+
+class _BriefRepr(reprlib.Repr):
+    """A repr whose cost is bounded whatever the value: few levels, few items, short strings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxtuple = self.maxlist = self.maxdict = self.maxset = self.maxfrozenset = 4
+        self.maxstring = self.maxother = 30
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > _BRIEF_INT_BITS:
+            return f"<int of {x.bit_length()} bits>"
+        return repr(x)
+
+    def repr_bytes(self, x: bytes, level: int) -> str:
+        return repr(x[: self.maxstring]) + ("..." if len(x) > self.maxstring else "")
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        if type(x) in (float, bool, complex, type(None), Global):
+            return repr(x)
+        if type(x) is Record:
+            return f"<Record {x.cls.path}>"  # its own repr shows its arguments, unbounded
+        return f"<{type(x).__name__}>"
+
+
+_brief = _BriefRepr()
+
+
+def brief(value: Any, limit: int = 60) -> str:
+    """A short description of a pickle value for error messages, at bounded cost."""
+    text = _brief.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
