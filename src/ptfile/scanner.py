@@ -88,6 +88,10 @@ def scan(src: Any, *, strict: bool = False) -> ScanResult:
         strict: treat instances of unknown classes as dangerous.
     """
     name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<bytes>")
+    from .dcp import is_dcp, scan_folder
+
+    if is_dcp(src):  # a DCP folder is one checkpoint: its .metadata and every item in it
+        return scan_folder(src, strict=strict)
     try:
         source = open_source(src, mmap_file=True)
     except PtfileError as exc:
@@ -110,19 +114,26 @@ def _scan_source(source: Source, strict: bool) -> ScanResult:
             return ScanResult(source.name, INVALID, kind, faults=[fault])
     inert = None
     if is_zip(head):
-        fmt, faults, inert = _scan_checkpoint(source, inventory, notes)
+        fmt, faults, inert = examine_checkpoint(source, inventory, notes)
     else:
         fmt, faults = _scan_stream(source, inventory, notes)
     judgement = allowlist.judge(inventory, inert_classes=inert)
+    return scan_result(source.name, fmt, judgement, faults, notes, inventory, strict=strict)
+
+
+def scan_result(name: str, fmt: str, judgement: allowlist.Judgement, faults: list[str], notes: list[str],
+                inventory: list[GlobalUse], *, strict: bool) -> ScanResult:
+    """The verdict from a judgement and the faults met: a fault makes anything short of dangerous invalid."""
     verdict = judgement.verdict
     if faults and verdict != allowlist.DANGEROUS:
         verdict = INVALID
     if strict and verdict == allowlist.UNKNOWN_CLASS:
         verdict = allowlist.DANGEROUS
-    return ScanResult(source.name, verdict, fmt, list(judgement.findings), faults, notes, inventory)
+    return ScanResult(name, verdict, fmt, list(judgement.findings), faults, notes, inventory)
 
 
-def _scan_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tuple[str, list[str], Any]:
+def examine_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tuple[str, list[str], Any]:
+    """Run a zip checkpoint's pickles dry into ``inventory``; return its format, the faults met, its inert classes."""
     try:
         checkpoint = Checkpoint(source, copy=False, records=True)
     except PtfileError as exc:
