@@ -144,11 +144,15 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike
     with atomic_write(path) as out:
         out.write(header)
         for name in order:
-            array = tensors[name] if fetch is None else _fetched(fetch, name, tensors[name])
-            if array.dtype.byteorder == ">":
-                array = array.astype(array.dtype.newbyteorder("<"))
-            # ml_dtypes types cannot export a buffer; their bytes can, through a uint8 view
-            out.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
+            _write_tensor(out, tensors[name] if fetch is None else _fetched(fetch, name, tensors[name]))
+
+
+def _write_tensor(out: Any, array: np.ndarray) -> None:
+    """One tensor's bytes, little-endian and contiguous (a fetched tensor is let go as soon as it is written)."""
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    # ml_dtypes types cannot export a buffer; their bytes can, through a uint8 view
+    out.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
 
 
 def _fetched(fetch: Callable[[str], np.ndarray], name: str, described: np.ndarray) -> np.ndarray:
