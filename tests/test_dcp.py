@@ -344,6 +344,22 @@ def test_grid_partitions_assemble_exactly(tmp_path, shape, splits):
         assert handle["note"] == "x"
 
 
+def test_crossing_chunks_are_an_overlap_even_when_their_sizes_add_up(tmp_path):
+    # A column and a row cross at (1, 1) while (2, 2) is left out: 9 elements in all, but wrong.
+    boxes = [((0, 1), (3, 1)), ((1, 0), (1, 3)), ((0, 0), (1, 1)), ((0, 2), (1, 1)), ((2, 0), (1, 1))]
+    write_dcp(tmp_path / "ckpt", {"t": (np.zeros((3, 3), np.float32), boxes)})
+    with pytest.raises(ptfile.CorruptFileError, match=r"chunks at \(0, 1\) and \(1, 0\) overlap"):
+        ptfile.open(tmp_path / "ckpt")
+
+
+def test_chunks_scattered_beyond_the_grid_limit_are_refused(tmp_path, monkeypatch):
+    write_dcp(tmp_path / "ckpt", {"t": (np.zeros((4, 4), np.float32), grid((4, 4), (4, 4)))})
+    assert ptfile.load(tmp_path / "ckpt")["t"].shape == (4, 4)
+    monkeypatch.setattr(dcp, "MAX_GRID_CELLS", 15)
+    with pytest.raises(ptfile.LimitExceededError, match="16 cells"):
+        ptfile.open(tmp_path / "ckpt")
+
+
 # -- dispatch: convert, inspect, scan -------------------------------------------------
 
 

@@ -37,7 +37,9 @@ file and is large enough for its chunk's bytes; items written through stream tra
 (DCP's compression extensions) are refused as unsupported.  When read, a chunk's item
 must hold one tensor of the chunk's shape and the tensor's dtype.
 
-**Limits.**  :data:`MAX_METADATA_BYTES` bounds ``.metadata``.  Per-rank metadata written
+**Limits.**  :data:`MAX_METADATA_BYTES` bounds ``.metadata``; :data:`MAX_GRID_CELLS` bounds
+the coverage check (the grid a tensor's chunk boundaries cut it into), :data:`MAX_DIMS` a
+tensor's dimensions.  Per-rank metadata written
 without coordination (``__{rank}.metadata``) is not read, nor are DCP folders written
 with the safetensors serialization format (their items are not ``torch.save`` blobs);
 the Hugging Face storage writer leaves an index, so such folders open as shards.
@@ -45,6 +47,7 @@ the Hugging Face storage writer leaves an index, so such folders open as shards.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import tempfile
@@ -81,6 +84,11 @@ METADATA_FILE = ".metadata"
 ITEM_SUFFIX = ".distcp"
 #: ``.metadata`` lists every chunk of every rank, ~250 bytes each: 1 GiB is millions of chunks.
 MAX_METADATA_BYTES = 1 << 30
+#: Coverage is checked on the grid the chunk boundaries cut a tensor into (one byte per cell);
+#: a grid partition has one cell per chunk, so only scattered hostile chunks come near this.
+MAX_GRID_CELLS = 1 << 24
+#: numpy's limit on dimensions (NPY_MAXDIMS in numpy 2): an array of more cannot be made.
+MAX_DIMS = 64
 
 METADATA_MODULE = "torch.distributed.checkpoint.metadata"
 FILESYSTEM_MODULE = "torch.distributed.checkpoint.filesystem"
@@ -304,6 +312,8 @@ def _tensor(fqn: str, value: Any, items: dict) -> TensorEntry:
 def check_chunks(fqn: str, entry: TensorEntry) -> None:
     """Every chunk inside the shape, no two overlapping, all of them covering every element once."""
     shape = entry.shape
+    if len(shape) > MAX_DIMS:
+        raise LimitExceededError(f"{fqn}: {len(shape)} dimensions, over the limit of {MAX_DIMS}")
     for chunk in entry.chunks:
         if len(chunk.offsets) != len(shape) or len(chunk.sizes) != len(shape):
             raise CorruptFileError(f"{fqn}: chunk at {chunk.offsets} of size {chunk.sizes} does not have "
@@ -313,17 +323,31 @@ def check_chunks(fqn: str, entry: TensorEntry) -> None:
         if chunk.numel * entry.dtype.itemsize > chunk.item.length:
             raise CorruptFileError(f"{fqn}: chunk at {chunk.offsets} needs {chunk.numel * entry.dtype.itemsize} bytes "
                                    f"but its item {chunk.item} holds {chunk.item.length}")
-    boxes = sorted((c for c in entry.chunks if c.numel), key=lambda c: c.offsets)
-    for i, a in enumerate(boxes):
-        for b in boxes[i + 1 :]:
-            if shape and b.offsets[0] >= a.offsets[0] + a.sizes[0]:
-                break  # sorted by the first offset: no later box reaches back into this one
-            if all(bo < ao + az and ao < bo + bz for ao, az, bo, bz in zip(a.offsets, a.sizes, b.offsets, b.sizes,
-                                                                            strict=True)):
-                raise CorruptFileError(f"{fqn}: chunks at {a.offsets} and {b.offsets} overlap")
-    covered = sum(c.numel for c in boxes)
-    if covered != entry.numel:
+    boxes = [c for c in entry.chunks if c.numel]
+    # The chunk boundaries cut the tensor into a grid of cells, each inside or outside every chunk;
+    # marking each chunk's cells finds an overlap at the first cell marked twice, a hole at a cell
+    # never marked, and visits each cell at most once before that.
+    cuts = [sorted({0, size, *(c.offsets[d] for c in boxes), *(c.offsets[d] + c.sizes[d] for c in boxes)})
+            for d, size in enumerate(shape)]
+    cells = math.prod(len(cut) - 1 for cut in cuts)
+    if cells > MAX_GRID_CELLS:
+        raise LimitExceededError(f"{fqn}: its chunks cut it into {cells} cells, over the limit of {MAX_GRID_CELLS}")
+    marked = np.zeros([len(cut) - 1 for cut in cuts], dtype=bool)
+    for chunk in boxes:
+        where = tuple(slice(bisect.bisect_left(cut, o), bisect.bisect_left(cut, o + s))
+                      for cut, o, s in zip(cuts, chunk.offsets, chunk.sizes, strict=True))
+        if marked[where].any():
+            other = next(c for c in boxes if c is not chunk and _intersect(c, chunk))
+            raise CorruptFileError(f"{fqn}: chunks at {other.offsets} and {chunk.offsets} overlap")
+        marked[where] = True
+    if not marked.all():
+        covered = sum(c.numel for c in boxes)
         raise CorruptFileError(f"{fqn}: its chunks cover {covered} of its {entry.numel} elements")
+
+
+def _intersect(a: Chunk, b: Chunk) -> bool:
+    return all(bo < ao + az and ao < bo + bz
+               for ao, az, bo, bz in zip(a.offsets, a.sizes, b.offsets, b.sizes, strict=True))
 
 
 def _paths(planner_data: Any, order: list[str]) -> dict[str, tuple]:
