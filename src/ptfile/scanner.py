@@ -18,7 +18,9 @@ Files that are not checkpoints are read as what they are: a torch zip is examine
 record by record (pickles under any name, anomalies such as wrong CRCs or
 mismatched local names); anything else is read as a stream of pickles from byte 0,
 which is what ``torch.load`` does with a file that does not start with a zip header;
-a zip archive appended after such a pickle (a polyglot) is examined too.
+a zip archive appended after such a pickle (a polyglot) is examined too.  A
+``torch.distributed.checkpoint`` folder is scanned as one checkpoint by
+:func:`ptfile.dcp.scan_folder`: its ``.metadata`` and every item of its ``.distcp`` files.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class ScanResult:
 
 
 def scan(src: Any, *, strict: bool = False) -> ScanResult:
-    """Scan one checkpoint (path, file object or bytes) without loading anything from it.
+    """Scan one checkpoint (path, file object, bytes or DCP folder) without loading anything from it.
 
     Args:
         src: what to scan.
