@@ -62,7 +62,8 @@ def load(src: Source, *, mmap: bool = True, records: bool = False) -> Any:
 
     Args:
         src: a path, a binary file object, or the file's bytes; a folder or ``*.index.json``
-            of shards loads as one dict of every tensor.
+            of shards loads as one dict of every tensor; a ``torch.distributed.checkpoint``
+            folder (holding ``.metadata``) loads as the nested state dict it saved.
         mmap: with True, tensors are read-only zero-copy views of the memory-mapped file
             (or of the bytes given); with False, they are writable arrays read in one pass.
         records: with True, instances of classes ptfile does not know (whole pickled
@@ -77,8 +78,12 @@ def load(src: Source, *, mmap: bool = True, records: bool = False) -> Any:
     Raises:
         PtfileError: for every malformed, unsupported or unsafe input, with the reason.
     """
+    from .dcp import DcpCheckpoint, is_dcp
     from .sharded import ShardedCheckpoint, is_sharded
 
+    if is_dcp(src):
+        with DcpCheckpoint(src, mmap=mmap, records=records) as folder:
+            return folder.load()
     if is_sharded(src):
         with ShardedCheckpoint(src, mmap=mmap, records=records) as shards:
             return shards.load()
@@ -93,7 +98,9 @@ def open(src: Source, *, mmap: bool = True, records: bool = False) -> LazyCheckp
     The handle is a context manager with ``keys()`` (dotted paths of every tensor),
     ``info(key)`` (a :class:`TensorInfo`: dtype, shape, strides, sizes, storage) and
     ``handle[key]`` (the tensor as a numpy array).  A folder or ``*.index.json`` of
-    Hugging Face style shards opens as one mapping across its shards.
+    Hugging Face style shards opens as one mapping across its shards; a
+    ``torch.distributed.checkpoint`` folder as its tensors, each assembled from its
+    chunks with its global shape (non-tensor values are read by name too).
 
     Example:
         ```python
@@ -103,8 +110,11 @@ def open(src: Source, *, mmap: bool = True, records: bool = False) -> LazyCheckp
             weight = ckpt["fc.weight"]
         ```
     """
+    from .dcp import DcpCheckpoint, is_dcp
     from .sharded import ShardedCheckpoint, is_sharded
 
+    if is_dcp(src):
+        return DcpCheckpoint(src, mmap=mmap, records=records)  # type: ignore[return-value]
     if is_sharded(src):
         return ShardedCheckpoint(src, mmap=mmap, records=records)  # type: ignore[return-value]
     from .loader import open_checkpoint

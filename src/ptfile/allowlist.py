@@ -188,6 +188,12 @@ for _name in ("object", "dict", "list", "tuple", "int", "float", "str", "bool"):
 _add("copyreg", "_reconstructor", "container", "protocol 0/1 instance: a 'new' use of its class, never a call",
      call=metadata.reconstructor)
 
+# torch.distributed.checkpoint (DCP) .metadata: its dataclasses are inert only inside a DCP
+# folder (ptfile.dcp vouches for them); the one enum is pickled as REDUCE(cls, (value,)).
+_add("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING", "metadata",
+     "DCP memory-format enum, pickled as a call with its value: returns the member's name as a str",
+     call=metadata.mem_format_encoding)
+
 # TorchScript list builders and type tags: identity-like on checked lists.
 for _name, _how in torchscript.PICKLE_BUILDERS.items():
     _add("torch.jit._pickle", _name, "container", "TorchScript typed list or type tag, returned as plain data",
@@ -262,11 +268,19 @@ class Judgement:
 _INERT_USES = frozenset({"new", "build", "reference"})
 
 
+def _plain_name(name: str) -> bool:
+    """A class name with no dots and no dunder: nothing a container may vouch for hides behind it."""
+    return "." not in name and not (name.startswith("__") and name.endswith("__"))
+
+
 def _severity(use: GlobalUse, inert_classes: Callable[[str, str], bool] | None = None) -> str | None:
+    if (inert_classes is not None and use.use in _INERT_USES and _plain_name(use.name)
+            and inert_classes(use.module, use.name)):
+        # The container vouches that these classes are data only (TorchScript modules, the DCP
+        # dataclasses of torch.distributed, a prefix graded as code execution otherwise).
+        return None
     if is_code_execution(use.module, use.name):
         return DANGEROUS
-    if inert_classes is not None and use.use in _INERT_USES and inert_classes(use.module, use.name):
-        return None  # the container vouches that these classes are data only (TorchScript modules)
     entry = _TABLE.get((use.module, use.name))
     if use.use == "call":
         return None if entry is not None and entry.call is not None else DANGEROUS
@@ -280,8 +294,10 @@ def judge(inventory: Iterable[GlobalUse], *, inert_classes: Callable[[str, str],
 
     ``inert_classes(module, name)`` is the container's allowance: classes it knows
     to be data only (the ``__torch__.*`` classes of a TorchScript archive, whose
-    code is never run) may be instantiated, built and named.  Calling one is
-    still graded as any call outside the table is.
+    code is never run; the dataclasses of a DCP ``.metadata``) may be instantiated,
+    built and named, even in a module graded as code execution.  Dotted and dunder
+    names are never vouched for, and calling a vouched class is still graded as any
+    call outside the table is.
     """
     grades: dict[tuple[str, str], str] = {}
     uses: dict[tuple[str, str], list[GlobalUse]] = {}

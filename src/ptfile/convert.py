@@ -1,7 +1,8 @@
 """Converting between checkpoint formats, chosen by file extension.
 
 Inputs: torch checkpoints (``.pt .pth .bin .ckpt`` and any other name ptfile reads),
-``.safetensors``, ``.npz``, and shard indexes or folders of either.  Outputs:
+``.safetensors``, ``.npz``, shard indexes or folders of either, and
+``torch.distributed.checkpoint`` folders (consolidated by :func:`ptfile.dcp.consolidate`).  Outputs:
 ``.safetensors`` (optionally sharded, with an index), ``.npz``, and torch checkpoints.
 
 A checkpoint is flattened to ``dotted name -> tensor``; ``key`` picks a nested
@@ -206,6 +207,11 @@ def _write_sharded_safetensors(tensors: dict[str, np.ndarray], dst: str, max_siz
 def convert(src: Any, dst: str, *, dtype: str | None = None, key: str | None = None, records: bool = False,
             max_shard_size: int | str | None = None) -> ConvertReport:
     """Convert ``src`` into the format ``dst``'s extension names; see the module docstring."""
+    from .dcp import consolidate, is_dcp
+
+    if is_dcp(src) and dtype is None and key is None and max_shard_size is None and \
+            dst.endswith((".safetensors", *TORCH_SUFFIXES)):
+        return consolidate(src, dst, records=records)  # one tensor at a time; other options go the general way
     tensors, skipped = read_tensors(src, key=key, records=records)
     if not tensors:
         raise UnsupportedFormatError(f"{src}: no tensors to convert")

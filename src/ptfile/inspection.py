@@ -80,9 +80,12 @@ def _totals(rows: list[dict]) -> dict:
 
 def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
     """Describe a checkpoint (or a shard index or folder) without reading tensor data."""
+    from .dcp import DcpCheckpoint, is_dcp
     from .scanner import scan
     from .sharded import ShardedCheckpoint, is_sharded
 
+    if is_dcp(src):
+        return _describe_dcp(DcpCheckpoint(src, records=records))
     if is_sharded(src):
         return _describe_sharded(ShardedCheckpoint(src, records=records))
     verdict = scan(src)
@@ -130,4 +133,25 @@ def _describe_sharded(shards: Any) -> dict[str, Any]:
         "totals": _totals(rows),
         "unknown_classes": [],
         "scan": {"verdict": worst, "findings": 0},
+    }
+
+
+def _describe_dcp(folder: Any) -> dict[str, Any]:
+    """A DCP folder: its tensors at their global shapes, its non-tensor values, the folder's scan verdict."""
+    from .scanner import scan
+
+    with folder:
+        rows = _tensor_rows(folder)
+        values = [{"name": name, "summary": summarize(folder[name])} for name in folder.value_names()]
+        files = sorted({item.file for item in folder.layout.items})
+    verdict = scan(folder.folder)
+    return {
+        "path": folder.folder,
+        "format": "dcp",
+        "container": {"version": folder.version, "byteorder": None, "prefix": None, "records": files},
+        "tensors": rows,
+        "values": values,
+        "totals": _totals(rows),
+        "unknown_classes": sorted({f.path for f in verdict.findings if f.severity == allowlist.UNKNOWN_CLASS}),
+        "scan": {"verdict": verdict.verdict, "findings": len(verdict.findings)},
     }

@@ -108,13 +108,14 @@ class Checkpoint:
     name)`` (classes that are data in this container, such as TorchScript's ``__torch__``).
     """
 
-    def __init__(self, source: Source, *, copy: bool, records: bool) -> None:
+    def __init__(self, source: Source, *, copy: bool, records: bool, container: Any = None) -> None:
         self.source = source
         self.copy = copy
         self.records = records
         self.inventory: list[GlobalUse] = []
         self._buffers: dict[str, np.ndarray] = {}
-        self.container = open_container(source)
+        # A caller that knows what the bytes are (a DCP .metadata) brings its own container.
+        self.container = container if container is not None else open_container(source)
         self.format = self.container.format
         # legacy files run their small pickles (magic, version, sys_info, keys) while opening
         self.inventory.extend(getattr(self.container, "inventory_extra", ()))

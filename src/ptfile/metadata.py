@@ -252,3 +252,16 @@ def _note_new(context: Any, cls: GlobalRef) -> None:
     call = inventory[-1] if inventory else None  # the call of copyreg._reconstructor itself
     offset, record = (call.offset, call.record) if call is not None else (0, "")
     inventory.append(GlobalUse(cls.module, cls.name, "new", offset, record))
+
+
+# -- torch.distributed.checkpoint ------------------------------------------------
+
+#: ``torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING`` members by value.
+MEM_FORMAT_MEMBERS = {0: "TORCH_CONTIGUOUS_FORMAT", 1: "TORCH_CHANNELS_LAST", 2: "TORCH_PRESERVE_FORMAT"}
+
+
+def mem_format_encoding(context: Any, value: Any) -> str:
+    """``_MEM_FORMAT_ENCODING(value)``, as an enum pickles: the member's name, a plain str."""
+    if type(value) is not int or value not in MEM_FORMAT_MEMBERS:
+        raise CorruptFileError(f"_MEM_FORMAT_ENCODING has no member {value!r:.40}")
+    return MEM_FORMAT_MEMBERS[value]

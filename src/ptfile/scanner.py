@@ -18,7 +18,9 @@ Files that are not checkpoints are read as what they are: a torch zip is examine
 record by record (pickles under any name, anomalies such as wrong CRCs or
 mismatched local names); anything else is read as a stream of pickles from byte 0,
 which is what ``torch.load`` does with a file that does not start with a zip header;
-a zip archive appended after such a pickle (a polyglot) is examined too.
+a zip archive appended after such a pickle (a polyglot) is examined too.  A
+``torch.distributed.checkpoint`` folder is scanned as one checkpoint by
+:func:`ptfile.dcp.scan_folder`: its ``.metadata`` and every item of its ``.distcp`` files.
 """
 
 from __future__ import annotations
@@ -100,13 +102,17 @@ def is_scannable(path: str) -> bool:
 
 
 def scan(src: Any, *, strict: bool = False) -> ScanResult:
-    """Scan one checkpoint (path, file object or bytes) without loading anything from it.
+    """Scan one checkpoint (path, file object, bytes or DCP folder) without loading anything from it.
 
     Args:
         src: what to scan.
         strict: treat instances of unknown classes as dangerous.
     """
     name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<bytes>")
+    from .dcp import is_dcp, scan_folder
+
+    if is_dcp(src):  # a DCP folder is one checkpoint: its .metadata and every item in it
+        return scan_folder(src, strict=strict)
     try:
         source = open_source(src, mmap_file=True)
     except PtfileError as exc:
@@ -127,22 +133,32 @@ def _scan_source(source: Source, strict: bool) -> ScanResult:
         if head.startswith(magic):
             fault = f"{source.name}: {kind} archive; its content cannot be examined, so it is never called clean"
             return ScanResult(source.name, INVALID, kind, faults=[fault])
-    fmt, faults, inert = _scan_checkpoint(source, inventory, notes, zip_file=is_zip(head))
+    fmt, faults, inert = examine_checkpoint(source, inventory, notes, zip_file=is_zip(head))
     if fmt == "pickle":  # not a checkpoint: every pickle in the file, as torch's non-zip path meets them
         inventory.clear()
         fmt, faults = _scan_stream(source, inventory, notes)
     judgement = allowlist.judge(inventory, inert_classes=inert)
+    return scan_result(source.name, fmt, judgement, faults, notes, inventory, strict=strict)
+
+
+def scan_result(name: str, fmt: str, judgement: allowlist.Judgement, faults: list[str], notes: list[str],
+                inventory: list[GlobalUse], *, strict: bool) -> ScanResult:
+    """The verdict from a judgement and the faults met: a fault makes anything short of dangerous invalid."""
     verdict = judgement.verdict
     if faults and verdict != allowlist.DANGEROUS:
         verdict = INVALID
     if strict and verdict == allowlist.UNKNOWN_CLASS:
         verdict = allowlist.DANGEROUS
-    return ScanResult(source.name, verdict, fmt, list(judgement.findings), faults, notes, inventory)
+    return ScanResult(name, verdict, fmt, list(judgement.findings), faults, notes, inventory)
 
 
-def _scan_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[str], *,
-                     zip_file: bool) -> tuple[str, list[str], Any]:
-    """Examine a file with the loader's own container readers; ``pickle`` when it is none of them."""
+def examine_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[str], *,
+                       zip_file: bool = True) -> tuple[str, list[str], Any]:
+    """Run a file's pickles dry with the loader's own containers into ``inventory``.
+
+    Returns its format (``pickle`` when it is none of the loader's containers), the faults
+    met, and the container's inert classes.
+    """
     try:
         checkpoint = Checkpoint(source, copy=False, records=True)
     except UnsafeGlobalError as exc:  # refused while opening (a legacy file's first pickles)

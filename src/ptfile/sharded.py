@@ -21,7 +21,7 @@ from .errors import CheckpointNotFoundError, CorruptFileError, LimitExceededErro
 from .loader import LazyCheckpoint, TensorInfo, open_checkpoint
 from .values import brief
 
-__all__ = ["ShardedCheckpoint", "find_index", "is_sharded"]
+__all__ = ["ShardedCheckpoint", "find_index", "is_sharded", "is_plain_file_name"]
 
 #: Index files are small; a larger one is not an index.
 MAX_INDEX_BYTES = 256 << 20
@@ -29,9 +29,23 @@ INDEX_SUFFIX = ".index.json"
 
 
 def is_sharded(src: Any) -> bool:
+    """A shard index, or a folder that is not a DCP checkpoint (see :mod:`ptfile.dcp`)."""
+    from .dcp import is_dcp
+
     return isinstance(src, (str, os.PathLike)) and (
-        os.path.isdir(src) or os.fspath(src).endswith(INDEX_SUFFIX)
+        (os.path.isdir(src) and not is_dcp(src)) or os.fspath(src).endswith(INDEX_SUFFIX)
     )
+
+
+#: Characters no file name of a shard or DCP item may hold: a Windows separator, the C string end.
+_BAD_NAME_CHARS = ("\\", "\0")
+
+
+def is_plain_file_name(name: Any) -> bool:
+    """A file name in the folder itself: not empty, no separator, not ``.`` or ``..``."""
+    if not isinstance(name, str) or not name or name in (".", ".."):
+        return False
+    return os.path.basename(name) == name and not any(c in name for c in _BAD_NAME_CHARS)
 
 
 def find_index(folder: str) -> str:
@@ -60,7 +74,7 @@ def read_index(path: str) -> dict[str, str]:
     if not isinstance(weight_map, dict):
         raise CorruptFileError(f"{path}: no weight_map object")
     for name, shard in weight_map.items():
-        if not isinstance(shard, str) or not shard or os.path.basename(shard) != shard or shard in (".", ".."):
+        if not is_plain_file_name(shard):
             raise CorruptFileError(f"{path}: shard {brief(shard)} of {brief(name)} is not a plain file name")
     return weight_map
 

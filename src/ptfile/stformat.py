@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_dtypes
@@ -126,11 +126,15 @@ def _header(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | Non
 
 
 def write_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike[str],
-                      metadata: Mapping[str, str] | None = None) -> None:
+                      metadata: Mapping[str, str] | None = None, *,
+                      fetch: Callable[[str], np.ndarray] | None = None) -> None:
     """Write tensors as safetensors, streaming each one, atomically (temporary file + rename).
 
     Tensors must not share memory (see :func:`remove_shared`); they are written in
     little-endian order, contiguous, one at a time, so memory stays independent of the file size.
+    With ``fetch``, ``tensors`` only describes each tensor (its dtype and shape; a
+    zero-stride placeholder will do) and ``fetch(name)`` gives the tensor when it is
+    written, so that only one is held at a time.
     """
     for name, array in tensors.items():
         if not isinstance(array, np.ndarray):
@@ -140,11 +144,22 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike
     with atomic_write(path) as out:
         out.write(header)
         for name in order:
-            array = tensors[name]
-            if array.dtype.byteorder == ">":
-                array = array.astype(array.dtype.newbyteorder("<"))
-            # ml_dtypes types cannot export a buffer; their bytes can, through a uint8 view
-            out.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
+            _write_tensor(out, tensors[name] if fetch is None else _fetched(fetch, name, tensors[name]))
+
+
+def _write_tensor(out: Any, array: np.ndarray) -> None:
+    """One tensor's bytes, little-endian and contiguous (a fetched tensor is let go as soon as it is written)."""
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    # ml_dtypes types cannot export a buffer; their bytes can, through a uint8 view
+    out.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
+
+
+def _fetched(fetch: Callable[[str], np.ndarray], name: str, described: np.ndarray) -> np.ndarray:
+    array = fetch(name)
+    if not isinstance(array, np.ndarray) or array.dtype != described.dtype or array.shape != described.shape:
+        raise CorruptFileError(f"tensor {name!r} is not the {described.dtype.name} {described.shape} it was described as")
+    return array
 
 
 def byte_range(array: np.ndarray) -> tuple[int, int, int]:

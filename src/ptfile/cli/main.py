@@ -162,7 +162,11 @@ def _verdict_style(verdict: str) -> str:
 
 
 def _candidates(paths: Sequence[str], include: list[str], exclude: list[str], recursive: bool) -> list[str]:
-    """Files to scan: each path, or the model-like files below each folder; excludes win over includes."""
+    """Files to scan: each path, or the model-like files below each folder; excludes win over includes.
+
+    A DCP folder (``.metadata`` + ``*.distcp``) is scanned as one checkpoint; other files in it on their own.
+    """
+    from ..dcp import ITEM_SUFFIX, METADATA_FILE, is_dcp
     from ..scanner import is_scannable
 
     found: list[str] = []
@@ -171,6 +175,9 @@ def _candidates(paths: Sequence[str], include: list[str], exclude: list[str], re
             walker = os.walk(path) if recursive else [(path, [], os.listdir(path))]
             for folder, dirs, files in walker:
                 dirs.sort()
+                if is_dcp(folder):
+                    found.append(folder)
+                    files = [f for f in files if f != METADATA_FILE and not f.endswith(ITEM_SUFFIX)]
                 paths = (os.path.join(folder, f) for f in sorted(files))
                 found.extend(p for p in paths if os.path.isfile(p) and is_scannable(p))
         else:
@@ -504,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     match.set_defaults(func=cmd_match)
 
     convert = commands.add_parser("convert", help="convert by extension: .pt/.bin/.pth <-> .safetensors, .npz")
-    convert.add_argument("input", help="a checkpoint, .safetensors, .npz, shard index or shard folder")
+    convert.add_argument("input", help="a checkpoint, .safetensors, .npz, shard index or folder, or DCP folder")
     convert.add_argument("output", help="the output file; its extension names the format")
     convert.add_argument("--dtype", help="cast floating-point tensors, e.g. float32 or bfloat16")
     convert.add_argument("--key", help="convert only this nested state dict, e.g. model or state_dict")

@@ -1,0 +1,793 @@
+"""Distributed checkpoints (``torch.distributed.checkpoint``, DCP) read without torch.
+
+A DCP checkpoint is a folder (``torch/distributed/checkpoint/filesystem.py``, torch 2.13)::
+
+    folder/.metadata             pickle.dump(Metadata), protocol 4 on Python <= 3.13
+    folder/__{rank}_{n}.distcp   torch.save blobs back to back, one per item
+
+``Metadata`` is a dataclass pickled as NEWOBJ + BUILD of its ``__dict__``:
+
+* ``state_dict_metadata``: ``{fqn: TensorStorageMetadata | BytesStorageMetadata}``.  A
+  tensor's entry holds ``properties`` (``TensorProperties``, whose BUILD state is the tuple
+  ``(dtype, layout, requires_grad, memory_format, pin_memory)``; ``memory_format`` is the
+  enum ``_MEM_FORMAT_ENCODING``, pickled as REDUCE(cls, (value,))), its global ``size``
+  (``torch.Size``) and its ``chunks`` (``ChunkStorageMetadata(offsets, sizes)``).
+* ``planner_data``: ``{fqn: path}``, where the value sits in the nested state dict
+  (``('model', 'w')``; an int indexes a list).
+* ``storage_data``: ``{MetadataIndex(fqn, offset, index): _StorageInfo(relative_path,
+  offset, length[, transform_descriptors])}``.  A tensor chunk's index carries the
+  chunk's offsets; a non-tensor value's carries None.
+* ``storage_meta`` (``StorageMeta``: checkpoint_id, a random save_id...) and ``version``.
+
+Each item is ``torch.save`` output at ``[offset, offset + length)`` of its file: a tensor
+chunk (DCP clones it first, so its storage is exactly the chunk), or a non-tensor value
+saved whole (a ``BYTE_IO`` item, which torch reads back with ``weights_only=False``).
+
+**Reading.**  ``.metadata`` runs through the same restricted engine and allowlist as
+every checkpoint.  Its dataclasses are inert records vouched for by this container only
+(:meth:`MetadataPickle.inert_classes`): anywhere else they are graded as torch.distributed
+code.  The enum has an allowlist entry that returns the member's name.  Each item is
+opened as a torch zip over its byte range of the file (:class:`SliceSource`) and read like
+any checkpoint, its storages checked against its own records.
+
+**Checked when the folder is opened**, before any tensor byte is read: every chunk lies
+inside its tensor's global shape, no two chunks overlap and together they cover every
+element; every item names a plain file of the folder (never ``../x``), lies inside that
+file and is large enough for its chunk's bytes; items written through stream transforms
+(DCP's compression extensions) are refused as unsupported.  When read, a chunk's item
+must hold one tensor of the chunk's shape and the tensor's dtype.
+
+**Limits.**  :data:`MAX_METADATA_BYTES` bounds ``.metadata``; :data:`MAX_GRID_CELLS` bounds
+the coverage check (the grid a tensor's chunk boundaries cut it into), :data:`MAX_DIMS` a
+tensor's dimensions.  Per-rank metadata written
+without coordination (``__{rank}.metadata``) is not read, nor are DCP folders written
+with the safetensors serialization format (their items are not ``torch.save`` blobs);
+the Hugging Face storage writer leaves an index, so such folders open as shards.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import allowlist
+from .dtypes import DtypeInfo
+from .errors import (
+    CheckpointNotFoundError,
+    CorruptFileError,
+    LimitExceededError,
+    PtfileError,
+    UnsafeGlobalError,
+    UnsupportedFormatError,
+)
+from .inventory import GlobalUse
+from .loader import Checkpoint, RawPickle, TensorInfo
+from .rebuild import TorchDtype
+from .sharded import is_plain_file_name
+from .source import Source, open_source
+from .special import Layout
+from .values import Global, Record
+
+__all__ = ["DcpCheckpoint", "SliceSource", "MetadataPickle", "is_dcp", "consolidate", "scan_folder",
+           "METADATA_FILE", "MAX_METADATA_BYTES"]
+
+#: The metadata file a DCP folder is recognized by (``filesystem._metadata_fn``).
+METADATA_FILE = ".metadata"
+#: Suffix of the item files torch's FileSystemWriter writes.
+ITEM_SUFFIX = ".distcp"
+#: ``.metadata`` lists every chunk of every rank, ~250 bytes each: 1 GiB is millions of chunks.
+MAX_METADATA_BYTES = 1 << 30
+#: Coverage is checked on the grid the chunk boundaries cut a tensor into (one byte per cell);
+#: a grid partition has one cell per chunk, so only scattered hostile chunks come near this.
+MAX_GRID_CELLS = 1 << 24
+#: numpy's limit on dimensions (NPY_MAXDIMS in numpy 2): an array of more cannot be made.
+MAX_DIMS = 64
+
+METADATA_MODULE = "torch.distributed.checkpoint.metadata"
+FILESYSTEM_MODULE = "torch.distributed.checkpoint.filesystem"
+#: The dataclasses ``.metadata`` holds: plain data, created by NEWOBJ and filled by BUILD.
+DATA_CLASSES = frozenset(
+    [(METADATA_MODULE, name) for name in ("Metadata", "TensorStorageMetadata", "TensorProperties",
+                                          "ChunkStorageMetadata", "BytesStorageMetadata", "MetadataIndex",
+                                          "StorageMeta")]
+    + [(FILESYSTEM_MODULE, "_StorageInfo")]
+)
+#: The only tensor layout DCP saves chunks of.
+STRIDED = Layout("strided")
+
+
+def is_dcp(src: Any) -> bool:
+    """A folder holding a DCP ``.metadata`` file."""
+    return isinstance(src, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(src), METADATA_FILE))
+
+
+def is_data_class(module: str, name: str) -> bool:
+    return (module, name) in DATA_CLASSES
+
+
+# -- byte sources ----------------------------------------------------------------
+
+
+class SliceSource(Source):
+    """The bytes ``[offset, offset + length)`` of another source, as a source of their own.
+
+    Ranges are checked against the slice, so a zip inside it can never reach the bytes
+    of its neighbours.  The parent stays open and owned by whoever opened it.
+    """
+
+    def __init__(self, parent: Source, offset: int, length: int, name: str) -> None:
+        parent.check(offset, length, name)
+        self.parent = parent
+        self.start = offset
+        self.size = length
+        self.name = name
+
+    def read(self, offset: int, length: int, what: str = "read") -> bytes:
+        self.check(offset, length, what)
+        return self.parent.read(self.start + offset, length, what)
+
+    def view(self, offset: int, length: int, what: str = "read") -> Any:
+        self.check(offset, length, what)
+        return self.parent.view(self.start + offset, length, what)
+
+    def array(self, offset: int, length: int, what: str, *, copy: bool) -> np.ndarray:
+        self.check(offset, length, what)
+        return self.parent.array(self.start + offset, length, what, copy=copy)
+
+
+# -- .metadata -------------------------------------------------------------------
+
+
+class MetadataPickle(RawPickle):
+    """``.metadata``: one plain pickle whose DCP dataclasses are data in this container only."""
+
+    format = "dcp-metadata"
+
+    def inert_classes(self, module: str, name: str) -> bool:
+        return is_data_class(module, name)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One ``torch.save`` blob: a plain file name of the folder and a byte range of it."""
+
+    file: str
+    offset: int
+    length: int
+
+    def __str__(self) -> str:
+        return f"{self.file}[{self.offset}:{self.offset + self.length}]"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A box of a tensor: where it starts in each dimension, how far it reaches, where it is stored."""
+
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    item: Item
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.sizes)
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        return tuple(slice(o, o + s) for o, s in zip(self.offsets, self.sizes, strict=True))
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """A tensor of the checkpoint: global dtype and shape, and the chunks it is stored in."""
+
+    dtype: DtypeInfo
+    shape: tuple[int, ...]
+    chunks: tuple[Chunk, ...]
+    requires_grad: bool
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def numpy(self) -> np.dtype:
+        if self.dtype.numpy is None:
+            raise UnsupportedFormatError(f"numpy has no type for torch.{self.dtype.torch_name}")
+        return self.dtype.numpy
+
+
+@dataclass
+class DcpLayout:
+    """What ``.metadata`` says, checked: tensors, non-tensor values, where each goes."""
+
+    tensors: dict[str, TensorEntry]
+    values: dict[str, Item]  # BYTE_IO items: fqn -> the blob saving the object
+    order: list[str]  # state_dict_metadata order, which is the order torch rebuilds the state dict in
+    paths: dict[str, tuple]  # fqn -> path in the nested state dict (planner_data)
+    items: list[Item]  # every item storage_data lists, used or not
+    version: str | None
+
+
+def _what(value: Any) -> str:
+    return value.cls.path if type(value) is Record else type(value).__name__
+
+
+def _state(value: Any, name: str, module: str = METADATA_MODULE) -> Any:
+    """The BUILD state of a record of ``module.name``."""
+    if type(value) is not Record or value.cls != Global(module, name):
+        raise CorruptFileError(f"{METADATA_FILE}: expected a {name}, found a {_what(value)}")
+    if value.args or value.items or value.listitems:
+        raise CorruptFileError(f"{METADATA_FILE}: a {name} with constructor arguments or items")
+    return value.state
+
+
+def _fields(value: Any, name: str, module: str = METADATA_MODULE) -> dict:
+    state = _state(value, name, module)
+    if type(state) is not dict:
+        raise CorruptFileError(f"{METADATA_FILE}: a {name} whose state is a {type(state).__name__}, not its fields")
+    return state
+
+
+def _dims(value: Any, what: str) -> tuple[int, ...]:
+    """A ``torch.Size`` (read as a tuple) of non-negative ints."""
+    if type(value) is not tuple or not all(type(d) is int and d >= 0 for d in value):
+        raise CorruptFileError(f"{METADATA_FILE}: {what} is {value!r:.60}, not a tuple of non-negative ints")
+    return value
+
+
+def _item(info: Any) -> Item:
+    fields = _fields(info, "_StorageInfo", FILESYSTEM_MODULE)
+    name, offset, length = fields.get("relative_path"), fields.get("offset"), fields.get("length")
+    if not is_plain_file_name(name):
+        raise CorruptFileError(f"{METADATA_FILE}: item file {name!r:.80} is not a plain file name of the folder")
+    if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
+        raise CorruptFileError(f"{METADATA_FILE}: item of {name!r} has offset {offset!r:.30} and length {length!r:.30}")
+    if fields.get("transform_descriptors"):
+        raise UnsupportedFormatError(f"{METADATA_FILE}: item {name}@{offset} was written through stream transforms "
+                                     f"{fields['transform_descriptors']!r:.60}, which ptfile does not read")
+    return Item(name, offset, length)
+
+
+def _items(storage_data: Any) -> dict[tuple[str, tuple | None], Item]:
+    """``(fqn, chunk offsets or None) -> item`` from ``storage_data``."""
+    if type(storage_data) is not dict:
+        raise CorruptFileError(f"{METADATA_FILE}: storage_data is a {type(storage_data).__name__}, not a dict")
+    found: dict[tuple[str, tuple | None], Item] = {}
+    for index, info in storage_data.items():
+        fields = _fields(index, "MetadataIndex")
+        fqn, offset = fields.get("fqn"), fields.get("offset")
+        if type(fqn) is not str:
+            raise CorruptFileError(f"{METADATA_FILE}: a MetadataIndex whose fqn is {fqn!r:.40}")
+        key = (fqn, None if offset is None else _dims(offset, f"offset of {fqn!r}"))
+        if key in found:
+            raise CorruptFileError(f"{METADATA_FILE}: two items for {fqn!r} at offset {offset!r:.40}")
+        found[key] = _item(info)
+    return found
+
+
+def _properties(value: Any, fqn: str) -> tuple[DtypeInfo, bool]:
+    """dtype and requires_grad of ``TensorProperties`` (a tuple state since torch 2.1, fields before)."""
+    state = _state(value, "TensorProperties")
+    if type(state) is tuple and len(state) == 5:
+        dtype, layout, requires_grad = state[0], state[1], state[2]
+    elif type(state) is dict:
+        dtype, layout, requires_grad = state.get("dtype"), state.get("layout", STRIDED), state.get("requires_grad")
+    else:
+        raise CorruptFileError(f"{METADATA_FILE}: TensorProperties of {fqn!r} has a state of {_what(state)}")
+    if type(dtype) is not TorchDtype or dtype.info is None:
+        raise CorruptFileError(f"{METADATA_FILE}: {fqn!r} has dtype {dtype!r:.40}, not a torch dtype")
+    if layout != STRIDED:
+        raise UnsupportedFormatError(f"{METADATA_FILE}: {fqn!r} has layout {layout!r:.40}; only strided chunks are read")
+    return dtype.info, requires_grad is True
+
+
+def _tensor(fqn: str, value: Any, items: dict) -> TensorEntry:
+    fields = _fields(value, "TensorStorageMetadata")
+    dtype, requires_grad = _properties(fields.get("properties"), fqn)
+    shape = _dims(fields.get("size"), f"the size of {fqn!r}")
+    raw_chunks = fields.get("chunks")
+    if type(raw_chunks) is not list:
+        raise CorruptFileError(f"{METADATA_FILE}: the chunks of {fqn!r} are not a list")
+    chunks = []
+    for raw in raw_chunks:
+        box = _fields(raw, "ChunkStorageMetadata")
+        offsets = _dims(box.get("offsets"), f"a chunk offset of {fqn!r}")
+        sizes = _dims(box.get("sizes"), f"a chunk size of {fqn!r}")
+        item = items.get((fqn, offsets))
+        if item is None:
+            raise CorruptFileError(f"{METADATA_FILE}: the chunk of {fqn!r} at {offsets} has no item in storage_data")
+        chunks.append(Chunk(offsets, sizes, item))
+    entry = TensorEntry(dtype, shape, tuple(chunks), requires_grad)
+    check_chunks(fqn, entry)
+    return entry
+
+
+def check_chunks(fqn: str, entry: TensorEntry) -> None:
+    """Every chunk inside the shape, no two overlapping, all of them covering every element once."""
+    shape = entry.shape
+    if len(shape) > MAX_DIMS:
+        raise LimitExceededError(f"{fqn}: {len(shape)} dimensions, over the limit of {MAX_DIMS}")
+    for chunk in entry.chunks:
+        if len(chunk.offsets) != len(shape) or len(chunk.sizes) != len(shape):
+            raise CorruptFileError(f"{fqn}: chunk at {chunk.offsets} of size {chunk.sizes} does not have "
+                                   f"the {len(shape)} dimensions of {shape}")
+        if any(o + s > d for o, s, d in zip(chunk.offsets, chunk.sizes, shape, strict=True)):
+            raise CorruptFileError(f"{fqn}: chunk at {chunk.offsets} of size {chunk.sizes} reaches outside {shape}")
+        if chunk.numel * entry.dtype.itemsize > chunk.item.length:
+            raise CorruptFileError(f"{fqn}: chunk at {chunk.offsets} needs {chunk.numel * entry.dtype.itemsize} bytes "
+                                   f"but its item {chunk.item} holds {chunk.item.length}")
+    boxes = [c for c in entry.chunks if c.numel]
+    # The chunk boundaries cut the tensor into a grid of cells, each inside or outside every chunk;
+    # marking each chunk's cells finds an overlap at the first cell marked twice, a hole at a cell
+    # never marked, and visits each cell at most once before that.
+    cuts = [sorted({0, size, *(c.offsets[d] for c in boxes), *(c.offsets[d] + c.sizes[d] for c in boxes)})
+            for d, size in enumerate(shape)]
+    cells = math.prod(len(cut) - 1 for cut in cuts)
+    if cells > MAX_GRID_CELLS:
+        raise LimitExceededError(f"{fqn}: its chunks cut it into {cells} cells, over the limit of {MAX_GRID_CELLS}")
+    marked = np.zeros([len(cut) - 1 for cut in cuts], dtype=bool)
+    for chunk in boxes:
+        where = tuple(slice(bisect.bisect_left(cut, o), bisect.bisect_left(cut, o + s))
+                      for cut, o, s in zip(cuts, chunk.offsets, chunk.sizes, strict=True))
+        if marked[where].any():
+            other = next(c for c in boxes if c is not chunk and _intersect(c, chunk))
+            raise CorruptFileError(f"{fqn}: chunks at {other.offsets} and {chunk.offsets} overlap")
+        marked[where] = True
+    if not marked.all():
+        covered = sum(c.numel for c in boxes)
+        raise CorruptFileError(f"{fqn}: its chunks cover {covered} of its {entry.numel} elements")
+
+
+def _intersect(a: Chunk, b: Chunk) -> bool:
+    return all(bo < ao + az and ao < bo + bz
+               for ao, az, bo, bz in zip(a.offsets, a.sizes, b.offsets, b.sizes, strict=True))
+
+
+def _paths(planner_data: Any, order: list[str]) -> dict[str, tuple]:
+    """planner_data's path of each fqn, checked: strs and list indices below the number of entries."""
+    if planner_data is None:
+        return {}
+    if type(planner_data) is not dict:
+        raise CorruptFileError(f"{METADATA_FILE}: planner_data is a {type(planner_data).__name__}, not a dict")
+    paths = {}
+    for fqn in order:
+        path = planner_data.get(fqn)
+        if path is None:
+            continue
+        # A list is flattened element by element, so an index is always below the number of entries.
+        if type(path) is not tuple or not path or not all(
+                type(k) is str or (type(k) is int and 0 <= k < len(order)) for k in path):
+            raise CorruptFileError(f"{METADATA_FILE}: planner_data path of {fqn!r} is {path!r:.60}")
+        paths[fqn] = path
+    return paths
+
+
+def parse_layout(tree: Any) -> DcpLayout:
+    """The checked layout of a ``Metadata`` record."""
+    fields = _fields(tree, "Metadata")
+    entries = fields.get("state_dict_metadata")
+    if type(entries) is not dict:
+        raise CorruptFileError(f"{METADATA_FILE}: state_dict_metadata is not a dict")
+    items = _items(fields.get("storage_data"))
+    tensors: dict[str, TensorEntry] = {}
+    values: dict[str, Item] = {}
+    for fqn, value in entries.items():
+        if type(fqn) is not str:
+            raise CorruptFileError(f"{METADATA_FILE}: state_dict_metadata key {fqn!r:.40} is not a str")
+        if type(value) is Record and value.cls == Global(METADATA_MODULE, "BytesStorageMetadata"):
+            _state(value, "BytesStorageMetadata")
+            item = items.get((fqn, None))
+            if item is None:
+                raise CorruptFileError(f"{METADATA_FILE}: the value {fqn!r} has no item in storage_data")
+            values[fqn] = item
+        else:
+            tensors[fqn] = _tensor(fqn, value, items)
+    order = list(entries)
+    version = fields.get("version")
+    return DcpLayout(tensors, values, order, _paths(fields.get("planner_data"), order),
+                     list(dict.fromkeys(items.values())), version if type(version) is str else None)
+
+
+def metadata_checkpoint(folder: str, *, records: bool) -> Checkpoint:
+    """``.metadata`` opened as a checkpoint of one plain pickle (its bytes are read at once)."""
+    path = os.path.join(folder, METADATA_FILE)
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        raise CheckpointNotFoundError(f"{path}: no such file") from None
+    if size > MAX_METADATA_BYTES:
+        raise LimitExceededError(f"{path}: {size} bytes, over the {MAX_METADATA_BYTES}-byte limit of a DCP .metadata")
+    source = open_source(path, mmap_file=False)
+    return Checkpoint(source, copy=True, records=records, container=MetadataPickle(source))
+
+
+def read_metadata(folder: str, *, records: bool = False) -> Any:
+    """The ``Metadata`` record of a DCP folder, run through the engine and judged (raises if unsafe)."""
+    with metadata_checkpoint(folder, records=records) as checkpoint:
+        return checkpoint.run(materialize=False)
+
+
+# -- the lazy handle -------------------------------------------------------------
+
+
+class DcpCheckpoint:
+    """A DCP folder with the lazy-handle API of ``ptfile.open``.
+
+    ``keys()`` lists the tensors, ``info(key)`` gives a tensor's global dtype and shape,
+    ``handle[key]`` assembles a tensor from its chunks (a tensor stored as one chunk is,
+    with ``mmap=True``, a read-only view of the file; one assembled from several is a new
+    array) or reads a non-tensor value; ``value_names()`` lists the non-tensor values;
+    ``load()`` rebuilds the nested state dict torch saved.  Each item file is opened on
+    first use and stays open until :meth:`close`.
+    """
+
+    format = "dcp"
+
+    def __init__(self, src: Any, *, mmap: bool = True, records: bool = False) -> None:
+        self.folder = os.fspath(src)
+        self.name = self.folder
+        self._mmap = mmap
+        self._records = records
+        self._sources: dict[str, Source] = {}
+        self.metadata = read_metadata(self.folder, records=records)
+        self.layout = parse_layout(self.metadata)
+        self._check_items()
+
+    def _check_items(self) -> None:
+        """Every item inside an existing file of the folder."""
+        sizes: dict[str, int] = {}
+        for item in self.layout.items:
+            if item.file not in sizes:
+                try:
+                    sizes[item.file] = os.path.getsize(os.path.join(self.folder, item.file))
+                except OSError:
+                    raise CorruptFileError(f"{self.folder}: item {item} lies in a missing file") from None
+            if item.offset + item.length > sizes[item.file]:
+                raise CorruptFileError(f"{self.folder}: item {item} reaches past the end of the "
+                                       f"{sizes[item.file]}-byte file")
+
+    @property
+    def version(self) -> str | None:
+        return self.layout.version
+
+    # -- mapping ------------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        """The tensors' fully qualified names (``model.w``), in the order torch saved them."""
+        return list(self.layout.tensors)
+
+    def value_names(self) -> list[str]:
+        """The non-tensor values' names (``step``, ``extra.lr``)."""
+        return list(self.layout.values)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layout.tensors)
+
+    def __len__(self) -> int:
+        return len(self.layout.tensors)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.layout.tensors or key in self.layout.values
+
+    def entry(self, key: str) -> TensorEntry:
+        try:
+            return self.layout.tensors[key]
+        except KeyError:
+            raise KeyError(f"no tensor named {key!r} in {self.folder}") from None
+
+    def info(self, key: str) -> TensorInfo:
+        """Global dtype and shape of a tensor, as one contiguous tensor; nothing is read."""
+        entry = self.entry(key)
+        numpy = entry.dtype.numpy
+        strides = tuple(math.prod(entry.shape[i + 1 :]) for i in range(len(entry.shape)))
+        nbytes = entry.numel * entry.dtype.itemsize
+        return TensorInfo(
+            dtype=numpy.name if numpy is not None else entry.dtype.torch_name, torch_dtype=entry.dtype.torch_name,
+            shape=entry.shape, strides=strides, offset=0, nbytes=nbytes, storage=key, storage_nbytes=nbytes,
+            location="cpu", parameter=False, is_contiguous=True,
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        """A tensor assembled from its chunks, or a non-tensor value."""
+        item = self.layout.values.get(key)
+        if item is not None:
+            return self.read_item(item)
+        return self.assemble(key)
+
+    def assemble(self, key: str, out: np.ndarray | None = None) -> np.ndarray:
+        """The tensor ``key``: its single chunk as read, or every chunk copied into ``out`` (or a new array)."""
+        entry = self.entry(key)
+        if out is None and len(entry.chunks) == 1:
+            return self._chunk(key, entry, entry.chunks[0])  # checked to cover the whole tensor
+        if out is None:
+            out = np.empty(entry.shape, entry.numpy)
+        elif out.shape != entry.shape or out.dtype != entry.numpy:
+            raise ValueError(f"{key}: cannot assemble a {entry.numpy.name} {entry.shape} into {out.dtype} {out.shape}")
+        for chunk in entry.chunks:
+            out[chunk.slices] = self._chunk(key, entry, chunk)
+        return out
+
+    def _chunk(self, key: str, entry: TensorEntry, chunk: Chunk) -> np.ndarray:
+        value = self.read_item(chunk.item)
+        if not isinstance(value, np.ndarray):
+            raise CorruptFileError(f"{key}: item {chunk.item} of the chunk at {chunk.offsets} holds a "
+                                   f"{_what(value)}, not a tensor")
+        if value.shape != chunk.sizes or value.dtype != entry.numpy:
+            raise CorruptFileError(f"{key}: item {chunk.item} holds a {value.dtype.name} {value.shape}, not the "
+                                   f"{entry.numpy.name} {chunk.sizes} chunk at {chunk.offsets}")
+        return value if type(value) is np.ndarray else value.view(np.ndarray)
+
+    def read_item(self, item: Item) -> Any:
+        """What one item's ``torch.save`` blob holds, read as any checkpoint is."""
+        blob = SliceSource(self._file(item.file), item.offset, item.length, os.path.join(self.folder, str(item)))
+        return Checkpoint(blob, copy=not self._mmap, records=self._records).run(materialize=True)
+
+    def _file(self, name: str) -> Source:
+        source = self._sources.get(name)
+        if source is None:
+            source = self._sources[name] = open_source(os.path.join(self.folder, name), mmap_file=self._mmap)
+        return source
+
+    def load(self, tensor: Callable[[str], Any] | None = None) -> dict:
+        """The nested state dict, rebuilt from planner_data as torch rebuilds it.
+
+        ``tensor(key)`` gives each tensor (default: :meth:`__getitem__`).
+        """
+        get = tensor if tensor is not None else self.__getitem__
+        root: dict = {}
+        for fqn in self.layout.order:
+            value = get(fqn) if fqn in self.layout.tensors else self.read_item(self.layout.values[fqn])
+            path = self.layout.paths.get(fqn)
+            if path is None:
+                root[fqn] = value
+            else:
+                set_element(root, path, value, fqn)
+        return root
+
+    def close(self) -> None:
+        for source in self._sources.values():
+            source.close()
+        self._sources.clear()
+
+    def __enter__(self) -> DcpCheckpoint:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def set_element(root: dict, path: tuple, value: Any, fqn: str) -> None:
+    """``torch.distributed.checkpoint._traverse.set_element``, refusing paths through a value."""
+    node: Any = root
+    for key, following in zip(path, path[1:], strict=False):  # each key with the one after it
+        node = _child(node, key, {} if type(following) is str else [], fqn)
+    _place(node, path[-1], value, fqn)
+
+
+def _child(node: Any, key: Any, default: Any, fqn: str) -> Any:
+    if type(node) is dict:
+        child = node.setdefault(key, default)
+    else:
+        _place(node, key, None, fqn, keep=True)
+        if node[key] is None:
+            node[key] = default
+        child = node[key]
+    if type(child) not in (dict, list):
+        raise CorruptFileError(f"{METADATA_FILE}: the path of {fqn!r} passes through a value")
+    return child
+
+
+def _place(node: Any, key: Any, value: Any, fqn: str, *, keep: bool = False) -> None:
+    if type(node) is dict:
+        node[key] = value
+        return
+    if type(node) is not list or type(key) is not int:
+        raise CorruptFileError(f"{METADATA_FILE}: the path of {fqn!r} indexes a {type(node).__name__} with {key!r}")
+    node.extend([None] * (key + 1 - len(node)))
+    if not keep:
+        node[key] = value
+
+
+# -- consolidation ---------------------------------------------------------------
+
+
+class _Scratch:
+    """Tensors assembled from several chunks, in a memory-mapped temporary file next to the output.
+
+    Each tensor is its own ``np.memmap`` (so a writer sees one storage per tensor); the file
+    is unlinked from the start and gone when closed.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - closed by close()
+        self.size = 0
+
+    def array(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not nbytes:
+            return np.empty(shape, dtype)
+        offset, self.size = self.size, self.size + nbytes
+        self.file.truncate(self.size)
+        raw = np.memmap(self.file, dtype=np.uint8, mode="r+", offset=offset, shape=(nbytes,))
+        return raw.view(dtype).reshape(shape)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def consolidate(folder: Any, out: str | os.PathLike[str], *, records: bool = False) -> Any:
+    """Write a DCP folder as one ``.pt`` (``.pth``, ``.bin``...) or ``.safetensors`` file.
+
+    ``.pt`` gets the whole nested state dict, non-tensor values included (what torch's
+    ``dcp_to_torch_save`` writes); ``.safetensors`` gets every tensor under its fqn and
+    lists the non-tensor values as skipped.  Tensors are assembled one at a time:
+
+    * for ``.safetensors`` only the tensor being written is held;
+    * for ``.pt`` the writer needs the whole tree at once, so what is held are views:
+      a tensor stored as one chunk is a view of the mapped ``.distcp`` file, a tensor
+      stored as several is assembled into a memory-mapped temporary file beside ``out``
+      (as large as those tensors together), and the non-tensor values.
+
+    Returns a :class:`ptfile.convert.ConvertReport`.
+    """
+    from .convert import TORCH_SUFFIXES, ConvertReport
+
+    target = os.fspath(out)
+    if not target.endswith((".safetensors", *TORCH_SUFFIXES)):
+        raise UnsupportedFormatError(f"{target}: a DCP folder consolidates to .safetensors or "
+                                     f"{', '.join(TORCH_SUFFIXES)}")
+    if os.path.dirname(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+    with DcpCheckpoint(folder, mmap=True, records=records) as checkpoint:
+        report = ConvertReport(written=[target], tensors=len(checkpoint))
+        if target.endswith(".safetensors"):
+            _write_safetensors(checkpoint, target)
+            report.skipped_values = checkpoint.value_names()
+        else:
+            _write_torch(checkpoint, target)
+    return report
+
+
+def _write_safetensors(checkpoint: DcpCheckpoint, target: str) -> None:
+    from .stformat import write_safetensors
+
+    # Zero-stride placeholders describe each tensor; the bytes come one tensor at a time.
+    shapes = {key: np.broadcast_to(np.zeros((), checkpoint.entry(key).numpy), checkpoint.entry(key).shape)
+              for key in checkpoint}
+    write_safetensors(shapes, target, {"format": "pt"}, fetch=checkpoint.assemble)
+
+
+def _write_torch(checkpoint: DcpCheckpoint, target: str) -> None:
+    from .writer import save
+
+    scratch = _Scratch(os.path.dirname(os.path.abspath(target)))
+    try:
+        def tensor(key: str) -> np.ndarray:
+            entry = checkpoint.entry(key)
+            if len(entry.chunks) == 1:
+                return checkpoint.assemble(key)
+            return checkpoint.assemble(key, out=scratch.array(entry.numpy, entry.shape))
+
+        save(checkpoint.load(tensor=tensor), target)
+    finally:
+        scratch.close()
+
+
+# -- scanning --------------------------------------------------------------------
+
+
+def _worst(*judgements: allowlist.Judgement) -> allowlist.Judgement:
+    order = (allowlist.DANGEROUS, allowlist.UNKNOWN_CLASS, allowlist.CLEAN)
+    verdict = min((j.verdict for j in judgements), key=order.index)
+    return allowlist.Judgement(verdict, tuple(f for j in judgements for f in j.findings))
+
+
+def scan_folder(folder: Any, *, strict: bool = False) -> Any:
+    """Scan a DCP folder: ``.metadata`` and every item, each run dry through the engine.
+
+    The DCP dataclasses are vouched for in ``.metadata`` only; the items are judged as
+    ordinary checkpoints.  If ``.metadata`` cannot be read, each ``.distcp`` file is
+    examined as a whole instead (which finds less, and is never clean).
+    Returns a :class:`ptfile.scanner.ScanResult` for the folder.
+    """
+    from .scanner import scan_result
+
+    path = os.fspath(folder)
+    meta_inventory: list[GlobalUse] = []
+    item_inventory: list[GlobalUse] = []
+    faults: list[str] = []
+    notes: list[str] = []
+    layout = _scan_metadata(path, meta_inventory, faults)
+    if layout is not None:
+        _scan_items(path, layout, item_inventory, faults, notes)
+    else:
+        _scan_whole_files(path, item_inventory, faults, notes)
+    judgement = _worst(allowlist.judge(meta_inventory, inert_classes=is_data_class), allowlist.judge(item_inventory))
+    return scan_result(path, "dcp", judgement, faults, notes, meta_inventory + item_inventory, strict=strict)
+
+
+def _scan_metadata(folder: str, inventory: list[GlobalUse], faults: list[str]) -> DcpLayout | None:
+    try:
+        checkpoint = metadata_checkpoint(folder, records=True)
+    except PtfileError as exc:
+        faults.append(str(exc))
+        return None
+    checkpoint.inventory = inventory
+    try:
+        return parse_layout(checkpoint.run(materialize=False))
+    except UnsafeGlobalError:
+        return None  # graded from the inventory
+    except PtfileError as exc:
+        faults.append(str(exc))
+        return None
+    finally:
+        checkpoint.close()
+
+
+def _scan_items(folder: str, layout: DcpLayout, inventory: list[GlobalUse], faults: list[str],
+                notes: list[str]) -> None:
+    from .scanner import examine_checkpoint
+
+    sources: dict[str, Source] = {}
+    used: dict[str, list[tuple[int, int]]] = {}
+    try:
+        for item in layout.items:
+            try:
+                if item.file not in sources:
+                    sources[item.file] = open_source(os.path.join(folder, item.file), mmap_file=True)
+                blob = SliceSource(sources[item.file], item.offset, item.length, os.path.join(folder, str(item)))
+            except PtfileError as exc:
+                faults.append(f"item {item}: {exc}")
+                continue
+            used.setdefault(item.file, []).append((item.offset, item.offset + item.length))
+            _, item_faults, _ = examine_checkpoint(blob, inventory, notes)
+            faults.extend(item_faults)
+        notes.extend(_unread_bytes(used, {name: source.size for name, source in sources.items()}))
+    finally:
+        for source in sources.values():
+            source.close()
+    if layout.values:
+        notes.append(f"{len(layout.values)} non-tensor items: torch.distributed.checkpoint.load unpickles "
+                     "them with weights_only=False")
+    listed = set(used) | {METADATA_FILE}
+    for name in sorted(os.listdir(folder)):
+        if name not in listed and os.path.isfile(os.path.join(folder, name)):
+            notes.append(f"file {name!r} is not part of the checkpoint (scan it on its own)")
+
+
+def _unread_bytes(used: dict[str, list[tuple[int, int]]], sizes: dict[str, int]) -> list[str]:
+    """Byte ranges of item files no item covers: torch never reads them, so they are worth a look."""
+    notes = []
+    for name, ranges in sorted(used.items()):
+        position = 0
+        for start, end in sorted(ranges) + [(sizes[name], sizes[name])]:
+            if start > position:
+                notes.append(f"bytes [{position}, {start}) of {name!r} belong to no item")
+            position = max(position, end)
+    return notes
+
+
+def _scan_whole_files(folder: str, inventory: list[GlobalUse], faults: list[str], notes: list[str]) -> None:
+    from .scanner import examine_checkpoint
+
+    faults.append(f"{folder}: items not located, as {METADATA_FILE} could not be read; "
+                  f"each {ITEM_SUFFIX} file is examined whole")
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(ITEM_SUFFIX):
+            continue
+        try:
+            source = open_source(os.path.join(folder, name), mmap_file=True)
+        except PtfileError as exc:
+            faults.append(str(exc))
+            continue
+        try:
+            faults.extend(examine_checkpoint(source, inventory, notes)[1])
+        finally:
+            source.close()
