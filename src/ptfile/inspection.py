@@ -14,6 +14,7 @@ import numpy as np
 
 from . import allowlist
 from .loader import TensorInfo, open_checkpoint
+from .special import SpecialTensor
 from .tensors import TensorSpec
 from .tree import walk
 from .values import Global, Record
@@ -94,7 +95,7 @@ def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
         values = [
             {"name": path, "summary": summarize(value)}
             for path, value in walk(checkpoint.tree, lambda node: not _is_container(node))
-            if type(value) is not TensorSpec
+            if type(value) is not TensorSpec and not isinstance(value, SpecialTensor)
         ]
         judgement = allowlist.judge(checkpoint.inventory)
         container = checkpoint.container

@@ -282,8 +282,8 @@ def _info(node: TensorSpec | SpecialTensor) -> TensorInfo:
     """A quantized tensor is described by its integers; a sparse one by its values and dense shape."""
     if type(node) is TensorSpec:
         return TensorInfo.of(node)
-    if isinstance(node, QuantizedTensor):
-        return TensorInfo.of(node.data)
+    if isinstance(node, QuantizedTensor):  # its integers, under torch's quantized type name
+        return replace(TensorInfo.of(node.data), torch_dtype=node.dtype)
     if isinstance(node, SparseTensor) and type(node.values) is TensorSpec:
         values = TensorInfo.of(node.values)
         nbytes = sum(spec.nbytes for spec in node.specs())

@@ -92,7 +92,7 @@ def _render_inspect(report: dict, *, tree: bool, collapse: bool) -> None:
     for row in tensors:
         table.add_row(
             Text(safe(row["name"])),
-            row["dtype"],
+            row["torch_dtype"] if "torch_dtype" in row else row["dtype"],  # quantized types by torch's name
             str(tuple(row["shape"])),
             "" if row.get("contiguous", True) else str(tuple(row["strides"])),
             human_bytes(row["nbytes"]),
