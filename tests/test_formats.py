@@ -443,3 +443,40 @@ def test_torchscript_constants_resolve_their_own_storages():
 
 def test_fixture_set_is_small():
     assert sum(p.stat().st_size for p in FIXTURES.glob("*.pt")) < 150_000
+
+
+# -- nested --------------------------------------------------------------------
+
+
+def test_nested_tensor_components():
+    nested = ptfile.load(fixture("nested.pt"))
+    parts = nested["nested"].unbind()
+    assert [p.shape for p in parts] == [(2, 3), (1, 3), (4, 3)]
+    assert np.shares_memory(parts[0], nested["nested"].buffer)  # views of the buffer, as in torch
+    assert [p.tolist() for p in nested["nested_int"].unbind()] == [[0, 1, 2, 3, 4], [0, 1]]
+    with ptfile.open(fixture("nested.pt")) as handle:
+        assert handle.keys() == ["nested", "nested_int"]
+        assert [p.tobytes() for p in handle["nested"].unbind()] == [p.tobytes() for p in parts]
+
+
+def test_nested_tensor_matches_torch():
+    torch = pytest.importorskip("torch")
+    expected = torch.load(fixture("nested.pt"), weights_only=True)
+    got = ptfile.load(fixture("nested.pt"))
+    for key in ("nested", "nested_int"):
+        for mine, theirs in zip(got[key].unbind(), expected[key].unbind(), strict=True):
+            assert mine.shape == tuple(theirs.shape)
+            assert mine.tobytes() == theirs.contiguous().numpy().tobytes()
+
+
+def test_nested_tensor_out_of_bounds_is_refused():
+    from ptfile.special import NestedTensor
+
+    buffer = np.arange(6, dtype=np.float32)
+    sizes, strides = np.array([[2, 3]]), np.array([[3, 1]])
+    assert NestedTensor(buffer, sizes, strides, np.array([0])).unbind()[0].shape == (2, 3)
+    for offsets in (np.array([1]), np.array([-1])):
+        with pytest.raises(ptfile.CorruptFileError):
+            NestedTensor(buffer, sizes, strides, offsets).unbind()
+    with pytest.raises(ptfile.CorruptFileError, match="do not describe"):
+        NestedTensor(buffer, sizes, np.array([[3, 1, 1]]), np.array([0])).unbind()

@@ -24,7 +24,7 @@ from .errors import (
 )
 from .loader import LazyCheckpoint, TensorInfo
 from .metadata import AttributeDict
-from .special import MetaTensor, QuantizedTensor, SparseTensor, TensorSubclass
+from .special import MetaTensor, NestedTensor, QuantizedTensor, SparseTensor, TensorSubclass
 from .values import Global, Parameter, Record
 
 __version__ = "0.1.0"
@@ -42,6 +42,7 @@ __all__ = [
     "Parameter",
     "QuantizedTensor",
     "SparseTensor",
+    "NestedTensor",
     "MetaTensor",
     "TensorSubclass",
     "AttributeDict",

@@ -82,8 +82,9 @@ for _name in special.QSCHEMES:
          value=special.qscheme_value(_name))
 for _name in special.LAYOUTS:
     _add("torch", _name, "dtype", "tensor layout value", value=special.layout_value(_name))
+_add("torch._utils", "_rebuild_nested_tensor", "tensor", "strided nested tensor from its buffer and layout tensors",
+     call=special.rebuild_nested_tensor)
 for _name, _what in (
-    ("_rebuild_nested_tensor", "nested tensors"),
     ("_rebuild_wrapper_subclass", "wrapper tensor subclasses"),
     ("_rebuild_device_tensor_from_numpy", "device tensors from numpy"),
     ("_rebuild_device_tensor_from_cpu_tensor", "device tensors from CPU tensors"),

@@ -20,7 +20,7 @@ from .engine import Engine
 from .errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from .inventory import GlobalUse
 from .source import Source, open_source
-from .special import QuantizedTensor, SparseTensor, SpecialTensor
+from .special import NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
 from .tensors import StorageRef, TensorSpec, view_array
 from .torchscript import open_zip
 from .torchzip import parse_storage_pid
@@ -288,7 +288,10 @@ def _info(node: TensorSpec | SpecialTensor) -> TensorInfo:
         values = TensorInfo.of(node.values)
         nbytes = sum(spec.nbytes for spec in node.specs())
         return replace(values, shape=node.shape, strides=(), offset=0, nbytes=nbytes, is_contiguous=False)
-    raise TypeError(f"no tensor information for {node!r}")
+    if isinstance(node, NestedTensor) and type(node.buffer) is TensorSpec:
+        buffer = TensorInfo.of(node.buffer)
+        return replace(buffer, nbytes=sum(spec.nbytes for spec in node.specs()), is_contiguous=False)
+    raise TypeError(f"no tensor information for {type(node).__name__}")
 
 
 def _byteswap(buf: np.ndarray, itemsize: int, what: str) -> np.ndarray:

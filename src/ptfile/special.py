@@ -35,10 +35,11 @@ from . import dtypes
 from .engine import GlobalRef
 from .errors import CorruptFileError, UnsupportedFormatError
 from .rebuild import TorchDtype, _bool, _hooks, _make, _storage
-from .tensors import TensorSpec, check_view
+from .tensors import StorageRef, TensorSpec, check_view
 from .values import Global, brief
 
 __all__ = [
+    "NestedTensor",
     "QScheme",
     "Layout",
     "QuantizedTensor",
@@ -504,6 +505,80 @@ def rebuild_sparse_tensor(context: Any, layout: Any, data: Any) -> SparseTensor:
 
 
 # -- meta ----------------------------------------------------------------------
+
+
+class NestedTensor(SpecialTensor):
+    """A strided nested tensor (``torch.nested.nested_tensor``): components of different shapes in one buffer.
+
+    Attributes:
+        buffer: the 1-D array holding every component's elements.
+        nested_sizes, nested_strides: int64 arrays of shape ``(components, dims)``.
+        offsets: int64 array of each component's first element in ``buffer``.
+    """
+
+    __slots__ = ("buffer", "nested_sizes", "nested_strides", "offsets")
+
+    def __init__(self, buffer: Any, nested_sizes: Any, nested_strides: Any, offsets: Any) -> None:
+        self.buffer = buffer
+        self.nested_sizes = nested_sizes
+        self.nested_strides = nested_strides
+        self.offsets = offsets
+
+    @property
+    def dtype(self) -> str:
+        return _type_name(self.buffer)
+
+    def __len__(self) -> int:
+        return _shape(self.offsets)[0]
+
+    def __repr__(self) -> str:
+        return f"<NestedTensor {self.dtype} components={len(self)}>"
+
+    def _parts(self) -> tuple:
+        return (self.buffer, self.nested_sizes, self.nested_strides, self.offsets)
+
+    def materialize(self, array: Callable[[TensorSpec], Any]) -> NestedTensor:
+        copy = NestedTensor(*(_materialize(part, array) for part in self._parts()))
+        copy.unbind()  # every component checked against the buffer now, not on first use
+        return copy
+
+    def unbind(self) -> list[np.ndarray]:
+        """The components, each a numpy view of ``buffer`` (as ``tensor.unbind()`` gives them)."""
+        _need_arrays(*self._parts())
+        buffer = np.asarray(self.buffer)
+        sizes, strides, offsets = (np.asarray(a) for a in (self.nested_sizes, self.nested_strides, self.offsets))
+        if (buffer.ndim != 1 or sizes.shape != strides.shape or sizes.ndim != 2
+                or offsets.shape != (sizes.shape[0],) or sizes.dtype.kind != "i" or offsets.dtype.kind != "i"):
+            raise CorruptFileError("nested tensor buffer, sizes, strides and offsets do not describe one nested tensor")
+        flat = np.ascontiguousarray(buffer)
+        raw = flat.view(np.uint8)  # views through bytes: ml_dtypes types cannot be strided directly
+        storage = StorageRef("nested buffer", None, flat.nbytes, "cpu", "")
+        info = _buffer_dtype(flat)
+        components = []
+        for size, stride, offset in zip(sizes.tolist(), strides.tolist(), offsets.tolist(), strict=True):
+            offset, size, stride = check_view(storage, info, offset, tuple(size), tuple(stride))
+            start = offset * flat.itemsize if 0 not in size else 0
+            components.append(np.ndarray(size, flat.dtype, buffer=raw, offset=start,
+                                         strides=tuple(st * flat.itemsize for st in stride)))
+        return components
+
+
+def _buffer_dtype(buffer: np.ndarray) -> dtypes.DtypeInfo:
+    info = dtypes.by_numpy(buffer.dtype)
+    if info is None:
+        raise UnsupportedFormatError(f"nested tensor buffer of {buffer.dtype} is not supported")
+    return info
+
+
+def rebuild_nested_tensor(context: Any, buffer: Any, sizes: Any, strides: Any, offsets: Any) -> NestedTensor:
+    """``torch._utils._rebuild_nested_tensor(buffer, nested_sizes, nested_strides, storage_offsets)``."""
+    for value, what in ((buffer, "buffer"), (sizes, "sizes"), (strides, "strides"), (offsets, "offsets")):
+        if type(value) is not TensorSpec and not isinstance(value, np.ndarray):
+            raise CorruptFileError(f"nested tensor {what} is a {type(value).__name__}, not a tensor")
+    nested = NestedTensor(buffer, sizes, strides, offsets)
+    if context.materialize:
+        nested.unbind()
+    return nested
 
 
 class MetaTensor(SpecialTensor):
