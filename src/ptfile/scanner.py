@@ -176,21 +176,25 @@ def examine_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[s
             if not name.startswith(archive.prefix + "/"):
                 notes.append(f"record {name!r} lies outside the archive folder {archive.prefix!r}")
         for entry in archive.entries.values():
-            archive.verify_crc(entry)
+            try:
+                archive.verify_crc(entry)
+            except PtfileError as exc:  # an unreadable record (encrypted, bad deflate) is a fault, not a crash
+                faults.append(str(exc))
         notes.extend(archive.anomalies)
     return checkpoint.format, faults, getattr(checkpoint.container, "inert_classes", None)
 
 
-#: Calls in TorchScript code that reach files, the network or other pickles (CVE-2025-32434 used torch.save).
-_CODE_CALLS = re.compile(r"\b(torch\.(?:save|load|jit\.load|hub\.\w+|ops\.\w+\.\w*(?:save|load|file|open)\w*)|open|"
-                         r"__import__|exec|eval|os\.\w+|subprocess\.\w+)\s*\(")
-
-
 def _code_notes(code: dict[str, str]) -> list[str]:
-    """TorchScript code records are code: say so, and name the calls that reach outside the model."""
+    """TorchScript code records are code: say so, and name the calls that reach outside the model.
+
+    The calls themselves are also in the inventory (see :func:`ptfile.torchscript.code_calls`), so
+    they are judged; the note says which record holds code at all.
+    """
+    from .torchscript import CODE_CALLS
+
     notes = []
     for record, text in code.items():
-        calls = sorted(set(_CODE_CALLS.findall(text)))
+        calls = sorted(set(CODE_CALLS.findall(text)))
         detail = f"; it calls {', '.join(calls)}" if calls else ""
         notes.append(f"code record {record!r} is TorchScript source (never run by ptfile){detail}")
     return notes
