@@ -141,9 +141,9 @@ def in_zip(pickle_bytes: bytes, storages: dict[str, bytes] | None = None, **opti
 
 
 def _sleepy(marker: Path, protocol: int = 2) -> bytes:
-    """Sleepy-pickle style: a real state dict with one call slipped in beside the tensors."""
+    """Sleepy-pickle style: a real state dict with one call slipped in before the tensors."""
     tree, _ = _tensor_state()
-    return program({"state_dict": tree, "hook": os_system(marker)}, protocol)
+    return program({"hook": os_system(marker), "state_dict": tree}, protocol)
 
 
 def _typical_evil_checkpoint(marker: Path) -> bytes:
