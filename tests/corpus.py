@@ -241,7 +241,7 @@ def _b_samples(marker: Path) -> list[Sample]:
         Sample("B4-nullifai-zero-byte.pt", "B4", MALICIOUS, REFUSED, "payload then an invalid opcode (nullifAI)",
                in_zip(payload + b"\x00")),
         Sample("B4-truncated.pkl", "B4", MALICIOUS, REFUSED, "payload, then the pickle simply ends", payload),
-        Sample("B5-stacked.pkl", "B5", MALICIOUS, REFUSED, "a benign pickle followed by a malicious one",
+        Sample("B5-stacked.pkl", "B5", MALICIOUS, (DANGEROUS,), "a benign pickle followed by a malicious one",
                program({"lr": 0.1}, 2) + evil),
         Sample("B5-legacy-pickle5.pt", "B5", MALICIOUS, REFUSED,
                "legacy stream with the payload as pickle #5 (the storage keys)",

@@ -165,7 +165,7 @@ def _scan_source(source: Source, strict: bool, depth: int = 0) -> ScanResult:
     fmt, faults, inert = _examine(source, inventory, notes)
     if fmt is None and (is_zip(head) or is_tar(head)):  # an archive, but not a checkpoint: its members
         return _scan_archive(source, "zip" if is_zip(head) else "tar", strict, depth, faults)
-    if fmt is None:  # not a checkpoint: every pickle in the file, as torch's non-zip path meets them
+    if fmt in (None, "pickle"):  # not a checkpoint: every pickle in the file, as torch's non-zip path meets them
         inventory.clear()
         fmt, faults = _scan_stream(source, inventory, notes)
     judgement = allowlist.judge(inventory, inert_classes=inert)
