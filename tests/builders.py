@@ -446,3 +446,47 @@ def torch_members(
 def torch_zip(pickle_bytes: bytes, storages: dict[str, bytes] | None = None, **options: Any) -> bytes:
     """A minimal torch zip checkpoint holding ``pickle_bytes`` as ``data.pkl`` and the storages."""
     return build_zip(torch_members(pickle_bytes, storages, **options))
+
+
+# -- legacy checkpoints --------------------------------------------------------------
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL_VERSION = 1001
+LEGACY_SYS_INFO = {"protocol_version": LEGACY_PROTOCOL_VERSION, "little_endian": True,
+                   "type_sizes": {"short": 2, "int": 4, "long": 4}}
+
+
+def legacy_pickles(obj_pickle: bytes, keys: list[str] | None = None, *, magic: bytes | None = None,
+                   keys_pickle: bytes | None = None) -> list[bytes]:
+    """The five pickles of a legacy ``torch.save`` stream; any one can be replaced by raw bytes."""
+    return [
+        program(LEGACY_MAGIC, 2) if magic is None else magic,
+        program(LEGACY_PROTOCOL_VERSION, 2),
+        program(LEGACY_SYS_INFO, 2),
+        obj_pickle,
+        program(list(keys or []), 2) if keys_pickle is None else keys_pickle,
+    ]
+
+
+def legacy_stream(obj_pickle: bytes, storages: dict[str, bytes] | None = None, *, itemsize: int = 4,
+                  **replace: bytes) -> bytes:
+    """A legacy stream: the five pickles, then ``int64 numel + data`` per sorted storage key."""
+    storages = storages or {}
+    keys = sorted(storages)
+    parts = legacy_pickles(obj_pickle, keys, **replace)
+    parts += [struct.pack("<q", len(storages[k]) // itemsize) + storages[k] for k in keys]
+    return b"".join(parts)
+
+
+def tar_archive(members: dict[str, bytes]) -> bytes:
+    """A PAX tar of ``name -> bytes`` members (the layout of torch's ancient tar format)."""
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()

@@ -48,3 +48,26 @@ def test_load_and_scan_agree_on_fixtures(path):
 def test_benign_fixtures_are_never_dangerous():
     for path in CORPUS:
         assert scan(path).verdict != "dangerous", path
+
+
+@pytest.fixture(scope="module")
+def generated_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    from corpus import write_corpus
+
+    folder = tmp_path_factory.mktemp("corpus")
+    return folder, write_corpus(folder)
+
+
+def test_load_and_scan_agree_on_the_generated_corpus(generated_corpus) -> None:
+    """Every hostile and benign sample of the scanner corpus (tests/corpus.py), files and folders alike."""
+    from corpus import MARKER_NAME
+
+    folder, samples = generated_corpus
+    disagreements = {}
+    for sample in samples:
+        try:
+            check_agreement(folder / sample.name)
+        except AssertionError as exc:
+            disagreements[sample.name] = str(exc)
+    assert not disagreements
+    assert not (folder / MARKER_NAME).exists(), "a payload ran while loading or scanning"

@@ -20,6 +20,11 @@ one (REDUCE) stays dangerous.  The code records are exposed as text only, and
 read as text to learn which attributes are parameters and buffers
 (``__parameters__ = [...]`` / ``__buffers__ = [...]``), so that the lazy handle
 lists tensors under the names ``torch.jit.load(f).state_dict()`` gives.
+
+Code that calls out of the model (``torch.save`` / ``torch.load``, ``open``, ``os.*``: the
+shape of CVE-2025-32434, where ``torch.load`` handed such an archive to ``torch.jit.load``)
+is entered in the inventory as a call of that global, at its place in the code record, so
+loading refuses the archive and scanning calls it dangerous by the same judge.
 """
 
 from __future__ import annotations
@@ -32,13 +37,14 @@ from typing import Any
 import numpy as np
 
 from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
+from .inventory import GlobalUse
 from .source import Source
 from .tensors import StorageRef, TensorSpec
 from .torchzip import TorchZip, check_storage_key, parse_storage_pid
 from .values import Record
 from .ziparchive import ZipArchive, ZipEntry
 
-__all__ = ["TorchScriptArchive", "open_zip", "PICKLE_BUILDERS", "is_torchscript_class", "ClassCode"]
+__all__ = ["TorchScriptArchive", "open_zip", "PICKLE_BUILDERS", "is_torchscript_class", "ClassCode", "code_calls"]
 
 #: Module prefix of every class TorchScript compiles; such classes are records, never imported.
 TORCH_MODULE = "__torch__"
@@ -50,6 +56,13 @@ PICKLES = ("data", "constants")
 _CLASS_LINE = re.compile(r"^class\s+(\w+)\s*(?:\(\s*([\w.]*)\s*\))?\s*:", re.MULTILINE)
 _LIST_LINE = re.compile(r"^ +(__parameters__|__buffers__)\s*=\s*\[(.*?)\]", re.MULTILINE | re.DOTALL)
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+#: Calls in TorchScript code that reach files, the network, processes or other pickles.  TorchScript
+#: writes every call with its full name (``torch.save(w, "f")``), so a name match is exact enough;
+#: the look-behind keeps methods (``self.eval(``) and longer names (``xtorch.save``) out.
+CODE_CALLS = re.compile(
+    r"(?<![\w.])(torch\.(?:save|load|from_file|jit\.load|hub\.\w+|ops\.\w+\.\w*(?:save|load|file|open|exec)\w*)"
+    r"|open|__import__|exec|eval|compile|os\.\w+|subprocess\.\w+)\s*\("
+)
 
 
 def is_torchscript_class(module: str, name: str) -> bool:
@@ -103,6 +116,15 @@ PICKLE_BUILDERS: dict[str, Callable[..., Any]] = {
 
 
 # -- code records --------------------------------------------------------------
+
+
+def code_calls(record: str, text: str) -> list[GlobalUse]:
+    """The calls out of the model in one code record, as inventory entries (``open`` is ``builtins.open``)."""
+    uses = []
+    for match in CODE_CALLS.finditer(text):
+        module, _, name = match.group(1).rpartition(".")
+        uses.append(GlobalUse(module or "builtins", name, "call", match.start(1), record))
+    return uses
 
 
 @dataclass
@@ -164,6 +186,9 @@ class TorchScriptArchive(TorchZip):
         self.constants: Any = ()
         self.code = self._read_code()
         self.classes = {c.qualified_name: c for name, text in self.code.items() for c in parse_code(_code_module(name), text)}
+        # judged with the pickles' globals (the loader adds these to its inventory when it opens the archive)
+        self.inventory_extra = [use for name, text in self.code.items()
+                                for use in code_calls(self.archive.full_name(name), text)]
         self.extra = {
             name[len(self.archive.prefix) + len("/extra/") :]: self.archive.read(entry)
             for name, entry in self.archive.entries.items()
