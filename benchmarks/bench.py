@@ -132,6 +132,10 @@ def measure(snippet: str, pt: str, st: str, repeats: int) -> tuple[float, int]:
     out = os.path.join(DATA, "out.tmp")
     times, peaks = [], []
     for _ in range(repeats):
+        # Warm the page cache right before each run: the machine may reclaim idle cache
+        # between runs, and a cold file would time the disk instead of the code.
+        warm(pt)
+        warm(st)
         result = subprocess.run([sys.executable, "-c", code, pt, st, out], capture_output=True, text=True, env=ENV)
         if result.returncode != 0:
             raise RuntimeError(f"benchmark snippet failed:\n{result.stderr}")

@@ -19,7 +19,7 @@ from . import allowlist, legacy, objects
 from .engine import Engine
 from .errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from .inventory import GlobalUse
-from .source import Source, open_source
+from .source import Source, open_source, read_whole
 from .special import QuantizedTensor, SparseTensor, SpecialTensor
 from .tensors import StorageRef, TensorSpec, view_array
 from .torchscript import open_zip
@@ -380,6 +380,14 @@ def open_checkpoint(src: Any, *, mmap: bool = True, records: bool = False) -> La
 
 def load(src: Any, *, mmap: bool = True, records: bool = False) -> Any:
     source = open_source(src, mmap_file=mmap)
+    if not mmap:
+        # Everything gets read anyway: one readinto of the file beats one read per storage,
+        # and the storages become views of that one copy (never a second copy).
+        try:
+            source = read_whole(source)
+        except BaseException:
+            source.close()
+            raise
     try:
         return Checkpoint(source, copy=not mmap, records=records).run(materialize=True)
     finally:
