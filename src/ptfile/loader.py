@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import allowlist, legacy, objects
-from .engine import Engine
+from .engine import Engine, gc_paused
 from .errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from .inventory import GlobalUse
 from .source import Source, open_source, read_whole
@@ -55,9 +55,8 @@ class TensorInfo:
     @classmethod
     def of(cls, spec: TensorSpec) -> TensorInfo:
         storage = spec.storage
-        numpy = spec.dtype.numpy
         return cls(
-            dtype=numpy.name if numpy is not None else spec.dtype.torch_name,
+            dtype=spec.dtype.numpy_name,
             torch_dtype=spec.dtype.torch_name,
             shape=spec.shape,
             strides=spec.strides,
@@ -372,7 +371,8 @@ def _unsupported_kind(name: str, head: bytes) -> PtfileError:
 def open_checkpoint(src: Any, *, mmap: bool = True, records: bool = False) -> LazyCheckpoint:
     source = open_source(src, mmap_file=mmap)
     try:
-        return LazyCheckpoint(source, copy=not mmap, records=records)
+        with gc_paused():
+            return LazyCheckpoint(source, copy=not mmap, records=records)
     except BaseException:
         source.close()
         raise
@@ -389,6 +389,7 @@ def load(src: Any, *, mmap: bool = True, records: bool = False) -> Any:
             source.close()
             raise
     try:
-        return Checkpoint(source, copy=not mmap, records=records).run(materialize=True)
+        with gc_paused():
+            return Checkpoint(source, copy=not mmap, records=records).run(materialize=True)
     finally:
         source.close()
