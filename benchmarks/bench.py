@@ -136,6 +136,9 @@ def measure(snippet: str, pt: str, st: str, repeats: int) -> tuple[float, int]:
         # between runs, and a cold file would time the disk instead of the code.
         warm(pt)
         warm(st)
+        # Start every run with no dirty pages queued for the disk: a write measured while
+        # the kernel flushes an earlier run's output would time that flush.
+        os.sync()
         result = subprocess.run([sys.executable, "-c", code, pt, st, out], capture_output=True, text=True, env=ENV)
         if result.returncode != 0:
             raise RuntimeError(f"benchmark snippet failed:\n{result.stderr}")
