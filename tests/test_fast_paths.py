@@ -204,7 +204,7 @@ def test_parallel_crc_and_gathered_writes_give_the_same_archive(monkeypatch: pyt
 def test_save_int_tuple_matches_save(items: list[int], memo_before: int) -> None:
     def pickle_with(method: str) -> bytes:
         p = pickler.Pickler()
-        for i in range(memo_before):  # push memo indices past BINPUT's one byte sometimes
+        for _ in range(memo_before):  # push memo indices past BINPUT's one byte sometimes
             p.memoize(object())
         value = tuple(items)
         getattr(p, method)(value)
