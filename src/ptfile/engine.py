@@ -268,9 +268,7 @@ class Engine:
                         raise CorruptFileError(f"{record}: opcode before byte {pos} straddles the end of its frame")
                     frame_end = -1
                 start = pos
-                if pos >= end:
-                    raise CorruptFileError(f"{record}: pickle ends at byte {pos} without STOP")
-                op = data[pos]
+                op = data[pos]  # past the end: IndexError, reported below as a missing STOP
                 pos += 1
                 # The most frequent opcodes of torch checkpoints come first (LONG_BINPUT is a
                 # quarter of all opcodes once a file has more than 256 memo entries).
@@ -408,7 +406,11 @@ class Engine:
             raise CorruptFileError(f"{record}: pickle nested too deeply at byte {start}") from None
         except MemoryError:
             raise LimitExceededError(f"{record}: pickle at byte {start} asks for more memory than is available") from None
-        except (IndexError, KeyError, TypeError, ValueError, OverflowError, struct.error, UnicodeError) as exc:
+        except IndexError as exc:
+            if start >= end:  # the opcode itself could not be read
+                raise CorruptFileError(f"{record}: pickle ends at byte {start} without STOP") from None
+            raise CorruptFileError(f"{record}: malformed pickle at byte {start}: {type(exc).__name__}: {exc}") from None
+        except (KeyError, TypeError, ValueError, OverflowError, struct.error, UnicodeError) as exc:
             raise CorruptFileError(f"{record}: malformed pickle at byte {start}: {type(exc).__name__}: {exc}") from None
 
     def _rare(self, op: int, start: int, pos: int, stack: list, metastack: list, memo: dict) -> Any:
