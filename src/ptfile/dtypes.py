@@ -132,4 +132,17 @@ def by_storage_name(name: str) -> DtypeInfo | None:
 
 def by_numpy(dtype: np.dtype) -> DtypeInfo | None:
     """The torch type an array of this numpy dtype is saved as, or None."""
-    return _BY_NUMPY_NAME.get(np.dtype(dtype).name)
+    dtype = np.dtype(dtype)
+    # ``dtype.name`` is computed in Python on every access, and a save asks once per array:
+    # remember the answer by scalar type and type string, which together fix the name
+    # (the type string alone does not: ml_dtypes' codes collide with numpy's).
+    key = (dtype.type, dtype.str)
+    try:
+        return _BY_NUMPY_SEEN[key]
+    except KeyError:
+        pass
+    info = _BY_NUMPY_SEEN[key] = _BY_NUMPY_NAME.get(dtype.name)
+    return info
+
+
+_BY_NUMPY_SEEN: dict[tuple[type, str], DtypeInfo | None] = {}

@@ -104,7 +104,7 @@ def _zip64_field(values: list[int]) -> bytes:
     return struct.pack("<HH", _ZIP64_FIELD, 8 * len(values)) + b"".join(struct.pack("<Q", v) for v in values)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     name: bytes
     offset: int
@@ -159,9 +159,8 @@ class ZipRecordWriter:
         if big:
             zip64 = _zip64_field(([size, 0] if size >= ZIP32_LIMIT else []) + ([offset] if offset >= ZIP32_LIMIT else []))
         extra = zip64 + padding_extra(offset, len(full_name), size, self._alignment)
-        self._write(_LOCAL_HEADER.pack(_LOCAL_SIG, 0, flags, 0, 0, 0, 0, 0, 0, len(full_name), len(extra)))
-        self._write(full_name)
-        self._write(extra)
+        self._write(_LOCAL_HEADER.pack(_LOCAL_SIG, 0, flags, 0, 0, 0, 0, 0, 0, len(full_name), len(extra))
+                    + full_name + extra)
         crc, written, head = self._stream(chunks)
         if written != size:
             raise ValueError(f"record {name}: {written} bytes given, {size} declared")
@@ -179,6 +178,13 @@ class ZipRecordWriter:
         head = b""
         for chunk in chunks:
             view = memoryview(chunk).cast("B")
+            if len(view) < PARALLEL_CRC:  # small tensors, the many-tensor case: one piece, no thread
+                if len(head) < 8:
+                    head += bytes(view[: 8 - len(head)])
+                crc = zlib.crc32(view, crc)
+                self._write(view)
+                written += len(view)
+                continue
             for start in range(0, len(view), CHUNK):
                 piece = view[start : start + CHUNK]
                 if len(head) < 8:
