@@ -212,3 +212,16 @@ def test_save_int_tuple_matches_save(items: list[int], memo_before: int) -> None
         return bytes(p.out)
 
     assert pickle_with("save_int_tuple") == pickle_with("save")
+
+
+# -- the dispatch loop reads opcodes without a bounds test: the errors stay apart ------------
+
+
+def test_a_pickle_without_stop_is_named_as_such() -> None:
+    with pytest.raises(ptfile.CorruptFileError, match=r"pickle ends at byte 3 without STOP"):
+        ptfile.load(b"\x80\x02]")
+
+
+def test_an_index_error_inside_an_opcode_is_a_malformed_pickle() -> None:
+    with pytest.raises(ptfile.CorruptFileError, match=r"malformed pickle at byte 2: IndexError"):
+        ptfile.load(b"\x80\x02q\x00.")  # BINPUT with nothing on the stack
