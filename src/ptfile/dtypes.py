@@ -17,6 +17,7 @@ only: ml_dtypes' ``.char`` and ``.str`` codes collide with numpy's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import ml_dtypes
 import numpy as np
@@ -34,6 +35,12 @@ class DtypeInfo:
     numpy: np.dtype | None  # None when numpy cannot represent it exactly
     legacy_storage: str | None = None  # "HalfStorage" when a typed storage class exists
     quantized_base: str | None = None  # torch_name of the integer type a quantized type stores
+
+    @cached_property
+    def numpy_name(self) -> str:
+        """numpy's name of the type (``bfloat16``), torch's when numpy has none; cached, as
+        ``np.dtype.name`` is computed in Python on every access."""
+        return self.numpy.name if self.numpy is not None else self.torch_name
 
     @property
     def is_quantized(self) -> bool:
@@ -125,4 +132,17 @@ def by_storage_name(name: str) -> DtypeInfo | None:
 
 def by_numpy(dtype: np.dtype) -> DtypeInfo | None:
     """The torch type an array of this numpy dtype is saved as, or None."""
-    return _BY_NUMPY_NAME.get(np.dtype(dtype).name)
+    dtype = np.dtype(dtype)
+    # ``dtype.name`` is computed in Python on every access, and a save asks once per array:
+    # remember the answer by scalar type and type string, which together fix the name
+    # (the type string alone does not: ml_dtypes' codes collide with numpy's).
+    key = (dtype.type, dtype.str)
+    try:
+        return _BY_NUMPY_SEEN[key]
+    except KeyError:
+        pass
+    info = _BY_NUMPY_SEEN[key] = _BY_NUMPY_NAME.get(dtype.name)
+    return info
+
+
+_BY_NUMPY_SEEN: dict[tuple[type, str], DtypeInfo | None] = {}

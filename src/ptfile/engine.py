@@ -38,15 +38,17 @@ from __future__ import annotations
 
 import _compat_pickle
 import codecs
+import gc
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .errors import CorruptFileError, LimitExceededError, PtfileError
 from .values import Global, Record, brief
 
-__all__ = ["GlobalRef", "Engine", "brief", "check_key"]
+__all__ = ["GlobalRef", "Engine", "brief", "check_key", "gc_paused"]
 
 #: Hashing recurses in C without a depth check; keys nested deeper than this are refused.
 MAX_KEY_DEPTH = 32
@@ -62,6 +64,24 @@ _unpack_I = struct.Struct("<I").unpack_from
 _unpack_Q = struct.Struct("<Q").unpack_from
 _unpack_H = struct.Struct("<H").unpack_from
 _unpack_d = struct.Struct(">d").unpack_from
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Suspend the cyclic garbage collector while a large object graph is built.
+
+    A pickle run only creates objects that stay reachable (from the memo, the stack or
+    the result), so a collection can free nothing, yet each one walks every object built
+    so far: on a 20,000-tensor checkpoint they cost a third of the load.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class GlobalRef:
@@ -248,12 +268,15 @@ class Engine:
                         raise CorruptFileError(f"{record}: opcode before byte {pos} straddles the end of its frame")
                     frame_end = -1
                 start = pos
-                if pos >= end:
-                    raise CorruptFileError(f"{record}: pickle ends at byte {pos} without STOP")
-                op = data[pos]
+                op = data[pos]  # past the end: IndexError, reported below as a missing STOP
                 pos += 1
-                # The most frequent opcodes of torch checkpoints come first.
-                if op == 0x71:  # BINPUT
+                # The most frequent opcodes of torch checkpoints come first (LONG_BINPUT is a
+                # quarter of all opcodes once a file has more than 256 memo entries).
+                if op == 0x72:  # LONG_BINPUT
+                    (idx,) = _unpack_I(data, pos)
+                    memo[idx] = stack[-1]
+                    pos += 4
+                elif op == 0x71:  # BINPUT
                     memo[data[pos]] = stack[-1]
                     pos += 1
                 elif op == 0x68:  # BINGET
@@ -268,6 +291,10 @@ class Engine:
                 elif op == 0x4B:  # BININT1
                     append(data[pos])
                     pos += 1
+                elif op == 0x4D:  # BININT2
+                    (value,) = _unpack_H(data, pos)
+                    append(value)
+                    pos += 2
                 elif op == 0x28:  # MARK
                     if len(metastack) >= MAX_MARK_DEPTH:
                         raise CorruptFileError(f"{record}: more than {MAX_MARK_DEPTH} nested MARKs")
@@ -297,18 +324,10 @@ class Engine:
                     append(False)
                 elif op == 0x88:  # NEWTRUE
                     append(True)
-                elif op == 0x72:  # LONG_BINPUT
-                    (idx,) = _unpack_I(data, pos)
-                    memo[idx] = stack[-1]
-                    pos += 4
                 elif op == 0x6A:  # LONG_BINGET
                     (idx,) = _unpack_I(data, pos)
                     append(memo[idx])
                     pos += 4
-                elif op == 0x4D:  # BININT2
-                    (value,) = _unpack_H(data, pos)
-                    append(value)
-                    pos += 2
                 elif op == 0x4A:  # BININT
                     (value,) = _unpack_i(data, pos)
                     append(value)
@@ -387,7 +406,11 @@ class Engine:
             raise CorruptFileError(f"{record}: pickle nested too deeply at byte {start}") from None
         except MemoryError:
             raise LimitExceededError(f"{record}: pickle at byte {start} asks for more memory than is available") from None
-        except (IndexError, KeyError, TypeError, ValueError, OverflowError, struct.error, UnicodeError) as exc:
+        except IndexError as exc:
+            if start >= end:  # the opcode itself could not be read
+                raise CorruptFileError(f"{record}: pickle ends at byte {start} without STOP") from None
+            raise CorruptFileError(f"{record}: malformed pickle at byte {start}: {type(exc).__name__}: {exc}") from None
+        except (KeyError, TypeError, ValueError, OverflowError, struct.error, UnicodeError) as exc:
             raise CorruptFileError(f"{record}: malformed pickle at byte {start}: {type(exc).__name__}: {exc}") from None
 
     def _rare(self, op: int, start: int, pos: int, stack: list, metastack: list, memo: dict) -> Any:

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from . import allowlist, legacy, objects
-from .engine import Engine
+from .engine import Engine, gc_paused
 from .errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from .inventory import GlobalUse
-from .source import Source, open_source
+from .source import Source, open_source, read_whole
 from .special import NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
 from .tensors import StorageRef, TensorSpec, view_array
 from .torchscript import open_zip
@@ -55,9 +55,8 @@ class TensorInfo:
     @classmethod
     def of(cls, spec: TensorSpec) -> TensorInfo:
         storage = spec.storage
-        numpy = spec.dtype.numpy
         return cls(
-            dtype=numpy.name if numpy is not None else spec.dtype.torch_name,
+            dtype=spec.dtype.numpy_name,
             torch_dtype=spec.dtype.torch_name,
             shape=spec.shape,
             strides=spec.strides,
@@ -375,7 +374,8 @@ def _unsupported_kind(name: str, head: bytes) -> PtfileError:
 def open_checkpoint(src: Any, *, mmap: bool = True, records: bool = False) -> LazyCheckpoint:
     source = open_source(src, mmap_file=mmap)
     try:
-        return LazyCheckpoint(source, copy=not mmap, records=records)
+        with gc_paused():
+            return LazyCheckpoint(source, copy=not mmap, records=records)
     except BaseException:
         source.close()
         raise
@@ -383,7 +383,16 @@ def open_checkpoint(src: Any, *, mmap: bool = True, records: bool = False) -> La
 
 def load(src: Any, *, mmap: bool = True, records: bool = False) -> Any:
     source = open_source(src, mmap_file=mmap)
+    if not mmap:
+        # Everything gets read anyway: one readinto of the file beats one read per storage,
+        # and the storages become views of that one copy (never a second copy).
+        try:
+            source = read_whole(source)
+        except BaseException:
+            source.close()
+            raise
     try:
-        return Checkpoint(source, copy=not mmap, records=records).run(materialize=True)
+        with gc_paused():
+            return Checkpoint(source, copy=not mmap, records=records).run(materialize=True)
     finally:
         source.close()

@@ -208,6 +208,26 @@ class Pickler:
             else:
                 self.out += LONG4 + _pack_i(len(encoded)) + encoded
 
+    def save_str_memoized(self, text: str) -> None:
+        """What :meth:`save` writes for a ``str``: a memo GET if it was written before."""
+        if not self.memo_get(id(text)):
+            self.save_str(text)
+
+    def save_int_tuple(self, items: tuple[int, ...]) -> None:
+        """What :meth:`save` writes for a fresh tuple of ints (a shape): no path, no cycle to check."""
+        if self.memo_get(id(items)):
+            return
+        count = len(items)
+        if count == 0:
+            self.out += EMPTY_TUPLE
+            return
+        if count > 3:
+            self.out += MARK
+        for item in items:
+            self.save_int(item)
+        self.out += _TUPLE_OPS[count] if count <= 3 else TUPLE
+        self.memoize(items)
+
     def save_str(self, text: str) -> None:
         encoded = text.encode("utf-8", "surrogatepass")
         self.out += BINUNICODE + _pack_I(len(encoded)) + encoded

@@ -60,8 +60,8 @@ def _bool(value: Any, what: str) -> bool:
     return value
 
 
-def _make(context: Any, storage: Any, dtype: DtypeInfo, offset: Any, size: Any, stride: Any, **flags: Any) -> Any:
-    storage = _storage(storage)
+def _make(context: Any, storage: StorageRef, dtype: DtypeInfo, offset: Any, size: Any, stride: Any, **flags: Any) -> Any:
+    # every caller has checked ``storage`` with _storage() already
     offset, size, stride = check_view(storage, dtype, offset, size, stride)
     return context.tensor(TensorSpec(storage, dtype, size, stride, offset, **flags))
 

@@ -6,13 +6,17 @@ an open file read with positioned reads.
 
 * :class:`MappedSource` wraps a read-only ``mmap`` of a file or a bytes-like object;
   :meth:`view` is zero-copy.
-* :class:`FileSource` reads with ``os.pread`` (or seek + readinto) and never maps,
-  so loading with ``mmap=False`` costs one copy of each storage and no page-cache
-  mappings counted against the process.
+* :class:`FileSource` reads with ``os.pread`` (or seek + readinto) and never maps:
+  a lazy handle opened with ``mmap=False`` reads only what it is asked for.
+* :class:`BufferSource` is a whole file read into one private buffer with one
+  ``readinto``: what ``load(mmap=False)`` uses, so loading costs one read of the file
+  (not one per storage) and one copy of its bytes, and storages are writable views of
+  that buffer rather than copies of it.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import mmap
 import os
@@ -22,7 +26,7 @@ import numpy as np
 
 from .errors import CheckpointNotFoundError, CorruptFileError, PtfileError
 
-__all__ = ["Source", "MappedSource", "FileSource", "open_source"]
+__all__ = ["Source", "MappedSource", "FileSource", "BufferSource", "open_source", "read_whole"]
 
 
 class Source:
@@ -123,6 +127,50 @@ class FileSource(Source):
     def close(self) -> None:
         if self._owned:
             self._file.close()
+
+
+class BufferSource(MappedSource):
+    """A whole file in one private, writable buffer: storages are handed out as views of it.
+
+    The buffer belongs to this source alone, so ``array(copy=True)`` can return a view
+    instead of a second copy, as long as no byte is handed out twice: a range that
+    overlaps one already given out is copied, so two storages never alias unless the
+    caller makes one a slice of the other (as legacy views are).
+    """
+
+    def __init__(self, buffer: np.ndarray, name: str) -> None:
+        super().__init__(buffer, name)
+        self._given: list[tuple[int, int]] = []  # sorted (start, end) ranges handed out as views
+
+    def array(self, offset: int, length: int, what: str, *, copy: bool) -> np.ndarray:
+        self.check(offset, length, what)
+        if not copy or not length or not self._claim(offset, offset + length):
+            return super().array(offset, length, what, copy=copy)
+        # Through the memoryview, so the array's base is no ndarray: each storage is its own
+        # root to the writer (which saves an array's whole root), not the whole file.
+        return np.frombuffer(self._view, dtype=np.uint8, count=length, offset=offset)
+
+    def _claim(self, start: int, end: int) -> bool:
+        """Record ``[start, end)`` as handed out; False when it overlaps a range already given."""
+        given = self._given
+        index = bisect.bisect_left(given, (start, end))
+        if index and given[index - 1][1] > start:
+            return False
+        if index < len(given) and given[index][0] < end:
+            return False
+        given.insert(index, (start, end))
+        return True
+
+
+def read_whole(source: Source) -> Source:
+    """A positioned-read source as one buffer read with a single ``readinto``; others as they are."""
+    if type(source) is not FileSource:
+        return source
+    buffer = np.empty(source.size, dtype=np.uint8)
+    if source.size:
+        source._readinto(0, buffer)
+    source.close()
+    return BufferSource(buffer, source.name)
 
 
 def open_source(src: Any, *, mmap_file: bool) -> Source:

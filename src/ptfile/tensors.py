@@ -87,7 +87,10 @@ class TensorSpec:
     @property
     def is_contiguous(self) -> bool:
         """As torch's ``is_contiguous()``: row-major, ignoring strides of size-1 dimensions; empty is contiguous."""
-        if 0 in self.shape:
+        shape = self.shape
+        if len(shape) == 1:  # the common case: one dimension is contiguous with stride 1 (or size <= 1)
+            return shape[0] <= 1 or self.strides[0] == 1
+        if 0 in shape:
             return True
         expected = 1
         for size, stride in zip(reversed(self.shape), reversed(self.strides), strict=True):

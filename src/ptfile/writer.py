@@ -49,6 +49,7 @@ import os
 import re
 import sys
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -57,7 +58,7 @@ import numpy as np
 from . import dtypes
 from .atomic import atomic_write
 from .dtypes import DtypeInfo
-from .engine import GlobalRef
+from .engine import GlobalRef, gc_paused
 from .errors import PtfileError
 from .pickler import GlobalName, Pickler
 from .tensors import StorageType
@@ -131,6 +132,7 @@ class Storage:
 
 
 def _address(array: np.ndarray) -> int:
+    # ctypes.data would do, but builds a ctypes object; the interface dict is cheaper
     return array.__array_interface__["data"][0]
 
 
@@ -171,49 +173,49 @@ class StorageTable:
         self.storages: list[Storage] = []
         self._by_root: dict[int, Storage] = {}
 
-    def view(self, array: np.ndarray, info: DtypeInfo, path: str) -> _View:
+    def view(self, array: np.ndarray, info: DtypeInfo, where: Callable[[], str]) -> _View:
+        """The storage, offset and strides of ``array``; ``where()`` names it in errors."""
         if not array.dtype.isnative:
             array = array.astype(array.dtype.newbyteorder("="))
-        view = self._place(array, info, path)
+        view = self._place(array, info, where)
         if view is None:  # not expressible in torch's terms: a storage of its own
             array = np.array(array, order="C", copy=True)
-            view = self._place(array, info, path)
+            view = self._place(array, info, where)
             assert view is not None, "a fresh contiguous array always has a view"
         return view
 
-    def _storage(self, root: np.ndarray, info: DtypeInfo) -> Storage:
-        found = self._by_root.get(id(root))
-        if found is not None:
-            return found
-        lo, hi = _byte_extent(root)
+    def _storage(self, root: np.ndarray, info: DtypeInfo, start: int, nbytes: int) -> Storage:
+        """A new storage over ``root``'s bytes ``[start, start + nbytes)`` (absolute addresses)."""
         typed = info.legacy_storage is not None
-        nbytes = hi - lo
         if typed:
             nbytes -= nbytes % info.itemsize
-        storage = Storage(str(len(self.storages)), root, _address(root) + lo, nbytes, info, typed)
+        storage = Storage(str(len(self.storages)), root, start, nbytes, info, typed)
         self.storages.append(storage)
         self._by_root[id(root)] = storage
         return storage
 
-    def _place(self, array: np.ndarray, info: DtypeInfo, path: str) -> _View | None:
+    def _place(self, array: np.ndarray, info: DtypeInfo, where: Callable[[], str]) -> _View | None:
         root = root_of(array)
         storage = self._by_root.get(id(root))
         if storage is not None and not _compatible(storage, info):
             raise PtfileError(
-                f"{path}: views memory already saved as torch.{storage.dtype.torch_name} "
+                f"{where()}: views memory already saved as torch.{storage.dtype.torch_name} "
                 f"(storage {storage.key}) as torch.{info.torch_name}; torch cannot save one storage "
                 "under two types: save a copy (array.copy())"
             )
         itemsize = info.itemsize
+        address = _address(array)
         if storage is None:
-            offset_bytes = _address(array) - (_address(root) + _byte_extent(root)[0])
-            if offset_bytes % itemsize:
+            root_lo, root_hi = _byte_extent(root)
+            root_start = (address if root is array else _address(root)) + root_lo
+            if (address - root_start) % itemsize:
                 return None
         strides = _element_strides(array, itemsize)
         if strides is None:
             return None
-        storage = storage or self._storage(root, info)
-        offset_bytes = _address(array) - storage.start
+        if storage is None:
+            storage = self._storage(root, info, root_start, root_hi - root_lo)
+        offset_bytes = address - storage.start
         if array.size == 0:
             in_range = 0 <= offset_bytes <= storage.nbytes and offset_bytes % itemsize == 0
             return _View(storage, offset_bytes // itemsize if in_range else 0, array.shape, strides)
@@ -268,11 +270,18 @@ class TreePickler(Pickler):
     def fail(self, what: str) -> PtfileError:
         return PtfileError(f"{self.where()}: {what}")
 
-    def save(self, obj: Any) -> None:
+    def dump(self, obj: Any) -> bytes:
         try:
-            super().save(obj)
-        except RecursionError:
+            return super().dump(obj)
+        except RecursionError:  # the path still names the value being written
             raise self.fail("the tree is nested too deeply to save") from None
+
+    def save(self, obj: Any) -> None:
+        if type(obj) is np.ndarray:  # the most common value of a checkpoint, straight to its writer
+            if not self.memo_get(id(obj)):
+                self.save_array(obj)
+            return
+        super().save(obj)
 
     def save_other(self, obj: Any) -> None:  # noqa: C901 - one dispatch on the value types
         if isinstance(obj, np.ma.MaskedArray):
@@ -356,36 +365,41 @@ class TreePickler(Pickler):
         self.memoize(param)
 
     def save_tensor(self, array: np.ndarray, info: DtypeInfo, memo_obj: Any) -> None:
-        view = self.table.view(array, info, self.where())
+        # Written opcode by opcode (what save() would write for each value, without its
+        # dispatch): this runs once per tensor, tens of thousands of times for large models.
+        view = self.table.view(array, info, self.where)
         storage = view.storage
+        out = self.out
         self.save_global(_REBUILD_V2 if storage.typed else _REBUILD_V3)
-        self.out += b"("  # MARK: the argument tuple has 6 or 7 items
-        self.out += b"("  # MARK: the persistent id
-        self.save(STORAGE_TAG)
+        out += b"(("  # MARK: the argument tuple has 6 or 7 items; MARK: the persistent id
+        self.save_str_memoized(STORAGE_TAG)
         self.save_global(storage.storage_type())
-        self.save(storage.key)
-        self.save(LOCATION)
-        self.save(storage.numel)
-        self.out += b"t"
+        self.save_str_memoized(storage.key)
+        self.save_str_memoized(LOCATION)
+        self.save_int(storage.numel)
+        out += b"t"
         self.memoize(object())  # the persistent id tuple
-        self.out += b"Q"  # BINPERSID
-        self.save(view.offset)
-        self.save(tuple(view.shape))
-        self.save(tuple(view.strides))
-        self.save(False)  # requires_grad of the tensor itself
-        self.save_reduce(_ORDERED_DICT, (), OrderedDict())  # backward hooks: always empty
+        out += b"Q"  # BINPERSID
+        self.save_int(view.offset)
+        self.save_int_tuple(view.shape)
+        self.save_int_tuple(view.strides)
+        out += b"\x89"  # NEWFALSE: requires_grad of the tensor itself
+        self.save_global(_ORDERED_DICT)  # backward hooks: always an empty OrderedDict
+        out += b")R"  # EMPTY_TUPLE REDUCE
+        self.memoize(object())  # the fresh OrderedDict
         if not storage.typed:
             self.save_global(GlobalName("torch", info.torch_name))
-        self.out += b"t"
+        out += b"t"
         self.memoize(object())  # the argument tuple
-        self.out += b"R"
+        out += b"R"
         self.memoize(memo_obj)
 
 
 def dumps_tree(obj: Any) -> tuple[bytes, list[Storage]]:
     """The ``data.pkl`` bytes for ``obj`` and the storages it refers to, in key order."""
     pickler = TreePickler()
-    data = pickler.dump(obj)
+    with gc_paused():  # the memo keeps every object alive: a collection could free nothing
+        data = pickler.dump(obj)
     return data, pickler.table.storages
 
 

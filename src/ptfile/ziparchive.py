@@ -74,7 +74,7 @@ def is_zip(head: bytes) -> bool:
     return head[:4] == LOCAL_MAGIC
 
 
-@dataclass
+@dataclass(slots=True)
 class ZipEntry:
     """One record of the central directory."""
 
@@ -208,13 +208,15 @@ class ZipArchive:
         """Where the record's data starts, from its local header (checked once)."""
         if entry.data_offset >= 0:
             return entry.data_offset
-        header = self.source.read(entry.header_offset, LOCAL_SIZE, f"local header of {entry.name!r}")
+        # views, not copies: a file of 20,000 storages reads 20,000 local headers
+        header = self.source.view(entry.header_offset, LOCAL_SIZE, f"local header of {entry.name!r}")
         magic, _, _, _, _, _, _, _, _, nlen, elen = _local.unpack(header)
         if magic != LOCAL_MAGIC:
             raise CorruptFileError(f"{self.name}: record {entry.name!r} points at byte {entry.header_offset}, not at a local header")
-        local_name = self.source.read(entry.header_offset + LOCAL_SIZE, nlen, f"local name of {entry.name!r}")
-        if local_name.decode("utf-8", "replace") != entry.name:
-            self.anomalies.append(f"record {entry.name!r} has local name {local_name.decode('utf-8', 'replace')!r}")
+        local_name = str(self.source.view(entry.header_offset + LOCAL_SIZE, nlen, f"local name of {entry.name!r}"),
+                         "utf-8", "replace")
+        if local_name != entry.name:
+            self.anomalies.append(f"record {entry.name!r} has local name {local_name!r}")
         start = entry.header_offset + LOCAL_SIZE + nlen + elen
         self.source.check(start, entry.compressed_size, f"data of zip record {entry.name!r}")
         if start + entry.compressed_size > entry.limit:

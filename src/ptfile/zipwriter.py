@@ -21,7 +21,10 @@ layout instead of reading them::
 
 Record names are ``<prefix>/<name>``; torch's reader takes the prefix from the first
 entry.  Data is streamed: each record's bytes are written from the buffers given,
-in chunks, with the CRC-32 computed on the way, so nothing is held in memory.
+in chunks, with the CRC-32 computed on the way, so nothing is held in memory.  A
+large chunk's CRC is computed by a helper thread while this one writes the same
+bytes (both release the GIL), so the CRC costs no time beyond the write; headers
+and small records are gathered and written in large blocks, not one call each.
 
 The last record torch writes, ``.data/serialization_id``, is a hash of the record
 names and CRCs; :class:`SerializationId` reproduces it bit for bit on a 64-bit
@@ -31,6 +34,7 @@ libstdc++ build of torch (see its docstring).
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +49,11 @@ ZIP32_LIMIT = 0xFFFFFFFF
 #: Bytes written per call when streaming a record: large enough for full disk speed,
 #: small enough that a mapped source is never paged in all at once.
 CHUNK = 16 << 20
+#: Chunks at least this large get their CRC from a helper thread while they are written;
+#: below it, starting a thread costs more than the CRC (about 6 GB/s) saves.
+PARALLEL_CRC = 1 << 20
+#: Headers and small records are gathered up to this many bytes before one write.
+GATHER = 1 << 20
 
 _LOCAL_SIG = 0x04034B50
 _CENTRAL_SIG = 0x02014B50
@@ -95,7 +104,7 @@ def _zip64_field(values: list[int]) -> bytes:
     return struct.pack("<HH", _ZIP64_FIELD, 8 * len(values)) + b"".join(struct.pack("<Q", v) for v in values)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     name: bytes
     offset: int
@@ -114,10 +123,24 @@ class ZipRecordWriter:
         self._entries: list[_Entry] = []
         self.cursor = 0
         self.serialization_id = SerializationId()
+        self._pending = bytearray()  # small writes not yet handed to the file
 
     def _write(self, data: Any) -> None:
+        """Append bytes to the output: gathered while small, written through when large."""
+        size = len(data) if not isinstance(data, memoryview) else data.nbytes
+        self.cursor += size
+        if size < GATHER:
+            self._pending += data
+            if len(self._pending) >= GATHER:
+                self._flush()
+            return
+        self._flush()
         self._file.write(data)
-        self.cursor += len(data) if not isinstance(data, memoryview) else data.nbytes
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._file.write(self._pending)
+            self._pending = bytearray()
 
     def write_record(self, name: str, data: bytes | Iterable[Any], size: int | None = None) -> None:
         """Write one record from bytes, or from an iterable of buffers totalling ``size`` bytes."""
@@ -136,9 +159,8 @@ class ZipRecordWriter:
         if big:
             zip64 = _zip64_field(([size, 0] if size >= ZIP32_LIMIT else []) + ([offset] if offset >= ZIP32_LIMIT else []))
         extra = zip64 + padding_extra(offset, len(full_name), size, self._alignment)
-        self._write(_LOCAL_HEADER.pack(_LOCAL_SIG, 0, flags, 0, 0, 0, 0, 0, 0, len(full_name), len(extra)))
-        self._write(full_name)
-        self._write(extra)
+        self._write(_LOCAL_HEADER.pack(_LOCAL_SIG, 0, flags, 0, 0, 0, 0, 0, 0, len(full_name), len(extra))
+                    + full_name + extra)
         crc, written, head = self._stream(chunks)
         if written != size:
             raise ValueError(f"record {name}: {written} bytes given, {size} declared")
@@ -156,14 +178,37 @@ class ZipRecordWriter:
         head = b""
         for chunk in chunks:
             view = memoryview(chunk).cast("B")
+            if len(view) < PARALLEL_CRC:  # small tensors, the many-tensor case: one piece, no thread
+                if len(head) < 8:
+                    head += bytes(view[: 8 - len(head)])
+                crc = zlib.crc32(view, crc)
+                self._write(view)
+                written += len(view)
+                continue
             for start in range(0, len(view), CHUNK):
                 piece = view[start : start + CHUNK]
                 if len(head) < 8:
                     head += bytes(piece[: 8 - len(head)])
-                crc = zlib.crc32(piece, crc)
-                self._write(piece)
+                if len(piece) >= PARALLEL_CRC:
+                    crc = self._write_with_crc(piece, crc)
+                else:
+                    crc = zlib.crc32(piece, crc)
+                    self._write(piece)
                 written += len(piece)
         return crc, written, head
+
+    def _write_with_crc(self, piece: memoryview, crc: int) -> int:
+        """Write ``piece`` while a helper thread extends ``crc`` over it; the CRC is the same."""
+        result: list[int] = []
+        helper = threading.Thread(target=lambda: result.append(zlib.crc32(piece, crc)), daemon=True)
+        helper.start()
+        try:
+            self._write(piece)
+        finally:
+            helper.join()
+        if not result:  # the helper failed (it cannot, short of memory): compute it here
+            return zlib.crc32(piece, crc)
+        return result[0]
 
     def finish(self) -> None:
         """Write ``.data/serialization_id``, the central directory and the end records."""
@@ -185,6 +230,7 @@ class ZipRecordWriter:
         self._write(
             _END.pack(_END_SIG, 0, 0, short, short, min(central_size, ZIP32_LIMIT), min(central_start, ZIP32_LIMIT), 0)
         )
+        self._flush()
 
 
 def _central_entry(entry: _Entry) -> bytes:
@@ -262,10 +308,17 @@ class _UnorderedSet:
     Nodes form one singly linked list; a node whose bucket is empty goes to the front
     of the list, otherwise to the front of its bucket; a rehash relinks the nodes in
     list order by the same rule.  Growth follows ``_Prime_rehash_policy``.
+
+    A bucket's nodes are always adjacent in that list, so the list is kept as groups:
+    ``_groups[bucket]`` holds the bucket's nodes and ``_group_order`` the buckets, both in
+    insertion order (the list reads each backwards).  An insert is then O(1) where a
+    literal list would cost O(n), which made saving 20,000 storages quadratic.
     """
 
     def __init__(self) -> None:
-        self._order: list[tuple[bytes, int]] = []  # list order: (name, hash)
+        self._groups: dict[int, list[tuple[bytes, int]]] = {}
+        self._group_order: list[int] = []
+        self._count = 0
         self._buckets = 1
         self._next_resize = 0
 
@@ -279,41 +332,41 @@ class _UnorderedSet:
                 return prime
         raise OverflowError("too many records to reproduce torch's serialization id")
 
-    def _relink(self, nodes: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
-        # Equivalent to libstdc++'s bucket walk: the list is a sequence of bucket
-        # groups; a new bucket's group goes to the front, a known bucket's node to
-        # the front of its group.
-        groups: dict[int, list[tuple[bytes, int]]] = {}
-        group_order: list[int] = []
+    def _order(self) -> list[tuple[bytes, int]]:
+        """The nodes in list order: newest bucket first, newest node first within it."""
+        return [node for bucket in reversed(self._group_order) for node in reversed(self._groups[bucket])]
+
+    def _relink(self, nodes: list[tuple[bytes, int]]) -> None:
+        # libstdc++'s rehash walks the list in order and inserts each node by the same rule.
+        self._groups = {}
+        self._group_order = []
         for node in nodes:
-            bucket = node[1] % self._buckets
-            if bucket not in groups:
-                groups[bucket] = [node]
-                group_order.insert(0, bucket)
-            else:
-                groups[bucket].insert(0, node)
-        return [node for bucket in group_order for node in groups[bucket]]
+            self._insert(node)
+
+    def _insert(self, node: tuple[bytes, int]) -> None:
+        bucket = node[1] % self._buckets
+        group = self._groups.get(bucket)
+        if group is None:
+            self._groups[bucket] = [node]
+            self._group_order.append(bucket)
+        else:
+            group.append(node)
 
     def add(self, name: bytes) -> None:
-        count = len(self._order)
+        count = self._count
         if count + 1 > self._next_resize:
             wanted = max(count + 1, 0 if self._next_resize else _FIRST_BUCKETS)
             if wanted >= self._buckets:
+                nodes = self._order()
                 self._buckets = self._next_bucket_count(max(wanted + 1, self._buckets * 2))
-                self._order = self._relink(self._order)
+                self._relink(nodes)
             else:
                 self._next_resize = self._buckets
-        self._order = self._insert((name, std_string_hash(name)))
-
-    def _insert(self, node: tuple[bytes, int]) -> list[tuple[bytes, int]]:
-        bucket = node[1] % self._buckets
-        for index, other in enumerate(self._order):
-            if other[1] % self._buckets == bucket:
-                return [*self._order[:index], node, *self._order[index:]]
-        return [node, *self._order]
+        self._insert((name, std_string_hash(name)))
+        self._count = count + 1
 
     def hashes(self) -> list[int]:
-        return [h for _, h in self._order]
+        return [h for _, h in self._order()]
 
 
 class SerializationId:
