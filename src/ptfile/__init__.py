@@ -66,7 +66,9 @@ def load(src: Source, *, mmap: bool = True, records: bool = False) -> Any:
             of shards loads as one dict of every tensor; a ``torch.distributed.checkpoint``
             folder (holding ``.metadata``) loads as the nested state dict it saved.
         mmap: with True, tensors are read-only zero-copy views of the memory-mapped file
-            (or of the bytes given); with False, they are writable arrays read in one pass.
+            (or of the bytes given); with False, they are writable arrays read in one pass:
+            disjoint views of one buffer holding the file, freed when the last of them is
+            (``array.copy()`` one to keep it alone).
         records: with True, instances of classes ptfile does not know (whole pickled
             models) become inert :class:`Record` objects instead of an error.  Calls to
             anything outside the allowlist are refused in every mode.
