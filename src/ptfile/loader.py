@@ -364,8 +364,8 @@ class RawPickle:
 def _unsupported_kind(name: str, head: bytes) -> PtfileError:
     if head.startswith(b"PYTORCH1"):
         return UnsupportedFormatError(f"{name}: a PyTorch preview-release file, which torch itself refuses")
-    if head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"]"):
-        return UnsupportedFormatError(f"{name}: a bare pickle, not a torch checkpoint; not supported yet")
+    if head[:1] == b"\x80":
+        return UnsupportedFormatError(f"{name}: a pickle of protocol {head[1:2].hex() or '?'}, above the 5 ptfile reads")
     if not head:
         return CorruptFileError(f"{name}: the file is empty")
     return CorruptFileError(f"{name}: not a PyTorch checkpoint (starts with {head[:8]!r})")

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import allowlist
+from .engine import gc_paused
 from .errors import PtfileError, UnsafeGlobalError
 from .inventory import GlobalUse
 from .loader import Checkpoint, Context, detached_storage, new_engine
@@ -146,7 +147,8 @@ def scan(src: Any, *, strict: bool = False) -> ScanResult:
     except PtfileError as exc:
         return ScanResult(str(name), INVALID, "unreadable", faults=[str(exc)])
     try:
-        return _scan_source(source, strict)
+        with gc_paused():  # the engine only builds objects that stay reachable: a collection frees nothing
+            return _scan_source(source, strict)
     finally:
         source.close()
 
