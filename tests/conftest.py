@@ -37,3 +37,12 @@ def import_generator() -> ModuleType:
 @pytest.fixture(scope="session")
 def make_fixtures() -> ModuleType:
     return import_generator()
+
+
+@pytest.fixture(scope="session")
+def scan_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    """The scanner corpus of tests/corpus.py, written once: (folder, samples)."""
+    from corpus import write_corpus
+
+    folder = tmp_path_factory.mktemp("corpus")
+    return folder, write_corpus(folder)

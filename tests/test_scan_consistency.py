@@ -50,19 +50,11 @@ def test_benign_fixtures_are_never_dangerous():
         assert scan(path).verdict != "dangerous", path
 
 
-@pytest.fixture(scope="module")
-def generated_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
-    from corpus import write_corpus
-
-    folder = tmp_path_factory.mktemp("corpus")
-    return folder, write_corpus(folder)
-
-
-def test_load_and_scan_agree_on_the_generated_corpus(generated_corpus) -> None:
+def test_load_and_scan_agree_on_the_generated_corpus(scan_corpus) -> None:
     """Every hostile and benign sample of the scanner corpus (tests/corpus.py), files and folders alike."""
     from corpus import MARKER_NAME
 
-    folder, samples = generated_corpus
+    folder, samples = scan_corpus
     disagreements = {}
     for sample in samples:
         try:

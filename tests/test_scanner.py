@@ -28,16 +28,14 @@ from corpus import (
     build_corpus,
     os_system,
     torchscript_save_sample,
-    write_corpus,
 )
 from ptfile import scanner
 from test_cli import run
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
-    folder = tmp_path_factory.mktemp("corpus")
-    return folder, write_corpus(folder)
+@pytest.fixture()
+def corpus(scan_corpus: tuple[Path, list]) -> tuple[Path, list]:
+    return scan_corpus
 
 
 def test_corpus_covers_every_attack_class(corpus) -> None:

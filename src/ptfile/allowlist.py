@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import dtypes, metadata, objects, rebuild, special, torchscript
+from .engine import Engine
 from .inventory import GlobalUse
 from .tensors import StorageType
 from .values import Global
@@ -199,6 +200,12 @@ _add("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING", "metadata"
 for _name, _how in torchscript.PICKLE_BUILDERS.items():
     _add("torch.jit._pickle", _name, "container", "TorchScript typed list or type tag, returned as plain data",
          call=_how)
+
+
+def new_engine(data: bytes, record: str, inventory: list, context: Any, persistent_load: Any) -> Engine:
+    """The one restricted engine, wired to this one table."""
+    return Engine(data, lookup=lookup, persistent_load=persistent_load, context=context, record=record,
+                  inventory=inventory, use_factory=GlobalUse)
 
 
 def lookup(module: str, name: str) -> Entry | None:

@@ -60,7 +60,6 @@ import numpy as np
 from . import allowlist
 from .dtypes import DtypeInfo
 from .errors import (
-    CheckpointNotFoundError,
     CorruptFileError,
     LimitExceededError,
     PtfileError,
@@ -71,7 +70,7 @@ from .inventory import GlobalUse
 from .loader import Checkpoint, RawPickle, TensorInfo
 from .rebuild import TorchDtype
 from .sharded import is_plain_file_name
-from .source import Source, open_source
+from .source import Source, checked_size, open_source
 from .special import Layout
 from .values import Global, Record
 
@@ -398,12 +397,7 @@ def parse_layout(tree: Any) -> DcpLayout:
 def metadata_checkpoint(folder: str, *, records: bool) -> Checkpoint:
     """``.metadata`` opened as a checkpoint of one plain pickle (its bytes are read at once)."""
     path = os.path.join(folder, METADATA_FILE)
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        raise CheckpointNotFoundError(f"{path}: no such file") from None
-    if size > MAX_METADATA_BYTES:
-        raise LimitExceededError(f"{path}: {size} bytes, over the {MAX_METADATA_BYTES}-byte limit of a DCP .metadata")
+    checked_size(path, MAX_METADATA_BYTES, "DCP .metadata file")
     source = open_source(path, mmap_file=False)
     return Checkpoint(source, copy=True, records=records, container=MetadataPickle(source))
 

@@ -71,7 +71,7 @@ from typing import Any
 import numpy as np
 
 from . import allowlist
-from .engine import Engine, GlobalRef
+from .engine import GlobalRef
 from .errors import CorruptFileError, LimitExceededError, PtfileError, UnsafeGlobalError
 from .inventory import GlobalUse
 from .source import Source
@@ -241,15 +241,7 @@ def _refuse_dangerous(inventory: list[GlobalUse], name: str) -> None:
 
 def _run(data: bytes, record: str, inventory: list, persistent_load: Any, context: Any) -> Any:
     """Run one whole pickle through the engine; it must end exactly at the end of ``data``."""
-    engine = Engine(
-        data,
-        lookup=allowlist.lookup,
-        persistent_load=persistent_load,
-        context=context,
-        record=record,
-        inventory=inventory,
-        use_factory=GlobalUse,
-    )
+    engine = allowlist.new_engine(data, record, inventory, context, persistent_load)
     value, end = engine.run()
     if end != len(data):
         raise CorruptFileError(f"{record}: {len(data) - end} bytes follow the pickle's STOP")

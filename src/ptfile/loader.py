@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from . import allowlist, legacy, objects
-from .engine import Engine, gc_paused
+from .allowlist import new_engine
+from .engine import gc_paused
 from .errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from .inventory import GlobalUse
 from .source import Source, open_source, read_whole
@@ -297,19 +298,6 @@ def _byteswap(buf: np.ndarray, itemsize: int, what: str) -> np.ndarray:
     if len(buf) % itemsize:
         raise CorruptFileError(f"{what}: {len(buf)} bytes is not a whole number of {itemsize}-byte elements")
     return buf.view(f"u{itemsize}").byteswap().view(np.uint8)
-
-
-def new_engine(data: bytes, record: str, inventory: list, context: Context, persistent_load: Any) -> Engine:
-    """The one restricted engine, wired to the one allowlist."""
-    return Engine(
-        data,
-        lookup=allowlist.lookup,
-        persistent_load=persistent_load,
-        context=context,
-        record=record,
-        inventory=inventory,
-        use_factory=GlobalUse,
-    )
 
 
 def detached_storage(pid: Any) -> StorageRef:

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CheckpointNotFoundError, CorruptFileError, LimitExceededError
+from .errors import CheckpointNotFoundError, CorruptFileError
 from .loader import LazyCheckpoint, TensorInfo, open_checkpoint
+from .source import checked_size
 from .values import brief
 
 __all__ = ["ShardedCheckpoint", "find_index", "is_sharded", "is_plain_file_name"]
@@ -59,12 +60,7 @@ def find_index(folder: str) -> str:
 
 def read_index(path: str) -> dict[str, str]:
     """The weight map of an index file, checked: tensor name -> shard file name."""
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        raise CheckpointNotFoundError(f"{path}: no such index file") from None
-    if size > MAX_INDEX_BYTES:
-        raise LimitExceededError(f"{path}: an index of {size} bytes is over the {MAX_INDEX_BYTES}-byte limit")
+    checked_size(path, MAX_INDEX_BYTES, "index file")
     with open(path, encoding="utf-8") as handle:
         try:
             data = json.load(handle)

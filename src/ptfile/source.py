@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .errors import CheckpointNotFoundError, CorruptFileError, PtfileError
+from .errors import CheckpointNotFoundError, CorruptFileError, LimitExceededError, PtfileError
 
 __all__ = ["Source", "MappedSource", "FileSource", "BufferSource", "open_source", "read_whole"]
 
@@ -171,6 +171,17 @@ def read_whole(source: Source) -> Source:
         source._readinto(0, buffer)
     source.close()
     return BufferSource(buffer, source.name)
+
+
+def checked_size(path: str, limit: int, what: str) -> int:
+    """The size of a small file that is read whole (an index, DCP metadata), refused above ``limit``."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        raise CheckpointNotFoundError(f"{path}: no such {what}") from None
+    if size > limit:
+        raise LimitExceededError(f"{path}: a {what} of {size} bytes is over the {limit}-byte limit")
+    return size
 
 
 def open_source(src: Any, *, mmap_file: bool) -> Source:
