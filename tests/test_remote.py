@@ -169,9 +169,9 @@ def test_inspecting_a_multi_gb_remote_checkpoint_moves_kilobytes(tmp_path, serve
         assert ckpt["small"].tolist() == [0.0, 1.0, 2.0, 3.0]
         moved_for_tensor = ckpt.source.bytes_read - moved_to_open
     print(f"opening moved {moved_to_open} bytes (pickle {pickle_size}); one tensor {moved_for_tensor}")
-    assert moved_to_open < 200_000 + pickle_size  # the end-record search reads at most 64 KiB of tail
+    assert moved_to_open < 16_000 + pickle_size  # end records, directory and a few local headers
     assert moved_for_tensor < 1_000  # a local header and 16 bytes
-    assert handler.sent < 300_000
+    assert handler.sent < 32_000
 
 
 def test_remote_retries_then_succeeds(tmp_path, server):

@@ -52,6 +52,8 @@ CENTRAL_SIZE = 46
 LOCAL_SIZE = 30
 #: The end record may be followed by a comment of at most 65535 bytes.
 MAX_END_SEARCH = END_SIZE + 0xFFFF
+#: First look: the end record, its ZIP64 locator and a short comment.
+FIRST_END_SEARCH = 1024
 #: Deflated records are inflated into memory.  Torch never compresses, so a large
 #: compressed record comes from some other tool or an attacker; this bounds the memory.
 MAX_INFLATED_RECORD = 1 << 30
@@ -115,15 +117,20 @@ class ZipArchive:
         size = self.source.size
         if size < END_SIZE:
             raise CorruptFileError(f"{self.name}: {size} bytes is too short for a zip archive")
-        start = max(0, size - MAX_END_SEARCH)
-        tail = self.source.read(start, size - start, "zip end record")
-        pos = tail.rfind(END_MAGIC)
-        while pos >= 0:
-            if pos + END_SIZE <= len(tail):
-                fields = _end.unpack_from(tail, pos)
-                if pos + END_SIZE + fields[7] <= len(tail):
-                    return start + pos, fields
-            pos = tail.rfind(END_MAGIC, 0, pos)
+        # Torch writes no comment, so the record is at the very end: look at a small tail first
+        # (a remote source pays for every byte) and at the whole comment window only if needed.
+        for window in (FIRST_END_SEARCH, MAX_END_SEARCH):
+            start = max(0, size - window)
+            tail = self.source.read(start, size - start, "zip end record")
+            pos = tail.rfind(END_MAGIC)
+            while pos >= 0:
+                if pos + END_SIZE <= len(tail):
+                    fields = _end.unpack_from(tail, pos)
+                    if pos + END_SIZE + fields[7] <= len(tail):
+                        return start + pos, fields
+                pos = tail.rfind(END_MAGIC, 0, pos)
+            if start == 0:
+                break
         raise CorruptFileError(f"{self.name}: no zip end record; the file is truncated or not a zip archive")
 
     def _read_directory(self) -> None:
