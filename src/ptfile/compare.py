@@ -80,7 +80,8 @@ class DiffResult:
         }
 
 
-def _chunks(array: np.ndarray) -> Iterable[np.ndarray]:
+def chunks(array: np.ndarray) -> Iterable[np.ndarray]:
+    """The array's elements in C order, ``CHUNK_ELEMENTS`` at a time (views where it is contiguous)."""
     flat = array.reshape(-1) if array.flags.c_contiguous else np.ravel(array)
     for start in range(0, flat.size, CHUNK_ELEMENTS):
         yield flat[start : start + CHUNK_ELEMENTS]
@@ -98,7 +99,7 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tu
     max_rel = 0.0
     mismatched = 0
     identical = True
-    for ca, cb in zip(_chunks(a), _chunks(b), strict=True):
+    for ca, cb in zip(chunks(a), chunks(b), strict=True):
         if identical and ca.tobytes() == cb.tobytes():
             continue
         identical = False

@@ -79,12 +79,11 @@ class Context:
     def __init__(self, checkpoint: Checkpoint, materialize: bool) -> None:
         self.fresh_arrays: dict[int, np.ndarray] = {}
         self._checkpoint = checkpoint
-        self._materialize = materialize
-        self.materialize = materialize  # special tensors build specs when a lazy handle lists them
+        self.materialize = materialize  # False while a lazy handle lists tensors: specs, not arrays
         self.inventory = checkpoint.inventory if checkpoint is not None else []  # copyreg._reconstructor notes its class
 
     def tensor(self, spec: TensorSpec) -> Any:
-        return self._checkpoint.array(spec) if self._materialize else spec
+        return self._checkpoint.array(spec) if self.materialize else spec
 
     def parameter(self, data: Any, requires_grad: bool, attributes: dict | None) -> Any:
         if type(data) is TensorSpec:

@@ -127,15 +127,6 @@ def rebuild_parameter_with_state(context: Any, data: Any, requires_grad: Any, ho
     return context.parameter(data, _bool(requires_grad, "requires_grad"), dict(state) if state else None)
 
 
-def rebuild_meta_tensor(context: Any, dtype: Any, size: Any, stride: Any, requires_grad: Any) -> Any:
-    """``torch._utils._rebuild_meta_tensor_no_storage``: shape and type only, no data."""
-    if type(dtype) is not TorchDtype or dtype.info is None:
-        raise CorruptFileError(f"meta tensor needs a torch dtype, got {brief(dtype)}")
-    offset, size, stride = check_view(None, dtype.info, 0, size, stride)
-    grad = _bool(requires_grad, "requires_grad")
-    return context.tensor(TensorSpec(None, dtype.info, size, stride, offset, requires_grad=grad))
-
-
 def not_supported(what: str) -> Any:
     """A constructor torch allows that ptfile does not rebuild (yet): a clear error, never a guess."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .compare import CHUNK_ELEMENTS
+from .compare import chunks
 from .loader import open_checkpoint
 
 __all__ = ["TensorStats", "tensor_stats", "checkpoint_stats"]
@@ -43,9 +43,8 @@ def tensor_stats(name: str, array: np.ndarray) -> TensorStats:
     m2 = 0.0  # sum of squared deviations, merged chunk by chunk (Chan et al.), stable for large counts
     nan = inf = zeros = 0
     low, high = math.inf, -math.inf
-    flat = array.reshape(-1) if array.flags.c_contiguous else np.ravel(array)
-    for start in range(0, flat.size, CHUNK_ELEMENTS):
-        values = _as_float(flat[start : start + CHUNK_ELEMENTS])
+    for chunk in chunks(array):
+        values = _as_float(chunk)
         is_nan = np.isnan(values)
         is_inf = np.isinf(values)
         nan += int(is_nan.sum())
@@ -63,8 +62,8 @@ def tensor_stats(name: str, array: np.ndarray) -> TensorStats:
         finite = merged
         low, high = min(low, float(good.min())), max(high, float(good.max()))
     if not finite:
-        return TensorStats(name, array.dtype.name, int(flat.size), None, None, None, None, nan, inf, zeros)
-    return TensorStats(name, array.dtype.name, int(flat.size), low, high, mean, math.sqrt(m2 / finite), nan, inf, zeros)
+        return TensorStats(name, array.dtype.name, int(array.size), None, None, None, None, nan, inf, zeros)
+    return TensorStats(name, array.dtype.name, int(array.size), low, high, mean, math.sqrt(m2 / finite), nan, inf, zeros)
 
 
 def _as_float(chunk: np.ndarray) -> np.ndarray:
