@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import allowlist, legacy, objects
+from . import allowlist, consumers, legacy, objects
 from .allowlist import new_engine
 from .engine import gc_paused
 from .errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
@@ -24,7 +24,7 @@ from .source import Source, open_source, read_whole
 from .special import NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
 from .tensors import StorageRef, TensorSpec, view_array
 from .torchscript import open_zip
-from .torchzip import parse_storage_pid
+from .torchzip import detached_storage
 from .tree import walk
 from .values import Parameter, brief
 from .ziparchive import is_zip
@@ -118,6 +118,9 @@ class Checkpoint:
         self.format = self.container.format
         # legacy files run their small pickles (magic, version, sys_info, keys) while opening
         self.inventory.extend(getattr(self.container, "inventory_extra", ()))
+        # What other consumers of the whole file would read (a DCP item's container is told, not found).
+        self.reading_faults = [] if container is not None else consumers.other_readings(
+            source, self.format, self.inventory, Context(self, False))
 
     # -- pickle -------------------------------------------------------------------
 
@@ -131,11 +134,13 @@ class Checkpoint:
             self._refuse_unsafe()  # an unsafe pickle that is also broken is reported as unsafe
             raise
         self._refuse_unsafe()
+        if self.reading_faults:  # consumers would read this file differently: refuse rather than pick one
+            raise CorruptFileError(self.reading_faults[0])
         return tree
 
     def examine(self) -> list[str]:
         """Run every pickle dry, never raising for what it finds; return the faults met."""
-        faults = []
+        faults = list(self.reading_faults)
         try:
             self._run_objects(materialize=False)
         except PtfileError as exc:
@@ -299,13 +304,6 @@ def _byteswap(buf: np.ndarray, itemsize: int, what: str) -> np.ndarray:
     return buf.view(f"u{itemsize}").byteswap().view(np.uint8)
 
 
-def detached_storage(pid: Any) -> StorageRef:
-    """A storage reference checked for form only, for pickles whose storages are never read."""
-    storage_type, key, location, numel = parse_storage_pid(pid)
-    dtype = storage_type.dtype
-    return StorageRef(key, dtype, numel * dtype.itemsize if dtype else numel, location, "")
-
-
 def looks_like_pickle(head: bytes) -> bool:
     """Whether bytes start the way a pickle does (PROTO, or a protocol 0/1 container or GLOBAL)."""
     return _PICKLE_START.match(head) is not None
@@ -314,10 +312,10 @@ def looks_like_pickle(head: bytes) -> bool:
 def open_container(source: Source) -> Any:
     """The container reader for the source's format, chosen as torch chooses it."""
     head = source.read(0, min(source.size, legacy.TAR_BLOCK), "file header")
-    if legacy.is_tar(head):  # torch tries the tar reader first
-        return legacy.LegacyTar(source)
-    if is_zip(head):
+    if is_zip(head):  # torch.load tests for a zip first, then tries the tar reader, then the pickle stream
         return open_zip(source)
+    if legacy.is_tar(head):
+        return legacy.LegacyTar(source)
     stream = legacy.open_stream(source, head)
     if stream is not None:
         return stream

@@ -34,19 +34,18 @@ never clean, since ``load`` refuses it: it is ``dangerous`` when a member is, el
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import allowlist
+from . import allowlist, consumers
 from .engine import gc_paused
 from .errors import PtfileError, UnsafeGlobalError
 from .inventory import GlobalUse
 from .loader import Checkpoint, Context, detached_storage, new_engine
-from .source import MappedSource, Source, open_source
-from .ziparchive import ZipArchive, is_zip
+from .source import MappedSource, Source, SourceFile, open_source
+from .ziparchive import is_zip
 
 __all__ = ["ScanResult", "scan", "VERDICTS"]
 
@@ -166,12 +165,20 @@ def _scan_source(source: Source, strict: bool, depth: int = 0) -> ScanResult:
             return _scan_archive(source, kind, strict, depth)
     fmt, faults, inert = _examine(source, inventory, notes)
     if fmt is None and (is_zip(head) or is_tar(head)):  # an archive, but not a checkpoint: its members
-        return _scan_archive(source, "zip" if is_zip(head) else "tar", strict, depth, faults)
+        readings = _other_readings(source, strict)  # and what pickle.load from byte 0 or zipfile would run
+        return _scan_archive(source, "zip" if is_zip(head) else "tar", strict, depth, faults, readings)
     if fmt in (None, "pickle"):  # not a checkpoint: every pickle in the file, as torch's non-zip path meets them
         inventory.clear()
         fmt, faults = _scan_stream(source, inventory, notes)
     judgement = allowlist.judge(inventory, inert_classes=inert)
     return scan_result(source.name, fmt, judgement, faults, notes, inventory, strict=strict)
+
+
+def _other_readings(source: Source, strict: bool) -> ScanResult:
+    """The readings of consumers other than the loader's container (see :mod:`ptfile.consumers`)."""
+    inventory: list[GlobalUse] = []
+    faults = consumers.other_readings(source, None, inventory, Context(None, False))
+    return scan_result(source.name, "other readings", allowlist.judge(inventory), faults, [], inventory, strict=strict)
 
 
 def scan_result(name: str, fmt: str, judgement: allowlist.Judgement, faults: list[str], notes: list[str],
@@ -257,64 +264,11 @@ def _scan_stream(source: Source, inventory: list[GlobalUse], notes: list[str]) -
         count += 1
     if count > 1:
         faults.append(f"{source.name}: {count} pickles back to back; a checkpoint loader reads only the first")
-    zip_at = data.find(b"PK\x03\x04", 1)
-    if zip_at > 0:
-        faults.extend(_scan_appended_zip(source, inventory, notes))
+    faults.extend(consumers.appended_zip_reading(source, inventory, Context(None, False)))
     return "pickle", faults
 
 
-def _scan_appended_zip(source: Source, inventory: list[GlobalUse], notes: list[str]) -> list[str]:
-    try:
-        archive = ZipArchive(source)
-    except PtfileError:
-        return []
-    notes.append("a zip archive follows the pickle (a pickle/zip polyglot)")
-    faults = []
-    for name, entry in archive.entries.items():
-        try:
-            data = archive.read(entry)
-        except PtfileError as exc:
-            faults.append(str(exc))
-            continue
-        if not (name.endswith(".pkl") or data[:1] == b"\x80"):
-            continue
-        engine = new_engine(data, name, inventory, Context(None, False), detached_storage)  # type: ignore[arg-type]
-        try:
-            engine.run()
-        except PtfileError as exc:
-            faults.append(str(exc))
-    return faults
-
-
 # -- archives load does not read -------------------------------------------------------------
-
-
-class _SourceFile(io.RawIOBase):
-    """A read-only file object over a :class:`Source`, for the standard library's archive readers."""
-
-    def __init__(self, source: Source) -> None:
-        self.source = source
-        self.pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.source.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, buffer: Any) -> int:
-        count = max(0, min(len(buffer), self.source.size - self.pos))
-        buffer[:count] = self.source.read(self.pos, count, "archive")
-        self.pos += count
-        return count
 
 
 #: One member: its name, then its bytes, or None and why it was not read.
@@ -399,7 +353,7 @@ def _archive_members(source: Source, kind: str) -> Iterator[Member]:
     import zlib
 
     budget = [MAX_ARCHIVE_BYTES]
-    file = _SourceFile(source)
+    file = SourceFile(source)
     readers = {"zip": lambda: _zip_members(file, budget), "tar": lambda: _tar_members(file, budget),
                "7z": lambda: _seven_zip_members(file, budget)}
     members = readers[kind]() if kind in readers else _stream_members(file, kind, budget)
@@ -422,11 +376,15 @@ def _archive_members(source: Source, kind: str) -> Iterator[Member]:
         yield "", None, f"the {kind} reader stopped: {type(exc).__name__}: {exc}"
 
 
-def _scan_archive(source: Source, kind: str, strict: bool, depth: int, faults: list[str] | None = None) -> ScanResult:
-    """A zip, tar, 7z or compressed file load does not read: never clean, dangerous if a member is."""
+def _scan_archive(source: Source, kind: str, strict: bool, depth: int, faults: list[str] | None = None,
+                  readings: ScanResult | None = None) -> ScanResult:
+    """A zip, tar, 7z or compressed file load does not read: never clean, dangerous if a member is.
+
+    ``readings``: what other consumers of the whole file would read, judged with the members.
+    """
     faults = [f"{source.name}: a {kind} archive that ptfile.load does not read; its members were scanned",
               *(faults or [])]
-    results: list[ScanResult] = []
+    results: list[ScanResult] = [readings] if readings is not None else []
     notes: list[str] = []
     if depth >= MAX_ARCHIVE_DEPTH:
         faults.append(f"{source.name}: archives nested more than {MAX_ARCHIVE_DEPTH} deep; not examined")

@@ -162,6 +162,34 @@ class BufferSource(MappedSource):
         return True
 
 
+class SourceFile(io.RawIOBase):
+    """A read-only file object over a :class:`Source`, for the standard library's archive readers."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.source.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        count = max(0, min(len(buffer), self.source.size - self.pos))
+        buffer[:count] = self.source.read(self.pos, count, "archive")
+        self.pos += count
+        return count
+
+
 def read_whole(source: Source) -> Source:
     """A positioned-read source as one buffer read with a single ``readinto``; others as they are."""
     if type(source) is not FileSource:

@@ -59,6 +59,13 @@ def parse_storage_pid(pid: Any) -> tuple[StorageType, str, str, int]:
     return storage_type, check_storage_key(key), location, numel
 
 
+def detached_storage(pid: Any) -> StorageRef:
+    """A storage reference checked for form only, for pickles whose storages are never read."""
+    storage_type, key, location, numel = parse_storage_pid(pid)
+    dtype = storage_type.dtype
+    return StorageRef(key, dtype, numel * dtype.itemsize if dtype else numel, location, "")
+
+
 class TorchZip:
     """A torch zip checkpoint, as a container of one pickle and its storages."""
 

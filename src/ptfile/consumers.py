@@ -1,0 +1,211 @@
+"""Who reads a checkpoint file, and which bytes each of them runs.
+
+A verdict is only as good as the readers it covers.  ``ptfile.scan`` says ``clean`` only
+when every real consumer of the file would read something clean, and ``ptfile.load``
+reads only files on which the consumers agree.  Each consumer finds the bytes it
+unpickles (or compiles) by its own rules:
+
+=============================  ==============================================================
+consumer                       how it finds what it runs
+=============================  ==============================================================
+``torch.load``, zip path       ``torch.serialization._is_zipfile``: the first four bytes are
+                               ``PK\\x03\\x04``, nothing else.  ``PyTorchStreamReader`` (miniz)
+                               takes the last end-record signature, follows the ZIP64 locator
+                               only when the end record is at byte 76 or later, looks records
+                               up case-insensitively under the folder of the first entry and
+                               unpickles ``data.pkl``.  An archive that ``_is_torchscript_zip``
+                               recognises goes to ``torch.jit.load``.  (:mod:`ptfile.ziparchive`
+                               reads the directory that way and refuses a file other zip
+                               readers would read differently.)
+``torch.load``, legacy path    not a zip at byte 0 and a real file at offset 0: ``_legacy_load``
+                               opens it with ``tarfile.open(mode="r:", format=PAX_FORMAT)``; on
+                               ``tarfile.TarError`` it seeks to 0 and runs ``pickle.load`` from
+                               byte 0 (magic number, protocol, sys info, the object, the
+                               storage keys), then raw storage bytes.  Because the tar path can
+                               fail after the header was accepted, a tar file is judged as a
+                               tar AND as a pickle stream from byte 0.
+``torch.jit.load``             the zip's ``code/`` records (Python-syntax TorchScript, compiled
+                               and run: ``__setstate__`` runs on load), ``constants.pkl`` and
+                               ``data.pkl`` with TorchScript's own unpickler.
+``zipfile`` + ``pickle``       Python's ``zipfile`` finds an end record anywhere in the last
+                               64 KiB, so a zip appended to a pickle, a legacy stream or a tar
+                               (a polyglot) is a zip to it; a hand-written script then
+                               unpickles its members.
+``pickle.load`` from byte 0    any pickle at the start of the file, whatever follows.
+``numpy.load(allow_pickle)``   ``.npy`` object arrays and ``.npz`` members (zip at byte 0).
+DCP's loader                   ``.metadata`` by pickle; BYTE_IO items by
+                               ``torch.load(weights_only=False)``, so each item is judged as a
+                               file of its own (:mod:`ptfile.dcp`).
+=============================  ==============================================================
+
+The loader's container (:func:`ptfile.loader.open_container`) is chosen as ``torch.load``
+chooses it: zip first, then tar, then the pickle stream.  This module adds the readings
+that container does not cover, for the loader and the scanner alike
+(:func:`other_readings`): the ``pickle.load``-from-byte-0 reading of files whose container
+does not start with that pickle, and the ``zipfile`` reading of a zip appended to a file
+that is not a zip at byte 0.  What these readings find is judged with the rest of the
+file; where a reading cannot be followed to its end (the engine stops where CPython's
+unpickler might go on), the file is reported with a fault, so its verdict is at best
+``invalid`` and ``load`` refuses it.
+"""
+
+from __future__ import annotations
+
+import pickletools
+from typing import Any
+
+from .allowlist import new_engine
+from .errors import PtfileError
+from .source import Source, SourceFile
+from .torchzip import detached_storage
+from .ziparchive import (
+    CENTRAL_MAGIC,
+    END_MAGIC,
+    END_SIZE,
+    MAX_END_SEARCH,
+    ZIP64_END_MAGIC,
+    ZIP64_END_SIZE,
+    ZIP64_LOCATOR_MAGIC,
+    ZIP64_LOCATOR_SIZE,
+    is_zip,
+)
+
+__all__ = ["CONSUMERS", "fails_at_once", "other_readings", "byte0_reading", "appended_zip_reading",
+           "zipfile_would_open"]
+
+#: The consumers this module answers for, by name (the README's consumer table follows this).
+CONSUMERS = ("torch.load (zip)", "torch.load (legacy tar, then pickle stream)", "torch.jit.load",
+             "zipfile + pickle", "pickle.load from byte 0", "numpy.load(allow_pickle=True)", "DCP loader")
+
+#: Containers that begin with the pickle ``pickle.load`` reads from byte 0: the container ran it already.
+_STARTS_WITH_ITS_PICKLE = frozenset({"pickle", "legacy"})
+#: Members of an appended zip examined, and the bytes read of each; past either the file is a fault.
+MAX_POLYGLOT_MEMBERS = 1_000
+MAX_POLYGLOT_MEMBER_BYTES = 64 << 20
+
+
+def _first_opcode_fails() -> frozenset[int]:
+    """Bytes on which CPython's unpickler fails at once, before it can import or call anything.
+
+    From pickletools' opcode table: a byte that is no opcode ("invalid load key"), an opcode
+    that pops from the stack or needs a MARK (the stack starts empty: "stack underflow",
+    "could not find MARK"), and PERSID, which ``pickle.load`` refuses without a
+    ``persistent_load``.
+    """
+    failing = set(range(256))
+    for info in pickletools.opcodes:
+        code = info.code.encode("latin-1")[0]
+        if not info.stack_before and info.name != "PERSID":
+            failing.discard(code)
+    return frozenset(failing)
+
+
+_FAILS_AT_ONCE = _first_opcode_fails()
+
+
+def fails_at_once(head: bytes) -> bool:
+    """Whether ``pickle.load`` of bytes starting with ``head`` fails on its first opcode."""
+    return not head or head[0] in _FAILS_AT_ONCE
+
+
+def other_readings(source: Source, fmt: str | None, inventory: list, context: Any) -> list[str]:
+    """Judge what consumers other than the container's own read: globals into ``inventory``.
+
+    Args:
+        source: the whole file.
+        fmt: the format of the container the loader opened (``zip``, ``tar``, ``legacy``,
+            ``pickle``, ``torchscript``), or None when none opened it.
+        inventory: where every global use of these readings goes, to be judged with the rest.
+        context: the engine context for dry runs (tensor specs, never arrays).
+
+    Returns the faults: readings that could not be followed to their end.
+    """
+    faults: list[str] = []
+    if fmt not in _STARTS_WITH_ITS_PICKLE:
+        faults.extend(byte0_reading(source, inventory, context))
+    if not is_zip(source.read(0, min(4, source.size), "file header")):  # a zip at byte 0 is the zip reading
+        faults.extend(appended_zip_reading(source, inventory, context))
+    return faults
+
+
+def byte0_reading(source: Source, inventory: list, context: Any) -> list[str]:
+    """``pickle.load`` from byte 0 (torch's legacy fallback, any script): the first pickle, run dry."""
+    head = source.read(0, min(source.size, 1), "file header")
+    if fails_at_once(head):
+        return []
+    data = source.read(0, source.size, "pickle from byte 0")
+    engine = new_engine(data, "pickle from byte 0", inventory, context, None)
+    try:
+        engine.run()
+    except PtfileError as exc:
+        return [f"{source.name}: pickle.load from byte 0 (torch's legacy fallback) reads a pickle "
+                f"ptfile cannot follow to its end: {exc}"]
+    return []
+
+
+def appended_zip_reading(source: Source, inventory: list, context: Any) -> list[str]:
+    """``zipfile`` + ``pickle`` on a file that is not a zip at byte 0: every pickle-like member, run dry.
+
+    A file with a zip directory at its end is a zip to ``zipfile`` (and to a script that
+    extracts and unpickles its members) whatever its first bytes say, so it is two files at
+    once: its members are judged, and the file is reported as a polyglot (a fault).  The
+    members are read by ``zipfile`` itself, the consumer in question, within
+    :data:`MAX_POLYGLOT_MEMBER_BYTES`.
+    """
+    if not zipfile_would_open(source):
+        return []
+    import zipfile
+
+    faults = [f"{source.name}: a zip archive lies at the end of this file (a polyglot): "
+              f"zipfile reads its records while torch.load reads the file from byte 0"]
+    try:  # zipfile on hostile bytes raises more than BadZipFile (struct.error, OverflowError, ...)
+        with zipfile.ZipFile(SourceFile(source)) as archive:
+            for info in archive.infolist()[:MAX_POLYGLOT_MEMBERS]:
+                with archive.open(info) as member:
+                    data = member.read(MAX_POLYGLOT_MEMBER_BYTES + 1)
+                if len(data) > MAX_POLYGLOT_MEMBER_BYTES:
+                    faults.append(f"{source.name}: zip member {info.filename!r} is over "
+                                  f"{MAX_POLYGLOT_MEMBER_BYTES} bytes; not examined")
+                elif info.filename.lower().endswith(".pkl") or not fails_at_once(data[:1]):
+                    faults.extend(_run_dry(data, f"{source.name}!{info.filename}", inventory, context))
+    except Exception as exc:  # noqa: BLE001 - any failure of the stdlib reader is a fault, never a crash
+        faults.append(f"{source.name}: zipfile stopped reading the appended archive: {type(exc).__name__}: {exc}")
+    return faults
+
+
+def _run_dry(data: bytes, record: str, inventory: list, context: Any) -> list[str]:
+    """Run one pickle through the engine into ``inventory``; its fault, if any."""
+    engine = new_engine(data, record, inventory, context, detached_storage)
+    try:
+        engine.run()
+    except PtfileError as exc:
+        return [str(exc)]
+    return []
+
+
+def zipfile_would_open(source: Source) -> bool:
+    """Whether Python's ``zipfile`` finds a central directory in the file (``_EndRecData`` rules).
+
+    zipfile takes an end record with no comment in the last 22 bytes, else the last end-record
+    signature in the final 64 KiB + 22; the central directory then starts ``cd_size`` bytes
+    before the end record (before the ZIP64 records when there are some), whatever the
+    recorded offset says, and must start with its signature.
+    """
+    size = source.size
+    start = max(0, size - MAX_END_SEARCH)
+    tail = source.read(start, size - start, "zip end record search")
+    at = len(tail) - END_SIZE
+    if not (at >= 0 and tail[at : at + 4] == END_MAGIC and tail[-2:] == b"\0\0"):
+        at = tail.rfind(END_MAGIC)
+        if at < 0 or at + END_SIZE > len(tail):
+            return False
+    cd_size = int.from_bytes(tail[at + 12 : at + 16], "little")
+    directory_end = start + at
+    locator = directory_end - ZIP64_LOCATOR_SIZE
+    if locator >= 0 and source.read(locator, 4, "zip64 locator") == ZIP64_LOCATOR_MAGIC:
+        zip64_end = locator - ZIP64_END_SIZE
+        if zip64_end >= 0 and source.read(zip64_end, 4, "zip64 end record") == ZIP64_END_MAGIC:
+            cd_size = int.from_bytes(source.read(zip64_end + 40, 8, "zip64 directory size"), "little")
+            directory_end = zip64_end
+    directory = directory_end - cd_size
+    return cd_size > 0 and directory >= 0 and source.read(directory, 4, "central directory") == CENTRAL_MAGIC
