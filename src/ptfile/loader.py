@@ -76,7 +76,7 @@ class Context:
 
     build_handler = staticmethod(objects.build_handler)
 
-    def __init__(self, checkpoint: Checkpoint, materialize: bool) -> None:
+    def __init__(self, checkpoint: Checkpoint | None, materialize: bool) -> None:
         self.fresh_arrays: dict[int, np.ndarray] = {}
         self._checkpoint = checkpoint
         self.materialize = materialize  # False while a lazy handle lists tensors: specs, not arrays
