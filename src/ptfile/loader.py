@@ -83,7 +83,9 @@ class Context:
         self.inventory = checkpoint.inventory if checkpoint is not None else []  # copyreg._reconstructor notes its class
 
     def tensor(self, spec: TensorSpec) -> Any:
-        return self._checkpoint.array(spec) if self.materialize else spec
+        if self.materialize and self._checkpoint is not None:
+            return self._checkpoint.array(spec)
+        return spec
 
     def parameter(self, data: Any, requires_grad: bool, attributes: dict | None) -> Any:
         if type(data) is TensorSpec:
