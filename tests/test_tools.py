@@ -13,8 +13,9 @@ import pytest
 
 import ptfile
 from ptfile.compare import compare_arrays, diff, match, strip_prefixes
-from ptfile.convert import cast, convert, read_npz, write_npz
+from ptfile.convert import cast, convert
 from ptfile.edit import EditRules, edit_mapping
+from ptfile.npformat import write_npz
 from ptfile.statistics import tensor_stats
 from ptfile.stformat import read_safetensors, remove_shared, write_safetensors
 
@@ -100,7 +101,7 @@ def test_remove_shared_like_safetensors_converter():
 def test_npz_keeps_ml_dtypes(tmp_path):
     tensors = {"b": np.arange(5, dtype=np.float32).astype(ml_dtypes.bfloat16), "i": np.arange(3)}
     write_npz(tensors, str(tmp_path / "t.npz"))
-    back = read_npz(tmp_path / "t.npz")
+    back = ptfile.load(tmp_path / "t.npz")
     assert back["b"].dtype.name == "bfloat16" and back["b"].tobytes() == tensors["b"].tobytes()
     assert back["i"].tolist() == [0, 1, 2]
 

@@ -22,7 +22,8 @@ from .errors import (
     UnsafeGlobalError,
     UnsupportedFormatError,
 )
-from .loader import LazyCheckpoint, TensorInfo
+from .handle import Handle
+from .loader import TensorInfo
 from .metadata import AttributeDict
 from .special import MetaTensor, NestedTensor, QuantizedTensor, SparseTensor, TensorSubclass
 from .values import Global, Parameter, Record
@@ -36,6 +37,7 @@ __all__ = [
     "save",
     "save_sharded",
     "Checkpoint",
+    "Handle",
     "TensorInfo",
     "Record",
     "Global",
@@ -55,16 +57,18 @@ __all__ = [
 ]
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
-Checkpoint = LazyCheckpoint
+Checkpoint = Handle
 
 
 def load(src: Source, *, mmap: bool = True, records: bool = False) -> Any:
     """Read a whole checkpoint into Python objects and numpy arrays, running no code from it.
 
     Args:
-        src: a path, a binary file object, or the file's bytes; a folder or ``*.index.json``
-            of shards loads as one dict of every tensor; a ``torch.distributed.checkpoint``
-            folder (holding ``.metadata``) loads as the nested state dict it saved.
+        src: a path, URL, binary file object, or the file's bytes, in any format
+            :func:`open` reads; safetensors, ``.npz``/``.npy`` files and shard folders or
+            ``*.index.json`` load as one dict of every tensor (tensors a safetensors file
+            written by ptfile stored as aliases come back as views, so ties hold); a
+            ``torch.distributed.checkpoint`` folder loads as the nested state dict it saved.
         mmap: with True, tensors are read-only zero-copy views of the memory-mapped file
             (or of the bytes given); with False, they are writable arrays read in one pass:
             disjoint views of one buffer holding the file, freed when the last of them is
@@ -81,29 +85,21 @@ def load(src: Source, *, mmap: bool = True, records: bool = False) -> Any:
     Raises:
         PtfileError: for every malformed, unsupported or unsafe input, with the reason.
     """
-    from .dcp import DcpCheckpoint, is_dcp
-    from .sharded import ShardedCheckpoint, is_sharded
+    from .opener import load_tree
 
-    if is_dcp(src):
-        with DcpCheckpoint(src, mmap=mmap, records=records) as folder:
-            return folder.load()
-    if is_sharded(src):
-        with ShardedCheckpoint(src, mmap=mmap, records=records) as shards:
-            return shards.load()
-    from .loader import load as _load
-
-    return _load(src, mmap=mmap, records=records)
+    return load_tree(src, mmap=mmap, records=records)
 
 
-def open(src: Source, *, mmap: bool = True, records: bool = False) -> LazyCheckpoint:  # noqa: A001
+def open(src: Source, *, mmap: bool = True, records: bool = False) -> Handle:  # noqa: A001
     """Open a checkpoint lazily: parse its directory and pickle, read tensors when asked.
 
-    The handle is a context manager with ``keys()`` (dotted paths of every tensor),
-    ``info(key)`` (a :class:`TensorInfo`: dtype, shape, strides, sizes, storage) and
-    ``handle[key]`` (the tensor as a numpy array).  A folder or ``*.index.json`` of
-    Hugging Face style shards opens as one mapping across its shards; a
-    ``torch.distributed.checkpoint`` folder as its tensors, each assembled from its
-    chunks with its global shape (non-tensor values are read by name too).
+    Every format ptfile reads (torch's zip, legacy and TorchScript files, safetensors,
+    ``.npz``/``.npy``, a folder or ``*.index.json`` of shards, a
+    ``torch.distributed.checkpoint`` folder, a folder holding one checkpoint file, any of
+    them behind an fsspec URL) opens as one :class:`Handle`: a read-only mapping of tensor
+    names to numpy arrays with ``info(key)`` (a :class:`TensorInfo`: dtype, shape, strides,
+    sizes, storage, nothing read), ``get_slice(key)[...]``, ``metadata()``, ``tree`` and
+    ``value(path)`` for non-tensor values, ``format`` and ``close()``/``with``.
 
     Example:
         ```python
@@ -113,16 +109,9 @@ def open(src: Source, *, mmap: bool = True, records: bool = False) -> LazyCheckp
             weight = ckpt["fc.weight"]
         ```
     """
-    from .dcp import DcpCheckpoint, is_dcp
-    from .sharded import ShardedCheckpoint, is_sharded
+    from .opener import open_handle
 
-    if is_dcp(src):
-        return DcpCheckpoint(src, mmap=mmap, records=records)  # type: ignore[return-value]
-    if is_sharded(src):
-        return ShardedCheckpoint(src, mmap=mmap, records=records)  # type: ignore[return-value]
-    from .loader import open_checkpoint
-
-    return open_checkpoint(src, mmap=mmap, records=records)
+    return open_handle(src, mmap=mmap, records=records)
 
 
 def save(obj: Any, dst: Union[str, os.PathLike[str], IO[bytes]]) -> None:

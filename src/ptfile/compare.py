@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from .errors import CorruptFileError
-from .loader import LazyCheckpoint, open_checkpoint
+from .handle import Handle
+from .opener import open_handle
+from .sharded import INDEX_SUFFIX
 
 __all__ = ["diff", "match", "DiffResult", "MatchResult", "strip_prefixes", "COMMON_PREFIXES"]
 
@@ -39,7 +41,7 @@ def strip_prefixes(name: str, prefixes: Iterable[str]) -> str:
     return name
 
 
-def _keyed(checkpoint: LazyCheckpoint, prefixes: Iterable[str]) -> dict[str, str]:
+def _keyed(checkpoint: Handle, prefixes: Iterable[str]) -> dict[str, str]:
     """Stripped name -> original name; a clash after stripping is an error, not a silent pick."""
     result: dict[str, str] = {}
     for key in checkpoint:
@@ -123,7 +125,7 @@ def diff(a: Any, b: Any, *, atol: float = 0.0, rtol: float = 0.0, strip: Iterabl
          records: bool = False, progress: Callable[[int, int], None] | None = None) -> DiffResult:
     """Compare the tensors of two checkpoints by name, dtype, shape and value."""
     prefixes = tuple(strip)
-    with open_checkpoint(a, records=records) as left, open_checkpoint(b, records=records) as right:
+    with open_handle(a, records=records) as left, open_handle(b, records=records) as right:
         names_a, names_b = _keyed(left, prefixes), _keyed(right, prefixes)
         result = DiffResult(
             only_a=[names_a[k] for k in names_a if k not in names_b],
@@ -137,7 +139,7 @@ def diff(a: Any, b: Any, *, atol: float = 0.0, rtol: float = 0.0, strip: Iterabl
     return result
 
 
-def _diff_one(left: LazyCheckpoint, right: LazyCheckpoint, key_a: str, key_b: str, name: str,
+def _diff_one(left: Handle, right: Handle, key_a: str, key_b: str, name: str,
               atol: float, rtol: float) -> TensorDiff:
     ia, ib = left.info(key_a), right.info(key_b)
     if ia.dtype != ib.dtype:
@@ -172,14 +174,15 @@ def expected_from(ref: Any, *, records: bool = False) -> dict[str, tuple[tuple[i
 
     The JSON is ``{"name": [shape...]}`` or ``{"name": {"shape": [...], "dtype": "float32"}}``.
     """
-    if isinstance(ref, (str, os.PathLike)) and os.fspath(ref).endswith(".json"):
+    if isinstance(ref, (str, os.PathLike)) and os.fspath(ref).endswith(".json") and \
+            not os.fspath(ref).endswith(INDEX_SUFFIX):
         with open(ref, encoding="utf-8") as handle:
             try:
                 data = json.load(handle)
             except json.JSONDecodeError as exc:
                 raise CorruptFileError(f"{os.fspath(ref)}: not valid JSON: {exc}") from None
         return _expected_from_json(data, os.fspath(ref))
-    with open_checkpoint(ref, records=records) as checkpoint:
+    with open_handle(ref, records=records) as checkpoint:
         return {k: (checkpoint.info(k).shape, checkpoint.info(k).dtype) for k in checkpoint}
 
 
@@ -201,7 +204,7 @@ def _expected_from_json(data: Any, name: str) -> dict[str, tuple[tuple[int, ...]
 def match(file: Any, ref: Any, *, records: bool = False) -> MatchResult:
     """What ``model.load_state_dict(file, strict=True)`` would report, with prefix hints."""
     expected = expected_from(ref, records=records)
-    with open_checkpoint(file, records=records) as checkpoint:
+    with open_handle(file, records=records) as checkpoint:
         actual = {k: (checkpoint.info(k).shape, checkpoint.info(k).dtype) for k in checkpoint}
     result = MatchResult(
         missing=[k for k in expected if k not in actual],

@@ -55,7 +55,9 @@ import pickletools
 from typing import Any
 
 from .allowlist import new_engine
+from .context import Context
 from .errors import PtfileError
+from .legacy import pickle_end
 from .source import Source, SourceFile
 from .torchzip import detached_storage
 from .ziparchive import (
@@ -108,7 +110,7 @@ def fails_at_once(head: bytes) -> bool:
     return not head or head[0] in _FAILS_AT_ONCE
 
 
-def other_readings(source: Source, fmt: str | None, inventory: list, context: Any) -> list[str]:
+def other_readings(source: Source, fmt: str | None, inventory: list, context: Any = None) -> list[str]:
     """Judge what consumers other than the container's own read: globals into ``inventory``.
 
     Args:
@@ -116,10 +118,11 @@ def other_readings(source: Source, fmt: str | None, inventory: list, context: An
         fmt: the format of the container the loader opened (``zip``, ``tar``, ``legacy``,
             ``pickle``, ``torchscript``), or None when none opened it.
         inventory: where every global use of these readings goes, to be judged with the rest.
-        context: the engine context for dry runs (tensor specs, never arrays).
+        context: the engine context for dry runs (tensor specs, never arrays); a fresh one by default.
 
     Returns the faults: readings that could not be followed to their end.
     """
+    context = context if context is not None else Context()
     faults: list[str] = []
     if fmt not in _STARTS_WITH_ITS_PICKLE:
         faults.extend(byte0_reading(source, inventory, context))
@@ -129,13 +132,16 @@ def other_readings(source: Source, fmt: str | None, inventory: list, context: An
 
 
 def byte0_reading(source: Source, inventory: list, context: Any) -> list[str]:
-    """``pickle.load`` from byte 0 (torch's legacy fallback, any script): the first pickle, run dry."""
+    """``pickle.load`` from byte 0 (torch's legacy fallback, any script): the first pickle, run dry.
+
+    Only the pickle's own bytes are read: its end is found by walking opcode lengths first.
+    """
     head = source.read(0, min(source.size, 1), "file header")
     if fails_at_once(head):
         return []
-    data = source.read(0, source.size, "pickle from byte 0")
-    engine = new_engine(data, "pickle from byte 0", inventory, context, None)
     try:
+        end = pickle_end(source, 0, source.size, f"{source.name}: pickle from byte 0")
+        engine = new_engine(source.read(0, end, "pickle from byte 0"), "pickle from byte 0", inventory, context, None)
         engine.run()
     except PtfileError as exc:
         return [f"{source.name}: pickle.load from byte 0 (torch's legacy fallback) reads a pickle "

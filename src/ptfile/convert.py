@@ -25,18 +25,18 @@ import ml_dtypes
 import numpy as np
 
 from .atomic import atomic_write
-from .errors import CorruptFileError, UnsupportedFormatError
-from .sharded import INDEX_SUFFIX, is_sharded
-from .stformat import read_safetensors, remove_shared, write_safetensors
+from .errors import UnsupportedFormatError
+from .npformat import write_npz
+from .sharded import INDEX_SUFFIX
+from .stformat import ALIASES_KEY, alias_views, remove_shared, write_safetensors
 from .tree import walk
 from .writer import parse_size, plan_shards
 
 __all__ = ["convert", "read_tensors", "write_tensors", "select", "cast", "ConvertReport"]
 
+#: Formats whose tree is already a flat ``name -> tensor`` mapping.
+FLAT_FORMATS = frozenset({"safetensors", "npz", "npy", "sharded"})
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
-#: npz cannot name ml_dtypes types; their bits are stored as unsigned integers and the
-#: real dtype names in this entry, so a round trip through ptfile is exact.
-NPZ_DTYPES_ENTRY = "__ptfile_dtypes__"
 FLOAT_TYPES = frozenset({"float16", "float32", "float64", "bfloat16", "float8_e5m2", "float8_e4m3fn",
                          "float8_e5m2fnuz", "float8_e4m3fnuz", "float8_e8m0fnu"})
 
@@ -84,17 +84,13 @@ def flatten(tree: Any) -> tuple[dict[str, np.ndarray], list[str]]:
 
 
 def read_tensors(src: Any, *, key: str | None = None, records: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The tensors of any input ptfile converts from, and the names of non-tensor values skipped."""
-    name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else ""
-    if name.endswith(".safetensors"):
-        tensors, _ = read_safetensors(src)
-        return _subset(tensors, key), []
-    if name.endswith(".npz"):
-        return _subset(read_npz(src), key), []
-    from . import load
+    """The tensors of anything ptfile reads, and the names of non-tensor values skipped."""
+    from .opener import load_tree, open_handle
 
-    tree = load(src, records=records)
-    if is_sharded(src):
+    with open_handle(src, records=records) as handle:
+        nested = handle.format not in FLAT_FORMATS
+    tree = load_tree(src, records=records)
+    if not nested:
         return _subset(tree, key), []
     return flatten(select(tree, key))
 
@@ -113,41 +109,13 @@ def cast(tensors: dict[str, np.ndarray], dtype: str | None) -> dict[str, np.ndar
     """Floating-point tensors cast to ``dtype`` (``float32``, ``bfloat16``...); others untouched."""
     if not dtype:
         return tensors
-    target = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
-    if target.name not in FLOAT_TYPES:
-        raise UnsupportedFormatError(f"--dtype must be a floating-point type, got {dtype!r}")
+    try:
+        target = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
+    except TypeError:
+        target = None
+    if target is None or target.name not in FLOAT_TYPES:
+        raise UnsupportedFormatError(f"--dtype must be one of {', '.join(sorted(FLOAT_TYPES))}; got {dtype!r}")
     return {k: (v.astype(target) if v.dtype.name in FLOAT_TYPES else v) for k, v in tensors.items()}
-
-
-def read_npz(src: Any) -> dict[str, np.ndarray]:
-    with np.load(src, allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
-    names = arrays.pop(NPZ_DTYPES_ENTRY, None)
-    if names is not None:
-        try:
-            mapping = json.loads(str(names))
-        except ValueError:
-            raise CorruptFileError(f"{src}: {NPZ_DTYPES_ENTRY} is not JSON") from None
-        for key, dtype_name in mapping.items():
-            dtype = np.dtype(getattr(ml_dtypes, dtype_name))
-            if key not in arrays or arrays[key].dtype.itemsize != dtype.itemsize:
-                raise CorruptFileError(f"{src}: {NPZ_DTYPES_ENTRY} names {key!r} as {dtype_name} wrongly")
-            arrays[key] = arrays[key].view(dtype)
-    return arrays
-
-
-def write_npz(tensors: Mapping[str, np.ndarray], path: str) -> None:
-    arrays: dict[str, np.ndarray] = {}
-    special: dict[str, str] = {}
-    for key, array in tensors.items():
-        if type(array.dtype).__module__.startswith("ml_dtypes") or array.dtype.name in ("bfloat16", "complex32"):
-            special[key] = array.dtype.name
-            array = np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
-        arrays[key] = array
-    if special:
-        arrays[NPZ_DTYPES_ENTRY] = np.array(json.dumps(special))
-    with atomic_write(path) as out:
-        np.savez(out, **arrays)
 
 
 def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: int | str | None = None,
@@ -157,8 +125,12 @@ def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: i
     if os.path.dirname(dst):
         os.makedirs(os.path.dirname(dst), exist_ok=True)
     if dst.endswith(".safetensors"):
-        tensors, report.dropped_aliases = remove_shared(tensors)
+        kept, report.dropped_aliases = remove_shared(tensors)
         meta = {"format": "pt", **report.dropped_aliases, **(metadata or {})}
+        views = alias_views(tensors, report.dropped_aliases)
+        if views:  # ptfile restores these as views on the way back; other readers see safetensors' own note
+            meta[ALIASES_KEY] = json.dumps(views, separators=(",", ":"))
+        tensors = kept
         if max_shard_size is None:
             write_safetensors(tensors, dst, meta)
             report.written.append(dst)

@@ -51,7 +51,7 @@ import bisect
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,11 +66,12 @@ from .errors import (
     UnsafeGlobalError,
     UnsupportedFormatError,
 )
+from .handle import Handle
 from .inventory import GlobalUse
 from .loader import Checkpoint, RawPickle, TensorInfo
 from .rebuild import TorchDtype
 from .sharded import is_plain_file_name
-from .source import Source, checked_size, open_source
+from .source import SliceSource, Source, checked_size, open_source
 from .special import Layout
 from .values import Global, Record
 
@@ -112,33 +113,6 @@ def is_data_class(module: str, name: str) -> bool:
 
 
 # -- byte sources ----------------------------------------------------------------
-
-
-class SliceSource(Source):
-    """The bytes ``[offset, offset + length)`` of another source, as a source of their own.
-
-    Ranges are checked against the slice, so a zip inside it can never reach the bytes
-    of its neighbours.  The parent stays open and owned by whoever opened it.
-    """
-
-    def __init__(self, parent: Source, offset: int, length: int, name: str) -> None:
-        parent.check(offset, length, name)
-        self.parent = parent
-        self.start = offset
-        self.size = length
-        self.name = name
-
-    def read(self, offset: int, length: int, what: str = "read") -> bytes:
-        self.check(offset, length, what)
-        return self.parent.read(self.start + offset, length, what)
-
-    def view(self, offset: int, length: int, what: str = "read") -> Any:
-        self.check(offset, length, what)
-        return self.parent.view(self.start + offset, length, what)
-
-    def array(self, offset: int, length: int, what: str, *, copy: bool) -> np.ndarray:
-        self.check(offset, length, what)
-        return self.parent.array(self.start + offset, length, what, copy=copy)
 
 
 # -- .metadata -------------------------------------------------------------------
@@ -411,7 +385,7 @@ def read_metadata(folder: str, *, records: bool = False) -> Any:
 # -- the lazy handle -------------------------------------------------------------
 
 
-class DcpCheckpoint:
+class DcpCheckpoint(Handle):
     """A DCP folder with the lazy-handle API of ``ptfile.open``.
 
     ``keys()`` lists the tensors, ``info(key)`` gives a tensor's global dtype and shape,
@@ -430,8 +404,7 @@ class DcpCheckpoint:
         self._mmap = mmap
         self._records = records
         self._sources: dict[str, Source] = {}
-        self.metadata = read_metadata(self.folder, records=records)
-        self.layout = parse_layout(self.metadata)
+        self.layout = parse_layout(read_metadata(self.folder, records=records))
         self._check_items()
 
     def _check_items(self) -> None:
@@ -453,22 +426,17 @@ class DcpCheckpoint:
 
     # -- mapping ------------------------------------------------------------------
 
-    def keys(self) -> list[str]:
+    def _names(self) -> Collection[str]:
         """The tensors' fully qualified names (``model.w``), in the order torch saved them."""
-        return list(self.layout.tensors)
+        return self.layout.tensors.keys()
 
     def value_names(self) -> list[str]:
         """The non-tensor values' names (``step``, ``extra.lr``)."""
         return list(self.layout.values)
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.layout.tensors)
-
-    def __len__(self) -> int:
-        return len(self.layout.tensors)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.layout.tensors or key in self.layout.values
+    def _tree(self) -> dict:
+        """The nested state dict with every tensor described by its :class:`TensorInfo`, values read."""
+        return self.load(tensor=self._info)
 
     def entry(self, key: str) -> TensorEntry:
         try:
@@ -476,7 +444,7 @@ class DcpCheckpoint:
         except KeyError:
             raise KeyError(f"no tensor named {key!r} in {self.folder}") from None
 
-    def info(self, key: str) -> TensorInfo:
+    def _info(self, key: str) -> TensorInfo:
         """Global dtype and shape of a tensor, as one contiguous tensor; nothing is read."""
         entry = self.entry(key)
         numpy = entry.dtype.numpy
@@ -488,12 +456,16 @@ class DcpCheckpoint:
             location="cpu", parameter=False, is_contiguous=True,
         )
 
-    def __getitem__(self, key: str) -> Any:
-        """A tensor assembled from its chunks, or a non-tensor value."""
-        item = self.layout.values.get(key)
-        if item is not None:
-            return self.read_item(item)
+    def _tensor(self, key: str) -> np.ndarray:
         return self.assemble(key)
+
+    def value(self, path: str) -> Any:
+        """A non-tensor value by its DCP name (``step``, ``extra.lr``), or any value of the tree."""
+        item = self.layout.values.get(path)
+        if item is not None:
+            self._check_open()
+            return self.read_item(item)
+        return super().value(path)
 
     def assemble(self, key: str, out: np.ndarray | None = None) -> np.ndarray:
         """The tensor ``key``: its single chunk as read, or every chunk copied into ``out`` (or a new array)."""
@@ -545,16 +517,13 @@ class DcpCheckpoint:
                 set_element(root, path, value, fqn)
         return root
 
-    def close(self) -> None:
+    def _close(self) -> None:
         for source in self._sources.values():
             source.close()
         self._sources.clear()
 
     def __enter__(self) -> DcpCheckpoint:
         return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def set_element(root: dict, path: tuple, value: Any, fqn: str) -> None:

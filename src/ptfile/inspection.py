@@ -7,13 +7,12 @@ is the documented shape of ``ptfile inspect --json``.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 import numpy as np
 
 from . import allowlist
-from .loader import TensorInfo, open_checkpoint
+from .loader import TensorInfo
 from .special import SpecialTensor
 from .tensors import TensorSpec
 from .tree import walk
@@ -80,79 +79,50 @@ def _totals(rows: list[dict]) -> dict:
 
 
 def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
-    """Describe a checkpoint (or a shard index or folder) without reading tensor data."""
-    from .dcp import DcpCheckpoint, is_dcp
+    """Describe anything ptfile reads (see :mod:`ptfile.opener`) without reading tensor data."""
+    from .opener import open_handle
     from .scanner import scan
-    from .sharded import ShardedCheckpoint, is_sharded
 
-    if is_dcp(src):
-        return _describe_dcp(DcpCheckpoint(src, records=records))
-    if is_sharded(src):
-        return _describe_sharded(ShardedCheckpoint(src, records=records))
+    with open_handle(src, records=records) as handle:
+        rows = _tensor_rows(handle)
+        values = [{"name": path, "summary": summarize(value)}
+                  for path, value in walk(handle.tree, lambda node: not _is_container(node))
+                  if not _is_tensor_like(value)]
+        container = _container(handle)
+        name, fmt = handle.name, handle.format
     verdict = scan(src)
-    with open_checkpoint(src, records=records) as checkpoint:
-        rows = _tensor_rows(checkpoint)
-        values = [
-            {"name": path, "summary": summarize(value)}
-            for path, value in walk(checkpoint.tree, lambda node: not _is_container(node))
-            if type(value) is not TensorSpec and not isinstance(value, SpecialTensor)
-        ]
-        judgement = allowlist.judge(checkpoint.inventory)
-        container = checkpoint.container
-        archive = getattr(container, "archive", None)
-        info = {
-            "version": getattr(container, "version", None),
-            "byteorder": container.byteorder,
-            "prefix": archive.prefix if archive is not None else None,
-            "records": list(archive.order) if archive is not None else [],
-        }
-        return {
-            "path": str(getattr(checkpoint.source, "name", src)),
-            "format": checkpoint.format,
-            "container": info,
-            "tensors": rows,
-            "values": values,
-            "totals": _totals(rows),
-            "unknown_classes": sorted(f.path for f in judgement.findings if f.severity == allowlist.UNKNOWN_CLASS),
-            "scan": {"verdict": verdict.verdict, "findings": len(verdict.findings)},
-        }
-
-
-def _describe_sharded(shards: Any) -> dict[str, Any]:
-    from .scanner import VERDICTS, scan
-
-    with shards:
-        rows = _tensor_rows(shards)
-        verdicts = [scan(os.path.join(shards.folder, name)).verdict for name in shards.shards]
-    worst = min(verdicts, key=VERDICTS.index) if verdicts else allowlist.CLEAN
     return {
-        "path": shards.index,
-        "format": "sharded",
-        "container": {"version": None, "byteorder": None, "prefix": None, "records": list(shards.shards)},
-        "tensors": rows,
-        "values": [],
-        "totals": _totals(rows),
-        "unknown_classes": [],
-        "scan": {"verdict": worst, "findings": 0},
-    }
-
-
-def _describe_dcp(folder: Any) -> dict[str, Any]:
-    """A DCP folder: its tensors at their global shapes, its non-tensor values, the folder's scan verdict."""
-    from .scanner import scan
-
-    with folder:
-        rows = _tensor_rows(folder)
-        values = [{"name": name, "summary": summarize(folder[name])} for name in folder.value_names()]
-        files = sorted({item.file for item in folder.layout.items})
-    verdict = scan(folder.folder)
-    return {
-        "path": folder.folder,
-        "format": "dcp",
-        "container": {"version": folder.version, "byteorder": None, "prefix": None, "records": files},
+        "path": str(name),
+        "format": fmt,
+        "container": container,
         "tensors": rows,
         "values": values,
         "totals": _totals(rows),
         "unknown_classes": sorted({f.path for f in verdict.findings if f.severity == allowlist.UNKNOWN_CLASS}),
         "scan": {"verdict": verdict.verdict, "findings": len(verdict.findings)},
+    }
+
+
+def _is_tensor_like(value: Any) -> bool:
+    """Tensors as the trees of the formats hold them: specs, special tensors, arrays, DCP's described tensors."""
+    return value is None or isinstance(value, (TensorSpec, SpecialTensor, np.ndarray, TensorInfo))
+
+
+def _container(handle: Any) -> dict[str, Any]:
+    """What holds the tensors: a torch zip's version and records, a shard or DCP folder's files."""
+    container = getattr(handle, "container", None)
+    archive = getattr(container, "archive", None)
+    if archive is not None:
+        parts = list(archive.order)
+    elif hasattr(handle, "shards"):
+        parts = list(handle.shards)
+    elif hasattr(handle, "layout"):
+        parts = sorted({item.file for item in handle.layout.items})
+    else:
+        parts = []
+    return {
+        "version": getattr(container, "version", None) or getattr(handle, "version", None),
+        "byteorder": getattr(container, "byteorder", None),
+        "prefix": archive.prefix if archive is not None else None,
+        "records": parts,
     }

@@ -71,6 +71,7 @@ from typing import Any
 import numpy as np
 
 from . import allowlist
+from .context import Context
 from .engine import GlobalRef
 from .errors import CorruptFileError, LimitExceededError, PtfileError, UnsafeGlobalError
 from .inventory import GlobalUse
@@ -224,8 +225,6 @@ def pickle_end(source: Source, start: int, limit: int, what: str) -> int:
 
 def _inert_context() -> Any:
     """An engine context that builds tensor specs, never arrays."""
-    from .loader import Context  # the loader imports this module
-
     return Context(None, materialize=False)
 
 

@@ -9,16 +9,18 @@ one (:func:`open_checkpoint`, the lazy handle behind ``ptfile.open``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from . import allowlist, consumers, legacy, objects
+from . import allowlist, consumers, legacy
 from .allowlist import new_engine
+from .context import Context
 from .engine import gc_paused
 from .errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
+from .handle import Handle
 from .inventory import GlobalUse
 from .source import Source, open_source, read_whole
 from .special import NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
@@ -26,7 +28,7 @@ from .tensors import StorageRef, TensorSpec, view_array
 from .torchscript import open_zip
 from .torchzip import detached_storage
 from .tree import walk
-from .values import Parameter, brief
+from .values import brief
 from .ziparchive import is_zip
 
 __all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint"]
@@ -69,33 +71,6 @@ class TensorInfo:
             parameter=spec.parameter,
             is_contiguous=spec.is_contiguous,
         )
-
-
-class Context:
-    """What the engine hands every constructor: how to make tensors, what BUILD may touch."""
-
-    build_handler = staticmethod(objects.build_handler)
-
-    def __init__(self, checkpoint: Checkpoint | None, materialize: bool) -> None:
-        self.fresh_arrays: dict[int, np.ndarray] = {}
-        self._checkpoint = checkpoint
-        self.materialize = materialize  # False while a lazy handle lists tensors: specs, not arrays
-        self.inventory = checkpoint.inventory if checkpoint is not None else []  # copyreg._reconstructor notes its class
-
-    def tensor(self, spec: TensorSpec) -> Any:
-        if self.materialize and self._checkpoint is not None:
-            return self._checkpoint.array(spec)
-        return spec
-
-    def parameter(self, data: Any, requires_grad: bool, attributes: dict | None) -> Any:
-        if type(data) is TensorSpec:
-            return data.as_parameter(requires_grad, attributes)
-        if not isinstance(data, np.ndarray):
-            raise CorruptFileError(f"parameter built from a {type(data).__name__}, not a tensor")
-        param = data.view(Parameter)
-        param.requires_grad = requires_grad
-        param.attributes = attributes
-        return param
 
 
 class Checkpoint:
@@ -226,14 +201,15 @@ class Checkpoint:
         self.close()
 
 
-class LazyCheckpoint(Checkpoint):
-    """The handle ``ptfile.open`` returns: the tree of tensor specs, tensors read on demand."""
+class LazyCheckpoint(Checkpoint, Handle):
+    """The handle ``ptfile.open`` returns for torch's formats: the tree of tensor specs, tensors read on demand."""
 
     def __init__(self, source: Source, *, copy: bool, records: bool) -> None:
         super().__init__(source, copy=copy, records=records)
-        self.tree = self.run(materialize=False)
+        self.name = source.name
+        self._tree_of_specs = self.run(materialize=False)
         named = getattr(self.container, "named_tensors", None)  # TorchScript: state_dict() names
-        found = named(self.tree, _is_tensor) if named is not None else walk(self.tree, _is_tensor)
+        found = named(self._tree_of_specs, _is_tensor) if named is not None else walk(self._tree_of_specs, _is_tensor)
         self._specs: dict[str, TensorSpec | SpecialTensor] = dict(found)
 
     @property
@@ -246,38 +222,38 @@ class LazyCheckpoint(Checkpoint):
         """The tuple of a TorchScript archive's ``constants.pkl``; empty for other formats."""
         return getattr(self.container, "constants", ())
 
-    def keys(self) -> list[str]:
-        """Dotted paths of every tensor, in the order of the checkpoint."""
-        return list(self._specs)
+    def _names(self) -> Collection[str]:
+        return self._specs.keys()
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._specs)
+    def _info(self, key: str) -> TensorInfo:
+        return _info(self._specs[key])
 
-    def __len__(self) -> int:
-        return len(self._specs)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._specs
-
-    def info(self, key: str) -> TensorInfo:
-        """dtype, shape, strides, sizes and storage of one tensor, without reading it."""
-        return _info(self._spec(key))
-
-    def spec(self, key: str) -> TensorSpec | SpecialTensor:
-        return self._spec(key)
-
-    def __getitem__(self, key: str) -> Any:
-        """The tensor as a numpy array; quantized and sparse tensors as their ptfile values."""
-        node = self._spec(key)
+    def _tensor(self, key: str) -> Any:
+        node = self._specs[key]
         if isinstance(node, SpecialTensor):
             return node.materialize(self.array)
         return self.array(node)
 
-    def _spec(self, key: str) -> TensorSpec | SpecialTensor:
-        try:
-            return self._specs[key]
-        except KeyError:
-            raise KeyError(f"no tensor named {key!r} in {self.source.name}") from None
+    def _tree(self) -> Any:
+        return self._tree_of_specs
+
+    def _metadata(self) -> dict[str, str]:
+        found = getattr(self._tree_of_specs, "_metadata", None)
+        return {str(k): repr(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+    def _close(self) -> None:
+        Checkpoint.close(self)
+
+    def close(self) -> None:
+        Handle.close(self)
+
+    def __enter__(self) -> LazyCheckpoint:
+        return self
+
+    def spec(self, key: str) -> TensorSpec | SpecialTensor:
+        """How a tensor is laid out in its storage (the tools read storages through it)."""
+        self.info(key)
+        return self._specs[key]
 
 
 def _is_tensor(node: Any) -> bool:
@@ -369,7 +345,11 @@ def open_checkpoint(src: Any, *, mmap: bool = True, records: bool = False) -> La
 
 
 def load(src: Any, *, mmap: bool = True, records: bool = False) -> Any:
-    source = open_source(src, mmap_file=mmap)
+    return load_source(open_source(src, mmap_file=mmap), mmap=mmap, records=records)
+
+
+def load_source(source: Source, *, mmap: bool, records: bool) -> Any:
+    """The object tree of a torch checkpoint; the source is closed when done."""
     if not mmap:
         # Everything gets read anyway: one readinto of the file beats one read per storage,
         # and the storages become views of that one copy (never a second copy).

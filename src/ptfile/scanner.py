@@ -44,6 +44,7 @@ from .engine import gc_paused
 from .errors import PtfileError, UnsafeGlobalError
 from .inventory import GlobalUse
 from .loader import Checkpoint, Context, detached_storage, new_engine
+from .opener import Format, detect, resolve
 from .source import MappedSource, Source, SourceFile, open_source
 from .ziparchive import is_zip
 
@@ -134,15 +135,18 @@ def scan(src: Any, *, strict: bool = False) -> ScanResult:
         strict: treat instances of unknown classes as dangerous.
     """
     name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<bytes>")
-    from .dcp import is_dcp, scan_folder
-    from .sharded import is_sharded
+    from .dcp import scan_folder
 
-    if is_dcp(src):  # a DCP folder is one checkpoint: its .metadata and every item in it
-        return scan_folder(src, strict=strict)
-    if is_sharded(src):  # a shard folder or index is the shards its index names, as load reads them
-        return _scan_shards(os.fspath(src), strict)
     try:
-        source = open_source(src, mmap_file=True)
+        kind, target = resolve(src)
+    except PtfileError as exc:
+        return ScanResult(str(name), INVALID, "unreadable", faults=[str(exc)])
+    if kind == "dcp":  # a DCP folder is one checkpoint: its .metadata and every item in it
+        return scan_folder(target, strict=strict)
+    if kind == "sharded":  # a shard folder or index is the shards its index names, as load reads them
+        return _scan_shards(os.fspath(target), strict)
+    try:
+        source = open_source(target, mmap_file=True)
     except PtfileError as exc:
         return ScanResult(str(name), INVALID, "unreadable", faults=[str(exc)])
     try:
@@ -163,6 +167,9 @@ def _scan_source(source: Source, strict: bool, depth: int = 0) -> ScanResult:
     for magic, kind in _COMPRESSED_MAGICS.items():
         if head.startswith(magic):
             return _scan_archive(source, kind, strict, depth)
+    tensor_format = detect(source)
+    if tensor_format.name != "torch":
+        return _scan_tensor_file(source, tensor_format, strict)
     fmt, faults, inert = _examine(source, inventory, notes)
     if fmt is None and (is_zip(head) or is_tar(head)):  # an archive, but not a checkpoint: its members
         readings = _other_readings(source, strict)  # and what pickle.load from byte 0 or zipfile would run
@@ -172,6 +179,38 @@ def _scan_source(source: Source, strict: bool, depth: int = 0) -> ScanResult:
         fmt, faults = _scan_stream(source, inventory, notes)
     judgement = allowlist.judge(inventory, inert_classes=inert)
     return scan_result(source.name, fmt, judgement, faults, notes, inventory, strict=strict)
+
+
+def _scan_tensor_file(source: Source, fmt: Format, strict: bool) -> ScanResult:
+    """A safetensors or numpy file: clean when its header holds (ranges inside the file, no overlap
+    or hole) and no other consumer would read anything else; an object array's pickle is judged."""
+    inventory: list[GlobalUse] = []
+    faults = consumers.other_readings(source, fmt.name, inventory)
+    try:
+        fmt.open(source, False, False)
+    except PtfileError as exc:
+        faults.insert(0, str(exc))
+    if fmt.name in ("npz", "npy"):
+        faults.extend(_judge_object_arrays(source, inventory))
+    return scan_result(source.name, fmt.name, allowlist.judge(inventory), faults, [], inventory, strict=strict)
+
+
+def _judge_object_arrays(source: Source, inventory: list[GlobalUse]) -> list[str]:
+    """Run the pickle of every object array dry (``numpy.load(allow_pickle=True)`` would unpickle it)."""
+    from .npformat import object_pickles
+
+    faults = []
+    try:
+        pickles = object_pickles(source)
+    except PtfileError as exc:
+        return [str(exc)]
+    for record, data in pickles:
+        engine = new_engine(data, record, inventory, Context(), detached_storage)
+        try:
+            engine.run()
+        except PtfileError as exc:
+            faults.append(str(exc))
+    return faults
 
 
 def _other_readings(source: Source, strict: bool) -> ScanResult:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from .errors import CheckpointNotFoundError, CorruptFileError
-from .loader import LazyCheckpoint, TensorInfo, open_checkpoint
+from .handle import Handle
+from .loader import TensorInfo, open_checkpoint
 from .source import checked_size
 from .values import brief
 
@@ -75,7 +76,7 @@ def read_index(path: str) -> dict[str, str]:
     return weight_map
 
 
-class ShardedCheckpoint:
+class ShardedCheckpoint(Handle):
     """The lazy handle for a shard index (or a folder holding one): the same API as ``ptfile.open``."""
 
     format = "sharded"
@@ -83,6 +84,7 @@ class ShardedCheckpoint:
     def __init__(self, src: Any, *, mmap: bool = True, records: bool = False) -> None:
         path = os.fspath(src)
         self.index = find_index(path) if os.path.isdir(path) else path
+        self.name = self.index
         self.folder = os.path.dirname(os.path.abspath(self.index))
         self.weight_map = read_index(self.index)
         self.shards = list(dict.fromkeys(self.weight_map.values()))
@@ -96,9 +98,10 @@ class ShardedCheckpoint:
         if found is None:
             path = os.path.join(self.folder, name)
             if name.endswith(".safetensors"):
-                from .stformat import read_safetensors
+                from .source import open_source
+                from .stformat import SafetensorsCheckpoint
 
-                found = _SafetensorsShard(*read_safetensors(path, mmap=self._mmap))
+                found = SafetensorsCheckpoint(open_source(path, mmap_file=self._mmap), copy=not self._mmap)
             else:
                 found = open_checkpoint(path, mmap=self._mmap, records=self._records)
             missing = [k for k, v in self.weight_map.items() if v == name and k not in found]
@@ -107,74 +110,30 @@ class ShardedCheckpoint:
             self._open[name] = found
         return found
 
-    def keys(self) -> list[str]:
-        return list(self.weight_map)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.weight_map)
-
-    def __len__(self) -> int:
-        return len(self.weight_map)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.weight_map
+    def _names(self) -> Collection[str]:
+        return self.weight_map.keys()
 
     def _where(self, key: str) -> Any:
-        if key not in self.weight_map:
-            raise KeyError(f"no tensor named {key!r} in {self.index}")
         return self.shard(self.weight_map[key])
 
-    def info(self, key: str) -> TensorInfo:
+    def _info(self, key: str) -> TensorInfo:
         # storage keys are per file: qualify them so two shards' "0" are not taken for one storage
         info = self._where(key).info(key)
         return replace(info, storage=f"{self.weight_map[key]}:{info.storage}")
 
-    def __getitem__(self, key: str) -> np.ndarray:
+    def _tensor(self, key: str) -> np.ndarray:
         return self._where(key)[key]
+
+    def _tree(self) -> dict[str, Any]:
+        return dict.fromkeys(self.weight_map)  # the index names tensors only: their values are read on demand
 
     def load(self) -> dict[str, np.ndarray]:
         """Every tensor, merged in index order."""
         return {key: self[key] for key in self.weight_map}
 
-    def close(self) -> None:
+    def _close(self) -> None:
         for shard in self._open.values():
             shard.close()
 
     def __enter__(self) -> ShardedCheckpoint:
         return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-class _SafetensorsShard:
-    """A safetensors shard seen through the lazy-handle API."""
-
-    def __init__(self, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-        self.tensors = tensors
-        self.metadata = metadata
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.tensors
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        return self.tensors[key]
-
-    def info(self, key: str) -> TensorInfo:
-        array = self.tensors[key]
-        itemsize = array.dtype.itemsize
-        return TensorInfo(
-            dtype=array.dtype.name, torch_dtype=array.dtype.name, shape=array.shape,
-            strides=tuple(s // itemsize for s in array.strides), offset=0, nbytes=array.nbytes,
-            storage=key, storage_nbytes=array.nbytes, location="cpu", parameter=False, is_contiguous=True,
-        )
-
-    def close(self) -> None:
-        pass
-
-
-def open_sharded(src: Any, *, mmap: bool = True, records: bool = False) -> ShardedCheckpoint:
-    return ShardedCheckpoint(src, mmap=mmap, records=records)
-
-
-LazyHandle = LazyCheckpoint | ShardedCheckpoint

@@ -162,6 +162,33 @@ class BufferSource(MappedSource):
         return True
 
 
+class SliceSource(Source):
+    """The bytes ``[offset, offset + length)`` of another source, as a source of their own.
+
+    Ranges are checked against the slice, so a zip inside it can never reach the bytes
+    of its neighbours.  The parent stays open and owned by whoever opened it.
+    """
+
+    def __init__(self, parent: Source, offset: int, length: int, name: str) -> None:
+        parent.check(offset, length, name)
+        self.parent = parent
+        self.start = offset
+        self.size = length
+        self.name = name
+
+    def read(self, offset: int, length: int, what: str = "read") -> bytes:
+        self.check(offset, length, what)
+        return self.parent.read(self.start + offset, length, what)
+
+    def view(self, offset: int, length: int, what: str = "read") -> Any:
+        self.check(offset, length, what)
+        return self.parent.view(self.start + offset, length, what)
+
+    def array(self, offset: int, length: int, what: str, *, copy: bool) -> np.ndarray:
+        self.check(offset, length, what)
+        return self.parent.array(self.start + offset, length, what, copy=copy)
+
+
 class SourceFile(io.RawIOBase):
     """A read-only file object over a :class:`Source`, for the standard library's archive readers."""
 

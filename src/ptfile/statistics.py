@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .compare import chunks
-from .loader import open_checkpoint
+from .opener import open_handle
 
 __all__ = ["TensorStats", "tensor_stats", "checkpoint_stats"]
 
@@ -75,7 +75,7 @@ def _as_float(chunk: np.ndarray) -> np.ndarray:
 def checkpoint_stats(src: Any, *, records: bool = False,
                      progress: Callable[[int, int], None] | None = None) -> list[TensorStats]:
     """Statistics of every tensor of a checkpoint, read one tensor at a time over mmap."""
-    with open_checkpoint(src, records=records) as checkpoint:
+    with open_handle(src, records=records) as checkpoint:
         keys = checkpoint.keys()
         result = []
         for index, key in enumerate(keys, 1):

@@ -21,10 +21,11 @@ silently lost tied weight.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, NamedTuple
 
 import ml_dtypes
 import numpy as np
@@ -32,10 +33,13 @@ from numpy.lib.array_utils import byte_bounds
 
 from .atomic import atomic_write
 from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
-from .source import open_source
+from .handle import Handle
+from .loader import TensorInfo
+from .source import Source, open_source
 from .writer import root_of
 
-__all__ = ["read_safetensors", "write_safetensors", "remove_shared", "DTYPE_CODES"]
+__all__ = ["read_safetensors", "write_safetensors", "remove_shared", "alias_views", "SafetensorsCheckpoint",
+           "is_safetensors", "DTYPE_CODES", "ALIASES_KEY"]
 
 #: safetensors' own cap on the header; a larger one is refused before it is parsed.
 MAX_HEADER_SIZE = 100_000_000
@@ -59,43 +63,62 @@ def _code(array: np.ndarray, name: str) -> str:
 
 def read_safetensors(src: Any, *, mmap: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The tensors (views of the mapped file, or copies) and the metadata of a safetensors file."""
-    source = open_source(src, mmap_file=mmap)
+    with SafetensorsCheckpoint(open_source(src, mmap_file=mmap), copy=not mmap, aliases=False) as handle:
+        return {key: handle[key] for key in handle.keys()}, handle.metadata()
+
+
+class _Entry(NamedTuple):
+    """One tensor of the header: where its bytes lie in the file."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def is_safetensors(head: bytes, size: int) -> bool:
+    """Whether bytes start like a safetensors file: a header length that fits, then a JSON object."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (length,) = struct.unpack_from("<Q", head)
+    return 8 + length <= size
+
+
+def read_header(source: Source) -> tuple[dict[str, _Entry], dict[str, str]]:
+    """The header of a safetensors file, every tensor's range checked: ``name -> entry``, and its metadata."""
+    (size,) = struct.unpack("<Q", source.read(0, 8, "safetensors header size"))
+    if size > MAX_HEADER_SIZE:
+        raise LimitExceededError(f"{source.name}: safetensors header of {size} bytes is over {MAX_HEADER_SIZE}")
     try:
-        (size,) = struct.unpack("<Q", source.read(0, 8, "safetensors header size"))
-        if size > MAX_HEADER_SIZE:
-            raise LimitExceededError(f"{source.name}: safetensors header of {size} bytes is over {MAX_HEADER_SIZE}")
-        try:
-            header = json.loads(source.read(8, size, "safetensors header"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CorruptFileError(f"{source.name}: safetensors header is not valid JSON: {exc}") from None
-        if not isinstance(header, dict):
-            raise CorruptFileError(f"{source.name}: safetensors header is not an object")
-        metadata = header.pop("__metadata__", None) or {}
-        start = 8 + size
-        tensors = _tensors(source, header, start, copy=not mmap)
-        return tensors, dict(metadata)
-    finally:
-        source.close()
+        header = json.loads(source.read(8, size, "safetensors header"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{source.name}: safetensors header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"{source.name}: safetensors header is not an object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CorruptFileError(f"{source.name}: safetensors metadata is not a map of strings")
+    return _entries(source, header, 8 + size), dict(metadata)
 
 
-def _tensors(source: Any, header: dict, start: int, *, copy: bool) -> dict[str, np.ndarray]:
+def _entries(source: Source, header: dict, start: int) -> dict[str, _Entry]:
     spans = []
     result = {}
     for name, spec in header.items():
         if not isinstance(spec, dict) or spec.get("dtype") not in _NUMPY_BY_CODE:
             raise CorruptFileError(f"{source.name}: tensor {name!r} has no known dtype")
         shape, offsets = spec.get("shape"), spec.get("data_offsets")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise CorruptFileError(f"{source.name}: tensor {name!r} has a bad shape")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
             raise CorruptFileError(f"{source.name}: tensor {name!r} has bad data offsets")
         dtype = _NUMPY_BY_CODE[spec["dtype"]]
         begin, end = offsets
-        count = int(np.prod(shape, dtype=object)) if shape else 1
+        count = math.prod(shape)
         if begin < 0 or end < begin or end - begin != count * dtype.itemsize:
             raise CorruptFileError(f"{source.name}: tensor {name!r} needs {count * dtype.itemsize} bytes, spans {offsets}")
-        raw = source.array(start + begin, end - begin, f"tensor {name!r}", copy=copy)
-        result[name] = raw.view(dtype).reshape(shape)
+        source.check(start + begin, end - begin, f"tensor {name!r}")
+        result[name] = _Entry(dtype, tuple(shape), start + begin, end - begin)
         spans.append((begin, end))
     position = 0
     for begin, end in sorted(spans):
@@ -105,6 +128,117 @@ def _tensors(source: Any, header: dict, start: int, *, copy: bool) -> dict[str, 
     if start + position != source.size:
         raise CorruptFileError(f"{source.name}: {source.size - start - position} bytes follow the last tensor")
     return result
+
+
+class SafetensorsCheckpoint(Handle):
+    """A safetensors file as a :class:`~ptfile.handle.Handle`: the header read once, tensors on demand.
+
+    With ``aliases`` (the default), tensors that ptfile's writer dropped as aliases of shared
+    memory (see :func:`remove_shared`, recorded under :data:`ALIASES_KEY`) come back as views
+    of the tensor they shared, so a round trip through safetensors keeps tied weights tied.
+    """
+
+    format = "safetensors"
+
+    def __init__(self, source: Source, *, copy: bool = False, aliases: bool = True) -> None:
+        self.source = source
+        self.name = source.name
+        self._copy = copy
+        try:
+            self._entries, self._meta = read_header(source)
+            self._aliases = _read_aliases(self._meta, self._entries, source.name) if aliases else {}
+        except BaseException:
+            source.close()
+            raise
+        self._order = {**dict.fromkeys(self._entries), **dict.fromkeys(self._aliases)}
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def _names(self) -> Collection[str]:
+        return self._order.keys()
+
+    def _tensor(self, key: str) -> np.ndarray:
+        alias = self._aliases.get(key)
+        if alias is not None:
+            return alias.view_of(self._tensor(alias.target), key)
+        found = self._arrays.get(key)
+        if found is None:
+            entry = self._entries[key]
+            raw = self.source.array(entry.offset, entry.nbytes, f"tensor {key!r}", copy=self._copy)
+            found = self._arrays[key] = raw.view(entry.dtype).reshape(entry.shape)
+        return found
+
+    def _info(self, key: str) -> TensorInfo:
+        alias = self._aliases.get(key)
+        if alias is not None:
+            target = self._info(alias.target)
+            nbytes = math.prod(alias.shape) * self._entries[alias.target].dtype.itemsize
+            return TensorInfo(dtype=target.dtype, torch_dtype=target.torch_dtype, shape=alias.shape,
+                              strides=alias.strides, offset=alias.offset, nbytes=nbytes, storage=alias.target,
+                              storage_nbytes=target.storage_nbytes, location="cpu", parameter=False,
+                              is_contiguous=alias.strides == _contiguous(alias.shape))
+        entry = self._entries[key]
+        return TensorInfo(dtype=entry.dtype.name, torch_dtype=entry.dtype.name,
+                          shape=entry.shape, strides=_contiguous(entry.shape), offset=0, nbytes=entry.nbytes,
+                          storage=key, storage_nbytes=entry.nbytes, location="cpu", parameter=False,
+                          is_contiguous=True)
+
+    def _tree(self) -> dict[str, Any]:
+        return {key: self._tensor(key) for key in self._order}
+
+    def _metadata(self) -> dict[str, str]:
+        return self._meta
+
+    def _close(self) -> None:
+        self._arrays.clear()
+        self.source.close()
+
+    def __enter__(self) -> SafetensorsCheckpoint:
+        return self
+
+
+def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+
+
+class _Alias(NamedTuple):
+    """A tensor stored as a view of another: ``target``'s elements from ``offset`` with ``shape``/``strides``."""
+
+    target: str
+    offset: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+
+    def view_of(self, array: np.ndarray, name: str) -> np.ndarray:
+        flat = array.reshape(-1)
+        itemsize = array.dtype.itemsize
+        try:  # numpy checks the view against the buffer's bounds itself
+            return np.ndarray(self.shape, array.dtype, buffer=flat, offset=self.offset * itemsize,
+                              strides=tuple(s * itemsize for s in self.strides))
+        except (TypeError, ValueError) as exc:
+            raise CorruptFileError(f"alias {name!r} of {self.target!r} lies outside it: {exc}") from None
+
+
+#: Metadata key under which ptfile records the views it dropped (JSON: name -> [target, offset, shape, strides]).
+ALIASES_KEY = "ptfile.aliases"
+
+
+def _read_aliases(metadata: dict[str, str], entries: dict[str, _Entry], name: str) -> dict[str, _Alias]:
+    text = metadata.get(ALIASES_KEY)
+    if text is None:
+        return {}
+    try:
+        document = json.loads(text)
+        aliases = {key: _Alias(target, offset, tuple(shape), tuple(strides))
+                   for key, (target, offset, shape, strides) in document.items()}
+    except (ValueError, TypeError) as exc:
+        raise CorruptFileError(f"{name}: metadata {ALIASES_KEY!r} is not a map of views: {exc}") from None
+    for key, alias in aliases.items():
+        fields_ok = (type(alias.offset) is int and alias.offset >= 0
+                     and all(type(d) is int and d >= 0 for d in alias.shape)
+                     and len(alias.strides) == len(alias.shape) and all(type(d) is int and d >= 0 for d in alias.strides))
+        if key in entries or alias.target not in entries or not fields_ok:
+            raise CorruptFileError(f"{name}: metadata {ALIASES_KEY!r} holds a bad view {key!r} of {alias.target!r}")
+    return aliases
 
 
 def _header(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None) -> tuple[bytes, list[str]]:
@@ -198,6 +332,23 @@ def remove_shared(tensors: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarr
         if not array.flags.c_contiguous or (isinstance(array.base, np.ndarray) and array.base.nbytes != array.nbytes):
             result[name] = np.ascontiguousarray(array).copy()
     return result, dropped
+
+
+def alias_views(tensors: Mapping[str, np.ndarray], dropped: Mapping[str, str]) -> dict[str, list]:
+    """For :data:`ALIASES_KEY`: each dropped tensor as ``[kept, offset, shape, strides]`` in elements of the kept one.
+
+    Only views of the kept tensor's dtype with non-negative strides can be described so; any
+    other dropped tensor keeps only safetensors' ``dropped -> kept`` note.
+    """
+    views: dict[str, list] = {}
+    for name, kept in dropped.items():
+        array, target = tensors[name], tensors[kept]
+        itemsize = array.dtype.itemsize
+        start = byte_range(array)[1] - byte_range(target)[1]
+        if (array.dtype != target.dtype or start % itemsize or any(s < 0 or s % itemsize for s in array.strides)):
+            continue
+        views[name] = [kept, start // itemsize, list(array.shape), [s // itemsize for s in array.strides]]
+    return views
 
 
 def _overlapping_sets(members: list[tuple[str, int, int]]) -> list[list[tuple[str, int, int]]]:

@@ -97,9 +97,10 @@ class ZipArchive:
 
     Args:
         source: the bytes of the file.
+        folder: torch's layout, every record under one archive folder (an ``.npz`` has none).
     """
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, *, folder: bool = True) -> None:
         self.source = source
         self.name = source.name
         self.anomalies: list[str] = []
@@ -107,9 +108,9 @@ class ZipArchive:
         self.order: list[str] = []
         self._read_directory()
         first = self.order[0] if self.order else ""
-        if "/" not in first:
+        if folder and "/" not in first:
             raise CorruptFileError(f"{self.name}: first zip record {first!r} is not inside an archive folder")
-        self.prefix = first.split("/", 1)[0]
+        self.prefix = first.split("/", 1)[0] if folder else ""
 
     # -- directory ---------------------------------------------------------------
 

@@ -1,0 +1,51 @@
+"""The context the restricted engine hands every constructor it calls.
+
+Constructors (``rebuild.py``, ``objects.py``, ``special.py``) build tensors, parameters and
+objects through it, so one engine serves a real load (arrays over the checkpoint's storages)
+and a dry run (tensor specs only, for scanning and for every reading of
+:mod:`ptfile.consumers`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import objects
+from .errors import CorruptFileError
+from .tensors import TensorSpec
+from .values import Parameter
+
+__all__ = ["Context"]
+
+
+class Context:
+    """What the engine hands every constructor: how to make tensors, what BUILD may touch.
+
+    ``checkpoint`` (a :class:`ptfile.loader.Checkpoint`, or None for a dry run) turns a tensor
+    spec into an array when ``materialize`` is set; without one, constructors build specs only.
+    """
+
+    build_handler = staticmethod(objects.build_handler)
+
+    def __init__(self, checkpoint: Any = None, materialize: bool = False) -> None:
+        self.fresh_arrays: dict[int, np.ndarray] = {}
+        self._checkpoint = checkpoint
+        self.materialize = materialize  # False while a lazy handle lists tensors: specs, not arrays
+        self.inventory = checkpoint.inventory if checkpoint is not None else []  # copyreg._reconstructor notes its class
+
+    def tensor(self, spec: TensorSpec) -> Any:
+        if self.materialize and self._checkpoint is not None:
+            return self._checkpoint.array(spec)
+        return spec
+
+    def parameter(self, data: Any, requires_grad: bool, attributes: dict | None) -> Any:
+        if type(data) is TensorSpec:
+            return data.as_parameter(requires_grad, attributes)
+        if not isinstance(data, np.ndarray):
+            raise CorruptFileError(f"parameter built from a {type(data).__name__}, not a tensor")
+        param = data.view(Parameter)
+        param.requires_grad = requires_grad
+        param.attributes = attributes
+        return param

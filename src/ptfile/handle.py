@@ -1,0 +1,178 @@
+"""The one handle ``ptfile.open`` returns, whatever the format.
+
+A :class:`Handle` is a read-only ``Mapping[str, ndarray]`` over the checkpoint's tensors
+(``keys``, ``items``, ``values``, ``get``, ``len``, ``in``, iteration), plus:
+
+* ``info(key)``: a :class:`~ptfile.loader.TensorInfo` (dtype, shape, strides, storage)
+  without reading the tensor;
+* ``get_slice(key)[...]``: a basic slice of a tensor, reading only the bytes it covers
+  (tensors are views of the mapped file, or read by range from a remote one);
+* ``metadata()``: the safetensors header metadata, torch's ``_metadata`` of the root
+  ``OrderedDict`` where present (as ``{module: repr(dict)}``), else empty;
+* ``tree``: the whole object tree, non-tensor values included (tensors in it are
+  described, not read), and ``value(path)`` for any value in it by dotted path
+  (``value("epoch")``, ``value("optimizer.param_groups.0.lr")``);
+* ``format``, ``name``, ``close()`` and the context manager; any use after ``close()``
+  raises :class:`~ptfile.errors.PtfileError`.
+
+Each format supplies five small methods (``_names``, ``_info``, ``_tensor``, ``_tree``,
+``_close``; optionally ``_metadata``); everything else is here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping
+from typing import Any
+
+from .errors import PtfileError
+
+__all__ = ["Handle", "TensorSlice"]
+
+
+class Handle(Mapping[str, Any]):
+    """The tensors of one checkpoint, read on demand; see the module docstring."""
+
+    format = ""
+    name = ""
+    _closed = False
+
+    # -- what a format supplies -------------------------------------------------------
+
+    def _names(self) -> Collection[str]:
+        """The tensor names in order, with a fast ``in`` (a dict's keys)."""
+        raise NotImplementedError
+
+    def _info(self, key: str) -> Any:
+        raise NotImplementedError
+
+    def _tensor(self, key: str) -> Any:
+        raise NotImplementedError
+
+    def _tree(self) -> Any:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def _metadata(self) -> dict[str, str]:
+        return {}
+
+    # -- the mapping --------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PtfileError(f"{self.name}: the checkpoint handle is closed")
+
+    def keys(self) -> list[str]:  # type: ignore[override]  # a list, as safetensors' handle returns
+        """Dotted names of every tensor, in the order of the checkpoint."""
+        self._check_open()
+        return list(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        self._check_open()
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        self._check_open()
+        return len(self._names())
+
+    def __contains__(self, key: object) -> bool:
+        self._check_open()
+        return key in self._names()
+
+    def __getitem__(self, key: str) -> Any:
+        """The tensor as a numpy array (quantized and sparse tensors as their ptfile values)."""
+        self._check_open()
+        if key not in self._names():
+            raise KeyError(self._missing(key))
+        return self._tensor(key)
+
+    def _missing(self, key: str) -> str:
+        hint = ""
+        try:
+            self.value(key)
+            hint = f"; it is a value, not a tensor: use .value({key!r})"
+        except (KeyError, PtfileError):
+            pass
+        return f"no tensor named {key!r} in {self.name}{hint}"
+
+    def get_tensor(self, key: str) -> Any:
+        """``handle[key]``, by the name safetensors' handle gives it."""
+        return self[key]
+
+    def info(self, key: str) -> Any:
+        """dtype, shape, strides, sizes and storage of one tensor, without reading it."""
+        self._check_open()
+        if key not in self._names():
+            raise KeyError(self._missing(key))
+        return self._info(key)
+
+    def get_slice(self, key: str) -> TensorSlice:
+        """A lazy slice: ``handle.get_slice(key)[0:2, :]`` reads only the bytes it covers."""
+        self.info(key)
+        return TensorSlice(self, key)
+
+    def metadata(self) -> dict[str, str]:
+        self._check_open()
+        return dict(self._metadata())
+
+    @property
+    def tree(self) -> Any:
+        """The whole object tree; tensors in it are described, not read."""
+        self._check_open()
+        return self._tree()
+
+    def value(self, path: str) -> Any:
+        """Any value of the tree by dotted path (list items by index); a tensor is read."""
+        self._check_open()
+        if path in self._names():
+            return self._tensor(path)
+        node = self._tree()
+        for part in path.split(".") if path else ():
+            node = _child(node, part, path, self.name)
+        return node
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._closed:
+            self._close()
+            self._closed = True
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _child(node: Any, part: str, path: str, name: str) -> Any:
+    if isinstance(node, Mapping) and part in node:
+        return node[part]
+    if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+        return node[int(part)]
+    state = getattr(node, "state", None)  # a record's attributes
+    if isinstance(state, Mapping) and part in state:
+        return state[part]
+    raise KeyError(f"no value at {path!r} in {name} (stopped at {part!r})")
+
+
+class TensorSlice:
+    """What ``get_slice`` returns: ``shape``, ``dtype`` and basic indexing of one tensor."""
+
+    def __init__(self, handle: Handle, key: str) -> None:
+        self._handle = handle
+        self._key = key
+        info = handle.info(key)
+        self.shape = info.shape
+        self.dtype = info.dtype
+
+    def get_shape(self) -> list[int]:
+        return list(self.shape)
+
+    def get_dtype(self) -> str:
+        return str(self.dtype)
+
+    def __getitem__(self, index: Any) -> Any:
+        # tensors are views of the mapped (or range-read) file: indexing a view touches only its bytes
+        return self._handle[self._key][index]

@@ -1,0 +1,217 @@
+"""One door: what a source is, decided here alone, and the handle that reads it.
+
+``ptfile.load``, ``ptfile.open``, ``ptfile.scan`` and every command ask this module what a
+path, URL, file object or bytes is.  The answer comes from the content first and the name
+second:
+
+==================  ================================================================
+format              recognised by
+==================  ================================================================
+``dcp``             a folder holding ``.metadata`` (torch.distributed.checkpoint)
+``sharded``         a folder holding a ``*.index.json``, or that index file itself
+(a folder)          a folder with exactly one checkpoint file: that file
+``safetensors``     u64le header length, then ``{``, the header inside the file
+``npz``             a zip whose first record is a top-level ``.npy`` member
+``npy``             ``\\x93NUMPY``
+``torch``           anything else: torch's zip (TorchScript included), the legacy
+                    stream or tar, a plain pickle (see :func:`ptfile.loader.open_container`)
+==================  ================================================================
+
+Adding a format is one module with a :class:`~ptfile.handle.Handle` and one row of
+:data:`FORMATS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .errors import CheckpointNotFoundError, CorruptFileError, UnsafeGlobalError
+from .handle import Handle
+from .source import Source, open_source
+
+__all__ = ["FORMATS", "Format", "detect", "open_handle", "open_file", "load_tree", "resolve", "refuse_other_readings"]
+
+#: Bytes read to tell formats apart (a tar header is the longest test).
+SNIFF_BYTES = 512
+
+
+class Format(NamedTuple):
+    """One readable format: how its bytes start, and how a source of it opens."""
+
+    name: str
+    sniff: Callable[[bytes, int], bool]  # (first SNIFF_BYTES bytes, file size) -> is it this format
+    open: Callable[[Source, bool, bool], Handle]  # (source, copy, records) -> handle
+
+
+def _open_safetensors(source: Source, copy: bool, records: bool) -> Handle:
+    from .stformat import SafetensorsCheckpoint
+
+    return SafetensorsCheckpoint(source, copy=copy)
+
+
+def _open_numpy(source: Source, copy: bool, records: bool) -> Handle:
+    from .npformat import NumpyCheckpoint
+
+    return NumpyCheckpoint(source, copy=copy)
+
+
+def _open_torch(source: Source, copy: bool, records: bool) -> Handle:
+    from .loader import LazyCheckpoint
+
+    return LazyCheckpoint(source, copy=copy, records=records)
+
+
+def _sniff_safetensors(head: bytes, size: int) -> bool:
+    from .stformat import is_safetensors
+
+    return is_safetensors(head, size)
+
+
+def _sniff_npz(head: bytes, size: int) -> bool:
+    from .npformat import is_npz
+
+    return is_npz(head)
+
+
+def _sniff_npy(head: bytes, size: int) -> bool:
+    from .npformat import is_npy
+
+    return is_npy(head)
+
+
+#: Formats of single files, tried in order; the last takes whatever is left.
+FORMATS = (
+    Format("safetensors", _sniff_safetensors, _open_safetensors),
+    Format("npz", _sniff_npz, _open_numpy),
+    Format("npy", _sniff_npy, _open_numpy),
+    Format("torch", lambda head, size: True, _open_torch),
+)
+
+
+def _is_path(src: Any) -> bool:
+    return isinstance(src, (str, os.PathLike))
+
+
+def resolve(src: Any) -> tuple[str, Any]:
+    """``(kind, what to open)``: ``dcp`` or ``sharded`` for folders and indexes, else ``file`` and the file.
+
+    A folder with neither a DCP ``.metadata`` nor an index must hold exactly one checkpoint file.
+    """
+    from .dcp import is_dcp
+    from .sharded import INDEX_SUFFIX
+
+    if not _is_path(src) or "://" in os.fspath(src):
+        return "file", src
+    path = os.fspath(src)
+    if os.path.isdir(path):
+        if is_dcp(path):
+            return "dcp", path
+        if any(name.endswith(INDEX_SUFFIX) for name in os.listdir(path)):
+            return "sharded", path
+        return "file", _single_file(path)
+    if path.endswith(INDEX_SUFFIX):
+        return "sharded", path
+    return "file", src
+
+
+def _single_file(folder: str) -> str:
+    found = sorted(name for name in os.listdir(folder) if _is_checkpoint_file(os.path.join(folder, name)))
+    if len(found) != 1:
+        listed = ", ".join(found[:8]) if found else "none"
+        raise CheckpointNotFoundError(f"{folder}: a folder without a shard index must hold exactly one checkpoint "
+                                      f"file; it holds {len(found)} ({listed})")
+    return os.path.join(folder, found[0])
+
+
+def _is_checkpoint_file(path: str) -> bool:
+    """Whether a file in a folder is something ptfile reads: sniffed by content, never judged by name."""
+    from .legacy import is_tar
+    from .loader import looks_like_pickle
+    from .ziparchive import is_zip
+
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    size = os.path.getsize(path)
+    return (is_zip(head) or is_tar(head) or looks_like_pickle(head)
+            or any(f.sniff(head, size) for f in FORMATS[:-1]))
+
+
+def detect(source: Source) -> Format:
+    """The format of a single file's bytes."""
+    head = source.read(0, min(source.size, SNIFF_BYTES), "file header")
+    return next(f for f in FORMATS if f.sniff(head, source.size))
+
+
+def open_handle(src: Any, *, mmap: bool = True, records: bool = False) -> Handle:
+    """The handle for anything ptfile reads (see the module docstring)."""
+    kind, target = resolve(src)
+    if kind == "dcp":
+        from .dcp import DcpCheckpoint
+
+        return DcpCheckpoint(target, mmap=mmap, records=records)
+    if kind == "sharded":
+        from .sharded import ShardedCheckpoint
+
+        return ShardedCheckpoint(target, mmap=mmap, records=records)
+    source = open_source(target, mmap_file=mmap)
+    try:
+        return open_file(source, detect(source), copy=not mmap, records=records)
+    except BaseException:
+        source.close()
+        raise
+
+
+def open_file(source: Source, fmt: Format, *, copy: bool, records: bool) -> Handle:
+    """The handle of one file of a known format, once every other consumer's reading of it is judged.
+
+    torch's containers judge those readings themselves (:class:`ptfile.loader.Checkpoint`);
+    for the other formats it is done here, so that a safetensors or numpy file that is also
+    something else (a pickle at byte 0, a zip appended) is refused as the scanner reports it.
+    """
+    handle = fmt.open(source, copy, records)
+    if fmt.name != "torch":
+        refuse_other_readings(source, fmt.name)
+    return handle
+
+
+def refuse_other_readings(source: Source, fmt: str) -> None:
+    """Raise when a consumer other than the format's own reader would run, or might run, something."""
+    from . import allowlist, consumers
+
+    inventory: list = []
+    faults = consumers.other_readings(source, fmt, inventory)
+    judgement = allowlist.judge(inventory)
+    if judgement.verdict != allowlist.CLEAN:
+        listed = "; ".join(f.describe() for f in judgement.findings[:8])
+        raise UnsafeGlobalError(f"{source.name}: refused {judgement.verdict} globals: {listed}", judgement.findings)
+    if faults:
+        raise CorruptFileError(faults[0])
+
+
+def load_tree(src: Any, *, mmap: bool = True, records: bool = False) -> Any:
+    """What ``ptfile.load`` returns, for every format."""
+    kind, target = resolve(src)
+    if kind != "file":
+        with open_handle(target, mmap=mmap, records=records) as handle:
+            return handle.load()  # type: ignore[attr-defined]
+    source = open_source(target, mmap_file=mmap)
+    try:
+        fmt = detect(source)
+    except BaseException:
+        source.close()
+        raise
+    if fmt.name == "torch":  # the fast path: one pass over the pickle, no handle
+        from .loader import load_source
+
+        return load_source(source, mmap=mmap, records=records)
+    try:
+        handle = open_file(source, fmt, copy=not mmap, records=records)
+    except BaseException:
+        source.close()
+        raise
+    with handle:
+        return {key: handle[key] for key in handle.keys()}
