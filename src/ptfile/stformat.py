@@ -236,9 +236,17 @@ def _read_aliases(metadata: dict[str, str], entries: dict[str, _Entry], name: st
         fields_ok = (type(alias.offset) is int and alias.offset >= 0
                      and all(type(d) is int and d >= 0 for d in alias.shape)
                      and len(alias.strides) == len(alias.shape) and all(type(d) is int and d >= 0 for d in alias.strides))
-        if key in entries or alias.target not in entries or not fields_ok:
+        if key in entries or alias.target not in entries or not fields_ok or not _inside(alias, entries[alias.target]):
             raise CorruptFileError(f"{name}: metadata {ALIASES_KEY!r} holds a bad view {key!r} of {alias.target!r}")
     return aliases
+
+
+def _inside(alias: _Alias, target: _Entry) -> bool:
+    """Whether every element of the view lies inside the target tensor (exact integers)."""
+    if 0 in alias.shape:
+        return True
+    last = alias.offset + sum((size - 1) * stride for size, stride in zip(alias.shape, alias.strides, strict=True))
+    return last < math.prod(target.shape)
 
 
 def _header(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None) -> tuple[bytes, list[str]]:
