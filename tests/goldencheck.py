@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 import ptfile
+from ptfile.engine import GlobalRef
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ROOT = FIXTURES.parent.parent
@@ -124,7 +125,7 @@ def _compare(loaded: Any, node: Any, expected: Expected, where: str, found: dict
     elif kind == "object":
         _compare_record(loaded, node, expected, where, found, seen)
     elif kind == "ref":
-        assert loaded is seen[node["index"]], f"{where}: not the record met {node['index'] + 1}th"
+        assert loaded is seen[node["index"]], f"{where}: not the same record as the one met at index {node['index']}"
     else:
         raise AssertionError(f"{where}: unknown encoding {kind!r}")
 
@@ -150,9 +151,15 @@ def _compare_items(items: list, nodes: list, expected: Expected, where: str, fou
 
 
 def global_path(value: Any) -> str | None:
-    """The dotted name a pickle gives a class or function: ptfile's stand-in or a real one."""
+    """The dotted name a pickle gives a class or function: ptfile's stand-in or a real one.
+
+    A class named as a value inside a record's state comes back as the engine's own
+    ``GlobalRef`` rather than a public ``ptfile.Global``; both name the global the same way.
+    """
     if isinstance(value, ptfile.Global):
         return value.path
+    if type(value) is GlobalRef:
+        return f"{value.module}.{value.name}"
     if isinstance(value, type) or callable(value):
         return f"{value.__module__}.{value.__qualname__}"
     return None

@@ -17,10 +17,10 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 
 import pytest
-from goldencheck import Expected, check_loaded
-from realworld import fetch
 
 import ptfile
+from goldencheck import Expected, check_loaded
+from realworld import fetch
 
 pytestmark = pytest.mark.realworld
 
