@@ -120,6 +120,9 @@ def _compare(loaded: Any, node: Any, expected: Expected, where: str, found: dict
             _compare(item, sub, expected, f"{where}[{i}]", found, seen)
     elif kind in ("dict", "odict", "defaultdict"):
         _compare_dict(loaded, node, expected, where, found, seen)
+    elif kind in ("set", "frozenset"):
+        assert type(loaded).__name__ == kind, f"{where}: {type(loaded).__name__} is not a {kind}"
+        assert sorted(loaded, key=repr) == node["items"], f"{where}: {sorted(loaded, key=repr)} != {node['items']}"
     elif kind == "global":
         assert global_path(loaded) == node["path"], f"{where}: {loaded!r} is not {node['path']}"
     elif kind == "object":
@@ -166,7 +169,17 @@ def global_path(value: Any) -> str | None:
 
 
 def _compare_record(loaded: Any, node: dict, expected: Expected, where: str, found: dict, seen: list) -> None:
-    """An object of a class ptfile does not construct: a Record with the class, arguments and state pickled."""
+    """An object of a class ptfile does not construct: a Record with the class, arguments and state pickled.
+
+    Lightning's ``AttributeDict`` is the exception: ptfile gives its own dict subclass,
+    holding the items the pickle set.
+    """
+    if isinstance(loaded, ptfile.AttributeDict):
+        assert node["class"].endswith(".AttributeDict"), f"{where}: AttributeDict for {node['class']}"
+        assert node["args"] == [] and node["state"] is None and node["listitems"] == [], f"{where}: {node}"
+        seen.append(loaded)
+        _compare_items(list(loaded.items()), node["dictitems"], expected, where, found, seen)
+        return
     assert isinstance(loaded, ptfile.Record), f"{where}: {type(loaded).__name__} is not a Record of {node['class']}"
     assert loaded.classname == node["class"], f"{where}: class {loaded.classname} != {node['class']}"
     seen.append(loaded)

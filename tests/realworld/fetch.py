@@ -168,6 +168,31 @@ WHEELS: tuple[Wheel, ...] = (
               Member("pesto/weights/mir-1k_g7.ckpt",  # Lightning checkpoint, omegaconf hyper-parameters
                      "16c32e06ddd950e3e4866dfa3c7f8a87c4988f8adf43e57977b189f031f26f3e", ZIP_2X, records=True),
           )),
+    # chemprop 2 models saved by Lightning: AttributeDict hyper-parameters holding whole modules
+    # (torch.nn.ReLU, chemprop and torchmetrics objects created by NEWOBJ and REDUCE) and classes
+    Wheel("admet-ai", "2.0.1", "admet_ai-2.0.1-py3-none-any.whl",
+          "fef3527f637abb00d272cf824e8eef0136fe31ebde6c56881f1a8c02c0417806", (
+              Member("admet_ai/resources/models/admet_classification/model_0.pt",
+                     "9a5fb298a6564e8ef739890c90b02e831521073f49eefd2310fb56cdb61a2378", ZIP_2X, records=True),
+              Member("admet_ai/resources/models/admet_classification/model_1.pt",
+                     "2bf047553eef397060af376e78dd4e990114df8428e05f734c4e4aca284280ca", ZIP_2X, records=True),
+              Member("admet_ai/resources/models/admet_classification/model_2.pt",
+                     "0e9d7eb3ff0b53bd2f20e43a75e0872c682b0ee27059dd50735c416d97a3fd24", ZIP_2X, records=True),
+              Member("admet_ai/resources/models/admet_classification/model_3.pt",
+                     "4b35cb5686f23c6e3e5a4c587a5c4dd79b7f1f46be26684260c0b78366145d58", ZIP_2X, records=True),
+              Member("admet_ai/resources/models/admet_classification/model_4.pt",
+                     "9fdac559e3058b5f7b03780f9c696223d27adb94c78f9eb9aba6154e2dbff492", ZIP_2X, records=True),
+              Member("admet_ai/resources/models/admet_regression/model_0.pt",
+                     "c709dc4526dc7f6cf39cea64190f63adbb2b95e280d34582c492fc53da64a1a4", ZIP_2X, records=True),
+              Member("admet_ai/resources/models/admet_regression/model_1.pt",
+                     "57e8011a180cddf8acf66f94f5b123023c3fed503e3870a2f3f6f5300a7f3c82", ZIP_2X, records=True),
+              Member("admet_ai/resources/models/admet_regression/model_2.pt",
+                     "05e8509fea4ddc4686c521d75ee2fe770113cb93f09a849a6378b0a0e3ce113e", ZIP_2X, records=True),
+              Member("admet_ai/resources/models/admet_regression/model_3.pt",
+                     "04b265ff444190247b159932ab2225afc844bae9552299bf1ddf99b336c28d71", ZIP_2X, records=True),
+              Member("admet_ai/resources/models/admet_regression/model_4.pt",
+                     "b58c76493744edfb022e50e531a8ad82453bdf543c2195d878ecfd248795c7c8", ZIP_2X, records=True),
+          )),
     Wheel("torchfcpe", "0.0.4", "torchfcpe-0.0.4-py3-none-any.whl",
           "f042c463d850d76c6f4899a0b84f0b694bb560adf05f4de951097a756d17472d", (
               Member("torchfcpe/assets/fcpe_c_v001.pt",
