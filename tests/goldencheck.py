@@ -16,7 +16,7 @@ import argparse
 import json
 import struct
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 import ptfile
+from ptfile.engine import GlobalRef
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ROOT = FIXTURES.parent.parent
@@ -72,18 +73,19 @@ def load_expected(name: str) -> Expected:
 def compare_tree(loaded: Any, node: Any, expected: Expected, where: str = "<root>") -> dict[str, np.ndarray]:
     """Assert ``loaded`` matches the encoded ``node``; return the tensors found, by path."""
     found: dict[str, np.ndarray] = {}
-    _compare(loaded, node, expected, where, found)
+    _compare(loaded, node, expected, where, found, [])
     return found
 
 
-def _compare(loaded: Any, node: Any, expected: Expected, where: str, found: dict) -> None:  # noqa: C901
+def _compare(loaded: Any, node: Any, expected: Expected, where: str, found: dict, seen: list) -> None:  # noqa: C901
+    """``seen`` holds the records met so far, in order: a ``ref`` node points into it."""
     if node is None or type(node) in (bool, int, str):
         assert type(loaded) is type(node) and loaded == node, f"{where}: {loaded!r} != {node!r}"
         return
     if type(node) is list:
         assert type(loaded) is list and len(loaded) == len(node), f"{where}: {type(loaded).__name__} != list"
         for i, (item, sub) in enumerate(zip(loaded, node, strict=True)):
-            _compare(item, sub, expected, f"{where}[{i}]", found)
+            _compare(item, sub, expected, f"{where}[{i}]", found, seen)
         return
     kind = node["t"]
     if kind == "tensor":
@@ -111,30 +113,80 @@ def _compare(loaded: Any, node: Any, expected: Expected, where: str, found: dict
         assert type(loaded) is argparse.Namespace, f"{where}: {type(loaded).__name__} is not a Namespace"
         assert list(vars(loaded)) == [key for key, _ in node["attrs"]], f"{where}: fields {list(vars(loaded))}"
         for key, sub in node["attrs"]:
-            _compare(getattr(loaded, key), sub, expected, f"{where}.{key}", found)
+            _compare(getattr(loaded, key), sub, expected, f"{where}.{key}", found, seen)
     elif kind == "tuple":
         assert type(loaded) is tuple and len(loaded) == len(node["items"]), f"{where}: {type(loaded).__name__}"
         for i, (item, sub) in enumerate(zip(loaded, node["items"], strict=True)):
-            _compare(item, sub, expected, f"{where}[{i}]", found)
-    elif kind in ("dict", "odict"):
-        _compare_dict(loaded, node, expected, where, found)
+            _compare(item, sub, expected, f"{where}[{i}]", found, seen)
+    elif kind in ("dict", "odict", "defaultdict"):
+        _compare_dict(loaded, node, expected, where, found, seen)
+    elif kind in ("set", "frozenset"):
+        assert type(loaded).__name__ == kind, f"{where}: {type(loaded).__name__} is not a {kind}"
+        assert sorted(loaded, key=repr) == node["items"], f"{where}: {sorted(loaded, key=repr)} != {node['items']}"
+    elif kind == "global":
+        assert global_path(loaded) == node["path"], f"{where}: {loaded!r} is not {node['path']}"
+    elif kind == "object":
+        _compare_record(loaded, node, expected, where, found, seen)
+    elif kind == "ref":
+        assert loaded is seen[node["index"]], f"{where}: not the same record as the one met at index {node['index']}"
     else:
         raise AssertionError(f"{where}: unknown encoding {kind!r}")
 
 
-def _compare_dict(loaded: Any, node: dict, expected: Expected, where: str, found: dict) -> None:
-    want_type = OrderedDict if node["t"] == "odict" else dict
+def _compare_dict(loaded: Any, node: dict, expected: Expected, where: str, found: dict, seen: list) -> None:
+    want_type = {"odict": OrderedDict, "defaultdict": defaultdict}.get(node["t"], dict)
     assert type(loaded) is want_type, f"{where}: {type(loaded).__name__} is not {want_type.__name__}"
-    keys = list(loaded)
-    assert len(keys) == len(node["items"]), f"{where}: {len(keys)} keys, expected {len(node['items'])}"
-    for key, (key_node, value_node) in zip(keys, node["items"], strict=True):
-        _compare(key, key_node, expected, f"{where} key", found)
-        _compare(loaded[key], value_node, expected, f"{where}[{key!r}]", found)
+    if want_type is defaultdict:
+        _compare(loaded.default_factory, node["factory"], expected, f"{where}.default_factory", found, seen)
+    _compare_items(list(loaded.items()), node["items"], expected, where, found, seen)
     if "metadata" in node:
         assert hasattr(loaded, "_metadata"), f"{where}: _metadata missing"
-        _compare(loaded._metadata, node["metadata"], expected, f"{where}._metadata", found)
+        _compare(loaded._metadata, node["metadata"], expected, f"{where}._metadata", found, seen)
     else:
         assert not hasattr(loaded, "_metadata"), f"{where}: unexpected _metadata"
+
+
+def _compare_items(items: list, nodes: list, expected: Expected, where: str, found: dict, seen: list) -> None:
+    assert len(items) == len(nodes), f"{where}: {len(items)} items, expected {len(nodes)}"
+    for (key, value), (key_node, value_node) in zip(items, nodes, strict=True):
+        _compare(key, key_node, expected, f"{where} key", found, seen)
+        _compare(value, value_node, expected, f"{where}[{key!r}]", found, seen)
+
+
+def global_path(value: Any) -> str | None:
+    """The dotted name a pickle gives a class or function: ptfile's stand-in or a real one.
+
+    A class named as a value inside a record's state comes back as the engine's own
+    ``GlobalRef`` rather than a public ``ptfile.Global``; both name the global the same way.
+    """
+    if isinstance(value, ptfile.Global):
+        return value.path
+    if type(value) is GlobalRef:
+        return f"{value.module}.{value.name}"
+    if isinstance(value, type) or callable(value):
+        return f"{value.__module__}.{value.__qualname__}"
+    return None
+
+
+def _compare_record(loaded: Any, node: dict, expected: Expected, where: str, found: dict, seen: list) -> None:
+    """An object of a class ptfile does not construct: a Record with the class, arguments and state pickled.
+
+    Lightning's ``AttributeDict`` is the exception: ptfile gives its own dict subclass,
+    holding the items the pickle set.
+    """
+    if isinstance(loaded, ptfile.AttributeDict):
+        assert node["class"].endswith(".AttributeDict"), f"{where}: AttributeDict for {node['class']}"
+        assert node["args"] == [] and node["state"] is None and node["listitems"] == [], f"{where}: {node}"
+        seen.append(loaded)
+        _compare_items(list(loaded.items()), node["dictitems"], expected, where, found, seen)
+        return
+    assert isinstance(loaded, ptfile.Record), f"{where}: {type(loaded).__name__} is not a Record of {node['class']}"
+    assert loaded.classname == node["class"], f"{where}: class {loaded.classname} != {node['class']}"
+    seen.append(loaded)
+    _compare(list(loaded.args), node["args"], expected, f"{where}.args", found, seen)
+    _compare(loaded.state, node["state"], expected, f"{where}.state", found, seen)
+    _compare(loaded.listitems, node["listitems"], expected, f"{where}.listitems", found, seen)
+    _compare_items(list(loaded.items.items()), node["dictitems"], expected, f"{where}.items", found, seen)
 
 
 # -- tensors ---------------------------------------------------------------------------
