@@ -179,9 +179,10 @@ def _write_sharded_safetensors(tensors: dict[str, np.ndarray], dst: str, max_siz
 def convert(src: Any, dst: str, *, dtype: str | None = None, key: str | None = None, records: bool = False,
             max_shard_size: int | str | None = None) -> ConvertReport:
     """Convert ``src`` into the format ``dst``'s extension names; see the module docstring."""
-    from .dcp import consolidate, is_dcp
+    from .dcp import consolidate
+    from .opener import resolve
 
-    if is_dcp(src) and dtype is None and key is None and max_shard_size is None and \
+    if resolve(src)[0] == "dcp" and dtype is None and key is None and max_shard_size is None and \
             dst.endswith((".safetensors", *TORCH_SUFFIXES)):
         return consolidate(src, dst, records=records)  # one tensor at a time; other options go the general way
     tensors, skipped = read_tensors(src, key=key, records=records)

@@ -35,6 +35,8 @@ __all__ = ["FORMATS", "Format", "detect", "open_handle", "open_file", "load_tree
 
 #: Bytes read to tell formats apart (a tar header is the longest test).
 SNIFF_BYTES = 512
+#: How shard index files end (``pytorch_model.bin.index.json``, ``model.safetensors.index.json``).
+INDEX_SUFFIX = ".index.json"
 
 
 class Format(NamedTuple):
@@ -99,12 +101,13 @@ def resolve(src: Any) -> tuple[str, Any]:
 
     A folder with neither a DCP ``.metadata`` nor an index must hold exactly one checkpoint file.
     """
-    from .dcp import is_dcp
-    from .sharded import INDEX_SUFFIX
-
     if not _is_path(src) or "://" in os.fspath(src):
         return "file", src
     path = os.fspath(src)
+    if not os.path.isdir(path) and not path.endswith(INDEX_SUFFIX):
+        return "file", src  # the common case imports nothing of the folder formats
+    from .dcp import is_dcp
+
     if os.path.isdir(path):
         if is_dcp(path):
             return "dcp", path

@@ -20,23 +20,14 @@ import numpy as np
 from .errors import CheckpointNotFoundError, CorruptFileError
 from .handle import Handle
 from .loader import TensorInfo, open_checkpoint
+from .opener import INDEX_SUFFIX
 from .source import checked_size
 from .values import brief
 
-__all__ = ["ShardedCheckpoint", "find_index", "is_sharded", "is_plain_file_name"]
+__all__ = ["ShardedCheckpoint", "find_index", "is_plain_file_name"]
 
 #: Index files are small; a larger one is not an index.
 MAX_INDEX_BYTES = 256 << 20
-INDEX_SUFFIX = ".index.json"
-
-
-def is_sharded(src: Any) -> bool:
-    """A shard index, or a folder that is not a DCP checkpoint (see :mod:`ptfile.dcp`)."""
-    from .dcp import is_dcp
-
-    return isinstance(src, (str, os.PathLike)) and (
-        (os.path.isdir(src) and not is_dcp(src)) or os.fspath(src).endswith(INDEX_SUFFIX)
-    )
 
 
 #: Characters no file name of a shard or DCP item may hold: a Windows separator, the C string end.

@@ -36,7 +36,7 @@ from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from .handle import Handle
 from .loader import TensorInfo
 from .source import Source, open_source
-from .writer import root_of
+from .tensors import root_of
 
 __all__ = ["read_safetensors", "write_safetensors", "remove_shared", "alias_views", "SafetensorsCheckpoint",
            "is_safetensors", "DTYPE_CODES", "ALIASES_KEY"]

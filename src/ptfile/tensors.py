@@ -24,7 +24,7 @@ from .dtypes import DtypeInfo
 from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from .values import Parameter, brief
 
-__all__ = ["StorageType", "StorageRef", "TensorSpec", "check_view", "view_array"]
+__all__ = ["StorageType", "StorageRef", "TensorSpec", "check_view", "view_array", "root_of"]
 
 #: numpy cannot hold more dimensions than this (NPY_MAXDIMS); neither does any real tensor.
 MAX_NDIM = 64
@@ -221,3 +221,11 @@ def view_array(spec: TensorSpec, buffer: np.ndarray) -> np.ndarray:
         arr.requires_grad = spec.requires_grad
         arr.attributes = spec.attributes
     return arr
+
+
+def root_of(array: np.ndarray) -> np.ndarray:
+    """The last ndarray on the ``base`` chain: the array whose memory a storage is."""
+    root = array
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    return root

@@ -61,7 +61,7 @@ from .dtypes import DtypeInfo
 from .engine import GlobalRef, gc_paused
 from .errors import PtfileError
 from .pickler import GlobalName, Pickler
-from .tensors import StorageType
+from .tensors import StorageType, root_of
 from .tree import MODULE_SLOTS
 from .values import Global, Parameter, Record
 from .zipwriter import STORAGE_ALIGNMENT, ZipRecordWriter, archive_prefix
@@ -148,14 +148,6 @@ def _byte_extent(array: np.ndarray) -> tuple[int, int]:
         else:
             hi += reach
     return lo, hi + array.itemsize
-
-
-def root_of(array: np.ndarray) -> np.ndarray:
-    """The last ndarray on the ``base`` chain: the array whose memory a storage is."""
-    root = array
-    while isinstance(root.base, np.ndarray):
-        root = root.base
-    return root
 
 
 @dataclass(frozen=True)
