@@ -159,8 +159,8 @@ class Engine:
 
     # -- helpers used by the dispatch loop ---------------------------------------
 
-    def note(self, ref: GlobalRef, use: str, offset: int) -> None:
-        self.inventory.append(self._use(ref.module, ref.name, use, offset, self.record))
+    def note(self, ref: GlobalRef, use: str, offset: int, args: str = "") -> None:
+        self.inventory.append(self._use(ref.module, ref.name, use, offset, self.record, args))
 
     def find_global(self, module: Any, name: Any, offset: int) -> Any:
         if type(module) is not str or type(name) is not str:
@@ -188,7 +188,7 @@ class Engine:
                 func.called = True
                 self.note(func, use, offset)
             return entry.call(self.context, *args)
-        self.note(func, use, offset)
+        self.note(func, use, offset, brief(args))  # what it would have been called with, for the report
         return Record(func.as_global(), args)
 
     def new(self, cls: Any, args: Any, offset: int) -> Any:

@@ -5,14 +5,20 @@ pickle through the same restricted engine as ``ptfile.load``; nothing is
 imported, called or materialized.  The inventory is graded by the same
 :func:`ptfile.allowlist.judge`, so a file ``load`` refuses is never ``clean`` here.
 
-Verdicts, worst first:
+Verdicts, worst first (the four levels of :func:`ptfile.allowlist.judge`, and ``invalid``):
 
-* ``dangerous``: a call outside the allowlist, or a known code-execution global anywhere;
+* ``dangerous``: a known code-execution gadget is named or called anywhere;
+* ``unknown-call``: a global outside the allowlist, and no known gadget, is called: the
+  file runs third-party code under ``torch.load(weights_only=False)``; each finding says
+  how often and with what arguments;
 * ``invalid``: the file could not be parsed to the end (what was found before the fault
-  is still reported; a payload followed by garbage is ``dangerous``);
+  is still reported; a payload followed by garbage is ``dangerous`` or ``unknown-call``);
 * ``unknown-class``: only instances of classes ptfile does not know (whole pickled
-  models); ``strict`` makes these ``dangerous``;
+  models);
 * ``clean``: only allowlisted globals, used as allowed.
+
+``strict`` grades unknown calls and classes as ``dangerous``; ``allow`` accepts named
+third-party globals (never a gadget), whose findings become notes.
 
 Files that are not checkpoints are read as what they are: a torch zip is examined
 record by record (pickles under any name, anomalies such as wrong CRCs or
@@ -52,7 +58,9 @@ __all__ = ["ScanResult", "scan", "VERDICTS"]
 
 INVALID = "invalid"
 #: Verdicts from worst to best; the CLI's exit code and sorting follow this order.
-VERDICTS = (allowlist.DANGEROUS, INVALID, allowlist.UNKNOWN_CLASS, allowlist.CLEAN)
+VERDICTS = (allowlist.DANGEROUS, allowlist.UNKNOWN_CALL, INVALID, allowlist.UNKNOWN_CLASS, allowlist.CLEAN)
+#: Verdicts that fail a scan: code would run under ``torch.load(weights_only=False)``.
+FAILING = (allowlist.DANGEROUS, allowlist.UNKNOWN_CALL)
 #: Archives ``load`` does not read; the scanner opens them and scans their members.
 _COMPRESSED_MAGICS = {b"7z\xbc\xaf\x27\x1c": "7z", b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 #: Archives inside archives are opened this many levels down (a checkpoint in a tar.gz is two).
@@ -87,18 +95,25 @@ class ScanResult:
             "path": self.path,
             "verdict": self.verdict,
             "format": self.format,
-            "findings": [
-                {
-                    "global": f.path,
-                    "severity": f.severity,
-                    "uses": [{"use": u.use, "record": u.record, "offset": u.offset} for u in f.uses],
-                }
-                for f in self.findings
-            ],
+            "findings": [_finding_dict(f) for f in self.findings],
             "faults": list(self.faults),
             "notes": list(self.notes),
             "globals": sorted({u.path for u in self.globals}),
         }
+
+
+def _finding_dict(finding: allowlist.Finding) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "global": finding.path,
+        "severity": finding.severity,
+        "uses": [{"use": u.use, "record": u.record, "offset": u.offset} for u in finding.uses],
+    }
+    if finding.severity == allowlist.DANGEROUS:
+        found["reason"] = finding.reason
+    if finding.calls:
+        found["calls"] = finding.calls
+        found["arguments"] = finding.arguments
+    return found
 
 
 def is_scannable(path: str) -> bool:
@@ -127,33 +142,35 @@ def _worth_scanning(head: bytes) -> bool:
             or any(head.startswith(magic) for magic in _COMPRESSED_MAGICS))
 
 
-def scan(src: Any, *, strict: bool = False) -> ScanResult:
+def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None) -> ScanResult:
     """Scan one checkpoint (path, file object, bytes, DCP or shard folder) without loading anything from it.
 
     Args:
         src: what to scan.
-        strict: treat instances of unknown classes as dangerous.
+        strict: treat unknown calls and instances of unknown classes as dangerous.
+        allow: third-party globals to accept (see :class:`ptfile.allowlist.Allow`).
     """
+    allow = allowlist.as_allow(allow)
     name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<bytes>")
     from .dcp import is_dcp, scan_folder
     from .sharded import is_sharded
 
     if is_dcp(src):  # a DCP folder is one checkpoint: its .metadata and every item in it
-        return scan_folder(src, strict=strict)
+        return scan_folder(src, strict=strict, allow=allow)
     if is_sharded(src):  # a shard folder or index is the shards its index names, as load reads them
-        return _scan_shards(os.fspath(src), strict)
+        return _scan_shards(os.fspath(src), strict, allow)
     try:
         source = open_source(src, mmap_file=True)
     except PtfileError as exc:
         return ScanResult(str(name), INVALID, "unreadable", faults=[str(exc)])
     try:
         with gc_paused():  # the engine only builds objects that stay reachable: a collection frees nothing
-            return _scan_source(source, strict)
+            return _scan_source(source, strict, allow)
     finally:
         source.close()
 
 
-def _scan_source(source: Source, strict: bool, depth: int = 0) -> ScanResult:
+def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: int = 0) -> ScanResult:
     from .legacy import TAR_BLOCK, is_tar
 
     head = source.read(0, min(source.size, TAR_BLOCK), "file header")
@@ -163,25 +180,26 @@ def _scan_source(source: Source, strict: bool, depth: int = 0) -> ScanResult:
         return ScanResult(source.name, INVALID, "empty", faults=[f"{source.name}: the file is empty"])
     for magic, kind in _COMPRESSED_MAGICS.items():
         if head.startswith(magic):
-            return _scan_archive(source, kind, strict, depth)
+            return _scan_archive(source, kind, strict, allow, depth)
     fmt, faults, inert = _examine(source, inventory, notes)
     if fmt is None and (is_zip(head) or is_tar(head)):  # an archive, but not a checkpoint: its members
-        return _scan_archive(source, "zip" if is_zip(head) else "tar", strict, depth, faults)
+        return _scan_archive(source, "zip" if is_zip(head) else "tar", strict, allow, depth, faults)
     if fmt in (None, "pickle"):  # not a checkpoint: every pickle in the file, as torch's non-zip path meets them
         inventory.clear()
         fmt, faults = _scan_stream(source, inventory, notes)
-    judgement = allowlist.judge(inventory, inert_classes=inert)
+    judgement = allowlist.judge(inventory, inert_classes=inert, allow=allow)
     return scan_result(source.name, fmt, judgement, faults, notes, inventory, strict=strict)
 
 
 def scan_result(name: str, fmt: str, judgement: allowlist.Judgement, faults: list[str], notes: list[str],
                 inventory: list[GlobalUse], *, strict: bool) -> ScanResult:
-    """The verdict from a judgement and the faults met: a fault makes anything short of dangerous invalid."""
+    """The verdict from a judgement and the faults met: a fault makes anything short of a failing verdict invalid."""
     verdict = judgement.verdict
-    if faults and verdict != allowlist.DANGEROUS:
-        verdict = INVALID
-    if strict and verdict == allowlist.UNKNOWN_CLASS:
+    if strict and verdict in (allowlist.UNKNOWN_CALL, allowlist.UNKNOWN_CLASS):
         verdict = allowlist.DANGEROUS
+    if faults and verdict not in FAILING:
+        verdict = INVALID
+    notes = [*notes, *(f"allowed: {f.describe()}" for f in judgement.allowed)]
     return ScanResult(name, verdict, fmt, list(judgement.findings), faults, notes, inventory)
 
 
@@ -422,7 +440,8 @@ def _archive_members(source: Source, kind: str) -> Iterator[Member]:
         yield "", None, f"the {kind} reader stopped: {type(exc).__name__}: {exc}"
 
 
-def _scan_archive(source: Source, kind: str, strict: bool, depth: int, faults: list[str] | None = None) -> ScanResult:
+def _scan_archive(source: Source, kind: str, strict: bool, allow: allowlist.Allow, depth: int,
+                  faults: list[str] | None = None) -> ScanResult:
     """A zip, tar, 7z or compressed file load does not read: never clean, dangerous if a member is."""
     faults = [f"{source.name}: a {kind} archive that ptfile.load does not read; its members were scanned",
               *(faults or [])]
@@ -436,7 +455,7 @@ def _scan_archive(source: Source, kind: str, strict: bool, depth: int, faults: l
         if data is None:
             faults.append(f"{where}: {why}")
         elif _worth_scanning(data[:512]):
-            results.append(_scan_source(MappedSource(data, where), strict, depth + 1))
+            results.append(_scan_source(MappedSource(data, where), strict, allow, depth + 1))
         else:
             notes.append(f"member {name!r} is neither a pickle nor an archive; passed over")
     return combine_results(source.name, kind, results, faults, notes)
@@ -456,7 +475,7 @@ def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list
         faults.extend(result.faults)
         findings.extend(result.findings)
         inventory.extend(result.globals)
-    if faults and verdict != allowlist.DANGEROUS:
+    if faults and verdict not in FAILING:
         verdict = INVALID
     return ScanResult(name, verdict, fmt, findings, faults, notes, inventory)
 
@@ -464,7 +483,7 @@ def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list
 # -- shard folders -----------------------------------------------------------------------------
 
 
-def _scan_shards(path: str, strict: bool) -> ScanResult:
+def _scan_shards(path: str, strict: bool, allow: allowlist.Allow) -> ScanResult:
     """The shards a Hugging Face index names, each scanned; the index's own checks as load makes them."""
     from .sharded import ShardedCheckpoint, find_index, read_index
 
@@ -475,9 +494,9 @@ def _scan_shards(path: str, strict: bool) -> ScanResult:
         return ScanResult(path, INVALID, "sharded", faults=[str(exc)])
     folder = os.path.dirname(os.path.abspath(index))
     shards = list(dict.fromkeys(weight_map.values()))
-    results = [_scan_shard(os.path.join(folder, shard), strict) for shard in shards]
+    results = [_scan_shard(os.path.join(folder, shard), strict, allow) for shard in shards]
     faults: list[str] = []
-    if all(r.verdict in (allowlist.CLEAN, allowlist.UNKNOWN_CLASS) for r in results):
+    if all(r.verdict not in (*FAILING, INVALID) for r in results):
         # every name the index places in a shard must be there: load refuses the folder otherwise
         with ShardedCheckpoint(index, records=True) as handle:
             for shard in shards:
@@ -488,9 +507,9 @@ def _scan_shards(path: str, strict: bool) -> ScanResult:
     return combine_results(path, "sharded", results, faults, [f"shard index {os.path.basename(index)!r}"])
 
 
-def _scan_shard(path: str, strict: bool) -> ScanResult:
+def _scan_shard(path: str, strict: bool, allow: allowlist.Allow) -> ScanResult:
     if not path.endswith(".safetensors"):
-        return scan(path, strict=strict)
+        return scan(path, strict=strict, allow=allow)
     from .stformat import read_safetensors
 
     try:

@@ -80,7 +80,7 @@ class ShardedCheckpoint:
 
     format = "sharded"
 
-    def __init__(self, src: Any, *, mmap: bool = True, records: bool = False) -> None:
+    def __init__(self, src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None) -> None:
         path = os.fspath(src)
         self.index = find_index(path) if os.path.isdir(path) else path
         self.folder = os.path.dirname(os.path.abspath(self.index))
@@ -88,6 +88,7 @@ class ShardedCheckpoint:
         self.shards = list(dict.fromkeys(self.weight_map.values()))
         self._mmap = mmap
         self._records = records
+        self._allow = allow  # an allowlist.Allow, or None
         self._open: dict[str, Any] = {}
 
     def shard(self, name: str) -> Any:
@@ -100,7 +101,7 @@ class ShardedCheckpoint:
 
                 found = _SafetensorsShard(*read_safetensors(path, mmap=self._mmap))
             else:
-                found = open_checkpoint(path, mmap=self._mmap, records=self._records)
+                found = open_checkpoint(path, mmap=self._mmap, records=self._records, allow=self._allow)
             missing = [k for k, v in self.weight_map.items() if v == name and k not in found]
             if missing:
                 raise CorruptFileError(f"{path}: the index places {missing[0]!r} here but the shard lacks it")
