@@ -264,12 +264,24 @@ _gadgets("torch code paths: compilers, hub downloads, TorchScript, packages, col
          "torch.hub", "torch.jit", "torch._inductor", "torch._dynamo", "torch.utils", "torch.serialization",
          "torch.package", "torch.fx", "torch._C", "torch.cuda", "torch.backends", "torch.distributed",
          "torch.load", "torch.save", "torch.from_file", "torch.storage._load_from_bytes")
+_gadgets("imports any dotted name it is given (a module beside the allowed rebuild functions)",
+         "torch._utils._import_dotted_name")
 
 
 def gadget_reason(module: str, name: str) -> str | None:
-    """Why ``module.name`` is a known code-execution gadget, or None if it is not one."""
+    """Why ``module.name`` is a known code-execution gadget, or None if it is not one.
+
+    Table entries are exempt: they are only ever pushed as values or replaced by ptfile's
+    own constructors.  A call of an entry that has no constructor is graded by
+    :func:`_gadget_row` alone (``builtins.str('os')`` computes a module name for a payload).
+    """
     if (module, name) in _TABLE:
         return None
+    return _gadget_row(module, name)
+
+
+def _gadget_row(module: str, name: str) -> str | None:
+    """The reason the gadget rules give ``module.name``, table entries included."""
     if "." in name:
         return "dotted name: unpickling walks attributes from the module to anything it reaches"
     if name.startswith("__") and name.endswith("__"):
@@ -376,7 +388,8 @@ class Finding:
         more = f" and {len(self.uses) - 4} more" if len(self.uses) > 4 else ""
         detail = f"; {self.reason}" if self.reason else ""
         if self.severity == UNKNOWN_CALL:
-            detail = f"; called {self.calls} times with {', '.join(self.arguments)}"
+            times = "once" if self.calls == 1 else f"{self.calls} times"
+            detail = f"; called {times} with {', '.join(self.arguments)}"
         return f"{self.path} [{self.severity}]: {where}{more}{detail}"
 
 
@@ -404,11 +417,13 @@ def _severity(use: GlobalUse, inert_classes: Callable[[str, str], bool] | None =
         # The container vouches that these classes are data only (TorchScript modules, the DCP
         # dataclasses of torch.distributed, a prefix graded as code execution otherwise).
         return None
-    if is_code_execution(use.module, use.name):
-        return DANGEROUS
     entry = _TABLE.get((use.module, use.name))
     if use.use == "call":
-        return None if entry is not None and entry.call is not None else UNKNOWN_CALL
+        if entry is not None and entry.call is not None:
+            return None
+        return DANGEROUS if _gadget_row(use.module, use.name) is not None else UNKNOWN_CALL
+    if is_code_execution(use.module, use.name):
+        return DANGEROUS
     if use.use == "new":
         return None if entry is not None and entry.new is not None else UNKNOWN_CLASS
     return None if entry is not None else UNKNOWN_CLASS
@@ -445,7 +460,7 @@ def judge(inventory: Iterable[GlobalUse], *, inert_classes: Callable[[str, str],
     findings: list[Finding] = []
     allowed: list[Finding] = []
     for (module, name), grade in grades.items():
-        reason = (gadget_reason(module, name) or "") if grade == DANGEROUS else ""
+        reason = (_gadget_row(module, name) or "") if grade == DANGEROUS else ""
         finding = Finding(module, name, grade, tuple(uses[(module, name)]), reason)
         accepted = allow is not None and grade != DANGEROUS and allow.covers(module, name)
         (allowed if accepted else findings).append(finding)
