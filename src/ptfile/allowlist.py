@@ -213,10 +213,11 @@ for _name, _how in torchscript.PICKLE_BUILDERS.items():
          call=_how)
 
 
-def new_engine(data: bytes, record: str, inventory: list, context: Any, persistent_load: Any) -> Engine:
-    """The one restricted engine, wired to this one table."""
+def new_engine(data: bytes, record: str, inventory: list, context: Any, persistent_load: Any,
+               origin: int = 0) -> Engine:
+    """The one restricted engine, wired to this one table; ``origin`` is where ``data`` starts in the file."""
     return Engine(data, lookup=lookup, persistent_load=persistent_load, context=context, record=record,
-                  inventory=inventory, use_factory=GlobalUse)
+                  inventory=inventory, use_factory=GlobalUse, origin=origin)
 
 
 def lookup(module: str, name: str) -> Entry | None:

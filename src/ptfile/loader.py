@@ -124,7 +124,9 @@ class Checkpoint:
     ``combine(trees)`` (the checkpoint from their trees), ``side_pickles()`` (every other
     pickle it holds, which torch never loads but a scanner must see), ``persistent_load(pid,
     context)`` and ``storage_bytes(storage, copy=...)``; optionally ``inert_classes(module,
-    name)`` (classes that are data in this container, such as TorchScript's ``__torch__``).
+    name)`` (classes that are data in this container, such as TorchScript's ``__torch__``)
+    and ``origin(record)`` (the file offset of a pickle cut out of a stream, so that every
+    offset reported is a file offset).
     """
 
     def __init__(self, source: Source, *, copy: bool, records: bool, container: Any = None,
@@ -176,7 +178,9 @@ class Checkpoint:
         return trees[0] if len(trees) == 1 else self.container.combine(trees)
 
     def _run_object(self, record: str, data: bytes, context: Context) -> Any:
-        engine = new_engine(data, record, self.inventory, context, lambda pid: self.container.persistent_load(pid, context))
+        origin = self.container.origin(record) if hasattr(self.container, "origin") else 0  # a pickle cut out of a stream
+        engine = new_engine(data, record, self.inventory, context, lambda pid: self.container.persistent_load(pid, context),
+                            origin)
         tree, end = engine.run()
         if end != len(data):
             raise CorruptFileError(f"{record}: {len(data) - end} bytes follow the pickle's STOP")

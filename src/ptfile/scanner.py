@@ -218,12 +218,19 @@ def examine_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[s
 
 def _examine(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tuple[str | None, list[str], Any]:
     """:func:`examine_checkpoint`, with the format None when no container of the loader opens the file."""
+    from .legacy import TAR_BLOCK, has_magic_number
+
     try:
         checkpoint = Checkpoint(source, copy=False, records=True)
     except UnsafeGlobalError as exc:  # refused while opening (a legacy file's first pickles)
         inventory.extend(use for finding in exc.findings for use in finding.uses)
         return "pickle stream", [], None
     except PtfileError as exc:
+        if has_magic_number(source, source.read(0, min(source.size, TAR_BLOCK), "file header")):
+            # torch reads it as a legacy stream: the legacy reader's own diagnosis stands, and the
+            # stream reading (whose storage ids are not the legacy ones) only adds every pickle's globals
+            _scan_stream(source, inventory, notes)
+            return "legacy", [str(exc)], None
         return None, [str(exc)], None
     inventory.extend(checkpoint.inventory)  # what the container ran while opening
     checkpoint.inventory = inventory
