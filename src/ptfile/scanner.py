@@ -50,9 +50,10 @@ from . import allowlist
 from .engine import gc_paused
 from .errors import PtfileError, UnsafeGlobalError
 from .inventory import GlobalUse
-from .loader import Checkpoint, Context, detached_storage, new_engine
+from .legacy import TAR_BLOCK
+from .loader import Checkpoint, Context, detached_storage, looks_like_pickle, new_engine
 from .source import MappedSource, Source, open_source
-from .ziparchive import ZipArchive, is_zip
+from .ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
 
 __all__ = ["ScanResult", "scan", "VERDICTS"]
 
@@ -187,8 +188,82 @@ def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: in
     if fmt in (None, "pickle"):  # not a checkpoint: every pickle in the file, as torch's non-zip path meets them
         inventory.clear()
         fmt, faults = _scan_stream(source, inventory, notes)
+    nested: list[ScanResult] = []
+    if is_zip(head):
+        nested = _examine_unread_records(source, inventory, notes, strict, allow, depth)
     judgement = allowlist.judge(inventory, inert_classes=inert, allow=allow)
-    return scan_result(source.name, fmt, judgement, faults, notes, inventory, strict=strict)
+    result = scan_result(source.name, fmt, judgement, faults, notes, inventory, strict=strict)
+    return _with_nested(result, nested)
+
+
+def _examine_unread_records(source: Source, inventory: list[GlobalUse], notes: list[str], strict: bool,
+                            allow: allowlist.Allow, depth: int) -> list[ScanResult]:
+    """Records of a checkpoint zip the loader could not read as pickles, examined anyway.
+
+    A stored record whose flags claim encryption (torch's reader ignores the flag) is run
+    dry as the pickle it is; a pickle record (``*.pkl``) that is itself an archive (a torch
+    zip inside ``data.pkl``) is scanned as one, down to :data:`MAX_ARCHIVE_DEPTH` levels.
+    Storages are never taken for archives: their bytes are data.  Their faults stay (the
+    file is never clean), but a dangerous finding outranks them.
+    """
+    try:
+        archive = ZipArchive(source)
+    except PtfileError:
+        return []  # the loader's reading already reported why
+    nested = []
+    for name, entry in archive.entries.items():
+        if entry.method != STORED or entry.size != entry.compressed_size or entry.size > MAX_MEMBER_BYTES:
+            continue  # compressed, inconsistent or oversized records: the loader's reading reported them
+        if entry.flags & FLAG_ENCRYPTED:
+            try:
+                data = source.read(archive.data_offset(entry), entry.size, f"zip record {name!r}")
+            except PtfileError:
+                continue
+            if looks_like_pickle(data[:64]):
+                notes.append(f"record {name!r} claims encryption but holds a stored pickle; run dry anyway")
+                _run_dry(data, name, inventory)
+            continue
+        if not name.endswith(".pkl") or depth + 1 >= MAX_ARCHIVE_DEPTH:
+            continue
+        try:
+            head = source.read(archive.data_offset(entry), min(entry.size, TAR_BLOCK), "record header")
+            if _is_archive(head):
+                data = source.read(archive.data_offset(entry), entry.size, f"zip record {name!r}")
+                nested.append(_scan_source(MappedSource(data, f"{source.name}!{name}"), strict, allow, depth + 1))
+        except PtfileError:
+            continue
+    return nested
+
+
+def _run_dry(data: bytes, record: str, inventory: list[GlobalUse]) -> None:
+    """Every pickle in ``data`` run through the engine for its globals; faults are the caller's to report."""
+    engine = new_engine(data, record, inventory, Context(None, False), detached_storage)  # type: ignore[arg-type]
+    pos = 0
+    try:
+        while pos < len(data):
+            _, pos = engine.run(pos)
+    except PtfileError:
+        pass  # the globals met before the fault are in the inventory
+
+
+def _is_archive(head: bytes) -> bool:
+    from .legacy import is_tar
+
+    return is_zip(head) or is_tar(head) or any(head.startswith(magic) for magic in _COMPRESSED_MAGICS)
+
+
+def _with_nested(result: ScanResult, nested: list[ScanResult]) -> ScanResult:
+    """A result with the archives found inside its records: the worst verdict, everything they found."""
+    for inner in nested:
+        result.notes.append(f"{inner.path}: {inner.verdict} ({inner.format}), an archive inside a record")
+        result.findings.extend(inner.findings)
+        result.faults.extend(inner.faults)
+        result.notes.extend(f"{inner.path}: {note}" for note in inner.notes)
+        result.globals.extend(inner.globals)
+        result.verdict = min(result.verdict, inner.verdict, key=VERDICTS.index)
+    if result.faults and result.verdict not in FAILING:
+        result.verdict = INVALID
+    return result
 
 
 def scan_result(name: str, fmt: str, judgement: allowlist.Judgement, faults: list[str], notes: list[str],
