@@ -314,7 +314,8 @@ _ALLOW_PATTERN = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*\.(?:\*|[A-Za-z_]\w
 
 
 class Allow:
-    """Third-party globals a caller accepts: exact ``module.name`` or every member of ``module.*``.
+    """Third-party globals a caller accepts: exact ``module.name``, or ``module.*`` for every
+    member of that module itself (not of its submodules: each is named on its own).
 
     An allowed global's ``unknown-call`` and ``unknown-class`` findings become notes; a
     ``dangerous`` finding is never allowed, whatever the pattern.
