@@ -27,12 +27,14 @@ from builders import (
     Call,
     G,
     Raw,
+    build_zip,
     emit,
     legacy_stream,
     program,
     state_dict,
     storage_pid,
     tensor_v2,
+    torch_members,
     torch_zip,
 )
 from ptfile import allowlist
@@ -348,3 +350,47 @@ def test_inspect_records_reads_unknown_calls(hparams_file: Path) -> None:
     assert document["scan"]["verdict"] == "unknown-call"
     assert [t["name"] for t in document["tensors"]] == ["state_dict.weight"]
 
+
+
+def test_scan_many_passes_allow_to_every_worker(hparams_file: Path) -> None:
+    from ptfile.fleet import scan_many
+
+    assert [r.verdict for r in scan_many([hparams_file, hparams_file], jobs=2)] == ["unknown-call"] * 2
+    allowed = scan_many([hparams_file, hparams_file], jobs=2, allow=[f"{MODULE}.*"])
+    assert [r.verdict for r in allowed] == ["clean"] * 2
+    with pytest.raises(ValueError, match="module.name"):
+        scan_many([hparams_file], allow=["os"])
+
+
+# -- records the loader cannot read as pickles -------------------------------------------------
+
+
+def test_encrypted_flag_over_a_stored_pickle_is_run_dry(marker: Path) -> None:
+    members = torch_members(program(Call(G("os", "system"), (f"touch {marker}",)), 2))
+    members[0].flags = 0x809
+    result = ptfile.scan(build_zip(members))
+    assert result.verdict == "dangerous"  # outranks the fault the unreadable record leaves
+    assert any("is encrypted" in fault for fault in result.faults)
+    assert [f.path for f in result.findings] == ["os.system"]
+    benign = torch_members(program({"x": 1}, 2))
+    benign[0].flags = 0x809
+    assert ptfile.scan(build_zip(benign)).verdict == "invalid"  # never clean: load refuses it
+    assert not marker.exists()
+
+
+def test_a_zip_inside_the_object_pickle_is_scanned(marker: Path) -> None:
+    inner = torch_zip(program(Call(G("os", "system"), (f"touch {marker}",)), 2))
+    result = ptfile.scan(torch_zip(inner))
+    assert result.verdict == "dangerous" and [f.path for f in result.findings] == ["os.system"]
+    harmless = ptfile.scan(torch_zip(torch_zip(program({"x": 1}, 2))))
+    assert harmless.verdict == "invalid" and harmless.findings == []
+    assert not marker.exists()
+
+
+def test_storage_bytes_that_start_like_a_zip_are_data(tmp_path: Path) -> None:
+    data = np.frombuffer(b"PK\x03\x04" + bytes(20), dtype=np.float32)
+    weight = tensor_v2(storage_pid("0", data.size), 0, (data.size,), (1,))
+    path = tmp_path / "pk.pt"
+    path.write_bytes(torch_zip(program({"w": weight}, 2), {"0": data.tobytes()}))
+    assert ptfile.scan(path).verdict == "clean"
+    np.testing.assert_array_equal(ptfile.load(path)["w"], data)
