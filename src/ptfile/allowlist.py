@@ -12,7 +12,8 @@ call clean:
 
 * ``dangerous``: a known code-execution gadget is named or called, even as an
   argument (:data:`_GADGETS`, one table with a reason per row: whole modules such as
-  ``os`` or ``subprocess``, and named gadgets such as ``torch.storage._load_from_bytes``).
+  ``os`` or ``subprocess``, and named gadgets such as ``torch.storage._load_from_bytes``),
+  or a class whose code ships in the archive (TorchScript's ``__torch__``) is called.
   Refused in every mode.
 * ``unknown-call``: a global neither in the allowlist nor a known gadget is called
   (REDUCE, INST, OBJ, NEWOBJ_EX): an Enum member, a namedtuple, a class with its own
@@ -413,6 +414,15 @@ def _plain_name(name: str) -> bool:
     return "." not in name and not (name.startswith("__") and name.endswith("__"))
 
 
+#: Why calling a class the container vouches for is dangerous: its code is the archive's own.
+_CONTAINER_CODE = "calls a class whose code the archive itself defines (a TorchScript class, run by its reader)"
+
+
+def _container_code(module: str, name: str, inert_classes: Callable[[str, str], bool] | None) -> bool:
+    """Whether the container vouches for ``module.name`` as data: its code ships in the file."""
+    return inert_classes is not None and _plain_name(name) and inert_classes(module, name)
+
+
 def _severity(use: GlobalUse, inert_classes: Callable[[str, str], bool] | None = None) -> str | None:
     if (inert_classes is not None and use.use in _INERT_USES and _plain_name(use.name)
             and inert_classes(use.module, use.name)):
@@ -423,7 +433,9 @@ def _severity(use: GlobalUse, inert_classes: Callable[[str, str], bool] | None =
     if use.use == "call":
         if entry is not None and entry.call is not None:
             return None
-        return DANGEROUS if _gadget_row(use.module, use.name) is not None else UNKNOWN_CALL
+        if _gadget_row(use.module, use.name) is not None or _container_code(use.module, use.name, inert_classes):
+            return DANGEROUS
+        return UNKNOWN_CALL
     if is_code_execution(use.module, use.name):
         return DANGEROUS
     if use.use == "new":
@@ -447,8 +459,8 @@ def judge(inventory: Iterable[GlobalUse], *, inert_classes: Callable[[str, str],
     to be data only (the ``__torch__.*`` classes of a TorchScript archive, whose
     code is never run; the dataclasses of a DCP ``.metadata``) may be instantiated,
     built and named, even in a module graded as code execution.  Dotted and dunder
-    names are never vouched for, and calling a vouched class is still graded as any
-    call outside the table is.  ``allow`` moves the caller's accepted third-party
+    names are never vouched for, and calling a vouched class is ``dangerous``: its code
+    ships in the archive and the archive's reader would run it.  ``allow`` moves the caller's accepted third-party
     globals out of the findings (never a dangerous one).
     """
     grades: dict[tuple[str, str], str] = {}
@@ -462,7 +474,9 @@ def judge(inventory: Iterable[GlobalUse], *, inert_classes: Callable[[str, str],
     findings: list[Finding] = []
     allowed: list[Finding] = []
     for (module, name), grade in grades.items():
-        reason = (_gadget_row(module, name) or "") if grade == DANGEROUS else ""
+        reason = ""
+        if grade == DANGEROUS:
+            reason = _gadget_row(module, name) or (_CONTAINER_CODE if _container_code(module, name, inert_classes) else "")
         finding = Finding(module, name, grade, tuple(uses[(module, name)]), reason)
         accepted = allow is not None and grade != DANGEROUS and allow.covers(module, name)
         (allowed if accepted else findings).append(finding)
