@@ -9,7 +9,7 @@ Without ``--corpus`` the corpus of ``tests/corpus.py`` is written to a temporary
 Each tool runs in its own subprocess over every sample (a file or a folder), through its
 Python API with default settings, and each sample's result is one outcome:
 
-* ``dangerous``: ptfile ``dangerous``; picklescan a dangerous global (exit 1); modelscan
+* ``dangerous``: ptfile ``dangerous`` or ``unknown-call`` (both exit 1); picklescan a dangerous global (exit 1); modelscan
   any issue; fickling an analysis above LIKELY_SAFE.
 * ``suspicious``: reported but passed by default: picklescan "suspicious" globals (exit 0
   unless ``--strict``); ptfile ``unknown-class`` (exit 0 unless ``--strict``).
@@ -57,7 +57,8 @@ def _ptfile(path: str) -> tuple[str, str]:
     import ptfile
 
     result = ptfile.scan(path)
-    outcome = {"dangerous": "dangerous", "unknown-class": "suspicious", "invalid": "error", "clean": "clean"}
+    outcome = {"dangerous": "dangerous", "unknown-call": "dangerous", "unknown-class": "suspicious", "invalid": "error",
+               "clean": "clean"}
     detail = ", ".join(f.path for f in result.findings) or "; ".join(result.faults)[:200]
     return outcome[result.verdict], detail
 

@@ -889,7 +889,7 @@ def test_d4_tensor_arguments(tmp_path: Path, marker: Path) -> None:
     pid = storage_pid("0", 10)
     hooks = Raw(emit(Call(ORDERED_DICT, ()), 2) + emit(1, 2) + emit("hook", 2) + pickle.SETITEM)
     assert_refused(tmp_path, _tensor_file(tensor_v2(pid, 0, (10,), (1,), hooks=hooks)), CorruptFileError,
-                   r"backward hooks must be an empty OrderedDict")
+                   r"backward hooks must be None or an empty OrderedDict")
     evil_hooks = Raw(emit(Call(ORDERED_DICT, ()), 2) + emit(1, 2) + emit(_os_system(marker), 2) + pickle.SETITEM)
     assert_refused(tmp_path, _tensor_file(tensor_v2(pid, 0, (10,), (1,), hooks=evil_hooks)), UnsafeGlobalError,
                    r"os\.system" + DANGEROUS, marker=marker)

@@ -235,12 +235,14 @@ def test_command_json_and_exit_codes(corpus) -> None:
     assert result.returncode == 1, result.stderr
     document = json.loads(result.stdout)
     assert document["schema"] == 1 and document["command"] == "scan"
-    assert set(document["summary"]) == {"clean", "unknown-class", "invalid", "dangerous"}
+    assert set(document["summary"]) == {"clean", "unknown-class", "invalid", "unknown-call", "dangerous"}
     assert sum(document["summary"].values()) == len(document["files"])
     for entry in document["files"]:
         assert set(entry) == {"path", "verdict", "format", "findings", "faults", "notes", "globals"}
         for finding in entry["findings"]:
-            assert set(finding) == {"global", "severity", "uses"}
+            called = any(use["use"] == "call" for use in finding["uses"])
+            expected = {"global", "severity", "uses"} | ({"reason"} if finding["severity"] == "dangerous" else set())
+            assert set(finding) == expected | ({"calls", "arguments"} if called else set())
             assert all(set(use) == {"use", "record", "offset"} for use in finding["uses"])
     by_name = {Path(e["path"]).name: e["verdict"] for e in document["files"]}
     assert by_name["A1-os.system-p0-raw.pkl"] == "dangerous"

@@ -12,6 +12,7 @@ allowlist of ptfile's own constructors, serves every reader.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import IO, Any, Union
 
 from .errors import (
@@ -57,10 +58,12 @@ __all__ = [
 ]
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
+#: Third-party globals a caller accepts: patterns ``module.name`` or ``module.*``.
+Allow = Union[Iterable[str], None]
 Checkpoint = Handle
 
 
-def load(src: Source, *, mmap: bool = True, records: bool = False) -> Any:
+def load(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow = None) -> Any:
     """Read a whole checkpoint into Python objects and numpy arrays, running no code from it.
 
     Args:
@@ -74,8 +77,13 @@ def load(src: Source, *, mmap: bool = True, records: bool = False) -> Any:
             disjoint views of one buffer holding the file, freed when the last of them is
             (``array.copy()`` one to keep it alone).
         records: with True, instances of classes ptfile does not know (whole pickled
-            models) become inert :class:`Record` objects instead of an error.  Calls to
-            anything outside the allowlist are refused in every mode.
+            models) and calls of globals outside the allowlist that are no known gadget
+            (Enum members, namedtuples, custom ``__reduce__``) become inert :class:`Record`
+            objects instead of an error.  Known code-execution gadgets are refused in every mode.
+        allow: third-party globals to accept (``"module.name"`` or ``"module.*"``): their
+            unknown-class and unknown-call uses come back as records even without
+            ``records``, so that load succeeds exactly when ``scan(src, allow=allow)`` is
+            clean.  A known code-execution gadget is never allowed.
 
     Returns:
         The checkpoint's object tree: dicts (``OrderedDict`` with ``_metadata`` kept), lists,
@@ -87,10 +95,10 @@ def load(src: Source, *, mmap: bool = True, records: bool = False) -> Any:
     """
     from .opener import load_tree
 
-    return load_tree(src, mmap=mmap, records=records)
+    return load_tree(src, mmap=mmap, records=records, allow=allow)
 
 
-def open(src: Source, *, mmap: bool = True, records: bool = False) -> Handle:  # noqa: A001
+def open(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow = None) -> Handle:  # noqa: A001
     """Open a checkpoint lazily: parse its directory and pickle, read tensors when asked.
 
     Every format ptfile reads (torch's zip, legacy and TorchScript files, safetensors,
@@ -100,6 +108,7 @@ def open(src: Source, *, mmap: bool = True, records: bool = False) -> Handle:  #
     names to numpy arrays with ``info(key)`` (a :class:`TensorInfo`: dtype, shape, strides,
     sizes, storage, nothing read), ``get_slice(key)[...]``, ``metadata()``, ``tree`` and
     ``value(path)`` for non-tensor values, ``format`` and ``close()``/``with``.
+    ``records`` and ``allow`` mean what they mean for :func:`load`.
 
     Example:
         ```python
@@ -111,7 +120,7 @@ def open(src: Source, *, mmap: bool = True, records: bool = False) -> Handle:  #
     """
     from .opener import open_handle
 
-    return open_handle(src, mmap=mmap, records=records)
+    return open_handle(src, mmap=mmap, records=records, allow=allow)
 
 
 def save(obj: Any, dst: Union[str, os.PathLike[str], IO[bytes]]) -> None:
@@ -149,15 +158,21 @@ def save_sharded(state_dict: Any, folder: Union[str, os.PathLike[str]], max_shar
     return _save_sharded(state_dict, folder, max_shard_size)
 
 
-def scan(src: Source, *, strict: bool = False) -> Any:
+def scan(src: Source, *, strict: bool = False, allow: Allow = None) -> Any:
     """Look for malicious content with the loader's own parser, without loading anything.
 
-    Returns a :class:`ptfile.scanner.ScanResult` whose ``verdict`` is ``clean``,
-    ``unknown-class`` (instances of classes ptfile does not know; ``dangerous`` with
-    ``strict``), ``invalid`` (could not be parsed to the end) or ``dangerous``, with every
-    finding (global, how it was used, record and byte offset).  ``ptfile.load`` refuses
-    exactly the files this does not call clean (``records=True`` also accepts unknown classes).
+    Returns a :class:`ptfile.scanner.ScanResult` whose ``verdict`` is, worst first,
+    ``dangerous`` (a known code-execution gadget is named or called), ``unknown-call``
+    (a global outside the allowlist is called: ``torch.load(weights_only=False)`` would
+    run third-party code), ``invalid`` (could not be parsed to the end), ``unknown-class``
+    (instances of classes ptfile does not know) or ``clean``, with every finding (global,
+    level, how it was used, record and byte offset; for calls, how often and with what).
+    ``strict`` grades unknown classes and calls as dangerous.  ``allow`` accepts named
+    third-party globals as :func:`load` does; their findings become notes.  ``ptfile.load``
+    refuses exactly the files this does not call clean (``records=True`` also accepts
+    unknown classes and calls).
     """
+    from .allowlist import as_allow
     from .scanner import scan as _scan
 
-    return _scan(src, strict=strict)
+    return _scan(src, strict=strict, allow=as_allow(allow))

@@ -6,21 +6,31 @@ a storage class), ``call`` one of ptfile's own constructors (REDUCE), or create 
 instance with ``new`` (NEWOBJ).  Nothing outside this table is ever called, and
 nothing is ever imported: the constructors are ptfile's own code.
 
-:func:`judge` grades the engine's inventory.  Loading and scanning both use it,
-so ``ptfile.load`` refuses exactly the files ``ptfile.scan`` does not call clean:
+:func:`judge` grades the engine's inventory in four levels.  Loading and scanning
+both use it, so ``ptfile.load`` refuses exactly the files ``ptfile.scan`` does not
+call clean:
 
-* ``dangerous``: something outside the table would be called (REDUCE, INST, OBJ,
-  NEWOBJ_EX), or a known code-execution callable is named anywhere, even as an
-  argument.  The list of such callables only grades severity; what may run is
-  decided by the table alone.
-* ``unknown-class``: classes outside the table are instantiated (NEWOBJ) or
-  referenced, as whole pickled models do.  ``load(records=True)`` returns them as
-  inert :class:`~ptfile.values.Record` objects.
+* ``dangerous``: a known code-execution gadget is named or called, even as an
+  argument (:data:`_GADGETS`, one table with a reason per row: whole modules such as
+  ``os`` or ``subprocess``, and named gadgets such as ``torch.storage._load_from_bytes``),
+  or a class whose code ships in the archive (TorchScript's ``__torch__``) is called.
+  Refused in every mode.
+* ``unknown-call``: a global neither in the allowlist nor a known gadget is called
+  (REDUCE, INST, OBJ, NEWOBJ_EX): an Enum member, a namedtuple, a class with its own
+  ``__reduce__``.  ``torch.load(weights_only=False)`` would run that third-party code;
+  ``load(records=True)`` returns the call as an inert :class:`~ptfile.values.Record`.
+* ``unknown-class``: classes outside the table are instantiated (NEWOBJ), built or
+  referenced, as whole pickled models do; ``load(records=True)`` returns them as records.
 * ``clean``: only table entries, used as the table allows.
+
+An :class:`Allow` (``--allow module.name`` or ``module.*``) accepts named third-party
+globals: their unknown-call and unknown-class findings become notes.  It never
+accepts a dangerous one.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +41,12 @@ from .inventory import GlobalUse
 from .tensors import StorageType
 from .values import Global
 
-__all__ = ["Entry", "lookup", "entries", "judge", "Judgement", "is_code_execution"]
+__all__ = ["Entry", "lookup", "entries", "judge", "Judgement", "Finding", "Allow", "is_code_execution",
+           "gadget_reason", "gadgets", "LEVELS"]
 
 CLEAN = "clean"
 UNKNOWN_CLASS = "unknown-class"
+UNKNOWN_CALL = "unknown-call"
 DANGEROUS = "dangerous"
 
 
@@ -202,10 +214,11 @@ for _name, _how in torchscript.PICKLE_BUILDERS.items():
          call=_how)
 
 
-def new_engine(data: bytes, record: str, inventory: list, context: Any, persistent_load: Any) -> Engine:
-    """The one restricted engine, wired to this one table."""
+def new_engine(data: bytes, record: str, inventory: list, context: Any, persistent_load: Any,
+               origin: int = 0) -> Engine:
+    """The one restricted engine, wired to this one table; ``origin`` is where ``data`` starts in the file."""
     return Engine(data, lookup=lookup, persistent_load=persistent_load, context=context, record=record,
-                  inventory=inventory, use_factory=GlobalUse)
+                  inventory=inventory, use_factory=GlobalUse, origin=origin)
 
 
 def lookup(module: str, name: str) -> Entry | None:
@@ -220,65 +233,194 @@ def entries() -> dict[tuple[str, str], Entry]:
 
 # -- grading -------------------------------------------------------------------
 
-#: Modules whose every member can run code, touch files or the network, or load more pickles.
-#: Used to grade a reference as dangerous; calling anything outside the table is dangerous anyway.
-_CODE_EXECUTION_MODULES = frozenset(
-    ["os", "posix", "nt", "sys", "subprocess", "_posixsubprocess", "_winapi", "pty", "shutil", "tempfile", "glob", "io", "_io", "socket", "ssl", "http", "urllib", "requests", "ftplib", "smtplib", "telnetlib", "imaplib", "poplib", "webbrowser", "ctypes", "_ctypes", "multiprocessing", "asyncio", "concurrent", "threading", "signal", "runpy", "code", "codeop", "pdb", "bdb", "cProfile", "profile", "timeit", "trace", "doctest", "idlelib", "lib2to3", "pkgutil", "pydoc", "importlib", "imp", "zipimport", "marshal", "pickle", "_pickle", "copyreg", "shelve", "dill", "joblib", "cloudpickle", "types", "inspect", "operator", "_operator", "functools", "builtins", "venv", "ensurepip", "pip", "setuptools", "distutils", "logging", "uuid", "_osx_support", "_aix_support", "tkinter", "turtle", "sqlite3", "dbm", "platform", "sysconfig", "site", "gc", "weakref", "typing"]
-)
-_CODE_EXECUTION_PREFIXES = (
-    "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.lib.npyio", "torch.hub", "torch.jit",
-    "torch._inductor", "torch._dynamo", "torch.utils", "torch.serialization", "torch.package", "torch.fx",
-    "torch._C", "torch.cuda", "torch.backends", "torch.distributed",
-)
-_CODE_EXECUTION_NAMES = frozenset(
-    {("torch", "load"), ("torch", "save"), ("torch.storage", "_load_from_bytes"), ("numpy", "load"),
-     ("numpy", "loadtxt"), ("numpy", "fromfile"), ("torch", "from_file")}
-)
+#: Known code-execution gadgets: the one table that grades a finding ``dangerous``.  A key is
+#: a module (it covers every member and submodule) or one exact ``module.name``; each says why.
+#: It only grades: what may run is decided by the allowlist above alone.
+_GADGETS: dict[str, str] = {}
+
+
+def _gadgets(reason: str, *keys: str) -> None:
+    for key in keys:
+        _GADGETS[key] = reason
+
+
+_gadgets("runs commands or spawns processes", "os", "posix", "nt", "subprocess", "_posixsubprocess", "_winapi",
+         "pty", "commands", "multiprocessing", "asyncio", "concurrent", "threading", "signal", "venv", "ensurepip",
+         "pip", "setuptools", "distutils", "_osx_support", "_aix_support", "uuid", "platform", "webbrowser")
+_gadgets("evaluates, compiles or imports code (eval, exec, compile, getattr, __import__, open)", "builtins",
+         "__builtin__", "importlib", "imp", "zipimport", "pkgutil", "pydoc", "runpy", "code", "codeop", "types",
+         "inspect", "site", "sysconfig", "sys", "gc", "weakref", "typing")
+_gadgets("runs a statement or script given as text (profilers, debuggers, test runners)", "pdb", "bdb", "cProfile",
+         "profile", "timeit", "trace", "doctest", "idlelib", "lib2to3", "tkinter", "turtle")
+_gadgets("calls or resolves any object it is handed (methodcaller, attrgetter, partial)", "operator", "_operator",
+         "functools", "copyreg")
+_gadgets("reads or writes files", "shutil", "tempfile", "glob", "io", "_io", "logging", "shelve", "dbm", "sqlite3")
+_gadgets("reaches the network", "socket", "ssl", "http", "urllib", "requests", "ftplib", "smtplib", "telnetlib",
+         "imaplib", "poplib")
+_gadgets("loads native code", "ctypes", "_ctypes")
+_gadgets("deserializes a nested pickle or code object", "marshal", "pickle", "_pickle", "dill", "joblib",
+         "cloudpickle")
+_gadgets("numpy code runners and pickle loaders (runstring, f2py, load with allow_pickle)", "numpy.testing",
+         "numpy.f2py", "numpy.distutils", "numpy.lib.npyio", "numpy.load", "numpy.loadtxt", "numpy.fromfile")
+_gadgets("torch code paths: compilers, hub downloads, TorchScript, packages, collect_env.run, nested loads",
+         "torch.hub", "torch.jit", "torch._inductor", "torch._dynamo", "torch.utils", "torch.serialization",
+         "torch.package", "torch.fx", "torch._C", "torch.cuda", "torch.backends", "torch.distributed",
+         "torch.load", "torch.save", "torch.from_file", "torch.storage._load_from_bytes")
+_gadgets("imports any dotted name it is given (a module beside the allowed rebuild functions)",
+         "torch._utils._import_dotted_name")
+
+
+def gadget_reason(module: str, name: str) -> str | None:
+    """Why ``module.name`` is a known code-execution gadget, or None if it is not one.
+
+    Table entries are exempt: they are only ever pushed as values or replaced by ptfile's
+    own constructors.  A call of an entry that has no constructor is graded by
+    :func:`_gadget_row` alone (``builtins.str('os')`` computes a module name for a payload).
+    """
+    if (module, name) in _TABLE:
+        return None
+    return _gadget_row(module, name)
+
+
+def _gadget_row(module: str, name: str) -> str | None:
+    """The reason the gadget rules give ``module.name``, table entries included."""
+    if "." in name:
+        return "dotted name: unpickling walks attributes from the module to anything it reaches"
+    if name.startswith("__") and name.endswith("__"):
+        return "dunder name: reaches an object's internals (__import__, __builtins__, __getattribute__)"
+    path = f"{module}.{name}"
+    if path in _GADGETS:
+        return _GADGETS[path]
+    parts = module.split(".")
+    for depth in range(len(parts), 0, -1):
+        reason = _GADGETS.get(".".join(parts[:depth]))
+        if reason is not None:
+            return reason
+    return None
 
 
 def is_code_execution(module: str, name: str) -> bool:
     """True for globals known to run code or reach outside the process, wherever they appear."""
-    if (module, name) in _TABLE:
-        return False
-    if (module, name) in _CODE_EXECUTION_NAMES or "." in name or (name.startswith("__") and name.endswith("__")):
-        return True
-    if module.split(".", 1)[0] in _CODE_EXECUTION_MODULES:
-        return True
-    return any(module == p or module.startswith(p + ".") for p in _CODE_EXECUTION_PREFIXES)
+    return gadget_reason(module, name) is not None
+
+
+def gadgets() -> dict[str, str]:
+    """A copy of the gadget table (module or ``module.name`` -> reason), for documentation and tests."""
+    return dict(_GADGETS)
+
+
+# -- allowing named third-party globals ------------------------------------------
+
+_ALLOW_PATTERN = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*\.(?:\*|[A-Za-z_]\w*)")
+
+
+class Allow:
+    """Third-party globals a caller accepts: exact ``module.name``, or ``module.*`` for every
+    member of that module itself (not of its submodules: each is named on its own).
+
+    An allowed global's ``unknown-call`` and ``unknown-class`` findings become notes; a
+    ``dangerous`` finding is never allowed, whatever the pattern.
+    """
+
+    __slots__ = ("patterns", "_exact", "_modules")
+
+    def __init__(self, patterns: Iterable[str] = ()) -> None:
+        if isinstance(patterns, str):  # one pattern, not its characters
+            patterns = (patterns,)
+        self.patterns = tuple(patterns)
+        self._exact: set[str] = set()
+        self._modules: set[str] = set()
+        for pattern in self.patterns:
+            if type(pattern) is not str or not _ALLOW_PATTERN.fullmatch(pattern):
+                raise ValueError(f"allow pattern {pattern!r} is not 'module.name' or 'module.*'")
+            if pattern.endswith(".*"):
+                self._modules.add(pattern[:-2])
+            else:
+                self._exact.add(pattern)
+
+    def covers(self, module: str, name: str) -> bool:
+        return f"{module}.{name}" in self._exact or module in self._modules
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def __repr__(self) -> str:
+        return f"Allow({list(self.patterns)!r})"
+
+
+def as_allow(allow: Allow | Iterable[str] | None) -> Allow:
+    """The caller's ``allow=`` argument (patterns, an :class:`Allow` or None) as an :class:`Allow`."""
+    if isinstance(allow, Allow):
+        return allow
+    return Allow(allow or ())
+
+
+# -- judging -------------------------------------------------------------------
+
+#: Argument summaries kept per unknown call: enough to recognise it, bounded whatever the file.
+MAX_ARGUMENT_SAMPLES = 4
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One global the judge objects to, with the severity and every use of it."""
+    """One global the judge objects to, with its level, every use of it and, if dangerous, why."""
 
     module: str
     name: str
-    severity: str  # DANGEROUS or UNKNOWN_CLASS
+    severity: str  # DANGEROUS, UNKNOWN_CALL or UNKNOWN_CLASS
     uses: tuple[GlobalUse, ...]
+    reason: str = ""  # why a dangerous global is a gadget
 
     @property
     def path(self) -> str:
         return f"{self.module}.{self.name}"
 
+    @property
+    def calls(self) -> int:
+        """How many times the pickle calls this global."""
+        return sum(1 for u in self.uses if u.use == "call")
+
+    @property
+    def arguments(self) -> list[str]:
+        """Distinct summaries of the arguments it is called with, at most :data:`MAX_ARGUMENT_SAMPLES`."""
+        seen = dict.fromkeys(u.args for u in self.uses if u.use == "call")
+        return list(seen)[:MAX_ARGUMENT_SAMPLES]
+
     def describe(self) -> str:
         where = ", ".join(f"{u.use} at {u.where()}" for u in self.uses[:4])
         more = f" and {len(self.uses) - 4} more" if len(self.uses) > 4 else ""
-        return f"{self.path} [{self.severity}]: {where}{more}"
+        detail = f"; {self.reason}" if self.reason else ""
+        if self.severity == UNKNOWN_CALL:
+            times = "once" if self.calls == 1 else f"{self.calls} times"
+            detail = f"; called {times} with {', '.join(self.arguments)}"
+        return f"{self.path} [{self.severity}]: {where}{more}{detail}"
 
 
 @dataclass(frozen=True)
 class Judgement:
-    verdict: str  # CLEAN, UNKNOWN_CLASS or DANGEROUS
+    verdict: str  # CLEAN, UNKNOWN_CLASS, UNKNOWN_CALL or DANGEROUS
     findings: tuple[Finding, ...]
+    allowed: tuple[Finding, ...] = ()  # findings the caller's Allow accepted
 
 
 #: Uses of a class that create or describe an instance without calling anything.
 _INERT_USES = frozenset({"new", "build", "reference"})
+#: Levels from worst to best; a finding takes the worst level of its uses.
+LEVELS = (DANGEROUS, UNKNOWN_CALL, UNKNOWN_CLASS, CLEAN)
 
 
 def _plain_name(name: str) -> bool:
     """A class name with no dots and no dunder: nothing a container may vouch for hides behind it."""
     return "." not in name and not (name.startswith("__") and name.endswith("__"))
+
+
+#: Why calling a class the container vouches for is dangerous: its code is the archive's own.
+_CONTAINER_CODE = "calls a class whose code the archive itself defines (a TorchScript class, run by its reader)"
+
+
+def _container_code(module: str, name: str, inert_classes: Callable[[str, str], bool] | None) -> bool:
+    """Whether the container vouches for ``module.name`` as data: its code ships in the file."""
+    return inert_classes is not None and _plain_name(name) and inert_classes(module, name)
 
 
 def _severity(use: GlobalUse, inert_classes: Callable[[str, str], bool] | None = None) -> str | None:
@@ -287,25 +429,39 @@ def _severity(use: GlobalUse, inert_classes: Callable[[str, str], bool] | None =
         # The container vouches that these classes are data only (TorchScript modules, the DCP
         # dataclasses of torch.distributed, a prefix graded as code execution otherwise).
         return None
-    if is_code_execution(use.module, use.name):
-        return DANGEROUS
     entry = _TABLE.get((use.module, use.name))
     if use.use == "call":
-        return None if entry is not None and entry.call is not None else DANGEROUS
+        if entry is not None and entry.call is not None:
+            return None
+        if _gadget_row(use.module, use.name) is not None or _container_code(use.module, use.name, inert_classes):
+            return DANGEROUS
+        return UNKNOWN_CALL
+    if is_code_execution(use.module, use.name):
+        return DANGEROUS
     if use.use == "new":
         return None if entry is not None and entry.new is not None else UNKNOWN_CLASS
     return None if entry is not None else UNKNOWN_CLASS
 
 
-def judge(inventory: Iterable[GlobalUse], *, inert_classes: Callable[[str, str], bool] | None = None) -> Judgement:
-    """Grade every use of every global; the worst grade is the verdict.
+def judge(inventory: Iterable[GlobalUse], *, inert_classes: Callable[[str, str], bool] | None = None,
+          allow: Allow | None = None) -> Judgement:
+    """Grade every use of every global; the worst level of any finding is the verdict.
+
+    Levels, worst first:
+
+    * ``dangerous``: a known code-execution gadget (see :data:`_GADGETS`) is named or called.
+    * ``unknown-call``: a global neither allowlisted nor a known gadget is called (REDUCE,
+      INST, OBJ, NEWOBJ_EX): ``torch.load(weights_only=False)`` would run third-party code.
+    * ``unknown-class``: a class outside the table is instantiated (NEWOBJ), built or named.
+    * ``clean``: only table entries, used as the table allows.
 
     ``inert_classes(module, name)`` is the container's allowance: classes it knows
     to be data only (the ``__torch__.*`` classes of a TorchScript archive, whose
     code is never run; the dataclasses of a DCP ``.metadata``) may be instantiated,
     built and named, even in a module graded as code execution.  Dotted and dunder
-    names are never vouched for, and calling a vouched class is still graded as any
-    call outside the table is.
+    names are never vouched for, and calling a vouched class is ``dangerous``: its code
+    ships in the archive and the archive's reader would run it.  ``allow`` moves the caller's accepted third-party
+    globals out of the findings (never a dangerous one).
     """
     grades: dict[tuple[str, str], str] = {}
     uses: dict[tuple[str, str], list[GlobalUse]] = {}
@@ -313,13 +469,16 @@ def judge(inventory: Iterable[GlobalUse], *, inert_classes: Callable[[str, str],
         severity = _severity(use, inert_classes)
         key = (use.module, use.name)
         uses.setdefault(key, []).append(use)
-        if severity is not None and grades.get(key) != DANGEROUS:
+        if severity is not None and (key not in grades or LEVELS.index(severity) < LEVELS.index(grades[key])):
             grades[key] = severity
-    findings = tuple(Finding(m, n, grade, tuple(uses[(m, n)])) for (m, n), grade in grades.items())
-    if any(f.severity == DANGEROUS for f in findings):
-        verdict = DANGEROUS
-    elif findings:
-        verdict = UNKNOWN_CLASS
-    else:
-        verdict = CLEAN
-    return Judgement(verdict, findings)
+    findings: list[Finding] = []
+    allowed: list[Finding] = []
+    for (module, name), grade in grades.items():
+        reason = ""
+        if grade == DANGEROUS:
+            reason = _gadget_row(module, name) or (_CONTAINER_CODE if _container_code(module, name, inert_classes) else "")
+        finding = Finding(module, name, grade, tuple(uses[(module, name)]), reason)
+        accepted = allow is not None and grade != DANGEROUS and allow.covers(module, name)
+        (allowed if accepted else findings).append(finding)
+    verdict = min((f.severity for f in findings), key=LEVELS.index, default=CLEAN)
+    return Judgement(verdict, tuple(findings), tuple(allowed))

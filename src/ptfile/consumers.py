@@ -103,6 +103,11 @@ def _first_opcode_fails() -> frozenset[int]:
 
 
 _FAILS_AT_ONCE = _first_opcode_fails()
+#: Opcodes through which a pickle imports or calls anything: without one, nothing on the stack is callable.
+_EFFECT_OPCODES = frozenset(
+    info.code.encode("latin-1")[0] for info in pickletools.opcodes
+    if info.name in ("GLOBAL", "STACK_GLOBAL", "INST", "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID")
+)
 
 
 def fails_at_once(head: bytes) -> bool:
@@ -135,15 +140,22 @@ def byte0_reading(source: Source, inventory: list, context: Any) -> list[str]:
     """``pickle.load`` from byte 0 (torch's legacy fallback, any script): the first pickle, run dry.
 
     Only the pickle's own bytes are read: its end is found by walking opcode lengths first.
+    A reading that fails before any opcode that can import or call (:data:`_EFFECT_OPCODES`)
+    fails in CPython too without running anything (the walk follows CPython's own opcode
+    table), so it adds nothing; one that stops after such an opcode is a fault.
     """
     head = source.read(0, min(source.size, 1), "file header")
     if fails_at_once(head):
         return []
+    seen: set[int] = set()
+    found = len(inventory)
     try:
-        end = pickle_end(source, 0, source.size, f"{source.name}: pickle from byte 0")
+        end = pickle_end(source, 0, source.size, f"{source.name}: pickle from byte 0", seen)
         engine = new_engine(source.read(0, end, "pickle from byte 0"), "pickle from byte 0", inventory, context, None)
         engine.run()
     except PtfileError as exc:
+        if not seen & _EFFECT_OPCODES and len(inventory) == found:
+            return []
         return [f"{source.name}: pickle.load from byte 0 (torch's legacy fallback) reads a pickle "
                 f"ptfile cannot follow to its end: {exc}"]
     return []

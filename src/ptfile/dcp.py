@@ -368,17 +368,17 @@ def parse_layout(tree: Any) -> DcpLayout:
                      list(dict.fromkeys(items.values())), version if type(version) is str else None)
 
 
-def metadata_checkpoint(folder: str, *, records: bool) -> Checkpoint:
+def metadata_checkpoint(folder: str, *, records: bool, allow: allowlist.Allow | None = None) -> Checkpoint:
     """``.metadata`` opened as a checkpoint of one plain pickle (its bytes are read at once)."""
     path = os.path.join(folder, METADATA_FILE)
     checked_size(path, MAX_METADATA_BYTES, "DCP .metadata file")
     source = open_source(path, mmap_file=False)
-    return Checkpoint(source, copy=True, records=records, container=MetadataPickle(source))
+    return Checkpoint(source, copy=True, records=records, container=MetadataPickle(source), allow=allow)
 
 
-def read_metadata(folder: str, *, records: bool = False) -> Any:
+def read_metadata(folder: str, *, records: bool = False, allow: allowlist.Allow | None = None) -> Any:
     """The ``Metadata`` record of a DCP folder, run through the engine and judged (raises if unsafe)."""
-    with metadata_checkpoint(folder, records=records) as checkpoint:
+    with metadata_checkpoint(folder, records=records, allow=allow) as checkpoint:
         return checkpoint.run(materialize=False)
 
 
@@ -398,13 +398,15 @@ class DcpCheckpoint(Handle):
 
     format = "dcp"
 
-    def __init__(self, src: Any, *, mmap: bool = True, records: bool = False) -> None:
+    def __init__(self, src: Any, *, mmap: bool = True, records: bool = False,
+                 allow: allowlist.Allow | None = None) -> None:
         self.folder = os.fspath(src)
         self.name = self.folder
         self._mmap = mmap
         self._records = records
+        self._allow = allow
         self._sources: dict[str, Source] = {}
-        self.layout = parse_layout(read_metadata(self.folder, records=records))
+        self.layout = parse_layout(read_metadata(self.folder, records=records, allow=allow))
         self._check_items()
 
     def _check_items(self) -> None:
@@ -493,7 +495,7 @@ class DcpCheckpoint(Handle):
     def read_item(self, item: Item) -> Any:
         """What one item's ``torch.save`` blob holds, read as any checkpoint is."""
         blob = SliceSource(self._file(item.file), item.offset, item.length, os.path.join(self.folder, str(item)))
-        return Checkpoint(blob, copy=not self._mmap, records=self._records).run(materialize=True)
+        return Checkpoint(blob, copy=not self._mmap, records=self._records, allow=self._allow).run(materialize=True)
 
     def _file(self, name: str) -> Source:
         source = self._sources.get(name)
@@ -647,12 +649,12 @@ def _write_torch(checkpoint: DcpCheckpoint, target: str) -> None:
 
 
 def _worst(*judgements: allowlist.Judgement) -> allowlist.Judgement:
-    order = (allowlist.DANGEROUS, allowlist.UNKNOWN_CLASS, allowlist.CLEAN)
-    verdict = min((j.verdict for j in judgements), key=order.index)
-    return allowlist.Judgement(verdict, tuple(f for j in judgements for f in j.findings))
+    verdict = min((j.verdict for j in judgements), key=allowlist.LEVELS.index)
+    return allowlist.Judgement(verdict, tuple(f for j in judgements for f in j.findings),
+                               tuple(f for j in judgements for f in j.allowed))
 
 
-def scan_folder(folder: Any, *, strict: bool = False) -> Any:
+def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | None = None) -> Any:
     """Scan a DCP folder: ``.metadata`` and every item, each run dry through the engine.
 
     The DCP dataclasses are vouched for in ``.metadata`` only; the items are judged as
@@ -672,7 +674,8 @@ def scan_folder(folder: Any, *, strict: bool = False) -> Any:
         _scan_items(path, layout, item_inventory, faults, notes)
     else:
         _scan_whole_files(path, item_inventory, faults, notes)
-    judgement = _worst(allowlist.judge(meta_inventory, inert_classes=is_data_class), allowlist.judge(item_inventory))
+    judgement = _worst(allowlist.judge(meta_inventory, inert_classes=is_data_class, allow=allow),
+                       allowlist.judge(item_inventory, allow=allow))
     return scan_result(path, "dcp", judgement, faults, notes, meta_inventory + item_inventory, strict=strict)
 
 

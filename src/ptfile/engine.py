@@ -39,6 +39,7 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import gc
+import re
 import struct
 import sys
 from collections.abc import Callable, Iterator
@@ -134,6 +135,8 @@ class Engine:
         context: passed as first argument to every constructor.
         record: name of the archive record, for messages and the inventory.
         inventory: list to append :class:`~ptfile.inventory.GlobalUse` events to.
+        origin: where ``data`` starts in the file, for a pickle cut out of a stream (the
+            legacy format): every offset in the inventory and in messages is a file offset.
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class Engine:
         record: str,
         inventory: list,
         use_factory: Callable[..., Any],
+        origin: int = 0,
     ) -> None:
         self.data = bytes(data) if not isinstance(data, bytes) else data
         self.lookup = lookup
@@ -154,13 +158,14 @@ class Engine:
         self.record = record
         self.inventory = inventory
         self._use = use_factory
+        self.origin = origin
         self.protocol = 0
         self._fresh: dict[int, Any] = {}
 
     # -- helpers used by the dispatch loop ---------------------------------------
 
-    def note(self, ref: GlobalRef, use: str, offset: int) -> None:
-        self.inventory.append(self._use(ref.module, ref.name, use, offset, self.record))
+    def note(self, ref: GlobalRef, use: str, offset: int, args: str = "") -> None:
+        self.inventory.append(self._use(ref.module, ref.name, use, self.origin + offset, self.record, args))
 
     def find_global(self, module: Any, name: Any, offset: int) -> Any:
         if type(module) is not str or type(name) is not str:
@@ -171,7 +176,7 @@ class Engine:
             elif module in _compat_pickle.IMPORT_MAPPING:
                 module = _compat_pickle.IMPORT_MAPPING[module]
         entry = self.lookup(module, name)
-        self.inventory.append(self._use(module, name, "reference", offset, self.record))
+        self.inventory.append(self._use(module, name, "reference", self.origin + offset, self.record))
         if entry is not None and entry.value is not None:
             return entry.value
         return GlobalRef(module, name, entry)
@@ -188,7 +193,7 @@ class Engine:
                 func.called = True
                 self.note(func, use, offset)
             return entry.call(self.context, *args)
-        self.note(func, use, offset)
+        self.note(func, use, offset, brief(args))  # what it would have been called with, for the report
         return Record(func.as_global(), args)
 
     def new(self, cls: Any, args: Any, offset: int) -> Any:
@@ -205,7 +210,7 @@ class Engine:
 
     def build(self, obj: Any, state: Any, offset: int) -> None:
         if type(obj) is Record:
-            self.inventory.append(self._use(obj.cls.module, obj.cls.name, "build", offset, self.record))
+            self.inventory.append(self._use(obj.cls.module, obj.cls.name, "build", self.origin + offset, self.record))
             obj.state = state
             return
         handler = self.context.build_handler(obj)
@@ -400,18 +405,21 @@ class Engine:
                         frame_end = pos + self._frame_len
                         need(self._frame_len, pos)
         except PtfileError as exc:
-            _locate(exc, record, start)
+            _locate(exc, record, start, self.origin)
             raise
         except RecursionError:  # pragma: no cover - defensive; the loop itself never recurses
-            raise CorruptFileError(f"{record}: pickle nested too deeply at byte {start}") from None
+            raise CorruptFileError(f"{record}: pickle nested too deeply at byte {self.origin + start}") from None
         except MemoryError:
-            raise LimitExceededError(f"{record}: pickle at byte {start} asks for more memory than is available") from None
+            raise LimitExceededError(
+                f"{record}: pickle at byte {self.origin + start} asks for more memory than is available") from None
         except IndexError as exc:
             if start >= end:  # the opcode itself could not be read
-                raise CorruptFileError(f"{record}: pickle ends at byte {start} without STOP") from None
-            raise CorruptFileError(f"{record}: malformed pickle at byte {start}: {type(exc).__name__}: {exc}") from None
+                raise CorruptFileError(f"{record}: pickle ends at byte {self.origin + start} without STOP") from None
+            raise CorruptFileError(
+                f"{record}: malformed pickle at byte {self.origin + start}: {type(exc).__name__}: {exc}") from None
         except (KeyError, TypeError, ValueError, OverflowError, struct.error, UnicodeError) as exc:
-            raise CorruptFileError(f"{record}: malformed pickle at byte {start}: {type(exc).__name__}: {exc}") from None
+            raise CorruptFileError(
+                f"{record}: malformed pickle at byte {self.origin + start}: {type(exc).__name__}: {exc}") from None
 
     def _rare(self, op: int, start: int, pos: int, stack: list, metastack: list, memo: dict) -> Any:
         """Opcodes that real checkpoints use rarely; returns the new position."""
@@ -601,10 +609,25 @@ class Engine:
         raise CorruptFileError(f"{record}: unknown opcode 0x{op:02x} at byte {start}")
 
 
-def _locate(exc: PtfileError, record: str, offset: int) -> None:
-    """Prefix a constructor's or container's error with the pickle record and opcode offset."""
-    if exc.args and type(exc.args[0]) is str and not exc.args[0].startswith(f"{record}:"):
-        exc.args = (f"{record}: at byte {offset}: {exc.args[0]}", *exc.args[1:])
+#: How the engine's own messages name a position in the pickle.
+_PICKLE_OFFSET = re.compile(r"\b(at|before) byte (\d+)")
+
+
+def _locate(exc: PtfileError, record: str, offset: int, origin: int) -> None:
+    """Prefix a constructor's or container's error with the pickle record and opcode offset.
+
+    The engine's own messages were written with offsets into ``data``; for a pickle cut out
+    of a file (``origin`` > 0) they are moved to file offsets here, in one place.
+    """
+    if not exc.args or type(exc.args[0]) is not str:
+        return
+    message = exc.args[0]
+    if message.startswith(f"{record}:"):
+        if origin:
+            message = _PICKLE_OFFSET.sub(lambda m: f"{m.group(1)} byte {int(m.group(2)) + origin}", message)
+    else:
+        message = f"{record}: at byte {origin + offset}: {message}"
+    exc.args = (message, *exc.args[1:])
 
 
 def _unescape(text: bytes) -> bytes:

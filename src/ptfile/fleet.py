@@ -20,14 +20,15 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from .allowlist import Allow
 from .scanner import ScanResult, scan
 
 __all__ = ["scan_many", "convert_many"]
 
 
-def _scan_one(args: tuple[str, bool]) -> ScanResult:
-    path, strict = args
-    return scan(path, strict=strict)
+def _scan_one(args: tuple[str, bool, tuple[str, ...]]) -> ScanResult:
+    path, strict, allow = args
+    return scan(path, strict=strict, allow=Allow(allow))
 
 
 def _convert_one(args: tuple[str, str, dict]) -> list[str]:
@@ -47,9 +48,14 @@ def _fan_out(function: Any, items: list, jobs: int | None, client: Any) -> list:
         return list(pool.map(function, items, chunksize=max(1, len(items) // (jobs * 8))))
 
 
-def scan_many(paths: Sequence[str], *, strict: bool = False, jobs: int | None = None, client: Any = None) -> list[ScanResult]:
-    """Scan every path, with ``jobs`` local processes or on the Dask cluster of ``client``."""
-    return _fan_out(_scan_one, [(str(p), strict) for p in paths], jobs, client)
+def scan_many(paths: Sequence[str], *, strict: bool = False, jobs: int | None = None, client: Any = None,
+              allow: Sequence[str] = ()) -> list[ScanResult]:
+    """Scan every path, with ``jobs`` local processes or on the Dask cluster of ``client``.
+
+    ``allow`` holds patterns (``module.name``, ``module.*``) as :func:`ptfile.scan` takes them.
+    """
+    patterns = tuple(Allow(allow).patterns)  # checked here, before any worker starts; sent as plain strings
+    return _fan_out(_scan_one, [(str(p), strict, patterns) for p in paths], jobs, client)
 
 
 def convert_many(pairs: Sequence[tuple[str, str]], *, jobs: int | None = None, client: Any = None,

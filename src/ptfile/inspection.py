@@ -99,6 +99,7 @@ def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
         "values": values,
         "totals": _totals(rows),
         "unknown_classes": sorted({f.path for f in verdict.findings if f.severity == allowlist.UNKNOWN_CLASS}),
+        "unknown_calls": sorted({f.path for f in verdict.findings if f.severity == allowlist.UNKNOWN_CALL}),
         "scan": {"verdict": verdict.verdict, "findings": len(verdict.findings)},
     }
 

@@ -26,6 +26,7 @@ class GlobalUse:
     use: str  # one of USES
     offset: int  # byte offset of the opcode within its pickle
     record: str = ""  # the archive record (or stream part) holding the pickle
+    args: str = ""  # for a call outside the allowlist: a bounded summary of its arguments
 
     @property
     def path(self) -> str:

@@ -189,16 +189,19 @@ class _Window:
             self._load(pos, need)
 
 
-def pickle_end(source: Source, start: int, limit: int, what: str) -> int:
+def pickle_end(source: Source, start: int, limit: int, what: str, seen: set[int] | None = None) -> int:
     """The offset just after the STOP of the pickle at ``start``, found by walking its opcodes.
 
     Only opcode lengths are read (the restricted engine interprets the bytes later and
-    must end at the same STOP); nothing at or past ``limit`` is read.
+    must end at the same STOP); nothing at or past ``limit`` is read.  ``seen`` collects
+    every opcode walked, also when the walk fails.
     """
     window = _Window(source, limit, what)
     pos = start
     while True:
         op = window.get(pos, 1)[0]
+        if seen is not None:
+            seen.add(op)
         spec = _OPCODE_ARGS.get(op)
         if spec is None:
             raise CorruptFileError(f"{what}: unknown pickle opcode 0x{op:02x} at byte {pos}")
@@ -238,9 +241,9 @@ def _refuse_dangerous(inventory: list[GlobalUse], name: str) -> None:
     raise UnsafeGlobalError(f"{name}: refused dangerous globals: {listed}", findings)
 
 
-def _run(data: bytes, record: str, inventory: list, persistent_load: Any, context: Any) -> Any:
-    """Run one whole pickle through the engine; it must end exactly at the end of ``data``."""
-    engine = allowlist.new_engine(data, record, inventory, context, persistent_load)
+def _run(data: bytes, record: str, inventory: list, persistent_load: Any, context: Any, origin: int = 0) -> Any:
+    """Run one whole pickle (at file offset ``origin``) through the engine; it must end exactly at its end."""
+    engine = allowlist.new_engine(data, record, inventory, context, persistent_load, origin)
     value, end = engine.run()
     if end != len(data):
         raise CorruptFileError(f"{record}: {len(data) - end} bytes follow the pickle's STOP")
@@ -261,7 +264,8 @@ def _scan_for_danger(source: Source, start: int, limit: int, count: int, name: s
         except PtfileError:
             break
         with contextlib.suppress(PtfileError):  # the globals seen before a failure stay in the inventory
-            _run(source.read(pos, end - pos, name), f"pickle {index}", inventory, lambda pid: None, _inert_context())
+            _run(source.read(pos, end - pos, name), f"pickle {index}", inventory, lambda pid: None, _inert_context(),
+                 pos)
         pos = end
     _refuse_dangerous(inventory, name)
 
@@ -313,10 +317,11 @@ class _Cursor:
     def pickle(self, what: str, max_bytes: int | None = None) -> Any:
         """Run the next pickle through the engine and return its value; dangerous globals are refused."""
         record = what if what == self.part else f"{self.part}/{what}@{self.pos}"
+        origin = self.pos
         data = self.pickle_bytes(what, max_bytes)
         seen = len(self.inventory)  # earlier uses were judged already: judging only new ones keeps this linear
         try:
-            value = _run(data, record, self.inventory, None, _inert_context())
+            value = _run(data, record, self.inventory, None, _inert_context(), origin)
         except PtfileError:
             _refuse_dangerous(self.inventory[seen:], self.source.name)
             raise
@@ -476,9 +481,23 @@ def open_stream(source: Source, head: bytes) -> LegacyStream | None:
     The first pickle runs through the engine like every other; a dangerous one is
     refused here (a forged magic number computed by ``eval``), whatever its value.
     """
+    inventory: list[GlobalUse] = []
+    cursor = _magic_cursor(source, head, inventory)
+    return None if cursor is None else LegacyStream(source, cursor, inventory)
+
+
+def has_magic_number(source: Source, head: bytes) -> bool:
+    """Whether the file starts with the legacy magic number, so torch reads it as a legacy stream."""
+    try:
+        return _magic_cursor(source, head, []) is not None
+    except PtfileError:
+        return False
+
+
+def _magic_cursor(source: Source, head: bytes, inventory: list[GlobalUse]) -> _Cursor | None:
+    """A cursor just past the magic-number pickle, or None if the file does not start with one."""
     if not looks_like_pickle_stream(head):
         return None
-    inventory: list[GlobalUse] = []
     cursor = _Cursor(source, 0, source.size, "magic number", inventory)
     try:
         magic = cursor.pickle("magic number", MAX_HEADER_PICKLE_BYTES)
@@ -490,7 +509,7 @@ def open_stream(source: Source, head: bytes) -> LegacyStream | None:
         return None
     if magic != MAGIC_NUMBER:
         raise CorruptFileError(f"{source.name}: legacy magic number is 0x{magic:X}, expected 0x{MAGIC_NUMBER:X}")
-    return LegacyStream(source, cursor, inventory)
+    return cursor
 
 
 class LegacyStream(_Container):
@@ -531,7 +550,7 @@ class LegacyStream(_Container):
         """Run the object pickle once to learn every storage it names; refuse it if dangerous."""
         inventory: list[GlobalUse] = []
         try:
-            _run(self.pickle_data, "pickle", inventory, self._storage_of, _inert_context())
+            _run(self.pickle_data, "pickle", inventory, self._storage_of, _inert_context(), self.pickle_offset)
         except PtfileError:
             _refuse_dangerous(inventory, self.name)
             raise
@@ -571,6 +590,10 @@ class LegacyStream(_Container):
     def pickles(self) -> list[tuple[str, bytes]]:
         """The object pickle: ``[(name, bytes)]``."""
         return [("pickle", self.pickle_data)]
+
+    def origin(self, record: str) -> int:
+        """Where the object pickle starts in the file: its offsets are reported as file offsets."""
+        return self.pickle_offset
 
     def persistent_load(self, pid: Any, context: Any) -> Any:
         return self._storage_of(pid)

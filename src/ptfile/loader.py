@@ -31,12 +31,39 @@ from .tree import walk
 from .values import brief
 from .ziparchive import is_zip
 
-__all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint"]
+__all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint", "refusal", "refuse_unsafe"]
 
 #: The byte order of numpy's native dtypes, which every tensor is read as.
 NATIVE_BYTEORDER = "little" if np.little_endian else "big"
 #: How pickles start: PROTO (protocol 2+), or the protocol 0/1 containers and GLOBAL line.
 _PICKLE_START = re.compile(rb"\x80[\x00-\x05]|[(}\])]|c[\w.]+\n\w+\n")
+#: Levels ``records=True`` reads as inert records; ``dangerous`` is refused in every mode.
+RECORDED_LEVELS = (allowlist.UNKNOWN_CLASS, allowlist.UNKNOWN_CALL)
+#: Findings listed per level in a refusal; the rest are counted.
+MAX_LISTED_FINDINGS = 8
+
+
+def refusal(judgement: allowlist.Judgement) -> str:
+    """Why a judgement refuses a file: its findings listed under their real level, worst first."""
+    parts = []
+    for level in allowlist.LEVELS:
+        found = [f for f in judgement.findings if f.severity == level]
+        if not found:
+            continue
+        listed = "; ".join(f.describe() for f in found[:MAX_LISTED_FINDINGS])
+        more = f"; and {len(found) - MAX_LISTED_FINDINGS} more" if len(found) > MAX_LISTED_FINDINGS else ""
+        parts.append(f"refused {level} globals: {listed}{more}")
+    hint = ""
+    if judgement.verdict in RECORDED_LEVELS:
+        hint = " (pass records=True to read them as inert records, or allow the globals you trust)"
+    return " | ".join(parts) + hint
+
+
+def refuse_unsafe(judgement: allowlist.Judgement, *, records: bool, name: str) -> None:
+    """Raise unless the judgement is clean, or only holds what ``records=True`` reads as records."""
+    if judgement.verdict == allowlist.CLEAN or (judgement.verdict in RECORDED_LEVELS and records):
+        return
+    raise UnsafeGlobalError(f"{name}: {refusal(judgement)}", judgement.findings)
 
 
 @dataclass(frozen=True)
@@ -81,13 +108,17 @@ class Checkpoint:
     ``combine(trees)`` (the checkpoint from their trees), ``side_pickles()`` (every other
     pickle it holds, which torch never loads but a scanner must see), ``persistent_load(pid,
     context)`` and ``storage_bytes(storage, copy=...)``; optionally ``inert_classes(module,
-    name)`` (classes that are data in this container, such as TorchScript's ``__torch__``).
+    name)`` (classes that are data in this container, such as TorchScript's ``__torch__``)
+    and ``origin(record)`` (the file offset of a pickle cut out of a stream, so that every
+    offset reported is a file offset).
     """
 
-    def __init__(self, source: Source, *, copy: bool, records: bool, container: Any = None) -> None:
+    def __init__(self, source: Source, *, copy: bool, records: bool, container: Any = None,
+                 allow: allowlist.Allow | None = None) -> None:
         self.source = source
         self.copy = copy
         self.records = records
+        self.allow = allow  # third-party globals the caller accepts (never a dangerous one)
         self.inventory: list[GlobalUse] = []
         self._buffers: dict[str, np.ndarray] = {}
         # A caller that knows what the bytes are (a DCP .metadata) brings its own container.
@@ -136,7 +167,9 @@ class Checkpoint:
         return trees[0] if len(trees) == 1 else self.container.combine(trees)
 
     def _run_object(self, record: str, data: bytes, context: Context) -> Any:
-        engine = new_engine(data, record, self.inventory, context, lambda pid: self.container.persistent_load(pid, context))
+        origin = self.container.origin(record) if hasattr(self.container, "origin") else 0  # a pickle cut out of a stream
+        engine = new_engine(data, record, self.inventory, context, lambda pid: self.container.persistent_load(pid, context),
+                            origin)
         tree, end = engine.run()
         if end != len(data):
             raise CorruptFileError(f"{record}: {len(data) - end} bytes follow the pickle's STOP")
@@ -151,20 +184,11 @@ class Checkpoint:
 
     def judgement(self) -> allowlist.Judgement:
         """The verdict on every global the pickles used, with this container's inert classes."""
-        return allowlist.judge(self.inventory, inert_classes=getattr(self.container, "inert_classes", None))
+        return allowlist.judge(self.inventory, inert_classes=getattr(self.container, "inert_classes", None),
+                               allow=self.allow)
 
     def _refuse_unsafe(self) -> None:
-        judgement = self.judgement()
-        if judgement.verdict == allowlist.CLEAN:
-            return
-        if judgement.verdict == allowlist.UNKNOWN_CLASS and self.records:
-            return
-        listed = "; ".join(f.describe() for f in judgement.findings[:8])
-        more = f"; and {len(judgement.findings) - 8} more" if len(judgement.findings) > 8 else ""
-        hint = " (pass records=True to read unknown classes as inert records)" if judgement.verdict != "dangerous" else ""
-        raise UnsafeGlobalError(
-            f"{self.source.name}: refused {judgement.verdict} globals: {listed}{more}{hint}", judgement.findings
-        )
+        refuse_unsafe(self.judgement(), records=self.records, name=self.source.name)
 
     # -- tensors ------------------------------------------------------------------
 
@@ -204,8 +228,8 @@ class Checkpoint:
 class LazyCheckpoint(Checkpoint, Handle):
     """The handle ``ptfile.open`` returns for torch's formats: the tree of tensor specs, tensors read on demand."""
 
-    def __init__(self, source: Source, *, copy: bool, records: bool) -> None:
-        super().__init__(source, copy=copy, records=records)
+    def __init__(self, source: Source, *, copy: bool, records: bool, allow: allowlist.Allow | None = None) -> None:
+        super().__init__(source, copy=copy, records=records, allow=allow)
         self.name = source.name
         self._tree_of_specs = self.run(materialize=False)
         named = getattr(self.container, "named_tensors", None)  # TorchScript: state_dict() names
@@ -334,21 +358,22 @@ def _unsupported_kind(name: str, head: bytes) -> PtfileError:
     return CorruptFileError(f"{name}: not a PyTorch checkpoint (starts with {head[:8]!r})")
 
 
-def open_checkpoint(src: Any, *, mmap: bool = True, records: bool = False) -> LazyCheckpoint:
+def open_checkpoint(src: Any, *, mmap: bool = True, records: bool = False,
+                    allow: allowlist.Allow | None = None) -> LazyCheckpoint:
     source = open_source(src, mmap_file=mmap)
     try:
         with gc_paused():
-            return LazyCheckpoint(source, copy=not mmap, records=records)
+            return LazyCheckpoint(source, copy=not mmap, records=records, allow=allow)
     except BaseException:
         source.close()
         raise
 
 
-def load(src: Any, *, mmap: bool = True, records: bool = False) -> Any:
-    return load_source(open_source(src, mmap_file=mmap), mmap=mmap, records=records)
+def load(src: Any, *, mmap: bool = True, records: bool = False, allow: allowlist.Allow | None = None) -> Any:
+    return load_source(open_source(src, mmap_file=mmap), mmap=mmap, records=records, allow=allow)
 
 
-def load_source(source: Source, *, mmap: bool, records: bool) -> Any:
+def load_source(source: Source, *, mmap: bool, records: bool, allow: allowlist.Allow | None = None) -> Any:
     """The object tree of a torch checkpoint; the source is closed when done."""
     if not mmap:
         # Everything gets read anyway: one readinto of the file beats one read per storage,
@@ -360,6 +385,6 @@ def load_source(source: Source, *, mmap: bool, records: bool) -> Any:
             raise
     try:
         with gc_paused():
-            return Checkpoint(source, copy=not mmap, records=records).run(materialize=True)
+            return Checkpoint(source, copy=not mmap, records=records, allow=allow).run(materialize=True)
     finally:
         source.close()

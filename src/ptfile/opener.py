@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .errors import CheckpointNotFoundError, CorruptFileError, UnsafeGlobalError
+from .errors import CheckpointNotFoundError, CorruptFileError
 from .handle import Handle
 from .source import Source, open_source
 
@@ -44,25 +44,27 @@ class Format(NamedTuple):
 
     name: str
     sniff: Callable[[bytes, int], bool]  # (first SNIFF_BYTES bytes, file size) -> is it this format
-    open: Callable[[Source, bool, bool], Handle]  # (source, copy, records) -> handle
+    open: Callable[[Source, bool, bool, Any], Handle]  # (source, copy, records, allow) -> handle
 
 
-def _open_safetensors(source: Source, copy: bool, records: bool) -> Handle:
+def _open_safetensors(source: Source, copy: bool, records: bool, allow: Any) -> Handle:
     from .stformat import SafetensorsCheckpoint
 
     return SafetensorsCheckpoint(source, copy=copy)
 
 
-def _open_numpy(source: Source, copy: bool, records: bool) -> Handle:
+def _open_numpy(source: Source, copy: bool, records: bool, allow: Any) -> Handle:
     from .npformat import NumpyCheckpoint
 
     return NumpyCheckpoint(source, copy=copy)
 
 
-def _open_torch(source: Source, copy: bool, records: bool) -> Handle:
+def _open_torch(source: Source, copy: bool, records: bool, allow: Any) -> Handle:
+    from .engine import gc_paused
     from .loader import LazyCheckpoint
 
-    return LazyCheckpoint(source, copy=copy, records=records)
+    with gc_paused():  # the engine only builds objects that stay reachable: a collection frees nothing
+        return LazyCheckpoint(source, copy=copy, records=records, allow=allow)
 
 
 def _sniff_safetensors(head: bytes, size: int) -> bool:
@@ -149,57 +151,61 @@ def detect(source: Source) -> Format:
     return next(f for f in FORMATS if f.sniff(head, source.size))
 
 
-def open_handle(src: Any, *, mmap: bool = True, records: bool = False) -> Handle:
+def open_handle(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None) -> Handle:
     """The handle for anything ptfile reads (see the module docstring)."""
+    from .allowlist import as_allow
+
+    accepted = as_allow(allow)
     kind, target = resolve(src)
     if kind == "dcp":
         from .dcp import DcpCheckpoint
 
-        return DcpCheckpoint(target, mmap=mmap, records=records)
+        return DcpCheckpoint(target, mmap=mmap, records=records, allow=accepted)
     if kind == "sharded":
         from .sharded import ShardedCheckpoint
 
-        return ShardedCheckpoint(target, mmap=mmap, records=records)
+        return ShardedCheckpoint(target, mmap=mmap, records=records, allow=accepted)
     source = open_source(target, mmap_file=mmap)
     try:
-        return open_file(source, detect(source), copy=not mmap, records=records)
+        return open_file(source, detect(source), copy=not mmap, records=records, allow=accepted)
     except BaseException:
         source.close()
         raise
 
 
-def open_file(source: Source, fmt: Format, *, copy: bool, records: bool) -> Handle:
+def open_file(source: Source, fmt: Format, *, copy: bool, records: bool, allow: Any = None) -> Handle:
     """The handle of one file of a known format, once every other consumer's reading of it is judged.
 
     torch's containers judge those readings themselves (:class:`ptfile.loader.Checkpoint`);
     for the other formats it is done here, so that a safetensors or numpy file that is also
     something else (a pickle at byte 0, a zip appended) is refused as the scanner reports it.
     """
-    handle = fmt.open(source, copy, records)
+    handle = fmt.open(source, copy, records, allow)
     if fmt.name != "torch":
-        refuse_other_readings(source, fmt.name)
+        refuse_other_readings(source, fmt.name, records=records, allow=allow)
     return handle
 
 
-def refuse_other_readings(source: Source, fmt: str) -> None:
+def refuse_other_readings(source: Source, fmt: str, *, records: bool = False, allow: Any = None) -> None:
     """Raise when a consumer other than the format's own reader would run, or might run, something."""
     from . import allowlist, consumers
+    from .loader import refuse_unsafe
 
     inventory: list = []
     faults = consumers.other_readings(source, fmt, inventory)
-    judgement = allowlist.judge(inventory)
-    if judgement.verdict != allowlist.CLEAN:
-        listed = "; ".join(f.describe() for f in judgement.findings[:8])
-        raise UnsafeGlobalError(f"{source.name}: refused {judgement.verdict} globals: {listed}", judgement.findings)
+    refuse_unsafe(allowlist.judge(inventory, allow=allow), records=records, name=source.name)
     if faults:
         raise CorruptFileError(faults[0])
 
 
-def load_tree(src: Any, *, mmap: bool = True, records: bool = False) -> Any:
+def load_tree(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None) -> Any:
     """What ``ptfile.load`` returns, for every format."""
+    from .allowlist import as_allow
+
+    accepted = as_allow(allow)
     kind, target = resolve(src)
     if kind != "file":
-        with open_handle(target, mmap=mmap, records=records) as handle:
+        with open_handle(target, mmap=mmap, records=records, allow=accepted) as handle:
             return handle.load()  # type: ignore[attr-defined]
     source = open_source(target, mmap_file=mmap)
     try:
@@ -210,9 +216,9 @@ def load_tree(src: Any, *, mmap: bool = True, records: bool = False) -> Any:
     if fmt.name == "torch":  # the fast path: one pass over the pickle, no handle
         from .loader import load_source
 
-        return load_source(source, mmap=mmap, records=records)
+        return load_source(source, mmap=mmap, records=records, allow=accepted)
     try:
-        handle = open_file(source, fmt, copy=not mmap, records=records)
+        handle = open_file(source, fmt, copy=not mmap, records=records, allow=accepted)
     except BaseException:
         source.close()
         raise

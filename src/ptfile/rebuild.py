@@ -38,9 +38,10 @@ def _storage(value: Any) -> StorageRef:
 
 
 def _hooks(value: Any) -> None:
-    # Backward hooks are code; torch saves an empty OrderedDict and so must every real file.
-    if not isinstance(value, dict) or value:
-        raise CorruptFileError(f"tensor backward hooks must be an empty OrderedDict, got {brief(value)}")
+    # Backward hooks are code: torch saves an empty OrderedDict, torch 0.4 saved None, and
+    # torch assigns either to the tensor as is.  Anything else would carry hook functions.
+    if value is not None and (not isinstance(value, dict) or value):
+        raise CorruptFileError(f"tensor backward hooks must be None or an empty OrderedDict, got {brief(value)}")
 
 
 def _flags(metadata: Any) -> tuple[bool, bool]:

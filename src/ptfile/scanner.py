@@ -5,14 +5,20 @@ pickle through the same restricted engine as ``ptfile.load``; nothing is
 imported, called or materialized.  The inventory is graded by the same
 :func:`ptfile.allowlist.judge`, so a file ``load`` refuses is never ``clean`` here.
 
-Verdicts, worst first:
+Verdicts, worst first (the four levels of :func:`ptfile.allowlist.judge`, and ``invalid``):
 
-* ``dangerous``: a call outside the allowlist, or a known code-execution global anywhere;
+* ``dangerous``: a known code-execution gadget is named or called anywhere;
+* ``unknown-call``: a global outside the allowlist, and no known gadget, is called: the
+  file runs third-party code under ``torch.load(weights_only=False)``; each finding says
+  how often and with what arguments;
 * ``invalid``: the file could not be parsed to the end (what was found before the fault
-  is still reported; a payload followed by garbage is ``dangerous``);
+  is still reported; a payload followed by garbage is ``dangerous`` or ``unknown-call``);
 * ``unknown-class``: only instances of classes ptfile does not know (whole pickled
-  models); ``strict`` makes these ``dangerous``;
+  models);
 * ``clean``: only allowlisted globals, used as allowed.
+
+``strict`` grades unknown calls and classes as ``dangerous``; ``allow`` accepts named
+third-party globals (never a gadget), whose findings become notes.
 
 Files that are not checkpoints are read as what they are: a torch zip is examined
 record by record (pickles under any name, anomalies such as wrong CRCs or
@@ -43,16 +49,19 @@ from . import allowlist, consumers
 from .engine import gc_paused
 from .errors import PtfileError, UnsafeGlobalError
 from .inventory import GlobalUse
-from .loader import Checkpoint, Context, detached_storage, new_engine
+from .legacy import TAR_BLOCK
+from .loader import Checkpoint, Context, detached_storage, looks_like_pickle, new_engine
 from .opener import Format, detect, resolve
 from .source import MappedSource, Source, SourceFile, open_source
-from .ziparchive import is_zip
+from .ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
 
 __all__ = ["ScanResult", "scan", "VERDICTS"]
 
 INVALID = "invalid"
 #: Verdicts from worst to best; the CLI's exit code and sorting follow this order.
-VERDICTS = (allowlist.DANGEROUS, INVALID, allowlist.UNKNOWN_CLASS, allowlist.CLEAN)
+VERDICTS = (allowlist.DANGEROUS, allowlist.UNKNOWN_CALL, INVALID, allowlist.UNKNOWN_CLASS, allowlist.CLEAN)
+#: Verdicts that fail a scan: code would run under ``torch.load(weights_only=False)``.
+FAILING = (allowlist.DANGEROUS, allowlist.UNKNOWN_CALL)
 #: Archives ``load`` does not read; the scanner opens them and scans their members.
 _COMPRESSED_MAGICS = {b"7z\xbc\xaf\x27\x1c": "7z", b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 #: Archives inside archives are opened this many levels down (a checkpoint in a tar.gz is two).
@@ -87,18 +96,25 @@ class ScanResult:
             "path": self.path,
             "verdict": self.verdict,
             "format": self.format,
-            "findings": [
-                {
-                    "global": f.path,
-                    "severity": f.severity,
-                    "uses": [{"use": u.use, "record": u.record, "offset": u.offset} for u in f.uses],
-                }
-                for f in self.findings
-            ],
+            "findings": [_finding_dict(f) for f in self.findings],
             "faults": list(self.faults),
             "notes": list(self.notes),
             "globals": sorted({u.path for u in self.globals}),
         }
+
+
+def _finding_dict(finding: allowlist.Finding) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "global": finding.path,
+        "severity": finding.severity,
+        "uses": [{"use": u.use, "record": u.record, "offset": u.offset} for u in finding.uses],
+    }
+    if finding.severity == allowlist.DANGEROUS:
+        found["reason"] = finding.reason
+    if finding.calls:
+        found["calls"] = finding.calls
+        found["arguments"] = finding.arguments
+    return found
 
 
 def is_scannable(path: str) -> bool:
@@ -127,13 +143,15 @@ def _worth_scanning(head: bytes) -> bool:
             or any(head.startswith(magic) for magic in _COMPRESSED_MAGICS))
 
 
-def scan(src: Any, *, strict: bool = False) -> ScanResult:
+def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None) -> ScanResult:
     """Scan one checkpoint (path, file object, bytes, DCP or shard folder) without loading anything from it.
 
     Args:
         src: what to scan.
-        strict: treat instances of unknown classes as dangerous.
+        strict: treat unknown calls and instances of unknown classes as dangerous.
+        allow: third-party globals to accept (see :class:`ptfile.allowlist.Allow`).
     """
+    allow = allowlist.as_allow(allow)
     name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<bytes>")
     from .dcp import scan_folder
 
@@ -142,21 +160,21 @@ def scan(src: Any, *, strict: bool = False) -> ScanResult:
     except PtfileError as exc:
         return ScanResult(str(name), INVALID, "unreadable", faults=[str(exc)])
     if kind == "dcp":  # a DCP folder is one checkpoint: its .metadata and every item in it
-        return scan_folder(target, strict=strict)
+        return scan_folder(target, strict=strict, allow=allow)
     if kind == "sharded":  # a shard folder or index is the shards its index names, as load reads them
-        return _scan_shards(os.fspath(target), strict)
+        return _scan_shards(os.fspath(target), strict, allow)
     try:
         source = open_source(target, mmap_file=True)
     except PtfileError as exc:
         return ScanResult(str(name), INVALID, "unreadable", faults=[str(exc)])
     try:
         with gc_paused():  # the engine only builds objects that stay reachable: a collection frees nothing
-            return _scan_source(source, strict)
+            return _scan_source(source, strict, allow)
     finally:
         source.close()
 
 
-def _scan_source(source: Source, strict: bool, depth: int = 0) -> ScanResult:
+def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: int = 0) -> ScanResult:
     from .legacy import TAR_BLOCK, is_tar
 
     head = source.read(0, min(source.size, TAR_BLOCK), "file header")
@@ -166,33 +184,109 @@ def _scan_source(source: Source, strict: bool, depth: int = 0) -> ScanResult:
         return ScanResult(source.name, INVALID, "empty", faults=[f"{source.name}: the file is empty"])
     for magic, kind in _COMPRESSED_MAGICS.items():
         if head.startswith(magic):
-            return _scan_archive(source, kind, strict, depth)
+            return _scan_archive(source, kind, strict, allow, depth)
     tensor_format = detect(source)
     if tensor_format.name != "torch":
-        return _scan_tensor_file(source, tensor_format, strict)
+        return _scan_tensor_file(source, tensor_format, strict, allow)
     fmt, faults, inert = _examine(source, inventory, notes)
     if fmt is None and (is_zip(head) or is_tar(head)):  # an archive, but not a checkpoint: its members
-        readings = _other_readings(source, strict)  # and what pickle.load from byte 0 or zipfile would run
-        return _scan_archive(source, "zip" if is_zip(head) else "tar", strict, depth, faults, readings)
+        readings = _other_readings(source, strict, allow)  # and what pickle.load from byte 0 or zipfile would run
+        return _scan_archive(source, "zip" if is_zip(head) else "tar", strict, allow, depth, faults, readings)
     if fmt in (None, "pickle"):  # not a checkpoint: every pickle in the file, as torch's non-zip path meets them
         inventory.clear()
         fmt, faults = _scan_stream(source, inventory, notes)
-    judgement = allowlist.judge(inventory, inert_classes=inert)
-    return scan_result(source.name, fmt, judgement, faults, notes, inventory, strict=strict)
+        faults.extend(consumers.appended_zip_reading(source, inventory, Context()))
+    nested: list[ScanResult] = []
+    if is_zip(head):
+        nested = _examine_unread_records(source, inventory, notes, strict, allow, depth)
+    judgement = allowlist.judge(inventory, inert_classes=inert, allow=allow)
+    result = scan_result(source.name, fmt, judgement, faults, notes, inventory, strict=strict)
+    return _with_nested(result, nested)
 
 
-def _scan_tensor_file(source: Source, fmt: Format, strict: bool) -> ScanResult:
+def _examine_unread_records(source: Source, inventory: list[GlobalUse], notes: list[str], strict: bool,
+                            allow: allowlist.Allow, depth: int) -> list[ScanResult]:
+    """Records of a checkpoint zip the loader could not read as pickles, examined anyway.
+
+    A stored record whose flags claim encryption (torch's reader ignores the flag) is run
+    dry as the pickle it is; a pickle record (``*.pkl``) that is itself an archive (a torch
+    zip inside ``data.pkl``) is scanned as one, down to :data:`MAX_ARCHIVE_DEPTH` levels.
+    Storages are never taken for archives: their bytes are data.  Their faults stay (the
+    file is never clean), but a dangerous finding outranks them.
+    """
+    try:
+        archive = ZipArchive(source)
+    except PtfileError:
+        return []  # the loader's reading already reported why
+    nested = []
+    for name, entry in archive.entries.items():
+        if entry.method != STORED or entry.size != entry.compressed_size or entry.size > MAX_MEMBER_BYTES:
+            continue  # compressed, inconsistent or oversized records: the loader's reading reported them
+        if entry.flags & FLAG_ENCRYPTED:
+            try:
+                data = source.read(archive.data_offset(entry), entry.size, f"zip record {name!r}")
+            except PtfileError:
+                continue
+            if looks_like_pickle(data[:64]):
+                notes.append(f"record {name!r} claims encryption but holds a stored pickle; run dry anyway")
+                _run_dry(data, name, inventory)
+            continue
+        if not name.endswith(".pkl") or depth + 1 >= MAX_ARCHIVE_DEPTH:
+            continue
+        try:
+            head = source.read(archive.data_offset(entry), min(entry.size, TAR_BLOCK), "record header")
+            if _is_archive(head):
+                data = source.read(archive.data_offset(entry), entry.size, f"zip record {name!r}")
+                nested.append(_scan_source(MappedSource(data, f"{source.name}!{name}"), strict, allow, depth + 1))
+        except PtfileError:
+            continue
+    return nested
+
+
+def _run_dry(data: bytes, record: str, inventory: list[GlobalUse]) -> None:
+    """Every pickle in ``data`` run through the engine for its globals; faults are the caller's to report."""
+    engine = new_engine(data, record, inventory, Context(None, False), detached_storage)  # type: ignore[arg-type]
+    pos = 0
+    try:
+        while pos < len(data):
+            _, pos = engine.run(pos)
+    except PtfileError:
+        pass  # the globals met before the fault are in the inventory
+
+
+def _is_archive(head: bytes) -> bool:
+    from .legacy import is_tar
+
+    return is_zip(head) or is_tar(head) or any(head.startswith(magic) for magic in _COMPRESSED_MAGICS)
+
+
+def _with_nested(result: ScanResult, nested: list[ScanResult]) -> ScanResult:
+    """A result with the archives found inside its records: the worst verdict, everything they found."""
+    for inner in nested:
+        result.notes.append(f"{inner.path}: {inner.verdict} ({inner.format}), an archive inside a record")
+        result.findings.extend(inner.findings)
+        result.faults.extend(inner.faults)
+        result.notes.extend(f"{inner.path}: {note}" for note in inner.notes)
+        result.globals.extend(inner.globals)
+        result.verdict = min(result.verdict, inner.verdict, key=VERDICTS.index)
+    if result.faults and result.verdict not in FAILING:
+        result.verdict = INVALID
+    return result
+
+
+def _scan_tensor_file(source: Source, fmt: Format, strict: bool, allow: allowlist.Allow) -> ScanResult:
     """A safetensors or numpy file: clean when its header holds (ranges inside the file, no overlap
     or hole) and no other consumer would read anything else; an object array's pickle is judged."""
     inventory: list[GlobalUse] = []
     faults = consumers.other_readings(source, fmt.name, inventory)
     try:
-        fmt.open(source, False, False)
+        fmt.open(source, False, False, allow)
     except PtfileError as exc:
         faults.insert(0, str(exc))
     if fmt.name in ("npz", "npy"):
         faults.extend(_judge_object_arrays(source, inventory))
-    return scan_result(source.name, fmt.name, allowlist.judge(inventory), faults, [], inventory, strict=strict)
+    judgement = allowlist.judge(inventory, allow=allow)
+    return scan_result(source.name, fmt.name, judgement, faults, [], inventory, strict=strict)
 
 
 def _judge_object_arrays(source: Source, inventory: list[GlobalUse]) -> list[str]:
@@ -213,21 +307,23 @@ def _judge_object_arrays(source: Source, inventory: list[GlobalUse]) -> list[str
     return faults
 
 
-def _other_readings(source: Source, strict: bool) -> ScanResult:
+def _other_readings(source: Source, strict: bool, allow: allowlist.Allow) -> ScanResult:
     """The readings of consumers other than the loader's container (see :mod:`ptfile.consumers`)."""
     inventory: list[GlobalUse] = []
-    faults = consumers.other_readings(source, None, inventory, Context(None, False))
-    return scan_result(source.name, "other readings", allowlist.judge(inventory), faults, [], inventory, strict=strict)
+    faults = consumers.other_readings(source, None, inventory)
+    judgement = allowlist.judge(inventory, allow=allow)
+    return scan_result(source.name, "other readings", judgement, faults, [], inventory, strict=strict)
 
 
 def scan_result(name: str, fmt: str, judgement: allowlist.Judgement, faults: list[str], notes: list[str],
                 inventory: list[GlobalUse], *, strict: bool) -> ScanResult:
-    """The verdict from a judgement and the faults met: a fault makes anything short of dangerous invalid."""
+    """The verdict from a judgement and the faults met: a fault makes anything short of a failing verdict invalid."""
     verdict = judgement.verdict
-    if faults and verdict != allowlist.DANGEROUS:
-        verdict = INVALID
-    if strict and verdict == allowlist.UNKNOWN_CLASS:
+    if strict and verdict in (allowlist.UNKNOWN_CALL, allowlist.UNKNOWN_CLASS):
         verdict = allowlist.DANGEROUS
+    if faults and verdict not in FAILING:
+        verdict = INVALID
+    notes = [*notes, *(f"allowed: {f.describe()}" for f in judgement.allowed)]
     return ScanResult(name, verdict, fmt, list(judgement.findings), faults, notes, inventory)
 
 
@@ -246,12 +342,19 @@ def examine_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[s
 
 def _examine(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tuple[str | None, list[str], Any]:
     """:func:`examine_checkpoint`, with the format None when no container of the loader opens the file."""
+    from .legacy import TAR_BLOCK, has_magic_number
+
     try:
         checkpoint = Checkpoint(source, copy=False, records=True)
     except UnsafeGlobalError as exc:  # refused while opening (a legacy file's first pickles)
         inventory.extend(use for finding in exc.findings for use in finding.uses)
         return "pickle stream", [], None
     except PtfileError as exc:
+        if has_magic_number(source, source.read(0, min(source.size, TAR_BLOCK), "file header")):
+            # torch reads it as a legacy stream: the legacy reader's own diagnosis stands, and the
+            # stream reading (whose storage ids are not the legacy ones) only adds every pickle's globals
+            _scan_stream(source, inventory, notes)
+            return "legacy", [str(exc), *consumers.appended_zip_reading(source, inventory, Context())], None
         return None, [str(exc)], None
     inventory.extend(checkpoint.inventory)  # what the container ran while opening
     checkpoint.inventory = inventory
@@ -303,7 +406,6 @@ def _scan_stream(source: Source, inventory: list[GlobalUse], notes: list[str]) -
         count += 1
     if count > 1:
         faults.append(f"{source.name}: {count} pickles back to back; a checkpoint loader reads only the first")
-    faults.extend(consumers.appended_zip_reading(source, inventory, Context(None, False)))
     return "pickle", faults
 
 
@@ -415,8 +517,8 @@ def _archive_members(source: Source, kind: str) -> Iterator[Member]:
         yield "", None, f"the {kind} reader stopped: {type(exc).__name__}: {exc}"
 
 
-def _scan_archive(source: Source, kind: str, strict: bool, depth: int, faults: list[str] | None = None,
-                  readings: ScanResult | None = None) -> ScanResult:
+def _scan_archive(source: Source, kind: str, strict: bool, allow: allowlist.Allow, depth: int,
+                  faults: list[str] | None = None, readings: ScanResult | None = None) -> ScanResult:
     """A zip, tar, 7z or compressed file load does not read: never clean, dangerous if a member is.
 
     ``readings``: what other consumers of the whole file would read, judged with the members.
@@ -433,7 +535,7 @@ def _scan_archive(source: Source, kind: str, strict: bool, depth: int, faults: l
         if data is None:
             faults.append(f"{where}: {why}")
         elif _worth_scanning(data[:512]):
-            results.append(_scan_source(MappedSource(data, where), strict, depth + 1))
+            results.append(_scan_source(MappedSource(data, where), strict, allow, depth + 1))
         else:
             notes.append(f"member {name!r} is neither a pickle nor an archive; passed over")
     return combine_results(source.name, kind, results, faults, notes)
@@ -453,7 +555,7 @@ def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list
         faults.extend(result.faults)
         findings.extend(result.findings)
         inventory.extend(result.globals)
-    if faults and verdict != allowlist.DANGEROUS:
+    if faults and verdict not in FAILING:
         verdict = INVALID
     return ScanResult(name, verdict, fmt, findings, faults, notes, inventory)
 
@@ -461,7 +563,7 @@ def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list
 # -- shard folders -----------------------------------------------------------------------------
 
 
-def _scan_shards(path: str, strict: bool) -> ScanResult:
+def _scan_shards(path: str, strict: bool, allow: allowlist.Allow) -> ScanResult:
     """The shards a Hugging Face index names, each scanned; the index's own checks as load makes them."""
     from .sharded import ShardedCheckpoint, find_index, read_index
 
@@ -472,9 +574,9 @@ def _scan_shards(path: str, strict: bool) -> ScanResult:
         return ScanResult(path, INVALID, "sharded", faults=[str(exc)])
     folder = os.path.dirname(os.path.abspath(index))
     shards = list(dict.fromkeys(weight_map.values()))
-    results = [_scan_shard(os.path.join(folder, shard), strict) for shard in shards]
+    results = [scan(os.path.join(folder, shard), strict=strict, allow=allow) for shard in shards]
     faults: list[str] = []
-    if all(r.verdict in (allowlist.CLEAN, allowlist.UNKNOWN_CLASS) for r in results):
+    if all(r.verdict not in (*FAILING, INVALID) for r in results):
         # every name the index places in a shard must be there: load refuses the folder otherwise
         with ShardedCheckpoint(index, records=True) as handle:
             for shard in shards:
@@ -483,15 +585,3 @@ def _scan_shards(path: str, strict: bool) -> ScanResult:
                 except PtfileError as exc:
                     faults.append(str(exc))
     return combine_results(path, "sharded", results, faults, [f"shard index {os.path.basename(index)!r}"])
-
-
-def _scan_shard(path: str, strict: bool) -> ScanResult:
-    if not path.endswith(".safetensors"):
-        return scan(path, strict=strict)
-    from .stformat import read_safetensors
-
-    try:
-        read_safetensors(path, mmap=True)  # no pickle in it: only the header can be wrong
-    except PtfileError as exc:
-        return ScanResult(path, INVALID, "safetensors", faults=[str(exc)])
-    return ScanResult(path, allowlist.CLEAN, "safetensors")

@@ -72,7 +72,7 @@ class ShardedCheckpoint(Handle):
 
     format = "sharded"
 
-    def __init__(self, src: Any, *, mmap: bool = True, records: bool = False) -> None:
+    def __init__(self, src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None) -> None:
         path = os.fspath(src)
         self.index = find_index(path) if os.path.isdir(path) else path
         self.name = self.index
@@ -81,6 +81,7 @@ class ShardedCheckpoint(Handle):
         self.shards = list(dict.fromkeys(self.weight_map.values()))
         self._mmap = mmap
         self._records = records
+        self._allow = allow  # an allowlist.Allow, or None
         self._open: dict[str, Any] = {}
 
     def shard(self, name: str) -> Any:
@@ -94,7 +95,7 @@ class ShardedCheckpoint(Handle):
 
                 found = SafetensorsCheckpoint(open_source(path, mmap_file=self._mmap), copy=not self._mmap)
             else:
-                found = open_checkpoint(path, mmap=self._mmap, records=self._records)
+                found = open_checkpoint(path, mmap=self._mmap, records=self._records, allow=self._allow)
             missing = [k for k, v in self.weight_map.items() if v == name and k not in found]
             if missing:
                 raise CorruptFileError(f"{path}: the index places {missing[0]!r} here but the shard lacks it")

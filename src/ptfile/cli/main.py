@@ -6,7 +6,9 @@ error and a non-zero exit code; ``--debug`` shows the traceback instead.
 
 Exit codes:
     0  success (``scan``: every file clean or only unknown classes)
-    1  ``scan``: something dangerous was found
+    1  ``scan``: a file is dangerous (a known code-execution gadget) or calls an unknown
+       global (``unknown-call``: code torch.load(weights_only=False) would run); this wins
+       over 2, so a payload hidden before a parse fault still fails the scan with 1
     2  usage error, unreadable or invalid input (``scan``: a file could not be scanned)
 """
 
@@ -155,7 +157,8 @@ def _collapsed(tensors: list[dict]) -> list[dict]:
 
 
 def _verdict_style(verdict: str) -> str:
-    return {"clean": "green", "unknown-class": "yellow", "invalid": "magenta", "dangerous": "bold red"}.get(verdict, "")
+    return {"clean": "green", "unknown-class": "yellow", "invalid": "magenta", "unknown-call": "red",
+            "dangerous": "bold red"}.get(verdict, "")
 
 
 # -- scan ----------------------------------------------------------------------
@@ -190,7 +193,8 @@ def _candidates(paths: Sequence[str], include: list[str], exclude: list[str], re
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from ..scanner import INVALID
+    from ..allowlist import Allow
+    from ..scanner import FAILING, INVALID, VERDICTS
 
     files = _candidates(args.paths, args.include, args.exclude, args.recursive)
     if not files:
@@ -201,33 +205,34 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
         client = connect(args.scheduler) if args.scheduler else None
         try:
-            results = scan_many(files, strict=args.strict, jobs=args.jobs, client=client)
+            results = scan_many(files, strict=args.strict, jobs=args.jobs, client=client, allow=args.allow)
         finally:
             if client is not None:
                 client.close()
     else:
-        results = _scan_serially(files, args.strict, show_progress=len(files) > 1 and not args.json)
+        results = _scan_serially(files, args.strict, Allow(args.allow),
+                                 show_progress=len(files) > 1 and not args.json)
     if args.json:
-        counts = {v: sum(r.verdict == v for r in results) for v in ("clean", "unknown-class", "invalid", "dangerous")}
+        counts = {v: sum(r.verdict == v for r in results) for v in reversed(VERDICTS)}
         _print_json({"schema": JSON_SCHEMA_VERSION, "command": "scan", "summary": counts,
                      "files": [r.to_dict() for r in results]})
     else:
         _render_scan(results)
-    if any(r.verdict == "dangerous" for r in results):
+    if any(r.verdict in FAILING for r in results):
         return EXIT_FOUND
     if any(r.verdict == INVALID for r in results):
         return EXIT_ERROR
     return EXIT_OK
 
 
-def _scan_serially(files: list[str], strict: bool, *, show_progress: bool) -> list:
+def _scan_serially(files: list[str], strict: bool, allow: Any, *, show_progress: bool) -> list:
     from ..scanner import scan
 
     progress = _Progress("scanning", show_progress)
     results = []
     try:
         for index, path in enumerate(files, 1):
-            results.append(scan(path, strict=strict))
+            results.append(scan(path, strict=strict, allow=allow))
             progress(index, len(files))
     finally:
         progress.close()
@@ -251,6 +256,7 @@ def _render_scan(results: list) -> None:
             console.print(Text(f"  note: {safe(note)}"))
     dangerous = sum(r.verdict == "dangerous" for r in results)
     console.print(Text(f"scanned {len(results)} files: {dangerous} dangerous, "
+                       f"{sum(r.verdict == 'unknown-call' for r in results)} calling unknown globals, "
                        f"{sum(r.verdict == 'invalid' for r in results)} invalid, "
                        f"{sum(r.verdict == 'unknown-class' for r in results)} with unknown classes"))
 
@@ -478,7 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan = commands.add_parser("scan", help="look for malicious content without loading it")
     scan.add_argument("paths", nargs="+", metavar="PATH")
     scan.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    scan.add_argument("--strict", action="store_true", help="treat unknown classes as dangerous")
+    scan.add_argument("--strict", action="store_true", help="treat unknown calls and classes as dangerous")
+    scan.add_argument("--allow", action="append", default=[], type=_allow_pattern, metavar="PATTERN",
+                      help="accept a third-party global, module.name or module.* (repeatable); never a known gadget")
     scan.add_argument("-r", "--recursive", action="store_true", help="scan folders recursively")
     scan.add_argument("--include", action="append", default=[], metavar="REGEX", help="only paths matching (repeatable)")
     scan.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="skip paths matching (repeatable)")
@@ -535,6 +543,17 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--records", action="store_true")
     edit.set_defaults(func=cmd_edit)
     return parser
+
+
+def _allow_pattern(text: str) -> str:
+    """An --allow pattern, checked as the library checks it (a usage error otherwise)."""
+    from ..allowlist import Allow
+
+    try:
+        Allow([text])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
