@@ -258,8 +258,8 @@ def _scan_stream(source: Source, inventory: list[GlobalUse], notes: list[str]) -
     count = 0
     while pos < len(data):
         if count == MAX_STREAM_PICKLES:
-            faults.append(f"{source.name}: more than {MAX_STREAM_PICKLES} pickles back to back; "
-                          f"the rest (from byte {pos}) were not examined")
+            faults.append(f"{source.name}: more than {MAX_STREAM_PICKLES} pickles back to back (limit "
+                          f"MAX_STREAM_PICKLES); the rest, from byte {pos}, were not examined")
             break
         try:
             _, pos = engine.run(pos)
@@ -336,13 +336,13 @@ Member = tuple[str, "bytes | None", str]
 def _bounded(name: str, size: int, read: Any, budget: list[int]) -> Member:
     """Read one member through ``read(limit)`` unless it is, or turns out to be, over a limit."""
     if size > MAX_MEMBER_BYTES:
-        return name, None, f"declares {size} bytes, over the {MAX_MEMBER_BYTES}-byte limit; not examined"
+        return name, None, f"declares {size} bytes, over the {MAX_MEMBER_BYTES}-byte limit MAX_MEMBER_BYTES; not examined"
     if size > budget[0]:
-        return name, None, f"members inflate past the {MAX_ARCHIVE_BYTES}-byte limit of one archive; not examined"
-    limit = min(MAX_MEMBER_BYTES, budget[0])
+        return name, None, f"members inflate past the {MAX_ARCHIVE_BYTES}-byte limit of one archive, MAX_ARCHIVE_BYTES; not examined"
+    limit, which = min((MAX_MEMBER_BYTES, "MAX_MEMBER_BYTES"), (budget[0], "MAX_ARCHIVE_BYTES (what is left of it)"))
     data = _read_up_to(read, limit + 1)
     if data is None:
-        return name, None, f"inflates past the {limit}-byte limit; not examined"
+        return name, None, f"inflates past the {limit}-byte limit {which}; not examined"
     budget[0] -= len(data)
     return name, data, ""
 
@@ -406,7 +406,7 @@ def _seven_zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
         for info in infos:
             size = info.uncompressed or 0
             if size > MAX_MEMBER_BYTES or size > budget_left:
-                yield info.filename, None, f"declares {size} bytes, over a size limit; not examined"
+                yield info.filename, None, f"declares {size} bytes, over MAX_MEMBER_BYTES or MAX_ARCHIVE_BYTES; not examined"
             else:
                 wanted.append(info.filename)
                 budget_left -= size
