@@ -47,7 +47,7 @@ print(json.dumps({"seconds": seconds, "mib": resource.getrusage(resource.RUSAGE_
 
 def opcode_floods(size: int = SMALL_INPUT) -> dict[str, bytes]:
     """A megabyte of the opcodes that cost the engine most per byte."""
-    body = size - 3
+    body = size - 5  # room for PROTO, MARK, POP_MARK, NONE and STOP
     return {
         "flood-none-pop.pkl": b"\x80\x02" + (pickle.NONE + pickle.POP) * (body // 2) + pickle.NONE + pickle.STOP,
         "flood-long1.pkl": b"\x80\x02" + pickle.MARK + (pickle.LONG1 + b"\x01\x07") * (body // 3)
