@@ -24,7 +24,9 @@ Structural rules, stricter than CPython's unpickler where the two could disagree
   READONLY_BUFFER (out-of-band buffers) are refused.
 * SETITEM(S) only on dicts, APPEND(S) only on lists, ADDITEMS only on sets (or
   on records, which store them).  Keys that get hashed must be plain values or
-  shallow tuples of them: hashing a deeply nested tuple crashes CPython.
+  shallow tuples of them: hashing a deeply nested tuple crashes CPython.  One dict or set
+  takes at most :data:`MAX_EQUAL_HASHES` distinct keys of one hash value, since CPython's
+  dicts and sets take quadratic time on colliding keys.
 * Every declared length is checked against the bytes that remain before anything
   is allocated, and the memo is a dict, so a huge memo index costs one entry;
   indices CPython refuses (negative, above ``sys.maxsize``) are refused too.

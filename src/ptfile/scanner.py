@@ -16,8 +16,9 @@ Verdicts, worst first:
 
 Files that are not checkpoints are read as what they are: a torch zip is examined
 record by record (pickles under any name, anomalies such as wrong CRCs or
-mismatched local names); anything else is read as a stream of pickles from byte 0,
-which is what ``torch.load`` does with a file that does not start with a zip header;
+mismatched local names); anything else is read as a stream of pickles from byte 0
+(at most :data:`MAX_STREAM_PICKLES` of them; more is a fault), which is what ``torch.load``
+does with a file that does not start with a zip header;
 a zip archive appended after such a pickle (a polyglot) is examined too.  A
 ``torch.distributed.checkpoint`` folder is scanned as one checkpoint by
 :func:`ptfile.dcp.scan_folder`: its ``.metadata`` and every item of its ``.distcp`` files;
