@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import lzma
+import os
 import pickle
 import subprocess
 import sys
@@ -71,6 +73,20 @@ def test_damaged_7z_is_a_fault_not_a_traceback(error: str) -> None:
     assert type(raised.value).__name__ == error  # the sample still reproduces the finding
     result = _refused(data)
     assert any(f"7z reader stopped: {error}" in fault for fault in result.faults), result.faults
+
+
+def test_the_scan_command_reports_damaged_archives_without_a_traceback(tmp_path: Path) -> None:
+    """The finding as reported: ``ptfile scan`` on these files printed a traceback."""
+    files = {"corrupt.xz": corrupt_xz(), **{f"damaged-{error}.7z": data for error, data in damaged_seven_zips().items()}}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    env = {**os.environ, "PYTHONPATH": str(Path(ptfile.__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-m", "ptfile", "scan", "--json", *sorted(files)], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2  # a file could not be scanned; nothing dangerous
+    verdicts = {Path(entry["path"]).name: entry["verdict"] for entry in json.loads(done.stdout)["files"]}
+    assert verdicts == dict.fromkeys(files, "invalid")
 
 
 def test_any_exception_of_an_archive_reader_ends_as_a_fault(monkeypatch: pytest.MonkeyPatch) -> None:
