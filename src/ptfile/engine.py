@@ -471,7 +471,7 @@ class Engine:
         """Opcodes that real checkpoints use rarely; returns the new position."""
         data = self.data
         record = self.record
-        need = self._need  # helpers are methods: a closure made on every call is a third of a cheap opcode's cost
+        need = self._need  # methods, not closures: making two closures per call slowed every rare opcode
         line = self._line
         append = stack.append
         if op == 0x8C:  # SHORT_BINUNICODE
@@ -644,7 +644,6 @@ class Engine:
         if op in (0x97, 0x98):  # NEXT_BUFFER, READONLY_BUFFER
             raise CorruptFileError(f"{record}: out-of-band buffer opcode at byte {start} is refused")
         raise CorruptFileError(f"{record}: unknown opcode 0x{op:02x} at byte {start}")
-
 
     def _need(self, n: int, at: int) -> None:
         if n < 0 or at + n > len(self.data):

@@ -26,6 +26,16 @@ __all__ = ["build_handler"]
 
 #: numpy dtype strings a pickle may name: plain numbers, bools, bytes and text.
 _NUMPY_KINDS = frozenset("biufcSUM?m")
+#: Largest element a numpy str or bytes dtype of a pickle may declare.
+MAX_NUMPY_ELEMENT_BYTES = 1 << 20
+#: numpy's datetime units, as its dtype state names them.
+_DATETIME_UNITS = frozenset({b"generic", b"Y", b"M", b"W", b"D", b"h", b"m", b"s", b"ms", b"us", b"ns", b"ps",
+                             b"fs", b"as"})
+#: The fields of numpy's dtype state tuple, for messages.
+_DTYPE_STATE_FIELDS = ("version", "byte order", "subarray", "names", "fields", "element size", "alignment",
+                       "flags", "metadata")
+#: NPY_ITEM_REFCOUNT (= NPY_ITEM_HASOBJECT) and NPY_ITEM_IS_POINTER: numpy reads such items as pointers.
+_NPY_POINTER_FLAGS = 0x01 | 0x04
 
 
 def ordered_dict(context: Any, pairs: Any = None) -> OrderedDict:
@@ -151,17 +161,6 @@ def build_numpy_dtype(context: Any, dtype: np.dtype, state: Any) -> None:
         raise CorruptFileError(f"numpy dtype state for {spec} is not the one numpy writes: "
                                f"{differ or f'{len(state)} fields, numpy writes {len(expected)}'}")
     dtype.__setstate__(expected)  # numpy's own state, not the file's objects that compared equal to it
-    if dtype.hasobject:  # pragma: no cover - the kinds allowed above never hold objects
-        raise CorruptFileError(f"numpy dtype {dtype} holds Python objects")
-
-
-_DTYPE_STATE_FIELDS = ("version", "byte order", "subarray", "names", "fields", "element size", "alignment",
-                       "flags", "metadata")
-#: Largest element a numpy str or bytes dtype of a pickle may declare.
-MAX_NUMPY_ELEMENT_BYTES = 1 << 20
-#: numpy's datetime units, as its dtype state names them.
-_DATETIME_UNITS = frozenset({b"generic", b"Y", b"M", b"W", b"D", b"h", b"m", b"s", b"ms", b"us", b"ns", b"ps",
-                             b"fs", b"as"})
 
 
 def _dtype_spec(dtype: np.dtype, state: tuple) -> str:
@@ -224,10 +223,6 @@ def _refuse_objects(dtype: np.dtype) -> None:
     """Bytes from a file are never read as object pointers, whatever a dtype claims."""
     if dtype.hasobject or dtype.flags & _NPY_POINTER_FLAGS:
         raise UnsupportedFormatError(f"numpy dtype {dtype} holds Python objects; such arrays are refused")
-
-
-#: NPY_ITEM_REFCOUNT (= NPY_ITEM_HASOBJECT) and NPY_ITEM_IS_POINTER: numpy reads such items as pointers.
-_NPY_POINTER_FLAGS = 0x01 | 0x04
 
 
 def numpy_scalar(context: Any, dtype: Any, raw: Any = None) -> Any:
