@@ -129,12 +129,22 @@ def test_byte_0_reading_of_a_torch_tar_finds_nothing() -> None:
         assert inventory == []
 
 
-def test_a_pickle_cut_short_at_byte_0_is_never_clean(tmp_path: Path) -> None:
-    """A byte-0 pickle the engine cannot finish: CPython might go on, so the file is a fault."""
+def test_a_pickle_cut_short_at_byte_0_is_never_clean() -> None:
+    """A byte-0 pickle the engine cannot finish after an import: CPython might go on, so the file is a fault,
+    and the globals met before the fault are judged."""
     inventory: list = []
-    data = b"(" + b"\xff" * 64  # MARK, then an unknown opcode
+    data = b"cos\nsystem\n(S'true'\ntR" + b"\xff" * 64  # the call, then an unknown opcode instead of STOP
     faults = consumers.byte0_reading(MappedSource(data, "cut"), inventory, None)
     assert len(faults) == 1 and "pickle.load from byte 0" in faults[0]
+    assert {(use.module, use.name) for use in inventory} == {("os", "system")}
+
+
+def test_a_pickle_that_fails_before_any_import_is_harmless() -> None:
+    """No GLOBAL, INST, EXT or persistent id before the fault: CPython cannot have run anything."""
+    for data in (b"(" + b"\xff" * 64, b"X\x01\x00\x00\x00a\x00", b"N" * 100):
+        inventory: list = []
+        assert consumers.byte0_reading(MappedSource(data, "data"), inventory, None) == []
+        assert inventory == []
 
 
 # -- zipfile on a zip appended to something else ---------------------------------------------------

@@ -81,6 +81,8 @@ CONSUMERS = ("torch.load (zip)", "torch.load (legacy tar, then pickle stream)", 
 
 #: Containers that begin with the pickle ``pickle.load`` reads from byte 0: the container ran it already.
 _STARTS_WITH_ITS_PICKLE = frozenset({"pickle", "legacy"})
+#: Bytes run through the engine when the byte-0 pickle cannot be walked to its STOP.
+MAX_BYTE0_PREFIX = 1 << 20
 #: Members of an appended zip examined, and the bytes read of each; past either the file is a fault.
 MAX_POLYGLOT_MEMBERS = 1_000
 MAX_POLYGLOT_MEMBER_BYTES = 64 << 20
@@ -148,17 +150,24 @@ def byte0_reading(source: Source, inventory: list, context: Any) -> list[str]:
     if fails_at_once(head):
         return []
     seen: set[int] = set()
-    found = len(inventory)
     try:
         end = pickle_end(source, 0, source.size, f"{source.name}: pickle from byte 0", seen)
-        engine = new_engine(source.read(0, end, "pickle from byte 0"), "pickle from byte 0", inventory, context, None)
+    except PtfileError as exc:
+        if not seen & _EFFECT_OPCODES:
+            return []
+        end, fault = min(source.size, MAX_BYTE0_PREFIX), exc  # the globals met before the fault still count
+    else:
+        fault = None
+    found = len(inventory)
+    engine = new_engine(source.read(0, end, "pickle from byte 0"), "pickle from byte 0", inventory, context, None)
+    try:
         engine.run()
     except PtfileError as exc:
-        if not seen & _EFFECT_OPCODES and len(inventory) == found:
-            return []
-        return [f"{source.name}: pickle.load from byte 0 (torch's legacy fallback) reads a pickle "
-                f"ptfile cannot follow to its end: {exc}"]
-    return []
+        fault = fault or exc
+    if fault is None or (not seen & _EFFECT_OPCODES and len(inventory) == found):
+        return []
+    return [f"{source.name}: pickle.load from byte 0 (torch's legacy fallback) reads a pickle "
+            f"ptfile cannot follow to its end: {fault}"]
 
 
 def appended_zip_reading(source: Source, inventory: list, context: Any) -> list[str]:

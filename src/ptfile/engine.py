@@ -24,7 +24,9 @@ Structural rules, stricter than CPython's unpickler where the two could disagree
   READONLY_BUFFER (out-of-band buffers) are refused.
 * SETITEM(S) only on dicts, APPEND(S) only on lists, ADDITEMS only on sets (or
   on records, which store them).  Keys that get hashed must be plain values or
-  shallow tuples of them: hashing a deeply nested tuple crashes CPython.
+  shallow tuples of them: hashing a deeply nested tuple crashes CPython.  One dict or set
+  takes at most :data:`MAX_EQUAL_HASHES` distinct keys of one hash value, since CPython's
+  dicts and sets take quadratic time on colliding keys.
 * Every declared length is checked against the bytes that remain before anything
   is allocated, and the memo is a dict, so a huge memo index costs one entry;
   indices CPython refuses (negative, above ``sys.maxsize``) are refused too.
@@ -49,7 +51,7 @@ from typing import Any
 from .errors import CorruptFileError, LimitExceededError, PtfileError
 from .values import Global, Record, brief
 
-__all__ = ["GlobalRef", "Engine", "brief", "check_key", "gc_paused"]
+__all__ = ["GlobalRef", "Engine", "brief", "check_key", "check_keys", "count_hash", "gc_paused"]
 
 #: Hashing recurses in C without a depth check; keys nested deeper than this are refused.
 MAX_KEY_DEPTH = 32
@@ -57,8 +59,17 @@ MAX_KEY_DEPTH = 32
 MAX_MARK_DEPTH = 10_000
 #: CPython keeps memo indices in a Py_ssize_t and refuses negative ones; so does ptfile.
 MAX_MEMO_INDEX = sys.maxsize
+#: Distinct keys with one hash value that one dict or set may receive.  CPython's dicts and sets
+#: compare a new key with every earlier key of its hash, so n such keys cost n**2 / 2 comparisons
+#: (60,000 int keys, 0.8 MB of pickle, take 15 s).  Keys of different values share a hash only by
+#: construction (ints that differ by a multiple of ``sys.hash_info.modulus``, -1 and -2, crafted
+#: tuples); str and bytes hashes are randomized per process, so only other keys are counted.
+#: The memo needs no count: its indices are below 2**63, so at most four share a hash.
+MAX_EQUAL_HASHES = 32
 
 _HASHABLE_SCALARS = frozenset({str, int, float, bool, bytes, complex, type(None), Global, Record})
+#: Key types whose hash an attacker cannot aim (randomized per process by ``PYTHONHASHSEED``).
+_RANDOMIZED_HASHES = frozenset({str, bytes})
 
 _unpack_i = struct.Struct("<i").unpack_from
 _unpack_I = struct.Struct("<I").unpack_from
@@ -125,6 +136,34 @@ def check_key(key: Any) -> None:
         raise CorruptFileError(f"unhashable or unsupported {kind.__name__} used as a dict or set key")
 
 
+def count_hash(key: Any, seen: dict[int, list]) -> None:
+    """Note a (checked) key of one container in ``seen``, its keys by hash; refuse too many per hash.
+
+    Callers skip str keys before calling (the common case stays one type test).  Each hash's
+    list stays below :data:`MAX_EQUAL_HASHES` entries, so the membership test is bounded too.
+    """
+    if type(key) in _RANDOMIZED_HASHES:
+        return
+    same = seen.setdefault(hash(key), [])
+    if key in same:
+        return  # the same key again replaces a value; CPython finds it among the same few
+    if len(same) >= MAX_EQUAL_HASHES:
+        raise LimitExceededError(
+            f"more than {MAX_EQUAL_HASHES} distinct keys with one hash value in one dict or set "
+            f"(limit MAX_EQUAL_HASHES; a hash-collision attack would make it take quadratic time)"
+        )
+    same.append(key)
+
+
+def check_keys(keys: Any) -> None:
+    """:func:`check_key` and :func:`count_hash` for all the keys of one container built at once."""
+    seen: dict[int, list] = {}
+    for key in keys:
+        check_key(key)
+        if type(key) is not str:
+            count_hash(key, seen)
+
+
 class Engine:
     """Runs one pickle.
 
@@ -161,6 +200,9 @@ class Engine:
         self.origin = origin
         self.protocol = 0
         self._fresh: dict[int, Any] = {}
+        # Keys by hash per dict or set that got a non-str key, by id; the container is held so
+        # that its id cannot be reused by another while this engine runs.
+        self._key_hashes: dict[int, tuple[Any, dict[int, list]]] = {}
 
     # -- helpers used by the dispatch loop ---------------------------------------
 
@@ -227,7 +269,9 @@ class Engine:
             raise CorruptFileError(f"{self.record}: SETITEM on a {type(target).__name__} at byte {offset}")
         for i in range(0, len(items) - 1, 2):
             key = items[i]
-            check_key(key)
+            if type(key) is not str:
+                check_key(key)
+                count_hash(key, self._hashes_of(target))
             target[key] = items[i + 1]
         if len(items) % 2:
             raise CorruptFileError(f"{self.record}: SETITEMS with an odd number of values at byte {offset}")
@@ -243,9 +287,19 @@ class Engine:
     def additems(self, target: Any, items: list, offset: int) -> None:
         if type(target) is not set:
             raise CorruptFileError(f"{self.record}: ADDITEMS on a {type(target).__name__} at byte {offset}")
+        seen = self._hashes_of(target)
         for item in items:
             check_key(item)
+            if type(item) is not str:
+                count_hash(item, seen)
         target.update(items)
+
+    def _hashes_of(self, container: Any) -> dict[int, list]:
+        """The keys by hash that ``container`` received so far (see :func:`count_hash`)."""
+        held = self._key_hashes.get(id(container))
+        if held is None:
+            held = self._key_hashes[id(container)] = (container, {})
+        return held[1]
 
     # -- the dispatch loop -------------------------------------------------------
 
@@ -425,16 +479,8 @@ class Engine:
         """Opcodes that real checkpoints use rarely; returns the new position."""
         data = self.data
         record = self.record
-        end = len(data)
-
-        def need(n: int, at: int) -> None:
-            if n < 0 or at + n > end:
-                raise CorruptFileError(f"{record}: length {n} at byte {at} runs past the end of the pickle")
-
-        def line(at: int) -> tuple[bytes, int]:
-            nl = data.index(b"\n", at)
-            return data[at:nl], nl + 1
-
+        need = self._need  # methods, not closures: making two closures per call slowed every rare opcode
+        line = self._line
         append = stack.append
         if op == 0x8C:  # SHORT_BINUNICODE
             n = data[pos]
@@ -565,8 +611,7 @@ class Engine:
         if op == 0x91:  # FROZENSET
             items = stack
             stack = metastack.pop()
-            for item in items:
-                check_key(item)
+            check_keys(items)
             stack.append(frozenset(items))
             return pos, stack
         if op == 0x69:  # INST
@@ -607,6 +652,15 @@ class Engine:
         if op in (0x97, 0x98):  # NEXT_BUFFER, READONLY_BUFFER
             raise CorruptFileError(f"{record}: out-of-band buffer opcode at byte {start} is refused")
         raise CorruptFileError(f"{record}: unknown opcode 0x{op:02x} at byte {start}")
+
+    def _need(self, n: int, at: int) -> None:
+        if n < 0 or at + n > len(self.data):
+            raise CorruptFileError(f"{self.record}: length {n} at byte {at} runs past the end of the pickle")
+
+    def _line(self, at: int) -> tuple[bytes, int]:
+        data = self.data
+        nl = data.index(b"\n", at)
+        return data[at:nl], nl + 1
 
 
 #: How the engine's own messages name a position in the pickle.

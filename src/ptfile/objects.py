@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import check_key
+from .engine import check_keys
 from .errors import CorruptFileError, UnsupportedFormatError
 from .values import Global, Record, brief
 
@@ -26,6 +26,16 @@ __all__ = ["build_handler"]
 
 #: numpy dtype strings a pickle may name: plain numbers, bools, bytes and text.
 _NUMPY_KINDS = frozenset("biufcSUM?m")
+#: Largest element a numpy str or bytes dtype of a pickle may declare.
+MAX_NUMPY_ELEMENT_BYTES = 1 << 20
+#: numpy's datetime units, as its dtype state names them.
+_DATETIME_UNITS = frozenset({b"generic", b"Y", b"M", b"W", b"D", b"h", b"m", b"s", b"ms", b"us", b"ns", b"ps",
+                             b"fs", b"as"})
+#: The fields of numpy's dtype state tuple, for messages.
+_DTYPE_STATE_FIELDS = ("version", "byte order", "subarray", "names", "fields", "element size", "alignment",
+                       "flags", "metadata")
+#: NPY_ITEM_REFCOUNT (= NPY_ITEM_HASOBJECT) and NPY_ITEM_IS_POINTER: numpy reads such items as pointers.
+_NPY_POINTER_FLAGS = 0x01 | 0x04
 
 
 def ordered_dict(context: Any, pairs: Any = None) -> OrderedDict:
@@ -51,15 +61,15 @@ def _fill(target: dict, pairs: Any, what: str) -> None:
     for pair in pairs:
         if type(pair) not in (list, tuple) or len(pair) != 2:
             raise CorruptFileError(f"{what} item {brief(pair)} is not a key/value pair")
-        check_key(pair[0])
-        target[pair[0]] = pair[1]
+    check_keys(pair[0] for pair in pairs)
+    for key, value in pairs:
+        target[key] = value
 
 
 def make_set(context: Any, items: Any = ()) -> set:
     if type(items) not in (list, tuple):
         raise CorruptFileError("set must be built from a list")
-    for item in items:
-        check_key(item)
+    check_keys(items)
     return set(items)
 
 
@@ -129,21 +139,51 @@ def numpy_dtype(context: Any, spec: Any, align: Any = False, copy: Any = True) -
 
 
 def build_numpy_dtype(context: Any, dtype: np.dtype, state: Any) -> None:
-    # numpy's own state tuple: (version, byteorder, subdescr, names, fields, elsize, alignment, flags[, metadata])
+    """BUILD on a fresh dtype: only the exact state numpy itself pickles for such a dtype.
+
+    numpy's ``__setstate__`` trusts its input: the flags byte alone can make an int64 dtype
+    claim to hold object pointers (NPY_ITEM_REFCOUNT), after which arrays of it are read as
+    pointers.  So the state is never checked field by field: numpy builds the dtype the state
+    describes from a type string, and the state must equal what numpy pickles for that one.
+    """
+    # numpy's state tuple: (version, byteorder, subdescr, names, fields, elsize, alignment, flags[, metadata])
     if type(state) is not tuple or len(state) not in (8, 9) or state[0] not in (3, 4):
         raise CorruptFileError(f"numpy dtype state {brief(state)} is not understood")
-    if state[1] not in ("<", ">", "|", "=") or any(item is not None for item in state[2:5]):
-        raise CorruptFileError(f"numpy dtype state {brief(state)} describes a structured type")
-    if len(state) == 9 and state[8] is not None:
-        raise CorruptFileError("numpy dtype metadata is not supported")
-    if dtype.kind in "SUV" and state[5] != -1:
-        if type(state[5]) is not int or state[5] < 0 or state[5] > (1 << 20):
-            raise CorruptFileError(f"numpy dtype element size {brief(state[5])} is out of range")
-    elif state[5] != -1 or state[6] != -1:
-        raise CorruptFileError(f"numpy dtype state {brief(state)} sets sizes of a fixed-size type")
-    if type(state[7]) is not int or state[7] < 0 or state[7] > 0xFF:
-        raise CorruptFileError(f"numpy dtype flags {brief(state[7])} are out of range")
-    dtype.__setstate__(state[:8])
+    spec = _dtype_spec(dtype, state)
+    try:
+        expected = np.dtype(spec).__reduce__()[2]
+    except (TypeError, ValueError):
+        raise CorruptFileError(f"numpy dtype state {brief(state)} describes no numpy type") from None
+    if state != expected:
+        differ = ", ".join(f"{field} {brief(got)} (numpy writes {brief(want)})"
+                           for field, got, want in zip(_DTYPE_STATE_FIELDS, state, expected, strict=False)
+                           if got != want)
+        raise CorruptFileError(f"numpy dtype state for {spec} is not the one numpy writes: "
+                               f"{differ or f'{len(state)} fields, numpy writes {len(expected)}'}")
+    dtype.__setstate__(expected)  # numpy's own state, not the file's objects that compared equal to it
+
+
+def _dtype_spec(dtype: np.dtype, state: tuple) -> str:
+    """The type string of the dtype a BUILD state describes for a fresh ``dtype`` (kind and size fixed by it)."""
+    order = state[1] if state[1] in ("<", ">") else ""
+    kind = dtype.kind
+    if kind in "SU":
+        elsize, unit = state[5], (4 if kind == "U" else 1)
+        if type(elsize) is not int or not 0 <= elsize <= MAX_NUMPY_ELEMENT_BYTES or elsize % unit:
+            raise CorruptFileError(f"numpy dtype element size {brief(elsize)} is out of range")
+        if elsize != dtype.itemsize:
+            raise CorruptFileError(f"numpy dtype state size {elsize} differs from its type {dtype}")
+        return f"{order}{kind}{elsize // unit}"
+    if kind in "Mm":
+        metadata = state[8] if len(state) == 9 else None
+        if (type(metadata) is not tuple or len(metadata) != 2 or metadata[0] is not None
+                or type(metadata[1]) is not tuple or len(metadata[1]) != 4):
+            raise CorruptFileError(f"numpy datetime state {brief(state)} has no unit")
+        unit, count = metadata[1][:2]
+        if unit not in _DATETIME_UNITS or type(count) is not int or not 1 <= count < (1 << 31):
+            raise CorruptFileError(f"numpy datetime unit {brief(metadata[1])} is not one numpy knows")
+        return f"{order}{kind}8" if unit == b"generic" else f"{order}{kind}8[{count}{unit.decode()}]"
+    return f"{order}{kind}{dtype.itemsize}"
 
 
 def numpy_reconstruct(context: Any, cls: Any, shape: Any, typecode: Any) -> np.ndarray:
@@ -166,6 +206,7 @@ def build_numpy_array(context: Any, array: np.ndarray, state: Any) -> None:
     _, shape, dtype, fortran, raw = state
     if not isinstance(dtype, np.dtype) or type(fortran) is not bool:
         raise CorruptFileError("numpy array state has no valid dtype")
+    _refuse_objects(dtype)
     if type(shape) is not tuple or len(shape) > 64 or not all(type(d) is int and d >= 0 for d in shape):
         raise CorruptFileError(f"numpy array shape {brief(shape)} is not a tuple of sizes")
     if type(raw) is not bytes:
@@ -178,10 +219,17 @@ def build_numpy_array(context: Any, array: np.ndarray, state: Any) -> None:
     array.__setstate__((1, shape, dtype, fortran, raw))
 
 
+def _refuse_objects(dtype: np.dtype) -> None:
+    """Bytes from a file are never read as object pointers, whatever a dtype claims."""
+    if dtype.hasobject or dtype.flags & _NPY_POINTER_FLAGS:
+        raise UnsupportedFormatError(f"numpy dtype {dtype} holds Python objects; such arrays are refused")
+
+
 def numpy_scalar(context: Any, dtype: Any, raw: Any = None) -> Any:
     """``numpy.core.multiarray.scalar(dtype, bytes)``: one number of the given dtype."""
     if not isinstance(dtype, np.dtype) or type(raw) is not bytes:
         raise CorruptFileError("numpy scalar needs a dtype and its bytes")
+    _refuse_objects(dtype)
     if len(raw) != dtype.itemsize:
         raise CorruptFileError(f"numpy scalar of {dtype} needs {dtype.itemsize} bytes, got {len(raw)}")
     return np.frombuffer(raw, dtype=dtype, count=1)[0]

@@ -68,6 +68,8 @@ class MappedSource(Source):
 
     def read(self, offset: int, length: int, what: str = "read") -> bytes:
         self.check(offset, length, what)
+        if type(self._buffer) is bytes and length == self.size:  # immutable already: no second copy
+            return self._buffer
         return bytes(self._view[offset : offset + length])
 
     def view(self, offset: int, length: int, what: str = "read") -> memoryview:
