@@ -37,14 +37,14 @@ from typing import Any
 import numpy as np
 
 from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
-from .inventory import GlobalUse
+from .scriptcode import ascii_lower, is_code_record, judge_code
 from .source import Source
 from .tensors import StorageRef, TensorSpec
 from .torchzip import TorchZip, check_storage_key, parse_storage_pid
 from .values import Record
 from .ziparchive import ZipArchive, ZipEntry
 
-__all__ = ["TorchScriptArchive", "open_zip", "PICKLE_BUILDERS", "is_torchscript_class", "ClassCode", "code_calls"]
+__all__ = ["TorchScriptArchive", "open_zip", "PICKLE_BUILDERS", "is_torchscript_class", "ClassCode"]
 
 #: Module prefix of every class TorchScript compiles; such classes are records, never imported.
 TORCH_MODULE = "__torch__"
@@ -56,15 +56,6 @@ PICKLES = ("data", "constants")
 _CLASS_LINE = re.compile(r"^class\s+(\w+)\s*(?:\(\s*([\w.]*)\s*\))?\s*:", re.MULTILINE)
 _LIST_LINE = re.compile(r"^ +(__parameters__|__buffers__)\s*=\s*\[(.*?)\]", re.MULTILINE | re.DOTALL)
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-#: Calls in TorchScript code that reach files, the network, processes or other pickles.  TorchScript
-#: writes every call with its full name (``torch.save(w, "f")``), so a name match is exact enough;
-#: the look-behind keeps methods (``self.eval(``) and longer names (``xtorch.save``) out.
-CODE_CALLS = re.compile(
-    r"(?<![\w.])(torch\.(?:save|load|from_file|jit\.load|hub\.\w+|ops\.\w+\.\w*(?:save|load|file|open|exec)\w*)"
-    r"|open|__import__|exec|eval|compile|os\.\w+|subprocess\.\w+)\s*\("
-)
-
-
 def is_torchscript_class(module: str, name: str) -> bool:
     """True for ``__torch__.*`` classes: compiled TorchScript types, kept as records."""
     return module == TORCH_MODULE or module.startswith(TORCH_MODULE + ".")
@@ -118,15 +109,6 @@ PICKLE_BUILDERS: dict[str, Callable[..., Any]] = {
 # -- code records --------------------------------------------------------------
 
 
-def code_calls(record: str, text: str) -> list[GlobalUse]:
-    """The calls out of the model in one code record, as inventory entries (``open`` is ``builtins.open``)."""
-    uses = []
-    for match in CODE_CALLS.finditer(text):
-        module, _, name = match.group(1).rpartition(".")
-        uses.append(GlobalUse(module or "builtins", name, "call", match.start(1), record))
-    return uses
-
-
 @dataclass
 class ClassCode:
     """What the TorchScript source says about one class, read as text."""
@@ -159,7 +141,10 @@ def parse_code(module: str, text: str) -> list[ClassCode]:
 
 
 def _code_module(record: str) -> str:
-    """``code/__torch__/torch/nn/modules/linear.py`` -> ``__torch__.torch.nn.modules.linear``."""
+    """``code/__torch__/torch/nn/modules/linear.py`` -> ``__torch__.torch.nn.modules.linear``; "" off ``code/``."""
+    lower = ascii_lower(record)
+    if not (lower.startswith("code/") and lower.endswith(".py")):
+        return ""
     return record[len("code/") : -len(".py")].replace("/", ".")
 
 
@@ -170,7 +155,9 @@ class TorchScriptArchive(TorchZip):
     """A ``torch.jit.save`` archive, as a container of two pickles and their storages.
 
     Attributes:
-        code: record name (``code/__torch__.py``) -> TorchScript source text, never run.
+        code: record name (``code/__torch__.py``) -> TorchScript source text, never run; every record
+            torch could compile as code (names compared ignoring ASCII case).
+        code_calls: record name -> the paths its code calls that are not on the code allowlist.
         classes: qualified class name -> :class:`ClassCode`.
         constants: the tuple ``constants.pkl`` holds, once the pickles have run.
         extra: name -> bytes of the ``extra/`` records.
@@ -184,29 +171,40 @@ class TorchScriptArchive(TorchZip):
         self.constants_entry = self.archive.get("constants.pkl")
         self._running = "data"
         self.constants: Any = ()
-        self.code = self._read_code()
+        records = self._read_code()
+        self.code = {name: text for name, (_, text) in records.items()}
         self.classes = {c.qualified_name: c for name, text in self.code.items() for c in parse_code(_code_module(name), text)}
+        judgement = judge_code((full, _code_module(name), text) for name, (full, text) in records.items())
+        names = {full: name for name, (full, _) in records.items()}
+        self.code_calls = {names[full]: paths for full, paths in judgement.calls().items()}
         # judged with the pickles' globals (the loader adds these to its inventory when it opens the archive)
-        self.inventory_extra = [use for name, text in self.code.items()
-                                for use in code_calls(self.archive.full_name(name), text)]
+        self.inventory_extra = judgement.uses
         self.extra = {
             name[len(self.archive.prefix) + len("/extra/") :]: self.archive.read(entry)
             for name, entry in self.archive.entries.items()
             if name.startswith(self.archive.full_name("extra/"))
         }
 
-    def _read_code(self) -> dict[str, str]:
-        prefix = self.archive.full_name("code/")
-        code: dict[str, str] = {}
+    def _read_code(self) -> dict[str, tuple[str, str]]:
+        """Every record torch could compile as code (see :func:`~ptfile.scriptcode.is_code_record`).
+
+        Returns name after the archive folder -> (the record's full name, its text).
+        """
+        folder = ascii_lower(self.archive.prefix) + "/"
+        code: dict[str, tuple[str, str]] = {}
         total = 0
         for name in self.archive.order:
-            if not (name.startswith(prefix) and name.endswith(".py")):
+            # torch finds records by name ignoring ASCII case, the archive folder included
+            if not ascii_lower(name).startswith(folder) or not is_code_record(name[len(folder):]):
                 continue
             entry = self.archive.entries[name]
             total += entry.size
             if total > MAX_CODE_BYTES:
                 raise LimitExceededError(f"{self.name}: more than {MAX_CODE_BYTES} bytes of TorchScript code")
-            code[name[len(self.archive.prefix) + 1 :]] = self.archive.read(entry).decode("utf-8", "replace")
+            try:
+                code[name[len(folder):]] = name, self.archive.read(entry).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CorruptFileError(f"{self.name}: code record {name!r} is not UTF-8 text: {exc}") from None
         return code
 
     # -- the loader's container protocol -----------------------------------------------
