@@ -249,7 +249,7 @@ def _use(path: str, offset: int, record: str) -> GlobalUse:
 
 
 def _allowed(path: str) -> bool:
-    return path == _VALUE or path in BUILTINS or path in OPERATORS
+    return path == _VALUE or path in OPERATORS or (path in BUILTINS and path not in ATTRIBUTE_BUILTINS)
 
 
 def _canonical(path: str) -> str:
@@ -400,28 +400,37 @@ class _RecordJudge:
     def _call(self, node: ast.Call, stack: list, is_type: bool) -> Iterator[tuple[str, tuple[int, int]]]:
         where = (node.lineno, node.col_offset)
         types: tuple[int, ...] = ()
+        args = list(node.args)
         if _is_chain(node.func):
             paths = self.resolve(node.func)
             for path in paths:
-                if path in ATTRIBUTE_BUILTINS and self._attribute_of_value(node):
-                    continue
-                if path != _VALUE:
+                if path in ATTRIBUTE_BUILTINS:
+                    fetched = self._fetched(node)
+                    if fetched is None:
+                        yield path, where  # getattr(x, name) where x or name is not plain: unknown
+                    else:
+                        yield from ((target, where) for target in fetched if target != _VALUE)
+                        args = args[1:]  # the namespace it fetches from is judged as the paths above
+                elif path != _VALUE:
                     yield path, where
             if paths <= TYPE_ARGUMENTS.keys():  # every reading of the name is annotate / unchecked_cast / ...
                 types = tuple(set.intersection(*(set(TYPE_ARGUMENTS[p]) for p in paths)))
         else:
             stack.append((node.func, is_type))  # calling a value computed some other way
-        stack.extend((arg, is_type or index in types) for index, arg in enumerate(node.args))
+        offset = len(node.args) - len(args)
+        stack.extend((arg, is_type or index + offset in types) for index, arg in enumerate(args))
         stack.extend((keyword.value, is_type) for keyword in node.keywords)
 
-    def _attribute_of_value(self, node: ast.Call) -> bool:
-        """``getattr(x, "name")`` / ``hasattr`` with a literal name on something that is only a value."""
+    def _fetched(self, node: ast.Call) -> set[str] | None:
+        """What ``getattr(x, "name")`` / ``hasattr`` fetches: ``x``'s paths dot the name, or None when unknown."""
         if len(node.args) != 2 or node.keywords:
-            return False
+            return None
         obj, name = node.args
         if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
-            return False
-        return not _is_chain(obj) or self.resolve(obj) == {_VALUE}
+            return None
+        if not _is_chain(obj):
+            return {_VALUE}
+        return {_VALUE if base == _VALUE else _canonical(f"{base}.{name.value}") for base in self.resolve(obj)}
 
     def _children(self, node: ast.AST, is_type: bool) -> Iterator[tuple[ast.AST, bool]]:
         if isinstance(node, ast.arg):
