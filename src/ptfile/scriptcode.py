@@ -147,7 +147,8 @@ _operators("aten", """
     binary_cross_entropy_with_logits kl_div poisson_nll_loss hinge_embedding_loss margin_ranking_loss
     multi_margin_loss multilabel_margin_loss soft_margin_loss multilabel_soft_margin_loss triplet_margin_loss
     ctc_loss gaussian_nll_loss _weight_norm weight_norm _upsample_lanczos2d_aa _nested_tensor_from_mask
-    _nested_tensor_from_mask_left_aligned to_padded_tensor
+    _nested_tensor_from_mask_left_aligned to_padded_tensor quantized_lstm quantized_gru quantized_lstm_cell
+    quantized_gru_cell quantized_rnn_tanh_cell quantized_rnn_relu_cell
     """, "neural-network kernels (torch.nn layers and functional) computing on tensors in memory")
 _operators("aten", """
     dim size numel len format split strip lstrip rstrip join lower upper startswith endswith replace find
@@ -366,8 +367,11 @@ class _RecordJudge:
         bases = set(self.aliases.get(name, ()))
         if name in self.locals or name in VALUE_NAMES:
             bases.add(_VALUE)
-        if name not in self.aliases and name not in self.locals and name not in VALUE_NAMES:
-            bases.add(name)  # a global: a namespace, a builtin, or a name torch does not know
+        if name in NAMESPACES or name in BUILTINS or not (name in self.aliases or name in self.locals
+                                                           or name in VALUE_NAMES):
+            # a global: a namespace, a builtin, or a name torch does not know; a local of the same name
+            # may not be bound where it is used, so the importer's reading is judged too
+            bases.add(name)
         suffix = "".join("." + attr for attr in reversed(attrs))
         return {_VALUE if base == _VALUE else _canonical(base + suffix) for base in bases}
 
