@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import ptfile
-from builders import Member, build_zip
+from builders import G, Member, Raw, build_zip, emit, program
 from corpus_tscode import code_with, live_samples, setstate_archive
 from ptfile import scriptcode
 from ptfile.errors import CorruptFileError, LimitExceededError
@@ -90,6 +91,8 @@ def test_a_call_is_placed_at_its_byte_in_the_record() -> None:
     ("def f(x: Tensor) -> Tensor:\n\treturn torch.relu(x)\n", "control character 0x09"),
     ("def f(x: Tensor) -> Tensor:\n  return x\0\n", "control character 0x00"),
     ("def f(x):  # type: (Tensor) -> Tensor\n  return x\n", "'# type:' comment"),
+    ("def f(x: Tensor) -> Tensor:\n  return x  #type: ignore\n", "'# type:' comment"),
+    ("def f(x: Tensor) -> Tensor:\n  y = g(x,  # type: int\n    x)\n  return y\n", "does not parse"),
 ])
 def test_records_torch_could_read_differently_are_faults(code: str, message: str) -> None:
     with pytest.raises(CorruptFileError, match=message):
@@ -309,3 +312,23 @@ def test_hostile_code_runs_under_torch_and_is_refused(tmp_path: Path) -> None:
     live = {name for name, (_, called) in ran.items() if called}
     assert {"TS-torch-save-in-forward.pt", "TS-from_file-in-forward.pt", "TS-case-code-__torch__.PY.pt",
             "TS-case-CODE-__torch__.py.pt", "TS-ops-aten-from_file.pt", "TS-torch-space-from_file.pt"} <= live
+
+
+# -- TorchBind classes in the pickles ---------------------------------------------------------
+
+
+def test_torchbind_classes_are_inert_only_when_they_pack_weights() -> None:
+    def archive(module: str, name: str) -> bytes:
+        obj = Raw(emit(G(module, name), 2) + pickle.EMPTY_TUPLE + pickle.NEWOBJ + emit((b"state",), 2) + pickle.BUILD)
+        tree = Raw(emit(G("__torch__", "M"), 2) + pickle.EMPTY_TUPLE + pickle.NEWOBJ + emit({"p": obj}, 2)
+                   + pickle.BUILD)
+        return build_zip([Member("m/data.pkl", program(tree, 2)), Member("m/code/__torch__.py", b"class M(Module):\n  pass\n"),
+                          Member("m/constants.pkl", program((), 2)), Member("m/version", b"6\n")])
+
+    assert ptfile.scan(archive("__torch__.torch.classes.quantized", "LinearPackedParamsBase")).verdict == "clean"
+    # a class registered by C++ in the process: its __setstate__ is not archive code, so the archive cannot vouch
+    result = ptfile.scan(archive("__torch__.torch.classes.aten", "OpaqueObject"))
+    assert result.verdict == "unknown-class"
+    assert [f.path for f in result.findings] == ["__torch__.torch.classes.aten.OpaqueObject"]
+    with pytest.raises(ptfile.UnsafeGlobalError):
+        ptfile.load(archive("__torch__.torch.classes.aten", "OpaqueObject"))

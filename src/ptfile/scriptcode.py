@@ -30,9 +30,7 @@ dangerous.  A record that does not parse, or that torch's lexer could read diffe
 from __future__ import annotations
 
 import ast
-import io
 import re
-import tokenize
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -280,16 +278,16 @@ def _parse(record: str, text: str) -> tuple[ast.Module, list[int]]:
         raise CorruptFileError(f"code record {record!r} has control character 0x{data[bad.start()]:02x} at byte {bad.start()}; "
                                "torch's printer writes none and torch's lexer reads them unlike Python")
     try:
-        for token in tokenize.generate_tokens(io.StringIO(text).readline):
-            if token.type == tokenize.COMMENT and token.string.startswith("# type:"):
-                # a comment to Python, a type annotation token to torch's lexer
-                raise CorruptFileError(f"code record {record!r} has a '# type:' comment on line {token.start[0]}")
-        tree = ast.parse(text, filename=record)
-    except CorruptFileError:
-        raise
-    except (SyntaxError, ValueError, tokenize.TokenError, RecursionError, MemoryError) as exc:
+        # type_comments: every '# type:' comment becomes part of the tree or a syntax error
+        tree = ast.parse(text, filename=record, type_comments=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         raise CorruptFileError(f"code record {record!r} does not parse as TorchScript source: "
                                f"{type(exc).__name__}: {exc}") from None
+    typed = next((node for node in ast.walk(tree) if getattr(node, "type_comment", None)), None) or next(
+        iter(tree.type_ignores), None)
+    if typed is not None:
+        # a comment to Python, a type annotation token to torch's lexer
+        raise CorruptFileError(f"code record {record!r} has a '# type:' comment on line {typed.lineno}")
     line_starts = [0]
     for line in data.split(b"\n")[:-1]:
         line_starts.append(line_starts[-1] + len(line) + 1)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
-from .scriptcode import ascii_lower, is_code_record, judge_code
+from .scriptcode import CUSTOM_CLASSES, ascii_lower, is_code_record, judge_code
 from .source import Source
 from .tensors import StorageRef, TensorSpec
 from .torchzip import TorchZip, check_storage_key, parse_storage_pid
@@ -48,6 +48,17 @@ __all__ = ["TorchScriptArchive", "open_zip", "PICKLE_BUILDERS", "is_torchscript_
 
 #: Module prefix of every class TorchScript compiles; such classes are records, never imported.
 TORCH_MODULE = "__torch__"
+#: TorchBind classes a pickle may rebuild: their C++ ``__setstate__`` packs weight tensors in memory
+#: (quantized, sparse and RNN layers).  Other ``__torch__.torch.classes.*`` are C++ registered in the
+#: process, not code of the archive, so the archive cannot vouch for them: they are unknown classes.
+TORCHBIND_DATA_CLASSES = frozenset({
+    ("__torch__.torch.classes.quantized", "LinearPackedParamsBase"),
+    ("__torch__.torch.classes.quantized", "Conv2dPackedParamsBase"),
+    ("__torch__.torch.classes.quantized", "Conv3dPackedParamsBase"),
+    ("__torch__.torch.classes.quantized", "EmbeddingPackedParamsBase"),
+    ("__torch__.torch.classes.sparse", "LinearPackedParamsBase"),
+    ("__torch__.torch.classes.rnn", "CellParamsBase"),
+})
 #: Code records read as text to classify attributes; more than this is refused, not buffered.
 MAX_CODE_BYTES = 64 << 20
 #: The pickles of an archive, in the order they are run; the first one's tree is what load returns.
@@ -229,6 +240,8 @@ class TorchScriptArchive(TorchZip):
         return trees[0]
 
     def inert_classes(self, module: str, name: str) -> bool:
+        if module == CUSTOM_CLASSES or module.startswith(CUSTOM_CLASSES + "."):
+            return (module, name) in TORCHBIND_DATA_CLASSES
         return is_torchscript_class(module, name)
 
     def persistent_load(self, pid: Any, context: Any) -> StorageRef:
