@@ -49,6 +49,8 @@ def calls(code: str, module: str = "__torch__", defined: str = "") -> list[str]:
     ('def f(x: Tensor, name: str) -> Tensor:\n  return getattr(torch, name)("p")\n', ["builtins.getattr", "builtins.torch"]),
     ('def f(x: Tensor) -> Tensor:\n  return fork(torch.from_file, "p")\n', ["torch.from_file"]),
     ('def f(x: Tensor) -> Tensor:\n  return [torch.save][0](x, "p")\n', ["torch.save"]),
+    ('def f(x: Tensor) -> Tensor:\n  return fork((s := torch.save), x, "p")\n', ["torch.save"]),
+    ('def f(x: Tensor = torch.save) -> Tensor:\n  return x\n', ["torch.save"]),
     ('import torch as t\ndef f(x: Tensor) -> Tensor:\n  return t.save(x, "p")\n', ["torch.save"]),
     ('def f(x: Tensor) -> Tensor:\n  return open("p")\n', ["builtins.open"]),
     ('def f(x: Tensor) -> Tensor:\n  return os.system("p")\n', ["os.system"]),
