@@ -15,16 +15,21 @@ submodules and plain attributes side by side).  Typed lists go through
 ptfile runs both pickles through the same restricted engine as any checkpoint.
 ``__torch__.*`` classes become inert :class:`~ptfile.values.Record` objects; in this
 container only, instantiating them (NEWOBJ, BUILD, naming them) is judged clean,
-because the code that would give them behaviour is never compiled or run.  Calling
+because the code that would give them behaviour is never compiled or run.  TorchBind
+classes (``__torch__.torch.classes.*``) are C++ of the process, not code of the archive:
+only the weight-packing ones of :data:`TORCHBIND_DATA_CLASSES` are vouched for.  Calling
 one (REDUCE) stays dangerous.  The code records are exposed as text only, and
 read as text to learn which attributes are parameters and buffers
 (``__parameters__ = [...]`` / ``__buffers__ = [...]``), so that the lazy handle
 lists tensors under the names ``torch.jit.load(f).state_dict()`` gives.
 
-Code that calls out of the model (``torch.save`` / ``torch.load``, ``open``, ``os.*``: the
-shape of CVE-2025-32434, where ``torch.load`` handed such an archive to ``torch.jit.load``)
-is entered in the inventory as a call of that global, at its place in the code record, so
-loading refuses the archive and scanning calls it dangerous by the same judge.
+Every record torch could compile as code (``code/`` or ``*.py``, names compared ignoring
+ASCII case, as torch's zip reader finds them) is parsed and judged by
+:func:`ptfile.scriptcode.judge_code`: each call that is not on its allowlist (``torch.save``,
+``torch.from_file``, an unknown operator: the shape of CVE-2025-32434, where ``torch.load``
+handed such an archive to ``torch.jit.load``) is entered in the inventory as a call of that
+path, at its place in the code record, so loading refuses the archive and scanning calls it
+dangerous by the same judge; a record that does not parse makes the archive unreadable.
 """
 
 from __future__ import annotations
