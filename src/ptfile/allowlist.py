@@ -266,6 +266,9 @@ _gadgets("torch code paths: compilers, hub downloads, TorchScript, packages, col
          "torch.hub", "torch.jit", "torch._inductor", "torch._dynamo", "torch.utils", "torch.serialization",
          "torch.package", "torch.fx", "torch._C", "torch.cuda", "torch.backends", "torch.distributed",
          "torch.load", "torch.save", "torch.from_file", "torch.storage._load_from_bytes")
+_gadgets("TorchScript operator namespaces that reach files, processes or the network (collectives, "
+         "shared memory, debug tensor loading)", "ops.c10d", "ops.symm_mem", "ops.debugprims", "ops._c10d_functional",
+         "ops.c10d_functional")
 _gadgets("imports any dotted name it is given (a module beside the allowed rebuild functions)",
          "torch._utils._import_dotted_name")
 

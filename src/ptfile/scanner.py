@@ -369,7 +369,7 @@ def _examine(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tu
     inventory.extend(checkpoint.inventory)  # what the container ran while opening
     checkpoint.inventory = inventory
     faults = checkpoint.examine()
-    notes.extend(_code_notes(getattr(checkpoint.container, "code", {})))
+    notes.extend(_code_notes(checkpoint.container))
     archive = getattr(checkpoint.container, "archive", None)
     if archive is not None:
         for name in archive.order:
@@ -384,18 +384,16 @@ def _examine(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tu
     return checkpoint.format, faults, getattr(checkpoint.container, "inert_classes", None)
 
 
-def _code_notes(code: dict[str, str]) -> list[str]:
-    """TorchScript code records are code: say so, and name the calls that reach outside the model.
+def _code_notes(container: Any) -> list[str]:
+    """TorchScript code records are code: say so, and name the calls off the code allowlist.
 
-    The calls themselves are also in the inventory (see :func:`ptfile.torchscript.code_calls`), so
-    they are judged; the note says which record holds code at all.
+    The calls themselves are in the inventory (see :func:`ptfile.scriptcode.judge_code`), so they
+    are judged; the note says which record holds code at all.
     """
-    from .torchscript import CODE_CALLS
-
+    calls = getattr(container, "code_calls", {})
     notes = []
-    for record, text in code.items():
-        calls = sorted(set(CODE_CALLS.findall(text)))
-        detail = f"; it calls {', '.join(calls)}" if calls else ""
+    for record in getattr(container, "code", {}):
+        detail = f"; it calls {', '.join(calls[record])}" if record in calls else ""
         notes.append(f"code record {record!r} is TorchScript source (never run by ptfile){detail}")
     return notes
 

@@ -15,16 +15,21 @@ submodules and plain attributes side by side).  Typed lists go through
 ptfile runs both pickles through the same restricted engine as any checkpoint.
 ``__torch__.*`` classes become inert :class:`~ptfile.values.Record` objects; in this
 container only, instantiating them (NEWOBJ, BUILD, naming them) is judged clean,
-because the code that would give them behaviour is never compiled or run.  Calling
+because the code that would give them behaviour is never compiled or run.  TorchBind
+classes (``__torch__.torch.classes.*``) are C++ of the process, not code of the archive:
+only the weight-packing ones of :data:`TORCHBIND_DATA_CLASSES` are vouched for.  Calling
 one (REDUCE) stays dangerous.  The code records are exposed as text only, and
 read as text to learn which attributes are parameters and buffers
 (``__parameters__ = [...]`` / ``__buffers__ = [...]``), so that the lazy handle
 lists tensors under the names ``torch.jit.load(f).state_dict()`` gives.
 
-Code that calls out of the model (``torch.save`` / ``torch.load``, ``open``, ``os.*``: the
-shape of CVE-2025-32434, where ``torch.load`` handed such an archive to ``torch.jit.load``)
-is entered in the inventory as a call of that global, at its place in the code record, so
-loading refuses the archive and scanning calls it dangerous by the same judge.
+Every record torch could compile as code (``code/`` or ``*.py``, names compared ignoring
+ASCII case, as torch's zip reader finds them) is parsed and judged by
+:func:`ptfile.scriptcode.judge_code`: each call that is not on its allowlist (``torch.save``,
+``torch.from_file``, an unknown operator: the shape of CVE-2025-32434, where ``torch.load``
+handed such an archive to ``torch.jit.load``) is entered in the inventory as a call of that
+path, at its place in the code record, so loading refuses the archive and scanning calls it
+dangerous by the same judge; a record that does not parse makes the archive unreadable.
 """
 
 from __future__ import annotations
@@ -37,17 +42,28 @@ from typing import Any
 import numpy as np
 
 from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
-from .inventory import GlobalUse
+from .scriptcode import CUSTOM_CLASSES, ascii_lower, is_code_record, judge_code
 from .source import Source
 from .tensors import StorageRef, TensorSpec
 from .torchzip import TorchZip, check_storage_key, parse_storage_pid
 from .values import Record
 from .ziparchive import ZipArchive, ZipEntry
 
-__all__ = ["TorchScriptArchive", "open_zip", "PICKLE_BUILDERS", "is_torchscript_class", "ClassCode", "code_calls"]
+__all__ = ["TorchScriptArchive", "open_zip", "PICKLE_BUILDERS", "is_torchscript_class", "ClassCode"]
 
 #: Module prefix of every class TorchScript compiles; such classes are records, never imported.
 TORCH_MODULE = "__torch__"
+#: TorchBind classes a pickle may rebuild: their C++ ``__setstate__`` packs weight tensors in memory
+#: (quantized, sparse and RNN layers).  Other ``__torch__.torch.classes.*`` are C++ registered in the
+#: process, not code of the archive, so the archive cannot vouch for them: they are unknown classes.
+TORCHBIND_DATA_CLASSES = frozenset({
+    ("__torch__.torch.classes.quantized", "LinearPackedParamsBase"),
+    ("__torch__.torch.classes.quantized", "Conv2dPackedParamsBase"),
+    ("__torch__.torch.classes.quantized", "Conv3dPackedParamsBase"),
+    ("__torch__.torch.classes.quantized", "EmbeddingPackedParamsBase"),
+    ("__torch__.torch.classes.sparse", "LinearPackedParamsBase"),
+    ("__torch__.torch.classes.rnn", "CellParamsBase"),
+})
 #: Code records read as text to classify attributes; more than this is refused, not buffered.
 MAX_CODE_BYTES = 64 << 20
 #: The pickles of an archive, in the order they are run; the first one's tree is what load returns.
@@ -56,15 +72,6 @@ PICKLES = ("data", "constants")
 _CLASS_LINE = re.compile(r"^class\s+(\w+)\s*(?:\(\s*([\w.]*)\s*\))?\s*:", re.MULTILINE)
 _LIST_LINE = re.compile(r"^ +(__parameters__|__buffers__)\s*=\s*\[(.*?)\]", re.MULTILINE | re.DOTALL)
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-#: Calls in TorchScript code that reach files, the network, processes or other pickles.  TorchScript
-#: writes every call with its full name (``torch.save(w, "f")``), so a name match is exact enough;
-#: the look-behind keeps methods (``self.eval(``) and longer names (``xtorch.save``) out.
-CODE_CALLS = re.compile(
-    r"(?<![\w.])(torch\.(?:save|load|from_file|jit\.load|hub\.\w+|ops\.\w+\.\w*(?:save|load|file|open|exec)\w*)"
-    r"|open|__import__|exec|eval|compile|os\.\w+|subprocess\.\w+)\s*\("
-)
-
-
 def is_torchscript_class(module: str, name: str) -> bool:
     """True for ``__torch__.*`` classes: compiled TorchScript types, kept as records."""
     return module == TORCH_MODULE or module.startswith(TORCH_MODULE + ".")
@@ -118,15 +125,6 @@ PICKLE_BUILDERS: dict[str, Callable[..., Any]] = {
 # -- code records --------------------------------------------------------------
 
 
-def code_calls(record: str, text: str) -> list[GlobalUse]:
-    """The calls out of the model in one code record, as inventory entries (``open`` is ``builtins.open``)."""
-    uses = []
-    for match in CODE_CALLS.finditer(text):
-        module, _, name = match.group(1).rpartition(".")
-        uses.append(GlobalUse(module or "builtins", name, "call", match.start(1), record))
-    return uses
-
-
 @dataclass
 class ClassCode:
     """What the TorchScript source says about one class, read as text."""
@@ -159,7 +157,10 @@ def parse_code(module: str, text: str) -> list[ClassCode]:
 
 
 def _code_module(record: str) -> str:
-    """``code/__torch__/torch/nn/modules/linear.py`` -> ``__torch__.torch.nn.modules.linear``."""
+    """``code/__torch__/torch/nn/modules/linear.py`` -> ``__torch__.torch.nn.modules.linear``; "" off ``code/``."""
+    lower = ascii_lower(record)
+    if not (lower.startswith("code/") and lower.endswith(".py")):
+        return ""
     return record[len("code/") : -len(".py")].replace("/", ".")
 
 
@@ -170,7 +171,9 @@ class TorchScriptArchive(TorchZip):
     """A ``torch.jit.save`` archive, as a container of two pickles and their storages.
 
     Attributes:
-        code: record name (``code/__torch__.py``) -> TorchScript source text, never run.
+        code: record name (``code/__torch__.py``) -> TorchScript source text, never run; every record
+            torch could compile as code (names compared ignoring ASCII case).
+        code_calls: record name -> the paths its code calls that are not on the code allowlist.
         classes: qualified class name -> :class:`ClassCode`.
         constants: the tuple ``constants.pkl`` holds, once the pickles have run.
         extra: name -> bytes of the ``extra/`` records.
@@ -184,29 +187,40 @@ class TorchScriptArchive(TorchZip):
         self.constants_entry = self.archive.get("constants.pkl")
         self._running = "data"
         self.constants: Any = ()
-        self.code = self._read_code()
+        records = self._read_code()
+        self.code = {name: text for name, (_, text) in records.items()}
         self.classes = {c.qualified_name: c for name, text in self.code.items() for c in parse_code(_code_module(name), text)}
+        judgement = judge_code((full, _code_module(name), text) for name, (full, text) in records.items())
+        names = {full: name for name, (full, _) in records.items()}
+        self.code_calls = {names[full]: paths for full, paths in judgement.calls().items()}
         # judged with the pickles' globals (the loader adds these to its inventory when it opens the archive)
-        self.inventory_extra = [use for name, text in self.code.items()
-                                for use in code_calls(self.archive.full_name(name), text)]
+        self.inventory_extra = judgement.uses
         self.extra = {
             name[len(self.archive.prefix) + len("/extra/") :]: self.archive.read(entry)
             for name, entry in self.archive.entries.items()
             if name.startswith(self.archive.full_name("extra/"))
         }
 
-    def _read_code(self) -> dict[str, str]:
-        prefix = self.archive.full_name("code/")
-        code: dict[str, str] = {}
+    def _read_code(self) -> dict[str, tuple[str, str]]:
+        """Every record torch could compile as code (see :func:`~ptfile.scriptcode.is_code_record`).
+
+        Returns name after the archive folder -> (the record's full name, its text).
+        """
+        folder = ascii_lower(self.archive.prefix) + "/"
+        code: dict[str, tuple[str, str]] = {}
         total = 0
         for name in self.archive.order:
-            if not (name.startswith(prefix) and name.endswith(".py")):
+            # torch finds records by name ignoring ASCII case, the archive folder included
+            if not ascii_lower(name).startswith(folder) or not is_code_record(name[len(folder):]):
                 continue
             entry = self.archive.entries[name]
             total += entry.size
             if total > MAX_CODE_BYTES:
                 raise LimitExceededError(f"{self.name}: more than {MAX_CODE_BYTES} bytes of TorchScript code")
-            code[name[len(self.archive.prefix) + 1 :]] = self.archive.read(entry).decode("utf-8", "replace")
+            try:
+                code[name[len(folder):]] = name, self.archive.read(entry).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CorruptFileError(f"{self.name}: code record {name!r} is not UTF-8 text: {exc}") from None
         return code
 
     # -- the loader's container protocol -----------------------------------------------
@@ -231,6 +245,8 @@ class TorchScriptArchive(TorchZip):
         return trees[0]
 
     def inert_classes(self, module: str, name: str) -> bool:
+        if module == CUSTOM_CLASSES or module.startswith(CUSTOM_CLASSES + "."):
+            return (module, name) in TORCHBIND_DATA_CLASSES
         return is_torchscript_class(module, name)
 
     def persistent_load(self, pid: Any, context: Any) -> StorageRef:
