@@ -53,7 +53,7 @@ from .errors import PtfileError, UnsafeGlobalError
 from .inventory import GlobalUse
 from .legacy import TAR_BLOCK
 from .loader import Checkpoint, Context, detached_storage, looks_like_pickle, new_engine
-from .opener import Format, detect, resolve
+from .opener import SNIFF_BYTES, Format, detect, is_readable, resolve
 from .source import MappedSource, Source, SourceFile, open_source
 from .ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
 
@@ -130,27 +130,22 @@ def _finding_dict(finding: allowlist.Finding) -> dict[str, Any]:
 def is_scannable(path: str) -> bool:
     """Whether a file met while walking a folder could hold a model: sniffed, never judged by name.
 
-    Zip, tar and compressed archives and anything that starts like a pickle qualify, whatever
-    the extension; text, JSON and other data files are passed over.  Files named explicitly
-    are always scanned.
+    Whatever ptfile reads (torch's containers, pickles, safetensors, numpy files) and
+    compressed archives qualify, whatever the extension; text, JSON and other data files
+    are passed over.  Files named explicitly are always scanned.
     """
-    from .legacy import TAR_BLOCK
-
     try:
         with open(path, "rb") as handle:
-            head = handle.read(TAR_BLOCK)
+            head = handle.read(SNIFF_BYTES)
+        size = os.path.getsize(path)
     except OSError:
         return True  # let the scan report why it cannot be read
-    return _worth_scanning(head)
+    return _worth_scanning(head, size)
 
 
-def _worth_scanning(head: bytes) -> bool:
-    """Whether bytes (the first tar block of them) start like a pickle or an archive."""
-    from .legacy import is_tar
-    from .loader import looks_like_pickle
-
-    return (is_zip(head) or is_tar(head) or looks_like_pickle(head)
-            or any(head.startswith(magic) for magic in _COMPRESSED_MAGICS))
+def _worth_scanning(head: bytes, size: int) -> bool:
+    """Whether bytes (the first :data:`SNIFF_BYTES` of a ``size``-byte file) start like a checkpoint or an archive."""
+    return is_readable(head, size) or any(head.startswith(magic) for magic in _COMPRESSED_MAGICS)
 
 
 def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None) -> ScanResult:
@@ -555,7 +550,7 @@ def _scan_archive(source: Source, kind: str, strict: bool, allow: allowlist.Allo
         where = f"{source.name}!{name}" if name else source.name
         if data is None:
             faults.append(f"{where}: {why}")
-        elif _worth_scanning(data[:512]):
+        elif _worth_scanning(data[:SNIFF_BYTES], len(data)):
             results.append(_scan_source(MappedSource(data, where), strict, allow, depth + 1))
         else:
             notes.append(f"member {name!r} is neither a pickle nor an archive; passed over")
