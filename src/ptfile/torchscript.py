@@ -189,24 +189,16 @@ class TorchScriptArchive(TorchZip):
         # judged with the pickles' globals (the loader adds these to its inventory when it opens the archive)
         self.inventory_extra = [use for name, text in self.code.items()
                                 for use in code_calls(self.archive.full_name(name), text)]
-        self.extra = {
-            name[len(self.archive.prefix) + len("/extra/") :]: self.archive.read(entry)
-            for name, entry in self.archive.entries.items()
-            if name.startswith(self.archive.full_name("extra/"))
-        }
+        self.extra = {name[len("extra/") :]: self.archive.read(entry) for name, entry in self.archive.records_under("extra/")}
 
     def _read_code(self) -> dict[str, str]:
-        prefix = self.archive.full_name("code/")
         code: dict[str, str] = {}
         total = 0
-        for name in self.archive.order:
-            if not (name.startswith(prefix) and name.endswith(".py")):
-                continue
-            entry = self.archive.entries[name]
+        for name, entry in self.archive.records_under("code/", ".py"):  # any case: torch's lookups ignore it
             total += entry.size
             if total > MAX_CODE_BYTES:
                 raise LimitExceededError(f"{self.name}: more than {MAX_CODE_BYTES} bytes of TorchScript code")
-            code[name[len(self.archive.prefix) + 1 :]] = self.archive.read(entry).decode("utf-8", "replace")
+            code[name] = self.archive.read(entry).decode("utf-8", "replace")
         return code
 
     # -- the loader's container protocol -----------------------------------------------
@@ -278,6 +270,6 @@ class TorchScriptArchive(TorchZip):
 def open_zip(source: Source) -> TorchZip:
     """The reader of a zip checkpoint: a TorchScript archive when it holds ``constants.pkl``."""
     archive = ZipArchive(source)
-    if archive.has("constants.pkl"):
+    if archive.lists("constants.pkl"):  # torch.load's own test, exact: see ZipArchive.lists
         return TorchScriptArchive(source, archive=archive)
     return TorchZip(source, archive=archive)
