@@ -701,10 +701,13 @@ def test_c9_storage_key_must_be_a_plain_name(tmp_path: Path, key: str) -> None:
 
 
 def test_c9_zip_slip_member_names_are_inert(tmp_path: Path) -> None:
-    extras = [Member("../x", b"a"), Member("/abs", b"b"), Member("archive/../../y", b"c"), Member("archive/x\x00y", b"d")]
+    extras = [Member("../x", b"a"), Member("/abs", b"b"), Member("archive/../../y", b"c")]
     blob = build_zip([*_benign_members(), *extras])
     np.testing.assert_array_equal(assert_loads(tmp_path, blob), [1, 2])
     assert sorted(os.listdir(tmp_path)) == ["benign.pt"]
+    # Python's zipfile cuts a name at NUL: it would read this record by another name than torch does
+    blob = build_zip([*_benign_members(), Member("archive/x\x00y", b"d")])
+    assert_refused(tmp_path, blob, CorruptFileError, r"'archive/x\\x00y' holds a NUL byte")
 
 
 def test_c10_deflate_bomb_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
