@@ -226,9 +226,9 @@ class ZipArchive:
         if locator is not None:
             _, locator_disk, _, disks = locator
             at = end_offset - ZIP64_LOCATOR_SIZE - ZIP64_END_SIZE
-            if locator_disk != 0 or disks > 1 or at < 0:
-                raise CorruptFileError(f"{self.name}: Python's zipfile cannot read the zip64 locator at byte "
-                                       f"{end_offset - ZIP64_LOCATOR_SIZE} that torch's reader accepts or ignores")
+            if locator_disk != 0 or disks > 1 or at < 0:  # zipfile fails, or on a file object reads on
+                raise CorruptFileError(f"{self.name}: Python's zipfile cannot use the zip64 locator at byte "
+                                       f"{end_offset - ZIP64_LOCATOR_SIZE} (multi-disk, or no room before it)")
             record = _zip64_end.unpack(self.source.read(at, ZIP64_END_SIZE, "zip64 end record"))
             if record[0] == ZIP64_END_MAGIC:
                 z_size, z_offset, z64_bytes = record[8], record[9], ZIP64_END_SIZE + ZIP64_LOCATOR_SIZE
