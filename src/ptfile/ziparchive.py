@@ -249,6 +249,7 @@ class ZipArchive:
     def _read_directory(self) -> None:
         end_offset, end = self._find_end()
         count, cd_size, cd_offset = self._torch_directory(end_offset, end)
+        self.source.check(cd_offset, cd_size, "zip central directory")
         self._check_zipfile_agrees(end_offset, end, cd_size, cd_offset)
         if count * CENTRAL_SIZE > cd_size:
             raise CorruptFileError(f"{self.name}: central directory of {cd_size} bytes cannot hold {count} records")
