@@ -68,8 +68,6 @@ ZIP64_LOCATOR_SIZE = 20
 ZIP64_END_SIZE = 56
 CENTRAL_SIZE = 46
 LOCAL_SIZE = 30
-#: The end record may be followed by a comment of at most 65535 bytes.
-MAX_END_SEARCH = END_SIZE + 0xFFFF
 #: First look: the end record, its ZIP64 locator and a short comment.
 FIRST_END_SEARCH = 1024
 #: torch's reader (miniz) scans back from the end for the end record in blocks of this many bytes,
@@ -298,7 +296,8 @@ class ZipArchive:
         name = raw_name.decode("utf-8" if flags & FLAG_UTF8 else "cp437", "replace")
         if 0xFFFFFFFF in (csize, size, offset):
             size, csize, offset = _zip64_extra(directory[name_at + nlen : name_at + nlen + elen], size, csize, offset)
-        self._check_name(raw_name, name, cd_offset + pos)
+        if not raw_name or b"\0" in raw_name or b"\\" in raw_name:  # the bytes of _REWRITTEN_BY_ZIPFILE, tested fast
+            self._refuse_name(raw_name, name, cd_offset + pos)
         if name in self.entries:
             raise CorruptFileError(f"{self.name}: zip record {name!r} appears twice")
         key = _fold(raw_name)
@@ -315,8 +314,8 @@ class ZipArchive:
         self.order.append(entry.name)
         return after
 
-    def _check_name(self, raw_name: bytes, name: str, at: int) -> None:
-        """Refuse a name that Python's zipfile rewrites, so that it would read another record by it."""
+    def _refuse_name(self, raw_name: bytes, name: str, at: int) -> None:
+        """Refuse an empty name, or one Python's zipfile rewrites so that it reads the record by another name."""
         if not raw_name:
             raise CorruptFileError(f"{self.name}: zip record at byte {at} has an empty name")
         for byte, why in _REWRITTEN_BY_ZIPFILE.items():
