@@ -119,7 +119,6 @@ class ZipEntry:
     size: int
     header_offset: int
     central_offset: int
-    key: bytes = b""  # the raw name with ASCII case folded: what torch's reader compares
     data_offset: int = -1  # resolved from the local header on first use
     limit: int = -1  # where the next record (or the central directory) starts: the data must end before it
 
@@ -142,7 +141,7 @@ class ZipArchive:
         self.entries: dict[str, ZipEntry] = {}
         self.order: list[str] = []
         self._by_key: dict[bytes, ZipEntry] = {}  # miniz's view: the raw name, ASCII case folded
-        self._raw_prefix = b""
+        self._key_prefix = b""
         self._read_directory()
         first = self.order[0] if self.order else ""
         if "/" not in first:
@@ -253,14 +252,16 @@ class ZipArchive:
             raise CorruptFileError(f"{self.name}: central directory of {cd_size} bytes cannot hold {count} records")
         directory = self.source.read(cd_offset, cd_size, "zip central directory")
         pos = 0
+        raw_names: list[bytes] = []
         for _ in range(count):
-            pos = self._read_central(directory, pos, cd_offset)
+            pos = self._read_central(directory, pos, cd_offset, raw_names)
         if pos != cd_size:
             # zipfile reads records up to the directory's end, miniz the count of the end record
             raise CorruptFileError(
                 f"{self.name}: central directory of {cd_size} bytes has {cd_size - pos} bytes after its {count} "
                 "records, which Python's zipfile reads as more records and torch's reader ignores"
             )
+        self._index_names(raw_names)
         self._assign_limits(cd_offset)
 
     def _assign_limits(self, cd_offset: int) -> None:
@@ -280,7 +281,7 @@ class ZipArchive:
                 )
             entry.limit = limit
 
-    def _read_central(self, directory: bytes, pos: int, cd_offset: int) -> int:
+    def _read_central(self, directory: bytes, pos: int, cd_offset: int, raw_names: list[bytes]) -> int:
         if pos + CENTRAL_SIZE > len(directory):
             raise CorruptFileError(f"{self.name}: central directory ends inside record at byte {cd_offset + pos}")
         (magic, _, _, flags, method, _, _, crc, csize, size, nlen, elen, clen, _, _, _, offset) = _central.unpack_from(
@@ -296,31 +297,47 @@ class ZipArchive:
         name = raw_name.decode("utf-8" if flags & FLAG_UTF8 else "cp437", "replace")
         if 0xFFFFFFFF in (csize, size, offset):
             size, csize, offset = _zip64_extra(directory[name_at + nlen : name_at + nlen + elen], size, csize, offset)
-        if not raw_name or b"\0" in raw_name or b"\\" in raw_name:  # the bytes of _REWRITTEN_BY_ZIPFILE, tested fast
-            self._refuse_name(raw_name, name, cd_offset + pos)
+        if not nlen:
+            raise CorruptFileError(f"{self.name}: zip record at byte {cd_offset + pos} has an empty name")
         if name in self.entries:
             raise CorruptFileError(f"{self.name}: zip record {name!r} appears twice")
-        key = _fold(raw_name)
-        twin = self._by_key.get(key)
-        if twin is not None:
-            raise CorruptFileError(f"{self.name}: zip records {twin.name!r} and {name!r} differ only in case; "
-                                   "torch's reader ignores case and may take either")
         if flags & _SUSPICIOUS_FLAGS:
             self.anomalies.append(f"record {name!r} has flag bits 0x{flags:04x} set")
-        if not self.order:  # torch names the archive folder by the first record's raw bytes
-            self._raw_prefix = raw_name.split(b"/", 1)[0]
-        entry = self.entries[name] = self._by_key[key] = ZipEntry(name, method, flags, crc, csize, size, offset,
-                                                                  cd_offset + pos, key)
-        self.order.append(entry.name)
+        self.entries[name] = ZipEntry(name, method, flags, crc, csize, size, offset, cd_offset + pos)
+        self.order.append(name)
+        raw_names.append(raw_name)
         return after
 
-    def _refuse_name(self, raw_name: bytes, name: str, at: int) -> None:
-        """Refuse an empty name, or one Python's zipfile rewrites so that it reads the record by another name."""
-        if not raw_name:
-            raise CorruptFileError(f"{self.name}: zip record at byte {at} has an empty name")
-        for byte, why in _REWRITTEN_BY_ZIPFILE.items():
-            if byte in raw_name:
-                raise CorruptFileError(f"{self.name}: zip record name {name!r} holds {why}")
+    def _index_names(self, raw_names: list[bytes]) -> None:
+        """Index the records by their names as torch's reader compares them; refuse names readers confuse.
+
+        All names at once, in a few passes over their bytes: a large checkpoint's directory
+        holds tens of thousands.  They are joined by NUL, which no name may hold.
+        """
+        joined = b"\0".join(raw_names)
+        keys = _fold(joined).split(b"\0") if raw_names else []
+        if len(keys) != len(raw_names) or b"\\" in joined:
+            self._refuse_rewritten(raw_names)
+        self._by_key = dict(zip(keys, self.entries.values(), strict=True))
+        if len(self._by_key) != len(keys):
+            self._refuse_case_twins(keys)
+        self._key_prefix = keys[0].split(b"/", 1)[0] if keys else b""  # torch's archive folder: the first name's
+
+    def _refuse_rewritten(self, raw_names: list[bytes]) -> None:
+        """Refuse the first name Python's zipfile rewrites: it would read that record by another name than torch."""
+        for raw_name, name in zip(raw_names, self.order, strict=True):
+            for byte, why in _REWRITTEN_BY_ZIPFILE.items():
+                if byte in raw_name:
+                    raise CorruptFileError(f"{self.name}: zip record name {name!r} holds {why}")
+
+    def _refuse_case_twins(self, keys: list[bytes]) -> None:
+        """Refuse two names torch's reader cannot tell apart: it compares them ignoring ASCII case."""
+        seen: dict[bytes, str] = {}
+        for key, name in zip(keys, self.order, strict=True):
+            twin = seen.setdefault(key, name)
+            if twin != name:
+                raise CorruptFileError(f"{self.name}: zip records {twin!r} and {name!r} differ only in case; "
+                                       "torch's reader ignores case and may take either")
 
     # -- records -----------------------------------------------------------------
 
@@ -329,7 +346,7 @@ class ZipArchive:
 
     def get(self, name: str) -> ZipEntry | None:
         """The record ``name`` of the archive folder, found as torch finds it (ASCII case ignored)."""
-        return self._by_key.get(_fold(self._raw_prefix + b"/" + name.encode("utf-8", "surrogateescape")))
+        return self._by_key.get(self._key_prefix + b"/" + _fold(name.encode("utf-8", "surrogateescape")))
 
     def has(self, name: str) -> bool:
         return self.get(name) is not None
@@ -354,14 +371,10 @@ class ZipArchive:
 
         Matched ignoring ASCII case, as torch's lookups would find them; in directory order.
         """
-        head = _fold(self._raw_prefix + b"/" + folder.encode("utf-8", "surrogateescape"))
+        head = self._key_prefix + b"/" + _fold(folder.encode("utf-8", "surrogateescape"))
         tail = _fold(suffix.encode("utf-8", "surrogateescape"))
-        found = []
-        for name in self.order:
-            entry = self.entries[name]
-            if entry.key.startswith(head) and entry.key.endswith(tail):
-                found.append((name.split("/", 1)[1], entry))
-        return found
+        return [(entry.name.split("/", 1)[1], entry) for key, entry in self._by_key.items()
+                if key.startswith(head) and key.endswith(tail)]
 
     def data_offset(self, entry: ZipEntry) -> int:
         """Where the record's data starts, from its local header (checked once)."""
