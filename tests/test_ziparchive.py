@@ -507,3 +507,11 @@ LIVE_RUNNERS = {
     "torch": "import sys, torch; torch.load(sys.argv[1], weights_only=False)",
     "zipfile": "import pickle, sys, zipfile; pickle.load(zipfile.ZipFile(sys.argv[1]).open('archive/data.pkl'))",
 }
+
+
+def test_zip64_locator_pointing_at_no_zip64_record_keeps_the_end_record_fields(open_archive) -> None:
+    blob = build_zip([Member("archive/data.pkl", program({"x": 1}, 2)), Member("archive/version", b"3\n")],
+                     locator_offset=0)  # byte 0 holds a local header, not a zip64 end record
+    assert open_archive(blob).order == ["archive/data.pkl", "archive/version"] == _zipfile_names(blob)
+    torch = pytest.importorskip("torch")
+    assert _torch_value(torch, blob) == {"x": 1}  # miniz falls back to the end record's own fields
