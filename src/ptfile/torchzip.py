@@ -78,7 +78,7 @@ class TorchZip:
         self.name = source.name
         self.archive = archive = archive if archive is not None else ZipArchive(source)
         self._storages: dict[str, StorageRef] = {}
-        if archive.has("constants.pkl") and not self.torchscript:
+        if archive.lists("constants.pkl") and not self.torchscript:
             # torch.load hands such files to torch.jit.load; they need the TorchScript reader.
             raise UnsupportedFormatError(f"{self.name}: a TorchScript archive; open it with ptfile.torchscript")
         self.pickle_entry = archive.get("data.pkl")
@@ -132,7 +132,7 @@ class TorchZip:
             if name in known or name.startswith(storage_dirs) or entry.size == 0:
                 continue
             data = self.archive.read(entry)
-            if name.endswith(".pkl") or data[:1] == b"\x80":
+            if name.lower().endswith(".pkl") or data[:1] == b"\x80":
                 found.append((name, data))
         return found
 
