@@ -127,6 +127,7 @@ class Checkpoint:
             tree = self._run_objects(materialize)
             for record, data in self.container.side_pickles():
                 self._run_side(record, data)
+            self._check_records()
         except PtfileError:
             self._refuse_unsafe()  # an unsafe pickle that is also broken is reported as unsafe
             raise
@@ -145,7 +146,17 @@ class Checkpoint:
                 self._run_side(record, data)
             except PtfileError as exc:
                 faults.append(str(exc))
+        try:
+            self._check_records()
+        except PtfileError as exc:
+            faults.append(str(exc))
         return faults
+
+    def _check_records(self) -> None:
+        """The container's own check that every record it holds can be read (zip archives)."""
+        check = getattr(self.container, "check_records", None)
+        if check is not None:
+            check()
 
     def _run_objects(self, materialize: bool) -> Any:
         context = Context(self, materialize)

@@ -220,7 +220,8 @@ def _examine(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tu
             try:
                 archive.verify_crc(entry)
             except PtfileError as exc:  # an unreadable record (encrypted, bad deflate) is a fault, not a crash
-                faults.append(str(exc))
+                if str(exc) not in faults:  # examine() met it already when the container checks its records
+                    faults.append(str(exc))
         notes.extend(archive.anomalies)
     return checkpoint.format, faults, getattr(checkpoint.container, "inert_classes", None)
 

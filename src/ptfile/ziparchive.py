@@ -252,6 +252,11 @@ class ZipArchive:
             return self.source.read(where[0], where[1], f"zip record {entry.name!r}")
         return self._inflate(entry)
 
+    def check_readable(self, entry: ZipEntry) -> None:
+        """Raise what :meth:`read` would raise for the record, reading only compressed data."""
+        if self.stored_range(entry) is None:
+            self._inflate(entry)
+
     def _check_method(self, entry: ZipEntry) -> None:
         if entry.flags & FLAG_ENCRYPTED:
             raise UnsupportedFormatError(f"{self.name}: record {entry.name!r} is encrypted")
