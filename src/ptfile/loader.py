@@ -76,14 +76,21 @@ class Context:
 
     build_handler = staticmethod(objects.build_handler)
 
-    def __init__(self, checkpoint: Checkpoint, materialize: bool) -> None:
+    def __init__(self, checkpoint: Checkpoint, materialize: bool, *, storages_readable: bool = False) -> None:
         self.fresh_arrays: dict[int, np.ndarray] = {}
         self._checkpoint = checkpoint
         self.materialize = materialize  # False while a lazy handle lists tensors: specs, not arrays
+        # the object pickle's storages can be read; a side pickle's are checked for form only
+        self._storages_readable = storages_readable
         self.inventory = checkpoint.inventory if checkpoint is not None else []  # copyreg._reconstructor notes its class
 
     def tensor(self, spec: TensorSpec) -> Any:
         return self._checkpoint.array(spec) if self.materialize else spec
+
+    def check_parts(self, value: SpecialTensor) -> None:
+        """Make the checks loading makes on a special tensor's parts, on a copy that is dropped."""
+        if self._storages_readable:
+            value.materialize(self._checkpoint.array)
 
     def parameter(self, data: Any, requires_grad: bool, attributes: dict | None) -> Any:
         if type(data) is TensorSpec:
@@ -159,7 +166,7 @@ class Checkpoint:
             check()
 
     def _run_objects(self, materialize: bool) -> Any:
-        context = Context(self, materialize)
+        context = Context(self, materialize, storages_readable=True)
         # A TorchScript archive has two such pickles (data.pkl, constants.pkl); the container combines them.
         trees = [self._run_object(record, data, context) for record, data in self.container.pickles()]
         return trees[0] if len(trees) == 1 else self.container.combine(trees)
