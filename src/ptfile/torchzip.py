@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorruptFileError, UnsupportedFormatError
+from .errors import CorruptFileError, PtfileError, UnsupportedFormatError
 from .source import Source
 from .tensors import StorageRef, StorageType
 from .values import brief
@@ -154,7 +154,10 @@ class TorchZip:
         for name, entry in self.archive.entries.items():
             if name in known or name.startswith(storage_dirs) or entry.size == 0:
                 continue
-            data = self.archive.read(entry)
+            try:
+                data = self.archive.read(entry)
+            except PtfileError:
+                continue  # check_records() refuses the archive for it; the other records are still judged
             if name.endswith(".pkl") or data[:1] == b"\x80":
                 found.append((name, data))
         return found
