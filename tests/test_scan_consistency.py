@@ -3,13 +3,20 @@
 For every file of the corpus (the golden fixtures plus whatever hostile samples the
 suite builds), ``load`` refuses exactly the files ``scan`` does not call clean, and
 ``load(records=True)`` additionally accepts exactly the ``unknown-class`` ones.
+Hypothesis then changes one byte of, or truncates, the small fixtures of every kind:
+the two must still agree, ``load`` may raise nothing but ``PtfileError``, and ``scan``
+nothing at all.
 """
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ptfile
 from ptfile.scanner import scan
@@ -18,7 +25,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CORPUS = sorted(p for p in FIXTURES.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl", ".tar"))
 
 
-def outcome(path: Path, records: bool) -> str:
+def outcome(path: Path | bytes, records: bool) -> str:
     try:
         ptfile.load(path, records=records)
     except ptfile.UnsafeGlobalError:
@@ -63,3 +70,56 @@ def test_load_and_scan_agree_on_the_generated_corpus(scan_corpus) -> None:
             disagreements[sample.name] = str(exc)
     assert not disagreements
     assert not (folder / MARKER_NAME).exists(), "a payload ran while loading or scanning"
+
+
+# -- one changed byte, or a truncation, of the small fixtures -----------------------------
+
+#: Fixtures of every container and tensor kind, small enough to mutate quickly.
+MUTATED = [FIXTURES / name for name in (
+    "shared.pt", "packed.pt", "formats/sparse.pt", "formats/nested.pt", "formats/quantized.pt",
+    "formats/subclass.pt", "formats/protocol1.pt", "legacy/views.pt", "legacy/protocol1.pt",
+    "legacy/every_dtype.pt", "legacy/ancient.tar.pt",
+)]
+#: Storage records longer than this are mostly tensor values; the bytes around them are mutated more often.
+_BULK_RECORD = 64
+
+
+def _structural_offsets(data: bytes) -> list[int]:
+    """Offsets outside the bulk of a zip's storage records: pickles, layout records, headers, directory."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        return list(range(len(data)))  # legacy stream or tar: the pickles are most of it
+    bulk = set()
+    for info in archive.infolist():
+        if "/data/" in info.filename and info.file_size > _BULK_RECORD:
+            start = info.header_offset + 30 + len(info.orig_filename.encode()) + len(info.extra)
+            bulk.update(range(start, start + info.compress_size))
+    return [at for at in range(len(data)) if at not in bulk]
+
+
+_FILES = {path: path.read_bytes() for path in MUTATED}
+_STRUCTURAL = {path: _structural_offsets(data) for path, data in _FILES.items()}
+
+
+@st.composite
+def mutated_fixtures(draw) -> bytes:
+    path = draw(st.sampled_from(MUTATED))
+    data = _FILES[path]
+    if draw(st.booleans()) and draw(st.integers(0, 3)) == 0:  # one time in eight: a truncation
+        return data[: draw(st.integers(0, len(data) - 1))]
+    at = draw(st.one_of(st.integers(0, len(data) - 1), st.sampled_from(_STRUCTURAL[path])))
+    value = draw(st.integers(0, 255).filter(lambda v: v != data[at]))
+    return data[:at] + bytes([value]) + data[at + 1 :]
+
+
+def test_mutation_targets_exist() -> None:
+    assert all(path.exists() for path in MUTATED)
+    assert any(len(_STRUCTURAL[path]) < len(_FILES[path]) for path in MUTATED)  # tensor values are skipped somewhere
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_fixtures())
+def test_load_and_scan_agree_on_mutated_fixtures(data: bytes) -> None:
+    # check_agreement lets anything but PtfileError out of load, and any exception out of scan
+    check_agreement(data)
