@@ -123,3 +123,48 @@ def test_mutation_targets_exist() -> None:
 def test_load_and_scan_agree_on_mutated_fixtures(data: bytes) -> None:
     # check_agreement lets anything but PtfileError out of load, and any exception out of scan
     check_agreement(data)
+
+
+# -- torch is the oracle for the samples where scan and load once disagreed ------------------
+
+_TORCH_LOADS = """
+import json, sys, warnings
+import torch
+warnings.simplefilter("ignore")
+out = {}
+for path in sys.argv[1:]:
+    out[path] = []
+    for weights_only in (True, False):
+        try:
+            torch.load(path, weights_only=weights_only)
+            out[path].append(True)
+        except Exception:
+            out[path].append(False)
+print(json.dumps(out))
+"""
+
+
+def test_agree_samples_load_exactly_where_torch_loads_them(tmp_path: Path) -> None:
+    """Each sample of corpus_agree that runs no code: ptfile loads it exactly when torch 2.13 does."""
+    pytest.importorskip("torch")
+    import json
+    import subprocess
+    import sys
+
+    from corpus import MALICIOUS
+    from corpus_agree import samples
+
+    marker = tmp_path / "PAYLOAD-RAN"
+    chosen = [s for s in samples(marker) if s.label != MALICIOUS]
+    for sample in chosen:
+        (tmp_path / sample.name).write_bytes(sample.data)
+    paths = [str(tmp_path / s.name) for s in chosen]
+    done = subprocess.run([sys.executable, "-c", _TORCH_LOADS, *paths], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    torch_loads = json.loads(done.stdout)
+    for sample, path in zip(chosen, paths, strict=True):
+        by_weights_only, with_any_loader = torch_loads[path], any(torch_loads[path])
+        # the legacy INT magic is an opcode only torch's weights_only unpickler refuses
+        assert outcome(Path(path), False) == ("ok" if with_any_loader else "error"), (sample.name, by_weights_only)
+        assert (scan(Path(path)).verdict == "clean") == with_any_loader, sample.name
+    assert not marker.exists()
