@@ -168,3 +168,18 @@ def test_agree_samples_load_exactly_where_torch_loads_them(tmp_path: Path) -> No
         assert outcome(Path(path), False) == ("ok" if with_any_loader else "error"), (sample.name, by_weights_only)
         assert (scan(Path(path)).verdict == "clean") == with_any_loader, sample.name
     assert not marker.exists()
+
+
+def test_foreign_byte_order_storage_of_partial_elements_is_refused_by_both() -> None:
+    """A big-endian untyped storage of 5 bytes read as float32: load cannot swap it, so scan says invalid.
+
+    (torch 2.13 swaps the whole elements and loads it; ptfile refuses, in scan and load alike.)
+    """
+    from builders import G, build_zip, program, storage_pid, torch_members
+
+    pid = storage_pid("0", 5, "UntypedStorage", module="torch.storage")
+    tensor = G("torch._utils", "_rebuild_tensor_v3")(pid, 0, (1,), (1,), False, G("collections", "OrderedDict")(),
+                                                     G("torch", "float32"))
+    data = build_zip(torch_members(program({"t": tensor}, 2), {"0": bytes(5)}, byteorder=b"big"))
+    assert check_agreement(data) == "invalid"
+    assert "not a whole number of 4-byte elements" in scan(data).faults[0]

@@ -85,7 +85,11 @@ class Context:
         self.inventory = checkpoint.inventory if checkpoint is not None else []  # copyreg._reconstructor notes its class
 
     def tensor(self, spec: TensorSpec) -> Any:
-        return self._checkpoint.array(spec) if self.materialize else spec
+        if self.materialize:
+            return self._checkpoint.array(spec)
+        if self._storages_readable and spec.storage is not None:
+            self._checkpoint.check_swappable(spec)  # the one check array() makes that the spec alone cannot
+        return spec
 
     def check_parts(self, value: SpecialTensor) -> None:
         """Make the checks loading makes on a special tensor's parts, on a copy that is dropped."""
@@ -219,11 +223,13 @@ class Checkpoint:
     def array(self, spec: TensorSpec) -> np.ndarray:
         if spec.storage is None:
             raise UnsupportedFormatError("meta tensors have no data to load")
-        itemsize = spec.dtype.itemsize
-        if spec.dtype.is_complex:
-            itemsize //= 2  # complex numbers swap each half
-        buffer = self.buffer(spec.storage, itemsize)
+        buffer = self.buffer(spec.storage, _swap_unit(spec))
         return view_array(spec, buffer)
+
+    def check_swappable(self, spec: TensorSpec) -> None:
+        """Refuse, without reading, a storage of foreign byte order that :meth:`buffer` could not swap for ``spec``."""
+        if self.container.byteorder != NATIVE_BYTEORDER and spec.storage is not None:
+            _check_whole_units(spec.storage.nbytes, _swap_unit(spec), spec.storage.record)
 
     # -- lazy handle API ----------------------------------------------------------
 
@@ -311,9 +317,18 @@ def _info(node: TensorSpec | SpecialTensor) -> TensorInfo:
     raise TypeError(f"no tensor information for {type(node).__name__}")
 
 
+def _swap_unit(spec: TensorSpec) -> int:
+    """The bytes swapped as one value: the element, or each half of a complex number."""
+    return spec.dtype.itemsize // 2 if spec.dtype.is_complex else spec.dtype.itemsize
+
+
+def _check_whole_units(nbytes: int, itemsize: int, what: str) -> None:
+    if itemsize > 1 and nbytes % itemsize:
+        raise CorruptFileError(f"{what}: {nbytes} bytes is not a whole number of {itemsize}-byte elements")
+
+
 def _byteswap(buf: np.ndarray, itemsize: int, what: str) -> np.ndarray:
-    if len(buf) % itemsize:
-        raise CorruptFileError(f"{what}: {len(buf)} bytes is not a whole number of {itemsize}-byte elements")
+    _check_whole_units(len(buf), itemsize, what)
     return buf.view(f"u{itemsize}").byteswap().view(np.uint8)
 
 
