@@ -183,3 +183,17 @@ def test_foreign_byte_order_storage_of_partial_elements_is_refused_by_both() -> 
     data = build_zip(torch_members(program({"t": tensor}, 2), {"0": bytes(5)}, byteorder=b"big"))
     assert check_agreement(data) == "invalid"
     assert "not a whole number of 4-byte elements" in scan(data).faults[0]
+
+
+@pytest.mark.parametrize("field", ["compressed size", "size"])
+def test_serialization_id_size_changed_by_one_is_refused_as_torch_refuses_it(field: str) -> None:
+    """torch's reader reads .data/serialization_id when it opens the archive: a false size fails the load."""
+    torch = pytest.importorskip("torch")
+    data = (FIXTURES / "shared.pt").read_bytes()
+    name = b"shared/.data/serialization_id"
+    central = data.rindex(b"PK\x01\x02", 0, data.rindex(name))
+    at = central + (20 if field == "compressed size" else 24)
+    changed = data[:at] + bytes([(data[at] + 1) & 0xFF]) + data[at + 1 :]
+    with pytest.raises(RuntimeError, match="PytorchStreamReader"):
+        torch.load(io.BytesIO(changed), weights_only=True)
+    assert check_agreement(changed) == "invalid"

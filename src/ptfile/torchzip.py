@@ -109,7 +109,7 @@ class TorchZip:
         for name in (".data/serialization_id", ".format_version"):
             entry = self.archive.get(name)
             if entry is not None:
-                self.archive.read(entry)
+                self.archive.check_readable(entry)
         entry = self.archive.get(".storage_alignment")
         if entry is not None:
             text = self.archive.read(entry)
