@@ -197,3 +197,10 @@ def test_serialization_id_size_changed_by_one_is_refused_as_torch_refuses_it(fie
     with pytest.raises(RuntimeError, match="PytorchStreamReader"):
         torch.load(io.BytesIO(changed), weights_only=True)
     assert check_agreement(changed) == "invalid"
+
+
+@pytest.mark.parametrize("data", [b"\x80\x02K\x05.", b"I5\n.", b"\x8a\x01\x05.", b"K\x05.", b"N."],
+                         ids=["protocol-2-int", "protocol-0-int", "bare-long1", "bare-binint1", "bare-none"])
+def test_pickles_load_cannot_open_are_not_clean(data: bytes) -> None:
+    """An int that is not the legacy magic, or an opcode no checkpoint starts with: load refuses, scan says invalid."""
+    assert check_agreement(data) == "invalid"
