@@ -471,8 +471,9 @@ def _container_class(cls: Any, source_file: Any, source: Any) -> GlobalRef:
 
 
 def looks_like_pickle_stream(head: bytes) -> bool:
-    """Could the file start with the magic-number pickle: PROTO, or a protocol 0/1 LONG or GLOBAL."""
-    return head[:1] in (b"\x80", b"L", b"c")
+    """Could the file start with the magic-number pickle: PROTO, LONG1/LONG4 without it, a protocol 0/1
+    LONG or INT (``pickle.load`` reads a plain INT of any size), or GLOBAL."""
+    return head[:1] in (b"\x80", b"\x8a", b"\x8b", b"L", b"I", b"c")
 
 
 def open_stream(source: Source, head: bytes) -> LegacyStream | None:

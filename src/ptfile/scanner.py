@@ -199,8 +199,9 @@ def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: in
         return _scan_archive(source, "zip" if is_zip(head) else "tar", strict, allow, depth, faults, readings)
     if fmt in (None, "pickle"):  # not a checkpoint: every pickle in the file, as torch's non-zip path meets them
         inventory.clear()
+        refused = faults if fmt is None else []  # why no container of load's opens it: load refuses the file
         fmt, faults = _scan_stream(source, inventory, notes)
-        faults.extend(consumers.appended_zip_reading(source, inventory, Context()))
+        faults = refused + faults + consumers.appended_zip_reading(source, inventory, Context())
     nested: list[ScanResult] = []
     if is_zip(head):
         nested = _examine_unread_records(source, inventory, notes, strict, allow, depth)
@@ -374,7 +375,8 @@ def _examine(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tu
             try:
                 archive.verify_crc(entry)
             except PtfileError as exc:  # an unreadable record (encrypted, bad deflate) is a fault, not a crash
-                faults.append(str(exc))
+                if str(exc) not in faults:  # examine() met it already when the container checks its records
+                    faults.append(str(exc))
         notes.extend(archive.anomalies)
     return checkpoint.format, faults, getattr(checkpoint.container, "inert_classes", None)
 

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from .source import Source
 
-__all__ = ["ZipEntry", "ZipArchive", "LOCAL_MAGIC", "is_zip"]
+__all__ = ["zipfile_directory", "ZipEntry", "ZipArchive", "LOCAL_MAGIC", "is_zip"]
 
 LOCAL_MAGIC = b"PK\x03\x04"
 CENTRAL_MAGIC = b"PK\x01\x02"
@@ -418,6 +418,11 @@ class ZipArchive:
             return self.source.read(where[0], where[1], f"zip record {entry.name!r}")
         return self._inflate(entry)
 
+    def check_readable(self, entry: ZipEntry) -> None:
+        """Raise what :meth:`read` would raise for the record, reading only compressed data."""
+        if self.stored_range(entry) is None:
+            self._inflate(entry)
+
     def _check_method(self, entry: ZipEntry) -> None:
         if entry.flags & FLAG_ENCRYPTED:
             raise UnsupportedFormatError(f"{self.name}: record {entry.name!r} is encrypted")
@@ -498,6 +503,33 @@ def _zipfile_end(tail: bytes, tail_start: int, size: int) -> int | None:
     if pos < 0 or pos + END_SIZE > len(tail):
         return None
     return tail_start + pos
+
+
+def zipfile_directory(source: Source) -> tuple[int, int] | None:
+    """``(offset, size)`` of the central directory Python's zipfile reads in the file, or None.
+
+    ``zipfile._EndRecData`` finds the end record (:func:`_zipfile_end`); a ZIP64 end record
+    is read right before the locator; the directory then starts ``size`` bytes before the
+    end records, wherever the recorded offset says (``_RealGetContents`` shifts by ``concat``).
+    Any file this finds a directory in is a zip to zipfile, whatever its first bytes are.
+    """
+    size = source.size
+    start = max(0, size - ZIPFILE_END_SEARCH)
+    tail = source.read(start, size - start, "zip end record search")
+    end = _zipfile_end(tail, start, size)
+    if end is None:
+        return None
+    cd_size = _end.unpack_from(tail, end - start)[5]
+    directory_end = end
+    z64 = end - ZIP64_LOCATOR_SIZE - ZIP64_END_SIZE
+    if z64 >= 0 and source.read(end - ZIP64_LOCATOR_SIZE, 4, "zip64 locator") == ZIP64_LOCATOR_MAGIC:
+        record = _zip64_end.unpack(source.read(z64, ZIP64_END_SIZE, "zip64 end record"))
+        if record[0] == ZIP64_END_MAGIC:
+            cd_size, directory_end = record[8], z64
+    at = directory_end - cd_size
+    if cd_size <= 0 or at < 0 or source.read(at, 4, "central directory") != CENTRAL_MAGIC:
+        return None
+    return at, cd_size
 
 
 def _zip64_extra(extra: bytes, size: int, csize: int, offset: int) -> tuple[int, int, int]:
