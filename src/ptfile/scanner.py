@@ -480,14 +480,32 @@ def _zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
                     yield _bounded(info.filename, info.file_size, member.read, budget)
 
 
-def _tar_members(file: Any, budget: list[int]) -> Iterator[Member]:
-    import tarfile
+def _tar_members(source: Source, budget: list[int]) -> Iterator[Member]:
+    """Members as tarfile lists them, walked by ptfile's own bounded header parser.
 
-    with tarfile.open(fileobj=file, mode="r:") as archive:
-        for info in archive:
-            if info.isreg():
-                member = archive.extractfile(info)
-                yield _bounded(info.name, info.size, member.read if member else (lambda n: b""), budget)
+    The standard library's reader is never handed the archive: its PAX parser is quadratic
+    on Python <= 3.11.9 (CVE-2024-6232), and a header it would read another way ends the walk.
+    """
+    from .legacy import walk_tar
+
+    for member in walk_tar(source):
+        if member.has_data:
+            yield _bounded(member.name, member.size, _TarMemberReader(source, member).read, budget)
+
+
+class _TarMemberReader:
+    """``read(limit)`` over one tar member's bytes, in order, as a file's read would give them."""
+
+    def __init__(self, source: Source, member: Any) -> None:
+        self.source = source
+        self.member = member
+        self.pos = 0
+
+    def read(self, limit: int) -> bytes:
+        count = max(0, min(limit, self.member.size - self.pos))
+        data = self.source.read(self.member.data + self.pos, count, f"tar member {self.member.name}")
+        self.pos += count
+        return data
 
 
 def _seven_zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
@@ -522,7 +540,7 @@ def _archive_members(source: Source, kind: str) -> Iterator[Member]:
     """Every member of a zip, tar, 7z or compressed stream, read within the size limits."""
     budget = [MAX_ARCHIVE_BYTES]
     file = SourceFile(source)
-    readers = {"zip": lambda: _zip_members(file, budget), "tar": lambda: _tar_members(file, budget),
+    readers = {"zip": lambda: _zip_members(file, budget), "tar": lambda: _tar_members(source, budget),
                "7z": lambda: _seven_zip_members(file, budget)}
     members = readers[kind]() if kind in readers else _stream_members(file, kind, budget)
     try:
