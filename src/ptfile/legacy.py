@@ -652,6 +652,7 @@ MAX_PAX_NUMBER_CHARS = 64
 #: tarfile decodes names with the file system encoding (UTF-8) and this error handler.
 _TAR_NAME_ERRORS = "surrogateescape"
 _PAX_LENGTH = re.compile(rb"[0-9]{1,%d}" % MAX_PAX_LENGTH_DIGITS)
+_LOW_BYTES = bytes(range(128))
 
 
 def _tar_number(field: bytes) -> int:
@@ -674,7 +675,8 @@ def _tar_checksums(block: bytes) -> tuple[int, int]:
     """The header checksum counted with unsigned and with signed bytes, the chksum field as spaces."""
     rest = block[:148] + block[156:]
     unsigned = 8 * ord(" ") + sum(rest)
-    return unsigned, unsigned - 256 * sum(1 for b in rest if b > 127)
+    high = len(rest.translate(None, _LOW_BYTES))  # bytes a signed char reads as negative
+    return unsigned, unsigned - 256 * high
 
 
 def _tar_text(field: bytes) -> str:
