@@ -176,6 +176,21 @@ def test_pax_records_other_readers_read_otherwise_are_refused(records: bytes) ->
         list(legacy.walk_tar(MappedSource(data, "t.tar")))
 
 
+@pytest.mark.parametrize("mode", [b"0000000\0", b"0000200\0", b"0010644\0", b"\x80" + b"\xff" * 7, b"\xff" * 8])
+def test_member_modes_torch_cannot_read_back_are_refused(tmp_path: Path, mode: bytes) -> None:
+    members = {**torch_members(tmp_path / "never"), "pickle": b"\x80\x02}q\x00."}
+    blocks = []
+    for name, data in members.items():
+        block = bytearray(member(name.encode(), data))
+        block[100:108] = mode
+        block[148:156] = b" " * 8
+        block[148:156] = b"%06o\0 " % sum(block[:BLOCK])
+        blocks.append(bytes(block))
+    with pytest.raises(CorruptFileError, match="mode"):
+        ptfile.load(b"".join(blocks) + end())
+    assert ptfile.load(b"".join(member(n.encode(), d) for n, d in members.items()) + end()) == {}
+
+
 def test_global_pax_renaming_members_is_refused() -> None:
     data = header(b"pax_global_header", 13, b"g") + b"13 path=evil\n".ljust(BLOCK, b"\0") + header(b"a", 0) + end()
     with pytest.raises(CorruptFileError, match="global PAX"):

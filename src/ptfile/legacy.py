@@ -645,6 +645,9 @@ _SUPPORTED_TYPES = (_REGTYPE, _AREGTYPE, b"1", b"2", b"3", b"4", _DIRTYPE, b"6",
 _REGULAR_TYPES = (_REGTYPE, _AREGTYPE, _CONTTYPE, b"S")
 #: What torch's tar writer gives each member.
 _TORCH_MEMBER_TYPES = (_REGTYPE, _AREGTYPE)
+#: Permission bits a member's mode may hold, and the one it must: torch reads each member back from disk.
+MAX_TAR_MODE = 0o7777
+OWNER_READ = 0o400
 #: Digits of a PAX record's length: newer tarfile reads at most 20 (a 64-bit length).
 MAX_PAX_LENGTH_DIGITS = 20
 #: A PAX number longer than this would be read by ``int`` subject to the reader's digit limit.
@@ -900,6 +903,11 @@ def tar_members(source: Source) -> dict[str, tuple[int, int]]:
                                    "torch writes regular files only")
         if member.name not in TAR_MEMBERS:
             raise CorruptFileError(f"{name}: tar member {brief(member.name)} is not one torch writes")
+        if not 0 <= member.mode <= MAX_TAR_MODE or not member.mode & OWNER_READ:
+            # torch extracts the member and opens it again: os.chmod overflows past MAX_TAR_MODE,
+            # and a file its owner may not read opens only for root
+            raise CorruptFileError(f"{name}: tar member {member.name!r} has mode {member.mode:#o}, not a file "
+                                   "torch can extract and read back as any user")
         if member.name in members:  # tarfile takes the last, torch's writer never repeats one
             raise CorruptFileError(f"{name}: tar member {member.name!r} appears twice")
         members[member.name] = (member.data, member.size)
