@@ -233,6 +233,16 @@ def test_pax_number_longer_than_the_limit_is_refused() -> None:
         list(legacy.walk_tar(MappedSource(data, "t.tar")))
 
 
+def test_pax_header_with_too_many_records_is_refused() -> None:
+    records = pax_record("comment", b"x") * (legacy.MAX_PAX_RECORDS + 1)
+    data = pax(records) + header(b"pickle", 0) + end()
+    with pytest.raises(LimitExceededError, match="MAX_PAX_RECORDS"):
+        list(legacy.walk_tar(MappedSource(data, "t.tar")))
+    allowed = pax(pax_record("comment", b"x") * legacy.MAX_PAX_RECORDS) + header(b"pickle", 0) + end()
+    assert [m.name for m in legacy.walk_tar(MappedSource(allowed, "t.tar"))] == ["pickle"]
+    assert [m[0] for m in _tarfile_members(allowed)] == ["pickle"]
+
+
 # -- the corpus samples, live under torch -------------------------------------------------------
 
 TORCH_LOAD_EACH = textwrap.dedent(

@@ -650,11 +650,12 @@ MAX_TAR_MODE = 0o7777
 OWNER_READ = 0o400
 #: Digits of a PAX record's length: newer tarfile reads at most 20 (a 64-bit length).
 MAX_PAX_LENGTH_DIGITS = 20
+#: Records in one PAX header: torch's writer gives a member two or three (path, size, mtime).
+MAX_PAX_RECORDS = 64
 #: A PAX number longer than this would be read by ``int`` subject to the reader's digit limit.
 MAX_PAX_NUMBER_CHARS = 64
 #: tarfile decodes names with the file system encoding (UTF-8) and this error handler.
 _TAR_NAME_ERRORS = "surrogateescape"
-_PAX_LENGTH = re.compile(rb"[0-9]{1,%d}" % MAX_PAX_LENGTH_DIGITS)
 _LOW_BYTES = bytes(range(128))
 
 
@@ -746,35 +747,32 @@ def _pax_records(data: bytes, name: str, pos: int) -> dict[str, str]:
     Python 3.11.9 and older read records loosely (no newline needed, a length may stop inside a
     record, trailing bytes are ignored) with a quadratic regex; newer versions refuse those
     forms.  Only records both read alike pass, parsed here in one linear pass over at most
-    :data:`MAX_PAX_BYTES`; the caller checks that the block's padding is NUL, where both stop.
+    :data:`MAX_PAX_BYTES` and :data:`MAX_PAX_RECORDS`; the caller checks that the block's
+    padding is NUL, where both stop.  Text is decoded as tarfile's ``_decode_pax_field`` does
+    (UTF-8, else UTF-8 with surrogate escapes, which is the same thing).
     """
+    if b"GNU.sparse" in data or b"hdrcharset" in data:
+        # sparse members and raw-byte names are read differently by different tarfile versions
+        raise CorruptFileError(f"{name}: PAX header at byte {pos} describes a sparse member or raw-byte names")
     records: dict[str, str] = {}
-    at = 0
+    at = count = 0
     while at < len(data):
+        count += 1
+        if count > MAX_PAX_RECORDS:
+            raise LimitExceededError(f"{name}: PAX header at byte {pos} has more than {MAX_PAX_RECORDS} records "
+                                     "(MAX_PAX_RECORDS)")
         space = data.find(b" ", at, at + MAX_PAX_LENGTH_DIGITS + 1)
-        if space < 0 or not _PAX_LENGTH.fullmatch(data, at, space):
+        digits = data[at:space]
+        if space < 0 or not digits.isdigit():  # bytes.isdigit: ASCII digits only, as tarfile's [0-9]
             raise CorruptFileError(f"{name}: PAX header at byte {pos}: record at byte {at} has no length")
-        end = at + int(data[at:space])
-        record = data[space + 1 : end - 1]
-        if end > len(data) or data[end - 1 : end] != b"\n":
+        end = at + int(digits)
+        equals = data.find(b"=", space + 1, end)
+        if end > len(data) or equals <= space + 1 or data[end - 1] != 0x0A:
             raise CorruptFileError(f"{name}: PAX header at byte {pos}: record at byte {at} is malformed")
-        keyword, equals, value = record.partition(b"=")
-        if not keyword or not equals:
-            raise CorruptFileError(f"{name}: PAX header at byte {pos}: record at byte {at} has no keyword")
-        if keyword.startswith(b"GNU.sparse") or keyword == b"hdrcharset" or b"hdrcharset=" in value:
-            # sparse members and raw-byte names are read differently by different tarfile versions
-            raise CorruptFileError(f"{name}: PAX header at byte {pos} has a {brief(keyword)} record")
-        records[_pax_text(keyword)] = _pax_text(value)
+        keyword = data[space + 1 : equals].decode("utf-8", _TAR_NAME_ERRORS)
+        records[keyword] = data[equals + 1 : end - 1].decode("utf-8", _TAR_NAME_ERRORS)
         at = end
     return records
-
-
-def _pax_text(raw: bytes) -> str:
-    """tarfile's ``_decode_pax_field``: UTF-8, else UTF-8 with surrogate escapes."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", _TAR_NAME_ERRORS)
 
 
 def _pax_number(value: str, keyword: str, name: str) -> int:
