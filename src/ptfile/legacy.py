@@ -811,7 +811,6 @@ class _TarWalk:
         self.name = source.name
         self.max_headers = max_headers
         self.headers = 0
-        self.pos = 0
         self.end: int | None = None  # where the end-of-archive block starts, or the file ends
 
     def _header(self, pos: int, after: str = "") -> TarHeader | None:
@@ -820,7 +819,7 @@ class _TarWalk:
         block = self.source.read(pos, min(left, TAR_BLOCK), "tar header") if left > 0 else b""
         if block == bytes(len(block)):
             if after:  # tarfile raises SubsequentHeaderError, and torch reads the file as a pickle
-                raise CorruptFileError(f"{self.name}: {after} at byte {pos} is not followed by a member header")
+                raise CorruptFileError(f"{self.name}: {after} is not followed by a member header at byte {pos}")
             return None
         self.headers += 1
         if self.max_headers is not None and self.headers > self.max_headers:
@@ -850,16 +849,18 @@ class _TarWalk:
 
     def members(self) -> Iterator[TarMember]:
         pos = 0
+        after = ""  # tarfile reads the header after a PAX header as part of it: it must be there
         while True:
-            header = self._header(pos)
+            header = self._header(pos, after)
             if header is None:
                 self.end = pos
                 return
-            start = pos
+            start, after = pos, ""
             if header.type == _PAX_GLOBAL_TYPE:
                 records, pos = self._pax(pos, header)
                 if "path" in records or "size" in records:  # tarfile applies them to every later member
                     raise CorruptFileError(f"{self.name}: global PAX header at byte {start} renames or resizes members")
+                after = "global PAX header"
                 continue
             records: dict[str, str] = {}
             if header.type in _PAX_LOCAL_TYPES:
