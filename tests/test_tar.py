@@ -239,6 +239,17 @@ def test_pax_number_longer_than_the_limit_is_refused() -> None:
         list(legacy.walk_tar(MappedSource(data, "t.tar")))
 
 
+def test_pax_path_on_a_v7_directory_is_refused() -> None:
+    """tarfile up to at least 3.11.7 lists it as a directory (no data: a header hidden in it is read next);
+    later versions read a PAX-named header as the file its type says."""
+    hidden = member(b"pickle", b"\x80\x02K\x01.")
+    data = pax(pax_record("path", b"pickle")) + header(b"d/", len(hidden), b"\0") + hidden + end()
+    listed = _tarfile_members(data)
+    assert [(name, kind) for name, kind, _, _ in listed] in ([("pickle", b"5"), ("pickle", b"0")], [("pickle", b"\0")])
+    with pytest.raises(CorruptFileError, match="a file or a directory by Python version"):
+        list(legacy.walk_tar(MappedSource(data, "t.tar")))
+
+
 def test_pax_header_with_too_many_records_is_refused() -> None:
     records = pax_record("comment", b"x") * (legacy.MAX_PAX_RECORDS + 1)
     data = pax(records) + header(b"pickle", 0) + end()

@@ -692,10 +692,10 @@ class TarHeader:
     """One 512-byte header block as ``TarInfo.frombuf`` reads it."""
 
     name: str  # with the ustar prefix, and without a directory's trailing slashes
-    raw_name: str  # the name field alone
     type: bytes  # an AREGTYPE whose name ends in "/" is already DIRTYPE, as in tarfile
     size: int
     mode: int
+    v7_directory: bool  # the type field said a file, and the name's trailing slash a directory
 
 
 def _parse_tar_header(block: bytes, pos: int) -> TarHeader:
@@ -713,16 +713,16 @@ def _parse_tar_header(block: bytes, pos: int) -> TarHeader:
         for start in range(386, 482, 12):
             _tar_number(block[start : start + 12])
         _tar_number(block[483:495])
-    raw_name = _tar_text(block[:100])
-    name = raw_name
-    if kind == _AREGTYPE and name.endswith("/"):  # an old V7 directory
+    name = _tar_text(block[:100])
+    v7_directory = kind == _AREGTYPE and name.endswith("/")
+    if v7_directory:
         kind = _DIRTYPE
     if kind == _DIRTYPE:
         name = name.rstrip("/")
     prefix = _tar_text(block[345:500])
     if prefix and kind not in _GNU_TYPES:  # joined whatever the magic field says, as tarfile does
         name = prefix + "/" + name
-    return TarHeader(name, raw_name, kind, size, mode)
+    return TarHeader(name, kind, size, mode, v7_directory)
 
 
 def is_tar(head: bytes) -> bool:
@@ -869,7 +869,7 @@ class _TarWalk:
                 assert header is not None
                 if header.type in (*_PAX_LOCAL_TYPES, _PAX_GLOBAL_TYPE):
                     raise CorruptFileError(f"{self.name}: two PAX headers in a row at byte {pos}")
-                if header.type == _AREGTYPE and header.raw_name.endswith("/"):
+                if header.v7_directory:
                     # Python <= 3.12 makes it a directory before the PAX path applies, newer ones do not
                     raise CorruptFileError(f"{self.name}: member at byte {pos} is a file or a directory by Python version")
             if header.type in _GNU_TYPES:
