@@ -33,10 +33,11 @@ a Hugging Face shard folder (or its ``*.index.json``) as the shards its index na
 Archives ``ptfile.load`` does not read (a zip or tar that is not a checkpoint, 7z, gzip,
 bzip2, xz: a checkpoint recompressed to slip past scanners) are opened with the standard
 library (7z with ``py7zr``, the optional ``ptfile[archives]`` extra; a tar with ptfile's own
-bounded header parser, :func:`ptfile.legacy.walk_tar`) and every member that looks like a pickle or an archive is scanned in turn, down to :data:`MAX_ARCHIVE_DEPTH`
-levels and within :data:`MAX_MEMBER_BYTES` / :data:`MAX_ARCHIVE_BYTES`.  Such a file is
-never clean, since ``load`` refuses it: it is ``dangerous`` when a member is, else
-``invalid``.  What cannot be opened (no py7zr, a member over a limit, encryption) is a fault.
+bounded header parser, :func:`ptfile.legacy.walk_tar`) and every member that looks like a
+pickle or an archive is scanned in turn, down to :data:`MAX_ARCHIVE_DEPTH` levels and within
+:data:`MAX_MEMBER_BYTES` / :data:`MAX_ARCHIVE_BYTES`.  Such a file is never clean, since
+``load`` refuses it: it is ``dangerous`` when a member is, else ``invalid``.  What cannot be
+opened (no py7zr, a member over a limit, encryption) is a fault.
 """
 
 from __future__ import annotations
