@@ -32,11 +32,12 @@ a Hugging Face shard folder (or its ``*.index.json``) as the shards its index na
 
 Archives ``ptfile.load`` does not read (a zip or tar that is not a checkpoint, 7z, gzip,
 bzip2, xz: a checkpoint recompressed to slip past scanners) are opened with the standard
-library (7z with ``py7zr``, the optional ``ptfile[archives]`` extra) and every member that
-looks like a pickle or an archive is scanned in turn, down to :data:`MAX_ARCHIVE_DEPTH`
-levels and within :data:`MAX_MEMBER_BYTES` / :data:`MAX_ARCHIVE_BYTES`.  Such a file is
-never clean, since ``load`` refuses it: it is ``dangerous`` when a member is, else
-``invalid``.  What cannot be opened (no py7zr, a member over a limit, encryption) is a fault.
+library (7z with ``py7zr``, the optional ``ptfile[archives]`` extra; a tar with ptfile's own
+bounded header parser, :func:`ptfile.legacy.walk_tar`) and every member that looks like a
+pickle or an archive is scanned in turn, down to :data:`MAX_ARCHIVE_DEPTH` levels and within
+:data:`MAX_MEMBER_BYTES` / :data:`MAX_ARCHIVE_BYTES`.  Such a file is never clean, since
+``load`` refuses it: it is ``dangerous`` when a member is, else ``invalid``.  What cannot be
+opened (no py7zr, a member over a limit, encryption) is a fault.
 """
 
 from __future__ import annotations
@@ -475,14 +476,32 @@ def _zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
                     yield _bounded(info.filename, info.file_size, member.read, budget)
 
 
-def _tar_members(file: Any, budget: list[int]) -> Iterator[Member]:
-    import tarfile
+def _tar_members(source: Source, budget: list[int]) -> Iterator[Member]:
+    """Members as tarfile lists them, walked by ptfile's own bounded header parser.
 
-    with tarfile.open(fileobj=file, mode="r:") as archive:
-        for info in archive:
-            if info.isreg():
-                member = archive.extractfile(info)
-                yield _bounded(info.name, info.size, member.read if member else (lambda n: b""), budget)
+    The standard library's reader is never handed the archive: its PAX parser is quadratic
+    on Python <= 3.11.9 (CVE-2024-6232), and a header it would read another way ends the walk.
+    """
+    from .legacy import walk_tar
+
+    for member in walk_tar(source):
+        if member.has_data:
+            yield _bounded(member.name, member.size, _TarMemberReader(source, member).read, budget)
+
+
+class _TarMemberReader:
+    """``read(limit)`` over one tar member's bytes, in order, as a file's read would give them."""
+
+    def __init__(self, source: Source, member: Any) -> None:
+        self.source = source
+        self.member = member
+        self.pos = 0
+
+    def read(self, limit: int) -> bytes:
+        count = max(0, min(limit, self.member.size - self.pos))
+        data = self.source.read(self.member.data + self.pos, count, f"tar member {self.member.name}")
+        self.pos += count
+        return data
 
 
 def _seven_zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
@@ -517,7 +536,7 @@ def _archive_members(source: Source, kind: str) -> Iterator[Member]:
     """Every member of a zip, tar, 7z or compressed stream, read within the size limits."""
     budget = [MAX_ARCHIVE_BYTES]
     file = SourceFile(source)
-    readers = {"zip": lambda: _zip_members(file, budget), "tar": lambda: _tar_members(file, budget),
+    readers = {"zip": lambda: _zip_members(file, budget), "tar": lambda: _tar_members(source, budget),
                "7z": lambda: _seven_zip_members(file, budget)}
     members = readers[kind]() if kind in readers else _stream_members(file, kind, budget)
     try:
