@@ -394,6 +394,7 @@ def _seven_zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
 
 def _archive_members(source: Source, kind: str) -> Iterator[Member]:
     """Every member of a zip, tar, 7z or compressed stream, read within the size limits."""
+    import lzma
     import tarfile
     import zipfile
     import zlib
@@ -405,7 +406,7 @@ def _archive_members(source: Source, kind: str) -> Iterator[Member]:
     members = readers[kind]() if kind in readers else _stream_members(file, kind, budget)
     # The readers raise their own errors for hostile input; each ends the walk as a fault.
     errors: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError, RuntimeError, NotImplementedError,
-                                               zipfile.BadZipFile, tarfile.TarError, zlib.error, KeyError)
+                                               zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, KeyError)
     try:
         import py7zr.exceptions
 
