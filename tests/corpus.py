@@ -567,6 +567,7 @@ def build_corpus(marker: Path) -> list[Sample]:
     """Every sample; each payload would create ``marker`` if any of it ran."""
     samples = [*_a_samples(marker), *_b_samples(marker), *_c_samples(marker), *_d_payload_samples(marker),
                *_malformed_samples(), *_fixture_samples(), *_benign_built()]
+    samples.extend(__import__("corpus_oracle").samples(marker))  # DCP's loader as a consumer
     names = [s.name for s in samples]
     assert len(names) == len(set(names)), "corpus names must be unique"
     return samples
