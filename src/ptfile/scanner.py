@@ -349,7 +349,7 @@ def _zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
 
     with zipfile.ZipFile(file) as archive:
         for info in archive.infolist():
-            if not info.is_dir():
+            if not info.filename.endswith("/"):  # ZipInfo.is_dir() fails on an empty name
                 with archive.open(info) as member:
                     yield _bounded(info.filename, info.file_size, member.read, budget)
 
