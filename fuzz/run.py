@@ -51,11 +51,14 @@ def run_harness(name: str, seconds: int, corpus: Path, seeds: Path, findings: Pa
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("harnesses", nargs="*", choices=[*FAST, *SLOW, []], default=[])
+    parser.add_argument("harnesses", nargs="*", metavar="HARNESS", help=f"any of {', '.join(FAST + SLOW)}")
     parser.add_argument("--seconds", type=int, default=15, help="time per harness")
     parser.add_argument("--corpus", type=Path, help="keep each harness's corpus in DIR/<harness>")
     parser.add_argument("--findings", type=Path, default=Path("fuzz-findings"), help="where failing inputs go")
     args = parser.parse_args()
+    unknown = sorted(set(args.harnesses) - set(FAST + SLOW))
+    if unknown:
+        parser.error(f"no harness named {', '.join(unknown)}")
     args.findings.mkdir(parents=True, exist_ok=True)
     failed = 0
     with tempfile.TemporaryDirectory() as scratch:
