@@ -1,8 +1,8 @@
 """What every harness shares: the paths, ptfile imported under atheris's coverage instrumentation,
 and the loop that runs one invariant of ``tests/fuzzchecks.py`` on every input.
 
-A payload in a seed would only create :data:`MARKER`; every harness checks after each input
-that it does not exist, so ptfile running code from a file is a finding like any other.
+A payload in a seed would only create the harness's marker file (:func:`marker_for`); every
+harness checks after each input that it does not exist, so ptfile running code from a file is a finding like any other.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(Path(__file__).resol
 
 import atheris  # noqa: E402
 
-#: The file the payloads of the seeds built from the scanner corpus would create.
-MARKER = Path(tempfile.gettempdir()) / "ptfile-fuzz-PAYLOAD-RAN"
+
+def marker_for(harness: str) -> Path:
+    """The file the payloads of a harness's seeds would create: one per harness, so that harnesses
+    running side by side (the differential one runs the payloads for real) cannot trip each other."""
+    return Path(tempfile.gettempdir()) / f"ptfile-fuzz-{harness}-PAYLOAD-RAN"
 
 
 def import_ptfile_instrumented() -> None:
@@ -33,12 +36,12 @@ def import_ptfile_instrumented() -> None:
                 importlib.import_module(module.name)
 
 
-def check_after_each(check: Callable[[bytes], None]) -> Callable[[bytes], None]:
+def check_after_each(check: Callable[[bytes], None], marker: Path) -> Callable[[bytes], None]:
     def one_input(data: bytes) -> None:
         check(data)
-        if MARKER.exists():
-            MARKER.unlink()
-            raise AssertionError(f"a payload ran: {MARKER} was created")
+        if marker.exists():
+            marker.unlink()
+            raise AssertionError(f"a payload ran: {marker} was created")
     return one_input
 
 
@@ -47,5 +50,5 @@ def fuzz(harness: str) -> None:
     import_ptfile_instrumented()
     import fuzzchecks
 
-    atheris.Setup(sys.argv, check_after_each(fuzzchecks.CHECKS[harness]))
+    atheris.Setup(sys.argv, check_after_each(fuzzchecks.CHECKS[harness], marker_for(harness)))
     atheris.Fuzz()

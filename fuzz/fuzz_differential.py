@@ -2,7 +2,7 @@
 
 Each input is written to a file and given to the oracle's worker (``tests/oracle.py``:
 torch.load both ways, torch.jit.load, zipfile + pickle, pickle, numpy.load, each in a
-confined child).  Whenever a payload runs (the seeds aim theirs at :data:`common.MARKER`),
+confined child).  Whenever a payload runs (the seeds aim theirs at this harness's marker),
 ptfile must call the file dangerous or invalid and refuse it in load and open.  About
 a few inputs a second; run it on its own:  ``python fuzz/run.py --seconds 600 differential``.
 """
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import MARKER, atheris, import_ptfile_instrumented
+from common import atheris, import_ptfile_instrumented, marker_for
 
 #: Each consumer gets this long on one mutated file (the seeds' consumers take milliseconds).
 CONSUMER_SECONDS = 10
@@ -24,6 +24,7 @@ def main() -> None:
     import_ptfile_instrumented()
     from oracle import SampleResult, Worker, WorkerFailed, judge_with_ptfile, violations
 
+    marker = marker_for("differential")
     scratch = Path(tempfile.mkdtemp(prefix="ptfile-differential-"))
     worker = Worker(scratch)
     atexit.register(worker.stop)
@@ -32,14 +33,14 @@ def main() -> None:
     def one_input(data: bytes) -> None:
         path.write_bytes(data)
         try:
-            consumers = worker.run(path, MARKER, CONSUMER_SECONDS)
+            consumers = worker.run(path, marker, CONSUMER_SECONDS)
         except WorkerFailed:  # the input killed the worker itself: nothing known to compare; a fresh one follows
             return
         result = SampleResult("input", "fuzzed", consumers)
         judge_with_ptfile(path, result)
         found = violations([result])
         assert not found, "; ".join(found)
-        assert not MARKER.exists(), "a payload ran in ptfile's process"
+        assert not marker.exists(), "a payload ran in ptfile's process"
 
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()

@@ -1,5 +1,6 @@
 """Seed corpora: the small torch-written fixtures, the small files of the scanner corpus
-(their payloads aimed at :data:`common.MARKER`), and the pickles inside the zips among them.
+(their payloads aimed at the harness's marker), and the pickles inside the zips among them.
+The slow differential harness starts from one malicious sample per attack class.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import io
 import zipfile
 from pathlib import Path
 
-from common import MARKER, ROOT
+from common import ROOT, marker_for
 
 #: Seeds larger than this are left out: libFuzzer mutates small inputs many times faster.
 MAX_SEED_BYTES = 32 << 10
@@ -26,10 +27,22 @@ def _fixture_seeds() -> list[bytes]:
     return [p.read_bytes() for p in files if p.stat().st_size <= MAX_SEED_BYTES]
 
 
-def _corpus_seeds() -> list[bytes]:
+def _corpus_files(harness: str) -> list:
     from corpus import build_corpus
 
-    return [s.data for s in build_corpus(MARKER) if isinstance(s.data, bytes) and len(s.data) <= MAX_SEED_BYTES]
+    samples = build_corpus(marker_for(harness))
+    return [s for s in samples if isinstance(s.data, bytes) and len(s.data) <= MAX_SEED_BYTES]
+
+
+def _differential_seeds() -> list[bytes]:
+    """One malicious file per attack class: every input costs a run of each real consumer."""
+    from corpus import MALICIOUS
+
+    first = {}
+    for sample in _corpus_files("differential"):
+        if sample.label == MALICIOUS:
+            first.setdefault(sample.cls, sample.data)
+    return list(first.values())
 
 
 def _pickles_inside(blobs: list[bytes]) -> list[bytes]:
@@ -47,7 +60,9 @@ def _pickles_inside(blobs: list[bytes]) -> list[bytes]:
 def seeds_for(harness: str) -> list[bytes]:
     if harness == "save":
         return list(SAVE_SEEDS)
-    blobs = _fixture_seeds() + _corpus_seeds()
+    if harness == "differential":
+        return _differential_seeds()
+    blobs = _fixture_seeds() + [s.data for s in _corpus_files(harness)]
     if harness == "engine":
         blobs += _pickles_inside(blobs)
     return blobs
