@@ -169,7 +169,9 @@ def _scan_source(source: Source, strict: bool, depth: int = 0) -> ScanResult:
         return _scan_archive(source, "zip" if is_zip(head) else "tar", strict, depth, faults)
     if fmt in (None, "pickle"):  # not a checkpoint: every pickle in the file, as torch's non-zip path meets them
         inventory.clear()
+        refused_by_load = faults if fmt == "pickle" else []  # e.g. a storage reference load cannot resolve
         fmt, faults = _scan_stream(source, inventory, notes)
+        faults = [*refused_by_load, *faults]
     judgement = allowlist.judge(inventory, inert_classes=inert)
     return scan_result(source.name, fmt, judgement, faults, notes, inventory, strict=strict)
 
