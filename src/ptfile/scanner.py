@@ -211,7 +211,10 @@ def _examine(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tu
         return None, [str(exc)], None
     inventory.extend(checkpoint.inventory)  # what the container ran while opening
     checkpoint.inventory = inventory
-    faults = checkpoint.examine()
+    try:
+        faults = checkpoint.examine()
+    except PtfileError as exc:  # a record it reads is out of bounds: a fault; the globals met so far are still judged
+        faults = [str(exc)]
     notes.extend(_code_notes(getattr(checkpoint.container, "code", {})))
     archive = getattr(checkpoint.container, "archive", None)
     if archive is not None:
