@@ -73,6 +73,10 @@ def test_archive_code_is_allowed_only_where_the_archive_defines_it() -> None:
     code = "def f(x: Tensor) -> Tensor:\n  _0 = __torch__.lib.helper\n  y = __torch__.lib.P.g(x)\n  return _0(x)\n"
     assert calls(code, defined=lib) == []
     assert calls(code) == ["__torch__.lib.P.g", "__torch__.lib.helper"]
+    # the printer writes C() as C.__new__(C): allowed for a class the archive defines, and only for one
+    new = "def f(x: Tensor) -> Tensor:\n  _1 = __torch__.lib.P.__new__(__torch__.lib.P)\n  return x\n"
+    assert calls(new, defined=lib) == []
+    assert calls(new) == ["__torch__.lib.P.__new__"]
     # TorchBind classes are C++ registered in the process, never archive code, even when a record defines the name
     custom = "def f(x: Tensor) -> Tensor:\n  return __torch__.torch.classes.dist.Store(x)\n"
     records = [("m/code/__torch__.py", "__torch__", custom),
@@ -201,6 +205,8 @@ def _real_modules(torch):  # noqa: ANN001, ANN202 - torch is imported by the tes
                 x = x + y
             for i in range(2):
                 x = torch.where(x > float(i), x, -x)
+            with torch.no_grad():  # compiled to the archive's own no_grad class and set_grad_enabled
+                x = x * 1.0
             out, _ = self.lstm(x.unsqueeze(0))
             h, _ = self.gru(x.unsqueeze(0))
             words = ",".join(self.names).upper().split(",")

@@ -408,6 +408,21 @@ class DcpCheckpoint(Handle):
         self._sources: dict[str, Source] = {}
         self.layout = parse_layout(read_metadata(self.folder, records=records, allow=allow))
         self._check_items()
+        try:
+            self._judge_values()
+        except BaseException:
+            self.close()
+            raise
+
+    def _judge_values(self) -> None:
+        """Run every non-tensor item dry now: DCP's loader unpickles them with ``torch.load(weights_only=False)``.
+
+        Tensors are read (and judged) when asked for, as DCP reads them with ``weights_only=True``;
+        a value is judged at once, so that a handle that opens is one whose every reader is safe.
+        """
+        for item in self.layout.values.values():
+            blob = SliceSource(self._file(item.file), item.offset, item.length, os.path.join(self.folder, str(item)))
+            Checkpoint(blob, copy=False, records=self._records, allow=self._allow).run(materialize=False)
 
     def _check_items(self) -> None:
         """Every item inside an existing file of the folder."""

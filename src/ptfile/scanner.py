@@ -200,7 +200,7 @@ def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: in
         return _scan_archive(source, "zip" if is_zip(head) else "tar", strict, allow, depth, faults, readings)
     if fmt in (None, "pickle"):  # not a checkpoint: every pickle in the file, as torch's non-zip path meets them
         inventory.clear()
-        refused = faults if fmt is None else []  # why no container of load's opens it: load refuses the file
+        refused = faults  # why load refuses the file (no container opens it, or a storage it cannot resolve)
         fmt, faults = _scan_stream(source, inventory, notes)
         faults = refused + faults + consumers.appended_zip_reading(source, inventory, Context())
     nested: list[ScanResult] = []
@@ -365,7 +365,10 @@ def _examine(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tu
         return None, [str(exc)], None
     inventory.extend(checkpoint.inventory)  # what the container ran while opening
     checkpoint.inventory = inventory
-    faults = checkpoint.examine()
+    try:
+        faults = checkpoint.examine()
+    except PtfileError as exc:  # a record it reads is out of bounds: a fault; the globals met so far are still judged
+        faults = [str(exc)]
     notes.extend(_code_notes(checkpoint.container))
     archive = getattr(checkpoint.container, "archive", None)
     if archive is not None:

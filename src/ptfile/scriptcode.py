@@ -63,6 +63,7 @@ CUSTOM_CLASSES = "__torch__.torch.classes"
 OPERATORS: dict[str, str] = {}
 
 _VALUE = ""  # the target of anything that is not a namespace path
+_NEW = ".__new__"
 
 
 def _builtins(names: str, reason: str) -> None:
@@ -164,6 +165,7 @@ _operators("aten", """
     device get_device _unwrap_optional _grad_sum_to_size list_with_default _size_if_not_equal
     _shape_as_tensor _reshape_from_tensor broadcast_shapes
     """, "TorchScript language plumbing: strings, lists, dicts, numbers and tensor properties")
+_operators("aten", "set_grad_enabled", "autograd mode for the code that follows (what `with torch.no_grad():` compiles to)")
 _operators("prim", """
     RaiseException dtype device layout requires_grad is_cuda is_cpu is_xpu is_mps is_meta is_quantized
     is_sparse is_mkldnn is_vulkan is_nested data shape name grad unchecked_unwrap_optional
@@ -238,7 +240,9 @@ def judge_code(records: Iterable[tuple[str, str, str]]) -> CodeJudgement:
             elif not _allowed(path):
                 judgement.uses.append(_use(path, byte, record))
     for path, byte, record in pending:
-        if path.startswith(CUSTOM_CLASSES + ".") or path not in judgement.defined:
+        # ``C.__new__(C)`` is how the printer writes ``C()`` for a class the archive defines
+        target = path[: -len(_NEW)] if path.endswith(_NEW) else path
+        if target.startswith(CUSTOM_CLASSES + ".") or target not in judgement.defined:
             judgement.uses.append(_use(path, byte, record))
     return judgement
 
