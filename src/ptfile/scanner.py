@@ -20,6 +20,12 @@ Verdicts, worst first (the four levels of :func:`ptfile.allowlist.judge`, and ``
 ``strict`` grades unknown calls and classes as ``dangerous``; ``allow`` accepts named
 third-party globals (never a gadget), whose findings become notes.
 
+A scan reads what its verdict needs: the zip directory, the pickles and the small records
+beside them, never a tensor byte.  Storage records (raw tensor bytes, which no consumer
+unpickles) are checked against the central directory only (compression method, encryption
+flag, sizes); ``verify=True`` also checks each one's local header and CRC-32, streaming its
+bytes in chunks.  Torch never checks a CRC, so a mismatch is a note, not a verdict.
+
 Files that are not checkpoints are read as what they are: a torch zip is examined
 record by record (pickles under any name, anomalies such as wrong CRCs or
 mismatched local names); anything else is read as a stream of pickles from byte 0
@@ -153,13 +159,15 @@ def _worth_scanning(head: bytes) -> bool:
             or any(head.startswith(magic) for magic in _COMPRESSED_MAGICS))
 
 
-def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None) -> ScanResult:
+def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None,
+         verify: bool = False) -> ScanResult:
     """Scan one checkpoint (path, file object, bytes, DCP or shard folder) without loading anything from it.
 
     Args:
         src: what to scan.
         strict: treat unknown calls and instances of unknown classes as dangerous.
         allow: third-party globals to accept (see :class:`ptfile.allowlist.Allow`).
+        verify: also read every storage record and check its CRC-32 (reads the whole file).
     """
     allow = allowlist.as_allow(allow)
     name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<bytes>")
@@ -172,19 +180,20 @@ def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None
     if kind == "dcp":  # a DCP folder is one checkpoint: its .metadata and every item in it
         return scan_folder(target, strict=strict, allow=allow)
     if kind == "sharded":  # a shard folder or index is the shards its index names, as load reads them
-        return _scan_shards(os.fspath(target), strict, allow)
+        return _scan_shards(os.fspath(target), strict, allow, verify)
     try:
         source = open_source(target, mmap_file=True)
     except PtfileError as exc:
         return ScanResult(str(name), INVALID, "unreadable", faults=[str(exc)])
     try:
         with gc_paused():  # the engine only builds objects that stay reachable: a collection frees nothing
-            return _scan_source(source, strict, allow)
+            return _scan_source(source, strict, allow, verify=verify)
     finally:
         source.close()
 
 
-def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: int = 0) -> ScanResult:
+def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: int = 0, *,
+                 verify: bool = False) -> ScanResult:
     from .legacy import TAR_BLOCK, is_tar
 
     head = source.read(0, min(source.size, TAR_BLOCK), "file header")
@@ -198,7 +207,7 @@ def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: in
     tensor_format = detect(source)
     if tensor_format.name != "torch":
         return _scan_tensor_file(source, tensor_format, strict, allow)
-    fmt, faults, inert = _examine(source, inventory, notes)
+    fmt, faults, inert, archive = _examine(source, inventory, notes, verify)
     if fmt is None and (is_zip(head) or is_tar(head)):  # an archive, but not a checkpoint: its members
         readings = _other_readings(source, strict, allow)  # and what pickle.load from byte 0 or zipfile would run
         return _scan_archive(source, "zip" if is_zip(head) else "tar", strict, allow, depth, faults, readings)
@@ -208,26 +217,28 @@ def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: in
         faults.extend(consumers.appended_zip_reading(source, inventory, Context()))
     nested: list[ScanResult] = []
     if is_zip(head):
-        nested = _examine_unread_records(source, inventory, notes, strict, allow, depth)
+        nested = _examine_unread_records(source, archive, inventory, notes, strict, allow, depth)
     judgement = allowlist.judge(inventory, inert_classes=inert, allow=allow)
     result = scan_result(source.name, fmt, judgement, faults, notes, inventory, strict=strict)
     return _with_nested(result, nested)
 
 
-def _examine_unread_records(source: Source, inventory: list[GlobalUse], notes: list[str], strict: bool,
-                            allow: allowlist.Allow, depth: int) -> list[ScanResult]:
+def _examine_unread_records(source: Source, archive: ZipArchive | None, inventory: list[GlobalUse], notes: list[str],
+                            strict: bool, allow: allowlist.Allow, depth: int) -> list[ScanResult]:
     """Records of a checkpoint zip the loader could not read as pickles, examined anyway.
 
     A stored record whose flags claim encryption (torch's reader ignores the flag) is run
     dry as the pickle it is; a pickle record (``*.pkl``) that is itself an archive (a torch
     zip inside ``data.pkl``) is scanned as one, down to :data:`MAX_ARCHIVE_DEPTH` levels.
     Storages are never taken for archives: their bytes are data.  Their faults stay (the
-    file is never clean), but a dangerous finding outranks them.
+    file is never clean), but a dangerous finding outranks them.  ``archive``: the directory
+    the loader's container already read (a file of 20,000 records is not read twice), if any.
     """
-    try:
-        archive = ZipArchive(source)
-    except PtfileError:
-        return []  # the loader's reading already reported why
+    if archive is None:
+        try:
+            archive = ZipArchive(source)
+        except PtfileError:
+            return []  # the loader's reading already reported why
     nested = []
     for name, entry in archive.entries.items():
         if entry.method != STORED or entry.size != entry.compressed_size or entry.size > MAX_MEMBER_BYTES:
@@ -338,34 +349,36 @@ def scan_result(name: str, fmt: str, judgement: allowlist.Judgement, faults: lis
 
 
 def examine_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[str], *,
-                       zip_file: bool = True) -> tuple[str, list[str], Any]:
+                       zip_file: bool = True, verify: bool = False) -> tuple[str, list[str], Any]:
     """Run a file's pickles dry with the loader's own containers into ``inventory``.
 
     Returns its format (``pickle`` when it is none of the loader's containers), the faults
-    met, and the container's inert classes.
+    met, and the container's inert classes.  ``verify``: check storage records' CRCs too.
     """
-    fmt, faults, inert = _examine(source, inventory, notes)
+    fmt, faults, inert, _ = _examine(source, inventory, notes, verify)
     if fmt is None:
         return ("zip" if zip_file else "pickle"), faults, None
     return fmt, faults, inert
 
 
-def _examine(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tuple[str | None, list[str], Any]:
-    """:func:`examine_checkpoint`, with the format None when no container of the loader opens the file."""
+def _examine(source: Source, inventory: list[GlobalUse], notes: list[str],
+             verify: bool = False) -> tuple[str | None, list[str], Any, ZipArchive | None]:
+    """:func:`examine_checkpoint`, with the format None when no container of the loader opens the file,
+    and the zip directory the container read, if any."""
     from .legacy import TAR_BLOCK, has_magic_number
 
     try:
         checkpoint = Checkpoint(source, copy=False, records=True)
     except UnsafeGlobalError as exc:  # refused while opening (a legacy file's first pickles)
         inventory.extend(use for finding in exc.findings for use in finding.uses)
-        return "pickle stream", [], None
+        return "pickle stream", [], None, None
     except PtfileError as exc:
         if has_magic_number(source, source.read(0, min(source.size, TAR_BLOCK), "file header")):
             # torch reads it as a legacy stream: the legacy reader's own diagnosis stands, and the
             # stream reading (whose storage ids are not the legacy ones) only adds every pickle's globals
             _scan_stream(source, inventory, notes)
-            return "legacy", [str(exc), *consumers.appended_zip_reading(source, inventory, Context())], None
-        return None, [str(exc)], None
+            return "legacy", [str(exc), *consumers.appended_zip_reading(source, inventory, Context())], None, None
+        return None, [str(exc)], None, None
     inventory.extend(checkpoint.inventory)  # what the container ran while opening
     checkpoint.inventory = inventory
     faults = checkpoint.examine()
@@ -375,13 +388,31 @@ def _examine(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tu
         for name in archive.order:
             if not name.startswith(archive.prefix + "/"):
                 notes.append(f"record {name!r} lies outside the archive folder {archive.prefix!r}")
-        for entry in archive.entries.values():
-            try:
-                archive.verify_crc(entry)
-            except PtfileError as exc:  # an unreadable record (encrypted, bad deflate) is a fault, not a crash
-                faults.append(str(exc))
+        faults.extend(_check_records(archive, checkpoint.container, verify))
         notes.extend(archive.anomalies)
-    return checkpoint.format, faults, getattr(checkpoint.container, "inert_classes", None)
+    return checkpoint.format, faults, getattr(checkpoint.container, "inert_classes", None), archive
+
+
+def _check_records(archive: ZipArchive, container: Any, verify: bool) -> list[str]:
+    """Every record's form, and the CRC of every record but storages (of every one with ``verify``).
+
+    Records outside the storage folders (pickles, version, byteorder, code) are small and read
+    anyway; their local headers and CRCs are checked.  Storage records are raw tensor bytes,
+    which no consumer unpickles: without ``verify`` only what the central directory says of
+    them is checked, so a scan never reads a tensor byte (nor, remotely, one request per storage).
+    Returns the faults: an unreadable record (encrypted, bad deflate) is a fault, not a crash.
+    """
+    storage_dirs = tuple(archive.full_name(folder) for folder in getattr(container, "storage_folders", ()))
+    faults = []
+    for name, entry in archive.entries.items():
+        try:
+            if verify or not name.startswith(storage_dirs):
+                archive.verify_crc(entry)
+            else:
+                archive.check_entry(entry)
+        except PtfileError as exc:
+            faults.append(str(exc))
+    return faults
 
 
 def _code_notes(container: Any) -> list[str]:
@@ -584,7 +615,7 @@ def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list
 # -- shard folders -----------------------------------------------------------------------------
 
 
-def _scan_shards(path: str, strict: bool, allow: allowlist.Allow) -> ScanResult:
+def _scan_shards(path: str, strict: bool, allow: allowlist.Allow, verify: bool) -> ScanResult:
     """The shards a Hugging Face index names, each scanned; the index's own checks as load makes them."""
     from .sharded import ShardedCheckpoint, find_index, read_index
 
@@ -595,7 +626,7 @@ def _scan_shards(path: str, strict: bool, allow: allowlist.Allow) -> ScanResult:
         return ScanResult(path, INVALID, "sharded", faults=[str(exc)])
     folder = os.path.dirname(os.path.abspath(index))
     shards = list(dict.fromkeys(weight_map.values()))
-    results = [scan(os.path.join(folder, shard), strict=strict, allow=allow) for shard in shards]
+    results = [scan(os.path.join(folder, shard), strict=strict, allow=allow, verify=verify) for shard in shards]
     faults: list[str] = []
     if all(r.verdict not in (*FAILING, INVALID) for r in results):
         # every name the index places in a shard must be there: load refuses the folder otherwise

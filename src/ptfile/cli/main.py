@@ -205,12 +205,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
         client = connect(args.scheduler) if args.scheduler else None
         try:
-            results = scan_many(files, strict=args.strict, jobs=args.jobs, client=client, allow=args.allow)
+            results = scan_many(files, strict=args.strict, jobs=args.jobs, client=client, allow=args.allow,
+                                verify=args.verify)
         finally:
             if client is not None:
                 client.close()
     else:
-        results = _scan_serially(files, args.strict, Allow(args.allow),
+        results = _scan_serially(files, args.strict, Allow(args.allow), args.verify,
                                  show_progress=len(files) > 1 and not args.json)
     if args.json:
         counts = {v: sum(r.verdict == v for r in results) for v in reversed(VERDICTS)}
@@ -225,14 +226,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _scan_serially(files: list[str], strict: bool, allow: Any, *, show_progress: bool) -> list:
+def _scan_serially(files: list[str], strict: bool, allow: Any, verify: bool, *, show_progress: bool) -> list:
     from ..scanner import scan
 
     progress = _Progress("scanning", show_progress)
     results = []
     try:
         for index, path in enumerate(files, 1):
-            results.append(scan(path, strict=strict, allow=allow))
+            results.append(scan(path, strict=strict, allow=allow, verify=verify))
             progress(index, len(files))
     finally:
         progress.close()
@@ -487,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--strict", action="store_true", help="treat unknown calls and classes as dangerous")
     scan.add_argument("--allow", action="append", default=[], type=_allow_pattern, metavar="PATTERN",
                       help="accept a third-party global, module.name or module.* (repeatable); never a known gadget")
+    scan.add_argument("--verify", action="store_true",
+                      help="also read every tensor record and check its CRC-32 (reads the whole file)")
     scan.add_argument("-r", "--recursive", action="store_true", help="scan folders recursively")
     scan.add_argument("--include", action="append", default=[], metavar="REGEX", help="only paths matching (repeatable)")
     scan.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="skip paths matching (repeatable)")
