@@ -79,9 +79,13 @@ def _totals(rows: list[dict]) -> dict:
 
 
 def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
-    """Describe anything ptfile reads (see :mod:`ptfile.opener`) without reading tensor data."""
+    """Describe anything ptfile reads (see :mod:`ptfile.opener`) without reading tensor data.
+
+    The scan verdict comes from the same opening: a torch checkpoint's pickles run once.
+    """
+    from .loader import LazyCheckpoint
     from .opener import open_handle
-    from .scanner import scan
+    from .scanner import scan, scan_opened
 
     with open_handle(src, records=records) as handle:
         rows = _tensor_rows(handle)
@@ -90,7 +94,10 @@ def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
                   if not _is_tensor_like(value)]
         container = _container(handle)
         name, fmt = handle.name, handle.format
-    verdict = scan(src)
+        if isinstance(handle, LazyCheckpoint):
+            verdict = scan_opened(handle)
+    if not isinstance(handle, LazyCheckpoint):  # headers (safetensors, numpy) and folders are scanned apart
+        verdict = scan(src)
     return {
         "path": str(name),
         "format": fmt,
