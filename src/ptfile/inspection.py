@@ -2,16 +2,36 @@
 
 It reads the container directory and the pickle, never a tensor byte, and it
 is the documented shape of ``ptfile inspect --json``.
+
+Totals count what the file holds, each byte once:
+
+* ``bytes`` sums every storage once (its full size on disk, however many tensors view it:
+  tied weights count once); a tensor without a storage key counts its own bytes;
+* tensors are sorted into three kinds, and ``elements`` counts each kind's elements once
+  per storage element (tied or transposed names over the same bytes count once; a strided
+  view counts the span from its first to its last element):
+
+  - ``optimizer``: tensors below a dict holding ``state`` and ``param_groups`` (what
+    ``torch.optim.Optimizer.state_dict()`` returns), wherever it sits in the file;
+  - ``parameters``: where the file marks ``nn.Parameter`` (whole pickled models,
+    ``state_dict(keep_vars=True)``), exactly the marked tensors; a plain ``state_dict()``
+    keeps no marks, so there every floating-point or complex tensor is a parameter unless
+    its name ends in a buffer name of torch's own modules (:data:`BUFFER_NAMES`);
+  - ``buffers``: every other tensor (running statistics, integer ids, masks, RNG states).
+
+  ``parameters`` (the top-level count) is ``elements["parameters"]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 import numpy as np
 
 from . import allowlist
+from .errors import PtfileError
 from .loader import TensorInfo
 from .special import SpecialTensor
 from .tensors import TensorSpec
@@ -22,6 +42,13 @@ __all__ = ["describe", "summarize"]
 
 #: Longest text kept when summarizing a non-tensor value.
 MAX_SUMMARY = 80
+#: Last name parts of buffers that torch's modules register (BatchNorm's running statistics and
+#: step count; rotary frequencies and position ids of common transformer blocks): never parameters.
+BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked", "inv_freq", "position_ids"})
+#: The kinds of tensors the totals count apart (see the module docstring).
+KINDS = ("parameters", "buffers", "optimizer")
+#: An optimizer state's tensors are named ``<prefix>state.<param id>.<name>``.
+_OPTIMIZER_STATE = re.compile(r"(?:^|\.)state\.\d+\.")
 
 
 def summarize(value: Any) -> str:
@@ -41,8 +68,7 @@ def _is_container(node: Any) -> bool:
     return isinstance(node, (dict, list, tuple, Record, argparse.Namespace)) and type(node) is not TensorSpec
 
 
-def _tensor_rows(checkpoint: Any) -> list[dict]:
-    infos = {key: checkpoint.info(key) for key in checkpoint}
+def _tensor_rows(infos: dict[str, TensorInfo]) -> list[dict]:
     by_storage: dict[str, list[str]] = {}
     for key, info in infos.items():
         if info.storage:
@@ -66,16 +92,87 @@ def _tensor_row(key: str, info: TensorInfo, group: list[str]) -> dict:
     }
 
 
-def _totals(rows: list[dict]) -> dict:
+def _totals(infos: dict[str, TensorInfo], optimizer_prefixes: list[str]) -> dict:
+    """Storage bytes once each, and elements by kind once per distinct tensor (see the module docstring)."""
+    storage_bytes: dict[str, tuple[str, int]] = {}  # storage key -> (dtype, bytes)
     by_dtype: dict[str, int] = {}
-    params = 0
-    for row in rows:
-        count = 1
-        for dim in row["shape"]:
-            count *= dim
-        params += count
-        by_dtype[row["dtype"]] = by_dtype.get(row["dtype"], 0) + row["nbytes"]
-    return {"tensors": len(rows), "parameters": params, "bytes": sum(by_dtype.values()), "bytes_by_dtype": by_dtype}
+    marked = any(info.parameter for info in infos.values())
+    elements = dict.fromkeys(KINDS, 0)
+    tensors = dict.fromkeys(KINDS, 0)
+    spans: dict[tuple[str, str], list[tuple[int, int]]] = {}  # (kind, storage) -> element ranges
+    for name, info in infos.items():
+        if info.storage:
+            # a sparse or nested tensor's parts can outgrow the storage it is keyed by: the larger counts
+            size = max(info.storage_nbytes, info.nbytes, storage_bytes.get(info.storage, ("", 0))[1])
+            storage_bytes[info.storage] = (info.dtype, size)
+        else:
+            by_dtype[info.dtype] = by_dtype.get(info.dtype, 0) + info.nbytes
+        kind = _kind(name, info, marked, optimizer_prefixes)
+        tensors[kind] += 1
+        if info.storage and info.strides and len(info.strides) == len(info.shape):
+            spans.setdefault((kind, info.storage), []).append(_span(info))
+        else:  # no storage, or a sparse tensor (described by its dense shape): its own elements
+            elements[kind] += _numel(info.shape)
+    for (kind, _), ranges in spans.items():
+        elements[kind] += _union_length(ranges)
+    for dtype, size in storage_bytes.values():
+        by_dtype[dtype] = by_dtype.get(dtype, 0) + size
+    return {"tensors": len(infos), "parameters": elements["parameters"], "bytes": sum(by_dtype.values()),
+            "bytes_by_dtype": by_dtype, "elements": elements, "tensors_by_kind": tensors}
+
+
+def _span(info: TensorInfo) -> tuple[int, int]:
+    """The storage elements ``[first, last + 1)`` a tensor covers; empty for a tensor without elements."""
+    if _numel(info.shape) == 0:
+        return info.offset, info.offset
+    last = sum((dim - 1) * abs(stride) for dim, stride in zip(info.shape, info.strides, strict=True))
+    return info.offset, info.offset + last + 1
+
+
+def _union_length(ranges: list[tuple[int, int]]) -> int:
+    total, end = 0, None
+    for start, stop in sorted(ranges):
+        if end is None or start >= end:
+            total += stop - start
+            end = stop
+        elif stop > end:
+            total += stop - end
+            end = stop
+    return total
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def _kind(name: str, info: TensorInfo, marked: bool, optimizer_prefixes: list[str]) -> str:
+    if any(name.startswith(prefix) for prefix in optimizer_prefixes):
+        return "optimizer"
+    if marked:
+        return "parameters" if info.parameter else "buffers"
+    floating = info.dtype.startswith(("float", "bfloat", "complex"))
+    return "parameters" if floating and name.rsplit(".", 1)[-1] not in BUFFER_NAMES else "buffers"
+
+
+def _optimizer_prefixes(handle: Any, names: list[str]) -> list[str]:
+    """``<path>.state.`` of every optimizer state dict whose tensors are among ``names``.
+
+    Only names that look like optimizer state are followed back to their dict, so a file
+    without one costs no walk of its tree.
+    """
+    candidates = {name[: match.start()] for name in names if (match := _OPTIMIZER_STATE.search(name))}
+    found = []
+    for path in sorted(candidates):
+        try:
+            node = handle.value(path) if path else handle.tree
+        except (KeyError, PtfileError):
+            continue
+        if isinstance(node, dict) and "state" in node and "param_groups" in node:
+            found.append(f"{path}.state." if path else "state.")
+    return found
 
 
 def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
@@ -88,7 +185,9 @@ def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
     from .scanner import scan, scan_opened
 
     with open_handle(src, records=records) as handle:
-        rows = _tensor_rows(handle)
+        infos = {key: handle.info(key) for key in handle}
+        rows = _tensor_rows(infos)
+        optimizers = _optimizer_prefixes(handle, list(infos))
         values = [{"name": path, "summary": summarize(value)}
                   for path, value in walk(handle.tree, lambda node: not _is_container(node))
                   if not _is_tensor_like(value)]
@@ -104,7 +203,7 @@ def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
         "container": container,
         "tensors": rows,
         "values": values,
-        "totals": _totals(rows),
+        "totals": _totals(infos, optimizers),
         "unknown_classes": sorted({f.path for f in verdict.findings if f.severity == allowlist.UNKNOWN_CLASS}),
         "unknown_calls": sorted({f.path for f in verdict.findings if f.severity == allowlist.UNKNOWN_CALL}),
         "scan": {"verdict": verdict.verdict, "findings": len(verdict.findings)},
