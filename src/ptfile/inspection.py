@@ -38,7 +38,7 @@ from .tensors import TensorSpec
 from .tree import walk
 from .values import Global, Record
 
-__all__ = ["describe", "summarize"]
+__all__ = ["describe", "summarize", "fold_rows"]
 
 #: Longest text kept when summarizing a non-tensor value.
 MAX_SUMMARY = 80
@@ -93,30 +93,36 @@ def _tensor_row(key: str, info: TensorInfo, group: list[str]) -> dict:
 
 
 def _totals(infos: dict[str, TensorInfo], optimizer_prefixes: list[str]) -> dict:
-    """Storage bytes once each, and elements by kind once per distinct tensor (see the module docstring)."""
-    storage_bytes: dict[str, tuple[str, int]] = {}  # storage key -> (dtype, bytes)
-    by_dtype: dict[str, int] = {}
+    """Storage bytes once each, and elements by kind once per storage element (see the module docstring)."""
     marked = any(info.parameter for info in infos.values())
+    by_dtype: dict[str, int] = {}
     elements = dict.fromkeys(KINDS, 0)
     tensors = dict.fromkeys(KINDS, 0)
-    spans: dict[tuple[str, str], list[tuple[int, int]]] = {}  # (kind, storage) -> element ranges
+    by_storage: dict[str, list[tuple[str, TensorInfo]]] = {}
     for name, info in infos.items():
-        if info.storage:
-            # a sparse or nested tensor's parts can outgrow the storage it is keyed by: the larger counts
-            size = max(info.storage_nbytes, info.nbytes, storage_bytes.get(info.storage, ("", 0))[1])
-            storage_bytes[info.storage] = (info.dtype, size)
-        else:
-            by_dtype[info.dtype] = by_dtype.get(info.dtype, 0) + info.nbytes
         kind = _kind(name, info, marked, optimizer_prefixes)
         tensors[kind] += 1
-        if info.storage and info.strides and len(info.strides) == len(info.shape):
-            spans.setdefault((kind, info.storage), []).append(_span(info))
-        else:  # no storage, or a sparse tensor (described by its dense shape): its own elements
+        if info.storage:
+            by_storage.setdefault(info.storage, []).append((kind, info))
+        else:  # a meta tensor, or a format without storages: its own bytes and elements
+            by_dtype[info.dtype] = by_dtype.get(info.dtype, 0) + info.nbytes
             elements[kind] += _numel(info.shape)
-    for (kind, _), ranges in spans.items():
-        elements[kind] += _union_length(ranges)
-    for dtype, size in storage_bytes.values():
-        by_dtype[dtype] = by_dtype.get(dtype, 0) + size
+    for users in by_storage.values():
+        first = users[0][1]
+        # a sparse or nested tensor's parts can outgrow the storage it is keyed by: the larger counts
+        size = max(first.storage_nbytes, *(info.nbytes for _, info in users))
+        by_dtype[first.dtype] = by_dtype.get(first.dtype, 0) + size
+        if len(users) == 1:
+            elements[users[0][0]] += _numel(first.shape)
+            continue
+        spans: dict[str, list[tuple[int, int]]] = {}
+        for kind, info in users:
+            if len(info.strides) == len(info.shape):
+                spans.setdefault(kind, []).append(_span(info))
+            else:  # a sparse tensor, described by its dense shape: its own elements
+                elements[kind] += _numel(info.shape)
+        for kind, ranges in spans.items():
+            elements[kind] += _union_length(ranges)
     return {"tensors": len(infos), "parameters": elements["parameters"], "bytes": sum(by_dtype.values()),
             "bytes_by_dtype": by_dtype, "elements": elements, "tensors_by_kind": tensors}
 
@@ -149,7 +155,7 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _kind(name: str, info: TensorInfo, marked: bool, optimizer_prefixes: list[str]) -> str:
-    if any(name.startswith(prefix) for prefix in optimizer_prefixes):
+    if optimizer_prefixes and name.startswith(tuple(optimizer_prefixes)):
         return "optimizer"
     if marked:
         return "parameters" if info.parameter else "buffers"
@@ -233,3 +239,52 @@ def _container(handle: Any) -> dict[str, Any]:
         "prefix": archive.prefix if archive is not None else None,
         "records": parts,
     }
+
+
+# -- folding long listings ----------------------------------------------------------
+
+#: A whole dotted component that is a number: a layer, block or expert index.
+_INDEX = re.compile(r"(?<![^.])\d+(?![^.])")
+#: Names of sharing partners listed in a folded row before the rest are counted.
+MAX_SHARED_LISTED = 3
+
+
+def fold_rows(rows: list[dict]) -> list[dict]:
+    """Tensor rows with repeated numbered blocks folded into one row each.
+
+    Rows whose names differ only in their numeric components (``layers.3.attn.q_proj.weight``)
+    and that agree in dtype, shape and strides become one row named
+    ``layers.{0..31}.attn.q_proj.weight`` with ``count`` 32 and ``nbytes`` their sum.  A row that
+    differs (layer 0 of another shape) stays apart, so no shape is hidden.  A folded row keeps
+    the names its members share storage with (outside the fold), up to :data:`MAX_SHARED_LISTED`.
+    Rows come in the order of the first member of each fold.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        key = (_INDEX.sub("#", row["name"]), row["dtype"], tuple(row["shape"]), tuple(row["strides"]))
+        groups.setdefault(key, []).append(row)
+    return [_folded(members) if len(members) > 1 else {**members[0], "count": 1} for members in groups.values()]
+
+
+def _folded(members: list[dict]) -> dict:
+    indices = [[int(m.group()) for m in _INDEX.finditer(row["name"])] for row in members]
+    parts = _INDEX.split(members[0]["name"])
+    name = parts[0]
+    for position, text in enumerate(parts[1:]):
+        name += _index_set(sorted({found[position] for found in indices})) + text
+    inside = {row["name"] for row in members}
+    partners = list(dict.fromkeys(other for row in members for other in row.get("shared_with", [])
+                                  if other not in inside))
+    if len(partners) > MAX_SHARED_LISTED:
+        partners = [*partners[:MAX_SHARED_LISTED], f"and {len(partners) - MAX_SHARED_LISTED} more"]
+    return {**members[0], "name": name, "count": len(members), "nbytes": sum(row["nbytes"] for row in members),
+            "shared_with": partners}
+
+
+def _index_set(values: list[int]) -> str:
+    """``{0..31}`` for a run, ``{1,4,9}`` otherwise; one value stays itself."""
+    if len(values) == 1:
+        return str(values[0])
+    if values[-1] - values[0] + 1 == len(values):
+        return f"{{{values[0]}..{values[-1]}}}"
+    return "{" + ",".join(map(str, values)) + "}"
