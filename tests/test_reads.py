@@ -169,6 +169,32 @@ def test_verify_faults_a_broken_deflate_stream(damage: str) -> None:
     assert full.verdict == "invalid" and any(expected in fault for fault in full.faults), full.to_dict()
 
 
+def test_scan_fails_what_load_refuses_without_reading_tensor_bytes() -> None:
+    """A storage whose local header is not one: ``load`` refuses it, so a quick scan is not clean."""
+    storage = np.arange(16384, dtype=np.float32).tobytes()
+    data = bytearray(built(storage))
+    header = data.find(b"PK\x03\x04archive/data/0"[:4], data.find(b"archive/data/0") - 30)
+    assert data[header + 30 : header + 44] == b"archive/data/0"
+    data[header : header + 4] = b"XXXX"
+    source = CountingSource(bytes(data))
+    result = scan(source)
+    assert result.verdict == "invalid" and any("not at a local header" in f for f in result.faults), result.to_dict()
+    start = header + 30 + 14
+    # still no tensor byte read (the end of the file is: the zip end record is looked for in its last KiB)
+    assert source.touched(start, start + len(storage) - ziparchive.FIRST_END_SEARCH) == 0
+    with pytest.raises(ptfile.PtfileError, match="not at a local header"):
+        ptfile.load(bytes(data))
+
+
+def test_compressed_storage_is_inflated_without_verify() -> None:
+    """``load`` inflates a deflated storage, so a quick scan does too: a broken stream is a fault."""
+    data = built(np.zeros(4096, np.float32).tobytes(), method=DEFLATED, compressed=b"\xff" * 64)
+    result = scan(data)
+    assert result.verdict == "invalid" and any("is corrupt" in f for f in result.faults), result.to_dict()
+    with pytest.raises(ptfile.PtfileError, match="is corrupt"):
+        ptfile.load(data)
+
+
 def test_encrypted_storage_is_a_fault_without_verify() -> None:
     data = built(np.zeros(16, np.float32).tobytes(), flags=0x0801)
     result = scan(data)

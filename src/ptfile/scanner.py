@@ -21,10 +21,12 @@ Verdicts, worst first (the four levels of :func:`ptfile.allowlist.judge`, and ``
 third-party globals (never a gadget), whose findings become notes.
 
 A scan reads what its verdict needs: the zip directory, the pickles and the small records
-beside them, never a tensor byte.  Storage records (raw tensor bytes, which no consumer
-unpickles) are checked against the central directory only (compression method, encryption
-flag, sizes); ``verify=True`` also checks each one's local header and CRC-32, streaming its
-bytes in chunks.  Torch never checks a CRC, so a mismatch is a note, not a verdict.
+beside them, never a tensor byte.  A stored storage record (raw tensor bytes, which no
+consumer unpickles) is checked as ``load`` checks it before handing out its bytes (central
+entry, local header, where its data ends), without reading it; ``verify=True`` also streams
+every one through a CRC-32 check in chunks.  Torch never checks a CRC, so a mismatch is a
+note, not a verdict.  A compressed storage (torch never writes one) is inflated in any case:
+``load`` would inflate it, and a scan must fail what ``load`` refuses.
 
 Files that are not checkpoints are read as what they are: a torch zip is examined
 record by record (pickles under any name, anomalies such as wrong CRCs or
@@ -421,22 +423,22 @@ def _examined(checkpoint: Checkpoint, inventory: list[GlobalUse], notes: list[st
 
 
 def _check_records(archive: ZipArchive, container: Any, verify: bool) -> list[str]:
-    """Every record's form, and the CRC of every record but storages (of every one with ``verify``).
+    """Every record's form, and the CRC of every record but stored storages (of every one with ``verify``).
 
     Records outside the storage folders (pickles, version, byteorder, code) are small and read
-    anyway; their local headers and CRCs are checked.  Storage records are raw tensor bytes,
-    which no consumer unpickles: without ``verify`` only what the central directory says of
-    them is checked, so a scan never reads a tensor byte (nor, remotely, one request per storage).
-    Returns the faults: an unreadable record (encrypted, bad deflate) is a fault, not a crash.
+    anyway.  A stored storage record is raw tensor bytes, which no consumer unpickles: without
+    ``verify`` it is checked as ``load`` checks it before a tensor is read (central entry, local
+    header, data range) and its bytes are left unread.  Returns the faults: an unreadable record
+    (encrypted, bad deflate, a local header elsewhere) is a fault, not a crash.
     """
     storage_dirs = tuple(archive.full_name(folder) for folder in getattr(container, "storage_folders", ()))
     faults = []
     for name, entry in archive.entries.items():
         try:
-            if verify or not name.startswith(storage_dirs):
+            if verify or entry.method != STORED or not name.startswith(storage_dirs):
                 archive.verify_crc(entry)
             else:
-                archive.check_entry(entry)
+                archive.stored_range(entry)
         except PtfileError as exc:
             faults.append(str(exc))
     return faults

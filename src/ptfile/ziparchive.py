@@ -221,13 +221,19 @@ class ZipArchive:
         """Where the record's data starts, from its local header (checked once)."""
         if entry.data_offset >= 0:
             return entry.data_offset
-        # views, not copies: a file of 20,000 storages reads 20,000 local headers
-        header = self.source.view(entry.header_offset, LOCAL_SIZE, f"local header of {entry.name!r}")
-        magic, _, _, _, _, _, _, _, _, nlen, elen = _local.unpack(header)
+        # views, not copies: a file of 20,000 storages reads 20,000 local headers; the header and the
+        # name it should hold come in one request where the file allows (a remote source pays per request)
+        expected = LOCAL_SIZE + len(entry.name.encode("utf-8", "replace"))
+        ahead = expected if entry.header_offset + expected <= self.source.size else LOCAL_SIZE
+        header = self.source.view(entry.header_offset, ahead, f"local header of {entry.name!r}")
+        magic, _, _, _, _, _, _, _, _, nlen, elen = _local.unpack_from(header)
         if magic != LOCAL_MAGIC:
             raise CorruptFileError(f"{self.name}: record {entry.name!r} points at byte {entry.header_offset}, not at a local header")
-        local_name = str(self.source.view(entry.header_offset + LOCAL_SIZE, nlen, f"local name of {entry.name!r}"),
-                         "utf-8", "replace")
+        if LOCAL_SIZE + nlen == len(header):
+            raw_name = header[LOCAL_SIZE:]
+        else:
+            raw_name = self.source.view(entry.header_offset + LOCAL_SIZE, nlen, f"local name of {entry.name!r}")
+        local_name = str(raw_name, "utf-8", "replace")
         if local_name != entry.name:
             self.anomalies.append(f"record {entry.name!r} has local name {local_name!r}")
         start = entry.header_offset + LOCAL_SIZE + nlen + elen
