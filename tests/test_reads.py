@@ -217,14 +217,12 @@ def test_remote_scan_moves_no_tensor_byte() -> None:
     assert source.requests < 40, source.requests  # no request per storage
 
 
-def test_scan_opened_agrees_with_scan(tmp_path: Path) -> None:
+def test_scan_opened_agrees_with_scan(scan_corpus: tuple[Path, list]) -> None:
     """The verdict inspect takes from its open handle is the verdict a scan of the path gives."""
-    from corpus import write_corpus
-
-    samples = write_corpus(tmp_path)
+    folder, samples = scan_corpus
     compared = 0
     for sample in samples:
-        path = tmp_path / sample.name
+        path = folder / sample.name
         try:
             handle = open_handle(str(path), records=True)
         except ptfile.PtfileError:
