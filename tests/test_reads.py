@@ -343,3 +343,40 @@ def test_cli_scan_verify(tmp_path: Path) -> None:
     quick, full = run_cli("scan", path), run_cli("scan", path, "--verify")
     assert quick.returncode == full.returncode == 0
     assert "CRC" not in quick.stdout and "CRC 0x00000001" in full.stdout
+
+
+def test_verify_gives_back_the_pages_it_streamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verified storage does not stay resident: each piece of a file's map is released once checked."""
+    monkeypatch.setattr(ziparchive, "CRC_CHUNK_BYTES", 8192)
+    released: list[tuple[int, int]] = []
+    original = MappedSource.release
+
+    def counting_release(self: MappedSource, offset: int, length: int) -> None:
+        assert self.read_only_map  # only the read-only map of a file is released
+        released.append((offset, offset + length))
+        original(self, offset, length)
+
+    monkeypatch.setattr(MappedSource, "release", counting_release)
+    data = saved(BIG)
+    path = tmp_path / "big.pt"
+    path.write_bytes(data)
+    assert scan(path, verify=True).verdict == "clean"
+    for name, (start, end) in storage_ranges(data).items():
+        covered = sum(min(hi, end) - max(lo, start) for lo, hi in released if lo < end and hi > start)
+        assert covered == end - start, name
+    released.clear()
+    assert scan(path).verdict == "clean" and released  # a quick scan streams the small records only
+    assert not any(lo < end and hi > start for lo, hi in released for start, end in storage_ranges(data).values())
+
+
+def test_release_leaves_a_copy_on_write_map_alone(tmp_path: Path) -> None:
+    import mmap
+
+    path = tmp_path / "bytes.bin"
+    path.write_bytes(bytes(mmap.PAGESIZE * 2))
+    with open(path, "r+b") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    mapped[10] = 7  # a private change that dropping the page would lose
+    source = MappedSource(mapped, "copy")
+    source.release(0, mmap.PAGESIZE * 2)
+    assert mapped[10] == 7

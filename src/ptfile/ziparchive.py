@@ -312,7 +312,9 @@ class ZipArchive:
         if where is not None:
             offset, size = where
             for start in range(offset, offset + size, CRC_CHUNK_BYTES):
-                yield self.source.view(start, min(CRC_CHUNK_BYTES, offset + size - start), f"zip record {entry.name!r}")
+                length = min(CRC_CHUNK_BYTES, offset + size - start)
+                yield self.source.view(start, length, f"zip record {entry.name!r}")
+                self.source.release(start, length)  # streamed once: the pages need not stay resident
             return
         self._check_inflated_size(entry)
         offset, inflater, produced = self.data_offset(entry), zlib.decompressobj(-15), 0
