@@ -19,6 +19,8 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -614,3 +616,44 @@ def test_fresh_dcp_folder_written_by_torch(tmp_path):
     assert loaded["epoch"] == 3 and loaded["opt"] == state["opt"]
     for key, tensor in state["net"].items():
         assert torch.equal(loaded["net"][key], tensor)
+
+
+def test_value_item_with_a_zip_end_record_trick_is_refused(tmp_path):
+    """A BYTE_IO item whose last end record (comment running past the item) opens a malicious archive.
+
+    DCP's loader hands the item's bytes to ``torch.load(weights_only=False)``, whose zip reader
+    takes that last end record; the item goes through ptfile's zip checks like any checkpoint.
+    """
+    from corpus_zip import end_comment_overrun
+
+    folder = copy_case("single", tmp_path)
+    marker = tmp_path / "marker"
+    blob = end_comment_overrun(marker)
+    golden_metadata = (folder / dcp.METADATA_FILE).read_bytes()
+    tree = metadata_tree(folder)
+    with open(folder / "__0_0.distcp", "ab") as f:
+        offset = f.tell()
+        f.write(blob)
+    storage_of(tree, "step", None).state.update(offset=offset, length=len(blob))
+    write_metadata(folder, tree)
+    with ptfile.open(folder) as handle, pytest.raises(ptfile.PtfileError):
+        handle["step"]
+    with pytest.raises(ptfile.PtfileError):
+        ptfile.load(folder)
+    assert scan(folder).verdict in ("dangerous", "invalid")
+    assert not marker.exists()
+    pytest.importorskip("torch")
+    # torch rewrites its own metadata the same way (ptfile's pickling of the memory-format enum is not torch's)
+    (folder / dcp.METADATA_FILE).write_bytes(golden_metadata)
+    script = ("import dataclasses, pickle, sys, torch.distributed.checkpoint as dcp\n"
+              "path = sys.argv[1] + '/.metadata'\n"
+              "meta = pickle.load(open(path, 'rb'))\n"
+              "index = next(i for i in meta.storage_data if i.fqn == 'step')\n"
+              "meta.storage_data[index] = dataclasses.replace(meta.storage_data[index], offset=int(sys.argv[2]),\n"
+              "                                               length=int(sys.argv[3]))\n"
+              "pickle.dump(meta, open(path, 'wb'))\n"
+              "dcp.load({'step': 0}, checkpoint_id=sys.argv[1])\n")
+    subprocess.run([sys.executable, "-c", script, str(folder), str(offset), str(len(blob))], cwd=tmp_path, timeout=300,
+                   capture_output=True)
+    assert marker.exists(), "DCP's loader did not run the item's payload"
+    assert scan(folder).verdict in ("dangerous", "invalid")  # the folder as torch rewrote it

@@ -32,7 +32,7 @@ from goldencheck import (
 NAMES = fixture_names()
 #: Every fixture make_fixtures.py writes; a missing one means the set was not regenerated.
 REQUIRED = {
-    "align4096", "buffer", "conj_neg", "dtypes", "edge_shapes", "no_crc", "optimizer",
+    "align4096", "buffer", "conj_neg", "dtypes", "edge_shapes", "no_crc", "optimizer", "packed",
     "parameters", "renamed", "shared", "small", "state_dict", "training", "views",
 }
 

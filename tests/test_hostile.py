@@ -701,10 +701,13 @@ def test_c9_storage_key_must_be_a_plain_name(tmp_path: Path, key: str) -> None:
 
 
 def test_c9_zip_slip_member_names_are_inert(tmp_path: Path) -> None:
-    extras = [Member("../x", b"a"), Member("/abs", b"b"), Member("archive/../../y", b"c"), Member("archive/x\x00y", b"d")]
+    extras = [Member("../x", b"a"), Member("/abs", b"b"), Member("archive/../../y", b"c")]
     blob = build_zip([*_benign_members(), *extras])
     np.testing.assert_array_equal(assert_loads(tmp_path, blob), [1, 2])
     assert sorted(os.listdir(tmp_path)) == ["benign.pt"]
+    # Python's zipfile cuts a name at NUL: it would read this record by another name than torch does
+    blob = build_zip([*_benign_members(), Member("archive/x\x00y", b"d")])
+    assert_refused(tmp_path, blob, CorruptFileError, r"'archive/x\\x00y' holds a NUL byte")
 
 
 def test_c10_deflate_bomb_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -754,9 +757,11 @@ def test_c10_false_sizes_and_counts(tmp_path: Path) -> None:
     assert_refused(tmp_path, build_zip(_benign_members(), zip64_count=2**63), CorruptFileError, r"cannot hold")
     assert_refused(tmp_path, build_zip(_benign_members(), zip64_cd_size=2**62), CorruptFileError, r"lie outside")
     assert_refused(tmp_path, build_zip(_benign_members(), zip64_cd_offset=2**62), CorruptFileError, r"lie outside")
-    assert_refused(tmp_path, build_zip(_benign_members(), locator_offset=2**63), CorruptFileError, r"lie outside")
-    assert_refused(tmp_path, build_zip(_benign_members(), locator_offset=0), CorruptFileError,
-                   r"not at a zip64 end record")
+    assert_refused(tmp_path, build_zip(_benign_members(), locator_offset=2**63), CorruptFileError,
+                   r"points at byte 9223372036854775808, where no zip64 end record fits")
+    # No zip64 end record where the locator points: torch's reader (miniz) keeps the end record's own
+    # fields, and Python's zipfile, reading the zip64 end record before the locator, finds the same.
+    np.testing.assert_array_equal(assert_loads(tmp_path, build_zip(_benign_members(), locator_offset=0)), [1, 2])
     assert_refused(tmp_path, build_zip(_benign_members(), zip64_end=False, count=0xFFFF), CorruptFileError,
                    r"needs a zip64 record")
     members = _benign_members()

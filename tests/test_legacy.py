@@ -837,3 +837,22 @@ def test_torch_oracle_reads_our_tar_variants(tmp_path: Path) -> None:
         path.write_bytes(data)
         expected = make_legacy.describe_torch(torch.load(path, weights_only=False))
         assert describe_ptfile(path, mmap=True) == expected, name
+
+
+# -- the magic number as torch's unpickler reads it ---------------------------------------
+
+
+@pytest.mark.parametrize("magic", [b"I119547037146038801333356\n.", b"I0x1950A86A20F9469CFC6C\n.",
+                                   b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."])
+def test_magic_as_plain_int_loads_as_torch_loads_it(magic: bytes, tmp_path: Path) -> None:
+    """A protocol-0 INT (any size, any base pickle.load reads) or a bare LONG1 is the magic to torch too."""
+    torch = pytest.importorskip("torch")
+    original = PATHS["protocol1"].read_bytes()
+    assert original.startswith(b"L119547037146038801333356L\n.")  # protocol 0: the magic ends at the first '.'
+    rewritten = magic + original[original.index(b".") + 1 :]
+    path = tmp_path / "int_magic.pt"
+    path.write_bytes(rewritten)
+    theirs = make_legacy.describe_torch(torch.load(path, weights_only=False))
+    assert theirs == EXPECTED["protocol1"]  # torch reads the file as it reads the original
+    assert describe_ptfile(path, mmap=True) == theirs
+    assert ptfile.scan(path).verdict == "clean"

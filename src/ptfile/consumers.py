@@ -60,20 +60,9 @@ from .errors import PtfileError
 from .legacy import pickle_end
 from .source import Source, SourceFile
 from .torchzip import detached_storage
-from .ziparchive import (
-    CENTRAL_MAGIC,
-    END_MAGIC,
-    END_SIZE,
-    MAX_END_SEARCH,
-    ZIP64_END_MAGIC,
-    ZIP64_END_SIZE,
-    ZIP64_LOCATOR_MAGIC,
-    ZIP64_LOCATOR_SIZE,
-    is_zip,
-)
+from .ziparchive import is_zip, zipfile_directory
 
-__all__ = ["CONSUMERS", "fails_at_once", "other_readings", "byte0_reading", "appended_zip_reading",
-           "zipfile_would_open"]
+__all__ = ["CONSUMERS", "fails_at_once", "other_readings", "byte0_reading", "appended_zip_reading"]
 
 #: The consumers this module answers for, by name (the README's consumer table follows this).
 CONSUMERS = ("torch.load (zip)", "torch.load (legacy tar, then pickle stream)", "torch.jit.load",
@@ -179,7 +168,7 @@ def appended_zip_reading(source: Source, inventory: list, context: Any) -> list[
     members are read by ``zipfile`` itself, the consumer in question, within
     :data:`MAX_POLYGLOT_MEMBER_BYTES`.
     """
-    if not zipfile_would_open(source):
+    if zipfile_directory(source) is None:
         return []
     import zipfile
 
@@ -208,31 +197,3 @@ def _run_dry(data: bytes, record: str, inventory: list, context: Any) -> list[st
     except PtfileError as exc:
         return [str(exc)]
     return []
-
-
-def zipfile_would_open(source: Source) -> bool:
-    """Whether Python's ``zipfile`` finds a central directory in the file (``_EndRecData`` rules).
-
-    zipfile takes an end record with no comment in the last 22 bytes, else the last end-record
-    signature in the final 64 KiB + 22; the central directory then starts ``cd_size`` bytes
-    before the end record (before the ZIP64 records when there are some), whatever the
-    recorded offset says, and must start with its signature.
-    """
-    size = source.size
-    start = max(0, size - MAX_END_SEARCH)
-    tail = source.read(start, size - start, "zip end record search")
-    at = len(tail) - END_SIZE
-    if not (at >= 0 and tail[at : at + 4] == END_MAGIC and tail[-2:] == b"\0\0"):
-        at = tail.rfind(END_MAGIC)
-        if at < 0 or at + END_SIZE > len(tail):
-            return False
-    cd_size = int.from_bytes(tail[at + 12 : at + 16], "little")
-    directory_end = start + at
-    locator = directory_end - ZIP64_LOCATOR_SIZE
-    if locator >= 0 and source.read(locator, 4, "zip64 locator") == ZIP64_LOCATOR_MAGIC:
-        zip64_end = locator - ZIP64_END_SIZE
-        if zip64_end >= 0 and source.read(zip64_end, 4, "zip64 end record") == ZIP64_END_MAGIC:
-            cd_size = int.from_bytes(source.read(zip64_end + 40, 8, "zip64 directory size"), "little")
-            directory_end = zip64_end
-    directory = directory_end - cd_size
-    return cd_size > 0 and directory >= 0 and source.read(directory, 4, "central directory") == CENTRAL_MAGIC

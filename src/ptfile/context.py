@@ -29,16 +29,25 @@ class Context:
 
     build_handler = staticmethod(objects.build_handler)
 
-    def __init__(self, checkpoint: Any = None, materialize: bool = False) -> None:
+    def __init__(self, checkpoint: Any = None, materialize: bool = False, *, storages_readable: bool = False) -> None:
         self.fresh_arrays: dict[int, np.ndarray] = {}
         self._checkpoint = checkpoint
         self.materialize = materialize  # False while a lazy handle lists tensors: specs, not arrays
+        # the object pickle's storages can be read; a side pickle's are checked for form only
+        self._storages_readable = storages_readable and checkpoint is not None
         self.inventory = checkpoint.inventory if checkpoint is not None else []  # copyreg._reconstructor notes its class
 
     def tensor(self, spec: TensorSpec) -> Any:
         if self.materialize and self._checkpoint is not None:
             return self._checkpoint.array(spec)
+        if self._storages_readable and spec.storage is not None:
+            self._checkpoint.check_swappable(spec)  # the one check array() makes that the spec alone cannot
         return spec
+
+    def check_parts(self, value: Any) -> None:
+        """Make the checks loading makes on a special tensor's parts, on a copy that is dropped."""
+        if self._storages_readable:
+            value.materialize(self._checkpoint.array)
 
     def parameter(self, data: Any, requires_grad: bool, attributes: dict | None) -> Any:
         if type(data) is TensorSpec:

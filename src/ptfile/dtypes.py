@@ -8,10 +8,12 @@ Torch names an element type three ways, and a checkpoint may use any of them:
   also covers types Python has no storage class for (``Float8_e4m3fnStorage``).
 
 Each maps to one :class:`DtypeInfo`.  numpy dtypes come from numpy or from
-ml_dtypes (bfloat16, float8, complex32); types numpy cannot hold exactly
-(packed 4-bit floats, ``bits*``) have ``numpy`` set to ``None`` and are
-reported, never silently widened.  Types are identified by ``dtype.name``
-only: ml_dtypes' ``.char`` and ``.str`` codes collide with numpy's.
+ml_dtypes (bfloat16, float8, complex32).  Types whose element is a packed byte
+(``float4_e2m1fn_x2``: two 4-bit floats; ``bits1x8``, ``bits2x4``, ``bits4x2``)
+or untyped bits (``bits8``, ``bits16``) are read as torch exposes them: one
+unsigned integer of the element's width per element, bit for bit, never
+unpacked or widened (``raw_bits`` marks them).  Types are identified by
+``dtype.name`` only: ml_dtypes' ``.char`` and ``.str`` codes collide with numpy's.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class DtypeInfo:
     numpy: np.dtype | None  # None when numpy cannot represent it exactly
     legacy_storage: str | None = None  # "HalfStorage" when a typed storage class exists
     quantized_base: str | None = None  # torch_name of the integer type a quantized type stores
+    raw_bits: bool = False  # held as unsigned integers of its width: torch's bits* and packed x2 types
 
     @cached_property
     def numpy_name(self) -> str:
@@ -56,10 +59,10 @@ class DtypeInfo:
         return self.torch_name in _SIGN_MAGNITUDE
 
 
-def _info(torch_name, scalar_type, itemsize, numpy, legacy=False, quantized_base=None):
+def _info(torch_name, scalar_type, itemsize, numpy, legacy=False, quantized_base=None, raw_bits=False):
     storage = scalar_type + "Storage" if legacy else None
     dtype = None if numpy is None else np.dtype(numpy)
-    return DtypeInfo(torch_name, scalar_type, itemsize, dtype, storage, quantized_base)
+    return DtypeInfo(torch_name, scalar_type, itemsize, dtype, storage, quantized_base, raw_bits)
 
 
 _TABLE = (
@@ -84,12 +87,13 @@ _TABLE = (
     _info("float8_e5m2fnuz", "Float8_e5m2fnuz", 1, ml_dtypes.float8_e5m2fnuz),
     _info("float8_e4m3fnuz", "Float8_e4m3fnuz", 1, ml_dtypes.float8_e4m3fnuz),
     _info("float8_e8m0fnu", "Float8_e8m0fnu", 1, ml_dtypes.float8_e8m0fnu),
-    _info("float4_e2m1fn_x2", "Float4_e2m1fn_x2", 1, None),
-    _info("bits8", "Bits8", 1, None),
-    _info("bits16", "Bits16", 2, None),
-    _info("bits1x8", "Bits1x8", 1, None),
-    _info("bits2x4", "Bits2x4", 1, None),
-    _info("bits4x2", "Bits4x2", 1, None),
+    # torch gives these no arithmetic and numpy has no such types: each element's bits as they are
+    _info("float4_e2m1fn_x2", "Float4_e2m1fn_x2", 1, np.uint8, raw_bits=True),
+    _info("bits8", "Bits8", 1, np.uint8, raw_bits=True),
+    _info("bits16", "Bits16", 2, np.uint16, raw_bits=True),
+    _info("bits1x8", "Bits1x8", 1, np.uint8, raw_bits=True),
+    _info("bits2x4", "Bits2x4", 1, np.uint8, raw_bits=True),
+    _info("bits4x2", "Bits4x2", 1, np.uint8, raw_bits=True),
     _info("qint8", "QInt8", 1, np.int8, legacy=True, quantized_base="int8"),
     _info("quint8", "QUInt8", 1, np.uint8, legacy=True, quantized_base="uint8"),
     _info("qint32", "QInt32", 4, np.int32, legacy=True, quantized_base="int32"),
@@ -109,7 +113,9 @@ _UNSAVEABLE = tuple(f"{sign}int{bits}" for sign in ("", "u") for bits in range(1
 
 _BY_TORCH_NAME = {info.torch_name: info for info in _TABLE}
 _BY_STORAGE_NAME = {info.scalar_type + "Storage": info for info in _TABLE}
-_BY_NUMPY_NAME = {info.numpy.name: info for info in _TABLE if info.numpy is not None and not info.is_quantized}
+# quantized and raw-bits types borrow an integer dtype: a uint8 array is saved as uint8, never as bits8
+_BY_NUMPY_NAME = {info.numpy.name: info for info in _TABLE
+                  if info.numpy is not None and not info.is_quantized and not info.raw_bits}
 
 TORCH_DTYPE_NAMES = tuple(_BY_TORCH_NAME) + _UNSAVEABLE
 LEGACY_STORAGE_NAMES = tuple(info.legacy_storage for info in _TABLE if info.legacy_storage)

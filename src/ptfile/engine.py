@@ -67,6 +67,11 @@ MAX_MEMO_INDEX = sys.maxsize
 #: The memo needs no count: its indices are below 2**63, so at most four share a hash.
 MAX_EQUAL_HASHES = 32
 
+#: What C ``strtol(s, &end, 0)`` reads whole: space, a sign, then hex, octal (a leading 0) or decimal digits.
+_C_STRTOL = re.compile(rb"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+#: The range of a C long (64 bits on the platforms torch supports); INT operands outside it take another path.
+_C_LONG_MIN, _C_LONG_MAX = -(2**63), 2**63 - 1
+
 _HASHABLE_SCALARS = frozenset({str, int, float, bool, bytes, complex, type(None), Global, Record})
 #: Key types whose hash an attacker cannot aim (randomized per process by ``PYTHONHASHSEED``).
 _RANDOMIZED_HASHES = frozenset({str, bytes})
@@ -76,6 +81,24 @@ _unpack_I = struct.Struct("<I").unpack_from
 _unpack_Q = struct.Struct("<Q").unpack_from
 _unpack_H = struct.Struct("<H").unpack_from
 _unpack_d = struct.Struct(">d").unpack_from
+
+
+def int_operand(text: bytes) -> int:
+    """INT's text as CPython's C unpickler reads it (``load_int``): C ``strtol`` with base 0.
+
+    So ``010`` is octal 8 and ``0x10`` is 16; text ``strtol`` does not read whole, or a value
+    outside a C long, goes to ``int(text, 0)`` (arbitrary size, underscores, surrounding space).
+    A two-character ``00`` / ``01`` (any form strtol reads as 0 or 1) is False / True.
+    """
+    match = _C_STRTOL.fullmatch(text)
+    if match is not None:
+        sign, digits = match.groups()
+        base = 16 if digits[1:2] in (b"x", b"X") else 8 if digits[:1] == b"0" else 10
+        value = int(digits, base)
+        value = -value if sign == b"-" else value
+        if _C_LONG_MIN <= value <= _C_LONG_MAX:
+            return bool(value) if len(text) == 2 and value in (0, 1) else value
+    return int(text, 0)
 
 
 @contextmanager
@@ -534,16 +557,11 @@ class Engine:
             return pos
         if op == 0x49:  # INT
             text, pos = line(pos)
-            if text == b"00":
-                append(False)
-            elif text == b"01":
-                append(True)
-            else:
-                append(int(text))
+            append(int_operand(text))
             return pos
-        if op == 0x4C:  # LONG
+        if op == 0x4C:  # LONG: CPython reads the digits with int(text, 0), so 0x... is hex
             text, pos = line(pos)
-            append(int(text[:-1] if text.endswith(b"L") else text))
+            append(int(text[:-1] if text.endswith(b"L") else text, 0))
             return pos
         if op == 0x46:  # FLOAT
             text, pos = line(pos)

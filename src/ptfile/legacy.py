@@ -65,6 +65,7 @@ import contextlib
 import pickletools
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +81,7 @@ from .tensors import MAX_NDIM, StorageRef, StorageType, TensorSpec, check_view
 from .torchzip import check_storage_key
 from .values import brief
 
-__all__ = ["LegacyStream", "LegacyTar", "open_stream", "is_tar", "tar_members", "pickle_end", "MAGIC_NUMBER",
+__all__ = ["LegacyStream", "LegacyTar", "open_stream", "is_tar", "tar_members", "walk_tar", "TarMember", "pickle_end", "MAGIC_NUMBER",
            "PROTOCOL_VERSION"]
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -101,7 +102,7 @@ TAR_RECORD = 20 * TAR_BLOCK
 TAR_MEMBERS = ("sys_info", "pickle", "tensors", "storages")
 #: Headers a torch tar may hold: one per member, each possibly preceded by a PAX header.
 MAX_TAR_HEADERS = 2 * len(TAR_MEMBERS)
-#: A PAX header only carries a path and a size for these members.
+#: PAX headers of torch's writer carry a path, a size or a fractional mtime: a few dozen bytes.
 MAX_PAX_BYTES = 64 * 1024
 #: After the end-of-archive block: the second zero block and the padding to a whole record.
 MAX_TAR_TRAILER = 2 * TAR_BLOCK + TAR_RECORD
@@ -471,8 +472,9 @@ def _container_class(cls: Any, source_file: Any, source: Any) -> GlobalRef:
 
 
 def looks_like_pickle_stream(head: bytes) -> bool:
-    """Could the file start with the magic-number pickle: PROTO, or a protocol 0/1 LONG or GLOBAL."""
-    return head[:1] in (b"\x80", b"L", b"c")
+    """Could the file start with the magic-number pickle: PROTO, LONG1/LONG4 without it, a protocol 0/1
+    LONG or INT (``pickle.load`` reads a plain INT of any size), or GLOBAL."""
+    return head[:1] in (b"\x80", b"\x8a", b"\x8b", b"L", b"I", b"c")
 
 
 def open_stream(source: Source, head: bytes) -> LegacyStream | None:
@@ -625,118 +627,293 @@ class LegacyStream(_Container):
 
 
 # -- the tar archive -----------------------------------------------------------
+#
+# torch opens a file that is not a zip with ``tarfile.open(mode="r:", format=PAX_FORMAT)``
+# and, on any ``tarfile.TarError`` (at open, while it lists the members, or while it reads
+# one), runs ``pickle.load`` from byte 0 instead.  So a file is a tar here exactly when
+# tarfile's ``TarInfo.frombuf`` accepts its first block, and a tar is read only when tarfile
+# reads it to the same members, on every Python, without an error: anything else is refused,
+# never read another way.  The forms newer tarfile versions refuse (CVE-2024-6232 rewrote
+# the PAX parser) are refused here too, and every length is bounded before it is parsed.
+
+#: Header types, with tarfile's names for them.
+_AREGTYPE, _REGTYPE, _DIRTYPE, _CONTTYPE = b"\0", b"0", b"5", b"7"
+_PAX_LOCAL_TYPES = (b"x", b"X")  # XHDTYPE, SOLARIS_XHDTYPE: records for the next member
+_PAX_GLOBAL_TYPE = b"g"  # XGLTYPE: records for every later member
+_GNU_TYPES = (b"L", b"K", b"S")  # long name, long link name, sparse
+_SUPPORTED_TYPES = (_REGTYPE, _AREGTYPE, b"1", b"2", b"3", b"4", _DIRTYPE, b"6", _CONTTYPE, *_GNU_TYPES)
+#: Types whose data blocks follow the header (tarfile: ``isreg() or type not in SUPPORTED_TYPES``).
+_REGULAR_TYPES = (_REGTYPE, _AREGTYPE, _CONTTYPE, b"S")
+#: What torch's tar writer gives each member.
+_TORCH_MEMBER_TYPES = (_REGTYPE, _AREGTYPE)
+#: Permission bits a member's mode may hold, and the one it must: torch reads each member back from disk.
+MAX_TAR_MODE = 0o7777
+OWNER_READ = 0o400
+#: Digits of a PAX record's length: newer tarfile reads at most 20 (a 64-bit length).
+MAX_PAX_LENGTH_DIGITS = 20
+#: Records in one PAX header: torch's writer gives a member two or three (path, size, mtime).
+MAX_PAX_RECORDS = 64
+#: A PAX number longer than this would be read by ``int`` subject to the reader's digit limit.
+MAX_PAX_NUMBER_CHARS = 64
+#: tarfile decodes names with the file system encoding (UTF-8) and this error handler.
+_TAR_NAME_ERRORS = "surrogateescape"
+_LOW_BYTES = bytes(range(128))
 
 
 def _tar_number(field: bytes) -> int:
-    """A tar numeric field: NUL- or space-terminated octal, or GNU base-256."""
-    if field[:1] == b"\x80":
-        return int.from_bytes(field[1:], "big")
-    if field[:1] == b"\xff":
-        raise CorruptFileError(f"tar header holds a negative number {brief(field)}")
-    text = field.split(b"\0", 1)[0].strip(b" ")
-    if text and not set(text) <= set(b"01234567"):
-        raise CorruptFileError(f"tar header number {brief(field)} is not octal")
-    return int(text, 8) if text else 0
+    """A numeric header field exactly as tarfile's ``nti`` reads it.
 
-
-def _tar_checksum_ok(block: bytes) -> bool:
-    """The header's checksum, counted unsigned or signed as tar implementations do."""
+    GNU base-256 (a first byte 0x80, or 0xff for a negative number), else the text up to
+    the first NUL, stripped, read by ``int(text, 8)``: so ``0o17``, ``+17``, ``1_7`` and
+    tabs pass, as they do for tarfile.  A negative result is the caller's to refuse.
+    """
+    if field[0] in (0o200, 0o377):
+        value = int.from_bytes(field[1:], "big")
+        return value - 256 ** (len(field) - 1) if field[0] == 0o377 else value
     try:
-        stored = _tar_number(block[148:156])
-    except CorruptFileError:
-        return False
-    rest = block[:148] + b" " * 8 + block[156:]
-    unsigned = sum(rest)
-    signed = unsigned - 256 * sum(1 for b in rest if b > 127)
-    return stored in (unsigned, signed)
+        return int(field.split(b"\0", 1)[0].decode("ascii").strip() or "0", 8)
+    except ValueError:  # UnicodeDecodeError is a ValueError too
+        raise CorruptFileError(f"tar header number {brief(field)} is not one tarfile reads") from None
+
+
+def _tar_checksums(block: bytes) -> tuple[int, int]:
+    """The header checksum counted with unsigned and with signed bytes, the chksum field as spaces."""
+    rest = block[:148] + block[156:]
+    unsigned = 8 * ord(" ") + sum(rest)
+    high = len(rest.translate(None, _LOW_BYTES))  # bytes a signed char reads as negative
+    return unsigned, unsigned - 256 * high
+
+
+def _tar_text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", _TAR_NAME_ERRORS)
+
+
+@dataclass(frozen=True)
+class TarHeader:
+    """One 512-byte header block as ``TarInfo.frombuf`` reads it."""
+
+    name: str  # with the ustar prefix, and without a directory's trailing slashes
+    type: bytes  # an AREGTYPE whose name ends in "/" is already DIRTYPE, as in tarfile
+    size: int
+    mode: int
+    v7_directory: bool  # the type field said a file, and the name's trailing slash a directory
+
+
+def _parse_tar_header(block: bytes, pos: int) -> TarHeader:
+    """``TarInfo.frombuf``: the checksum, then every numeric field, each as tarfile reads it."""
+    if len(block) != TAR_BLOCK:
+        raise CorruptFileError(f"tar header at byte {pos} is cut short at {len(block)} bytes")
+    if _tar_number(block[148:156]) not in _tar_checksums(block):
+        raise CorruptFileError(f"tar header at byte {pos} has a bad checksum")
+    mode, _uid, _gid, size, _mtime = (_tar_number(block[start : start + width]) for start, width in
+                                      ((100, 8), (108, 8), (116, 8), (124, 12), (136, 12)))
+    _tar_number(block[329:337])  # devmajor and devminor: tarfile refuses the header if they are not numbers
+    _tar_number(block[337:345])
+    kind = block[156:157]
+    if kind == b"S":  # old GNU sparse headers carry four (offset, size) pairs and the real size
+        for start in range(386, 482, 12):
+            _tar_number(block[start : start + 12])
+        _tar_number(block[483:495])
+    name = _tar_text(block[:100])
+    v7_directory = kind == _AREGTYPE and name.endswith("/")
+    if v7_directory:
+        kind = _DIRTYPE
+    if kind == _DIRTYPE:
+        name = name.rstrip("/")
+    prefix = _tar_text(block[345:500])
+    if prefix and kind not in _GNU_TYPES:  # joined whatever the magic field says, as tarfile does
+        name = prefix + "/" + name
+    return TarHeader(name, kind, size, mode, v7_directory)
 
 
 def is_tar(head: bytes) -> bool:
-    """True when the file starts with a tar header whose checksum holds, the test tarfile uses."""
+    """True when tarfile would read the file's first block as a header, so torch reads a tar first."""
     block = head[:TAR_BLOCK]
-    return len(block) == TAR_BLOCK and block != bytes(TAR_BLOCK) and _tar_checksum_ok(block)
+    if len(block) != TAR_BLOCK or block == bytes(TAR_BLOCK):
+        return False
+    try:
+        _parse_tar_header(block, 0)
+    except CorruptFileError:
+        return False
+    return True
 
 
-def _pax_records(data: bytes, name: str) -> dict[str, str]:
-    """``"<len> key=value\\n"`` records of a PAX extended header."""
+def _blocks(size: int) -> int:
+    return -(-size // TAR_BLOCK) * TAR_BLOCK
+
+
+def _pax_records(data: bytes, name: str, pos: int) -> dict[str, str]:
+    """The ``"<length> <keyword>=<value>\\n"`` records of a PAX header, in their strict form only.
+
+    Python 3.11.9 and older read records loosely (no newline needed, a length may stop inside a
+    record, trailing bytes are ignored) with a quadratic regex; newer versions refuse those
+    forms.  Only records both read alike pass, parsed here in one linear pass over at most
+    :data:`MAX_PAX_BYTES` and :data:`MAX_PAX_RECORDS`; the caller checks that the block's
+    padding is NUL, where both stop.  Text is decoded as tarfile's ``_decode_pax_field`` does
+    (UTF-8, else UTF-8 with surrogate escapes, which is the same thing).
+    """
+    if b"GNU.sparse" in data or b"hdrcharset" in data:
+        # sparse members and raw-byte names are read differently by different tarfile versions
+        raise CorruptFileError(f"{name}: PAX header at byte {pos} describes a sparse member or raw-byte names")
     records: dict[str, str] = {}
-    pos = 0
-    while pos < len(data):
-        space = data.find(b" ", pos, pos + 20)
-        if space < 0 or not data[pos:space].isdigit():
-            raise CorruptFileError(f"{name}: malformed PAX header record at byte {pos}")
-        length = int(data[pos:space])
-        record = data[space + 1 : pos + length]
-        if length <= space - pos or pos + length > len(data) or not record.endswith(b"\n") or b"=" not in record:
-            raise CorruptFileError(f"{name}: malformed PAX header record at byte {pos}")
-        key, value = record[:-1].split(b"=", 1)
-        try:
-            records[key.decode("utf-8")] = value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CorruptFileError(f"{name}: PAX header record at byte {pos} is not UTF-8") from None
-        pos += length
-    if any(key.startswith("GNU.sparse") for key in records):
-        raise CorruptFileError(f"{name}: sparse tar members are not torch's")
+    at = count = 0
+    while at < len(data):
+        count += 1
+        if count > MAX_PAX_RECORDS:
+            raise LimitExceededError(f"{name}: PAX header at byte {pos} has more than {MAX_PAX_RECORDS} records "
+                                     "(MAX_PAX_RECORDS)")
+        space = data.find(b" ", at, at + MAX_PAX_LENGTH_DIGITS + 1)
+        digits = data[at:space]
+        if space < 0 or not digits.isdigit():  # bytes.isdigit: ASCII digits only, as tarfile's [0-9]
+            raise CorruptFileError(f"{name}: PAX header at byte {pos}: record at byte {at} has no length")
+        end = at + int(digits)
+        equals = data.find(b"=", space + 1, end)
+        if end > len(data) or equals <= space + 1 or data[end - 1] != 0x0A:
+            raise CorruptFileError(f"{name}: PAX header at byte {pos}: record at byte {at} is malformed")
+        keyword = data[space + 1 : equals].decode("utf-8", _TAR_NAME_ERRORS)
+        records[keyword] = data[equals + 1 : end - 1].decode("utf-8", _TAR_NAME_ERRORS)
+        at = end
     return records
 
 
-def _tar_name(block: bytes) -> str:
-    name = block[:100].split(b"\0", 1)[0]
-    if block[257:262] == b"ustar":
-        prefix = block[345:500].split(b"\0", 1)[0]
-        if prefix:
-            name = prefix + b"/" + name
-    return name.decode("utf-8", "replace")
+def _pax_number(value: str, keyword: str, name: str) -> int:
+    """A PAX number as ``_apply_pax_info`` reads it: ``int(value)``, or 0 when that fails."""
+    if len(value) > MAX_PAX_NUMBER_CHARS:
+        raise LimitExceededError(f"{name}: PAX {keyword} of {len(value)} characters; at most "
+                                 f"{MAX_PAX_NUMBER_CHARS} are read (MAX_PAX_NUMBER_CHARS)")
+    try:
+        return int(value)
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """One archive member as tarfile lists it: its name and type after PAX records, and its data."""
+
+    name: str
+    type: bytes
+    header: int  # offset of its first header (a PAX header's, if it has one)
+    data: int
+    size: int
+    mode: int
+
+    @property
+    def has_data(self) -> bool:
+        """Whether tarfile reads data blocks for it (regular files, and types tarfile does not know)."""
+        return self.type in _REGULAR_TYPES or self.type not in _SUPPORTED_TYPES
+
+
+class _TarWalk:
+    """The headers of a tar from byte 0, as ``TarFile.next`` meets them, every length checked."""
+
+    def __init__(self, source: Source, max_headers: int | None) -> None:
+        self.source = source
+        self.name = source.name
+        self.max_headers = max_headers
+        self.headers = 0
+        self.end: int | None = None  # where the end-of-archive block starts, or the file ends
+
+    def _header(self, pos: int, after: str = "") -> TarHeader | None:
+        """The header at ``pos``, or None at the end of the archive (the end of the file or a zero block)."""
+        left = self.source.size - pos
+        block = self.source.read(pos, min(left, TAR_BLOCK), "tar header") if left > 0 else b""
+        if block == bytes(len(block)):
+            if after:  # tarfile raises SubsequentHeaderError, and torch reads the file as a pickle
+                raise CorruptFileError(f"{self.name}: {after} is not followed by a member header at byte {pos}")
+            return None
+        self.headers += 1
+        if self.max_headers is not None and self.headers > self.max_headers:
+            raise LimitExceededError(f"{self.name}: more than {self.max_headers} tar headers (MAX_TAR_HEADERS); "
+                                     f"torch writes {len(TAR_MEMBERS)}")
+        # A header tarfile refuses after the first ends its listing silently, or (after a PAX
+        # header) raises: either way its reading is not this one's, so it is refused.
+        return _parse_tar_header(block, pos)
+
+    def _data_end(self, data: int, size: int, what: str) -> int:
+        """Where the next header starts; tarfile raises ReadError (torch then reads a pickle) past the end."""
+        if size < 0:
+            raise CorruptFileError(f"{self.name}: {what} at byte {data - TAR_BLOCK} has a negative size {size}")
+        self.source.check(data, _blocks(size), f"{what} and its padding")
+        return data + _blocks(size)
+
+    def _pax(self, pos: int, header: TarHeader) -> tuple[dict[str, str], int]:
+        """The records of the PAX header at ``pos`` and the offset just after its data."""
+        if header.size > MAX_PAX_BYTES:
+            raise LimitExceededError(f"{self.name}: PAX header of {header.size} bytes at byte {pos}; "
+                                     f"at most {MAX_PAX_BYTES} are read (MAX_PAX_BYTES)")
+        end = self._data_end(pos + TAR_BLOCK, header.size, "PAX header")
+        data = self.source.read(pos + TAR_BLOCK, end - pos - TAR_BLOCK, "PAX header")
+        if data[header.size :] != bytes(len(data) - header.size):  # old tarfile reads records from the padding
+            raise CorruptFileError(f"{self.name}: PAX header at byte {pos} has bytes in its padding")
+        return _pax_records(data[: header.size], self.name, pos), end
+
+    def members(self) -> Iterator[TarMember]:
+        pos = 0
+        after = ""  # tarfile reads the header after a PAX header as part of it: it must be there
+        while True:
+            header = self._header(pos, after)
+            if header is None:
+                self.end = pos
+                return
+            start, after = pos, ""
+            if header.type == _PAX_GLOBAL_TYPE:
+                records, pos = self._pax(pos, header)
+                if "path" in records or "size" in records:  # tarfile applies them to every later member
+                    raise CorruptFileError(f"{self.name}: global PAX header at byte {start} renames or resizes members")
+                after = "global PAX header"
+                continue
+            records: dict[str, str] = {}
+            if header.type in _PAX_LOCAL_TYPES:
+                records, pos = self._pax(pos, header)
+                header = self._header(pos, "PAX header")
+                assert header is not None
+                if header.type in (*_PAX_LOCAL_TYPES, _PAX_GLOBAL_TYPE):
+                    raise CorruptFileError(f"{self.name}: two PAX headers in a row at byte {pos}")
+                if header.v7_directory:
+                    # Python <= 3.12 makes it a directory before the PAX path applies, newer ones do not
+                    raise CorruptFileError(f"{self.name}: member at byte {pos} is a file or a directory by Python version")
+            if header.type in _GNU_TYPES:
+                raise CorruptFileError(f"{self.name}: GNU long-name or sparse header at byte {pos} is not read")
+            name, size = header.name, header.size
+            if "path" in records:
+                name = records["path"].rstrip("/")
+            if "size" in records:
+                size = _pax_number(records["size"], "size", self.name)
+            member = TarMember(name, header.type, start, pos + TAR_BLOCK, size, header.mode)
+            if size < 0:  # Python <= 3.11.9 reads it as no data, newer versions refuse it
+                raise CorruptFileError(f"{self.name}: tar member {brief(name)} has a negative size {size}")
+            pos = self._data_end(member.data, size, f"tar member {brief(name)}") if member.has_data else member.data
+            yield member
+
+
+def walk_tar(source: Source, max_headers: int | None = None) -> Iterator[TarMember]:
+    """Every member of a tar as tarfile lists it; a header tarfile would read another way is refused."""
+    return _TarWalk(source, max_headers).members()
 
 
 def tar_members(source: Source) -> dict[str, tuple[int, int]]:
     """``member name -> (data offset, size)`` for a torch tar, every header and range checked."""
     name = source.name
     members: dict[str, tuple[int, int]] = {}
-    pax: dict[str, str] | None = None
-    pos = headers = 0
-    while True:
-        if pos == source.size and pax is None:
-            break  # no end-of-archive blocks: tarfile reads that too
-        block = source.read(pos, TAR_BLOCK, "tar header")
-        if block == bytes(TAR_BLOCK):
-            if pax is not None:
-                raise CorruptFileError(f"{name}: PAX header at the end of the tar archive")
-            _check_tar_trailer(source, pos)
-            break
-        headers += 1
-        if headers > MAX_TAR_HEADERS:
-            raise LimitExceededError(f"{name}: more than {MAX_TAR_HEADERS} tar headers; torch writes {len(TAR_MEMBERS)}")
-        if not _tar_checksum_ok(block):
-            raise CorruptFileError(f"{name}: tar header at byte {pos} has a bad checksum")
-        kind = block[156:157]
-        size = _tar_number(block[124:136])
-        data = pos + TAR_BLOCK
-        if kind == b"x" and pax is None:
-            if size > MAX_PAX_BYTES:
-                raise LimitExceededError(f"{name}: PAX header of {size} bytes at byte {pos}")
-            pax = _pax_records(source.read(data, size, "PAX header"), name)
-            pos = data + -(-size // TAR_BLOCK) * TAR_BLOCK
-            continue
-        if kind not in (b"0", b"\0"):
-            raise CorruptFileError(f"{name}: tar member at byte {pos} has type {brief(kind)}; torch writes regular files only")
-        member = _tar_name(block)
-        if pax is not None:
-            member = pax.get("path", member)
-            if "size" in pax:
-                if not pax["size"].isdigit():
-                    raise CorruptFileError(f"{name}: PAX size {pax['size']!r:.30} is not a number")
-                size = int(pax["size"])
-            pax = None
-        if member not in TAR_MEMBERS:
-            raise CorruptFileError(f"{name}: tar member {brief(member)} is not one torch writes")
-        if member in members:
-            raise CorruptFileError(f"{name}: tar member {member!r} appears twice")
-        source.check(data, size, f"tar member {member}")
-        members[member] = (data, size)
-        pos = data + -(-size // TAR_BLOCK) * TAR_BLOCK
-        if pos > source.size:
-            raise CorruptFileError(f"{name}: tar member {member!r} is cut short in its padding")
+    walk = _TarWalk(source, MAX_TAR_HEADERS)
+    for member in walk.members():
+        if member.type not in _TORCH_MEMBER_TYPES:
+            raise CorruptFileError(f"{name}: tar member at byte {member.header} has type {brief(member.type)}; "
+                                   "torch writes regular files only")
+        if member.name not in TAR_MEMBERS:
+            raise CorruptFileError(f"{name}: tar member {brief(member.name)} is not one torch writes")
+        if not 0 <= member.mode <= MAX_TAR_MODE or not member.mode & OWNER_READ:
+            # torch extracts the member and opens it again: os.chmod overflows past MAX_TAR_MODE,
+            # and a file its owner may not read opens only for root
+            raise CorruptFileError(f"{name}: tar member {member.name!r} has mode {member.mode:#o}, not a file "
+                                   "torch can extract and read back as any user")
+        if member.name in members:  # tarfile takes the last, torch's writer never repeats one
+            raise CorruptFileError(f"{name}: tar member {member.name!r} appears twice")
+        members[member.name] = (member.data, member.size)
+    assert walk.end is not None
+    if walk.end < source.size:
+        _check_tar_trailer(source, walk.end)
     missing = [m for m in TAR_MEMBERS if m not in members]
     if missing:
         raise CorruptFileError(f"{name}: tar archive lacks the members {missing}")

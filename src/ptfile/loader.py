@@ -138,6 +138,7 @@ class Checkpoint:
             tree = self._run_objects(materialize)
             for record, data in self.container.side_pickles():
                 self._run_side(record, data)
+            self._check_records()
         except PtfileError:
             self._refuse_unsafe()  # an unsafe pickle that is also broken is reported as unsafe
             raise
@@ -158,10 +159,20 @@ class Checkpoint:
                 self._run_side(record, data)
             except PtfileError as exc:
                 faults.append(str(exc))
+        try:
+            self._check_records()
+        except PtfileError as exc:
+            faults.append(str(exc))
         return faults
 
+    def _check_records(self) -> None:
+        """The container's own check that every record it holds can be read (zip archives)."""
+        check = getattr(self.container, "check_records", None)
+        if check is not None:
+            check()
+
     def _run_objects(self, materialize: bool) -> Any:
-        context = Context(self, materialize)
+        context = Context(self, materialize, storages_readable=True)
         # A TorchScript archive has two such pickles (data.pkl, constants.pkl); the container combines them.
         trees = [self._run_object(record, data, context) for record, data in self.container.pickles()]
         return trees[0] if len(trees) == 1 else self.container.combine(trees)
@@ -207,11 +218,13 @@ class Checkpoint:
     def array(self, spec: TensorSpec) -> np.ndarray:
         if spec.storage is None:
             raise UnsupportedFormatError("meta tensors have no data to load")
-        itemsize = spec.dtype.itemsize
-        if spec.dtype.is_complex:
-            itemsize //= 2  # complex numbers swap each half
-        buffer = self.buffer(spec.storage, itemsize)
+        buffer = self.buffer(spec.storage, _swap_unit(spec))
         return view_array(spec, buffer)
+
+    def check_swappable(self, spec: TensorSpec) -> None:
+        """Refuse, without reading, a storage of foreign byte order that :meth:`buffer` could not swap for ``spec``."""
+        if self.container.byteorder != NATIVE_BYTEORDER and spec.storage is not None:
+            _check_whole_units(spec.storage.nbytes, _swap_unit(spec), spec.storage.record)
 
     # -- lazy handle API ----------------------------------------------------------
 
@@ -300,9 +313,18 @@ def _info(node: TensorSpec | SpecialTensor) -> TensorInfo:
     raise TypeError(f"no tensor information for {type(node).__name__}")
 
 
+def _swap_unit(spec: TensorSpec) -> int:
+    """The bytes swapped as one value: the element, or each half of a complex number."""
+    return spec.dtype.itemsize // 2 if spec.dtype.is_complex else spec.dtype.itemsize
+
+
+def _check_whole_units(nbytes: int, itemsize: int, what: str) -> None:
+    if itemsize > 1 and nbytes % itemsize:
+        raise CorruptFileError(f"{what}: {nbytes} bytes is not a whole number of {itemsize}-byte elements")
+
+
 def _byteswap(buf: np.ndarray, itemsize: int, what: str) -> np.ndarray:
-    if len(buf) % itemsize:
-        raise CorruptFileError(f"{what}: {len(buf)} bytes is not a whole number of {itemsize}-byte elements")
+    _check_whole_units(len(buf), itemsize, what)
     return buf.view(f"u{itemsize}").byteswap().view(np.uint8)
 
 

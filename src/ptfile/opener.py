@@ -132,15 +132,19 @@ def _single_file(folder: str) -> str:
 
 def _is_checkpoint_file(path: str) -> bool:
     """Whether a file in a folder is something ptfile reads: sniffed by content, never judged by name."""
-    from .legacy import is_tar
-    from .loader import looks_like_pickle
-    from .ziparchive import is_zip
-
     if not os.path.isfile(path):
         return False
     with open(path, "rb") as handle:
         head = handle.read(SNIFF_BYTES)
-    size = os.path.getsize(path)
+    return is_readable(head, os.path.getsize(path))
+
+
+def is_readable(head: bytes, size: int) -> bool:
+    """Whether bytes start like a format ptfile reads: torch's containers, a pickle, or a tensor file."""
+    from .legacy import is_tar
+    from .loader import looks_like_pickle
+    from .ziparchive import is_zip
+
     return (is_zip(head) or is_tar(head) or looks_like_pickle(head)
             or any(f.sniff(head, size) for f in FORMATS[:-1]))
 

@@ -40,11 +40,12 @@ a Hugging Face shard folder (or its ``*.index.json``) as the shards its index na
 
 Archives ``ptfile.load`` does not read (a zip or tar that is not a checkpoint, 7z, gzip,
 bzip2, xz: a checkpoint recompressed to slip past scanners) are opened with the standard
-library (7z with ``py7zr``, the optional ``ptfile[archives]`` extra) and every member that
-looks like a pickle or an archive is scanned in turn, down to :data:`MAX_ARCHIVE_DEPTH`
-levels and within :data:`MAX_MEMBER_BYTES` / :data:`MAX_ARCHIVE_BYTES`.  Such a file is
-never clean, since ``load`` refuses it: it is ``dangerous`` when a member is, else
-``invalid``.  What cannot be opened (no py7zr, a member over a limit, encryption) is a fault.
+library (7z with ``py7zr``, the optional ``ptfile[archives]`` extra; a tar with ptfile's own
+bounded header parser, :func:`ptfile.legacy.walk_tar`) and every member that looks like a
+pickle or an archive is scanned in turn, down to :data:`MAX_ARCHIVE_DEPTH` levels and within
+:data:`MAX_MEMBER_BYTES` / :data:`MAX_ARCHIVE_BYTES`.  Such a file is never clean, since
+``load`` refuses it: it is ``dangerous`` when a member is, else ``invalid``.  What cannot be
+opened (no py7zr, a member over a limit, encryption) is a fault.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from .errors import PtfileError, UnsafeGlobalError
 from .inventory import GlobalUse
 from .legacy import TAR_BLOCK
 from .loader import Checkpoint, Context, detached_storage, looks_like_pickle, new_engine
-from .opener import Format, detect, resolve
+from .opener import SNIFF_BYTES, Format, detect, is_readable, resolve
 from .source import MappedSource, Source, SourceFile, open_source
 from .ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
 
@@ -138,27 +139,22 @@ def _finding_dict(finding: allowlist.Finding) -> dict[str, Any]:
 def is_scannable(path: str) -> bool:
     """Whether a file met while walking a folder could hold a model: sniffed, never judged by name.
 
-    Zip, tar and compressed archives and anything that starts like a pickle qualify, whatever
-    the extension; text, JSON and other data files are passed over.  Files named explicitly
-    are always scanned.
+    Whatever ptfile reads (torch's containers, pickles, safetensors, numpy files) and
+    compressed archives qualify, whatever the extension; text, JSON and other data files
+    are passed over.  Files named explicitly are always scanned.
     """
-    from .legacy import TAR_BLOCK
-
     try:
         with open(path, "rb") as handle:
-            head = handle.read(TAR_BLOCK)
+            head = handle.read(SNIFF_BYTES)
+        size = os.path.getsize(path)
     except OSError:
         return True  # let the scan report why it cannot be read
-    return _worth_scanning(head)
+    return _worth_scanning(head, size)
 
 
-def _worth_scanning(head: bytes) -> bool:
-    """Whether bytes (the first tar block of them) start like a pickle or an archive."""
-    from .legacy import is_tar
-    from .loader import looks_like_pickle
-
-    return (is_zip(head) or is_tar(head) or looks_like_pickle(head)
-            or any(head.startswith(magic) for magic in _COMPRESSED_MAGICS))
+def _worth_scanning(head: bytes, size: int) -> bool:
+    """Whether bytes (the first :data:`SNIFF_BYTES` of a ``size``-byte file) start like a checkpoint or an archive."""
+    return is_readable(head, size) or any(head.startswith(magic) for magic in _COMPRESSED_MAGICS)
 
 
 def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None,
@@ -230,8 +226,9 @@ def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: in
         return _scan_archive(source, "zip" if is_zip(head) else "tar", strict, allow, depth, faults, readings)
     if fmt in (None, "pickle"):  # not a checkpoint: every pickle in the file, as torch's non-zip path meets them
         inventory.clear()
+        refused = faults if fmt is None else []  # why no container of load's opens it: load refuses the file
         fmt, faults = _scan_stream(source, inventory, notes)
-        faults.extend(consumers.appended_zip_reading(source, inventory, Context()))
+        faults = refused + faults + consumers.appended_zip_reading(source, inventory, Context())
     nested: list[ScanResult] = []
     if is_zip(head):
         nested = _examine_unread_records(source, archive, inventory, notes, strict, allow, depth)
@@ -417,7 +414,8 @@ def _examined(checkpoint: Checkpoint, inventory: list[GlobalUse], notes: list[st
         for name in archive.order:
             if not name.startswith(archive.prefix + "/"):
                 notes.append(f"record {name!r} lies outside the archive folder {archive.prefix!r}")
-        faults.extend(_check_records(archive, checkpoint.container, verify))
+        # examine() met some of them already when the container checked its records
+        faults.extend(fault for fault in _check_records(archive, checkpoint.container, verify) if fault not in faults)
         notes.extend(archive.anomalies)
     return checkpoint.format, faults, getattr(checkpoint.container, "inert_classes", None), archive
 
@@ -533,19 +531,37 @@ def _zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
 
     with zipfile.ZipFile(file) as archive:
         for info in archive.infolist():
-            if not info.is_dir():
+            if not info.filename.endswith("/"):  # ZipInfo.is_dir() fails on an empty name
                 with archive.open(info) as member:
                     yield _bounded(info.filename, info.file_size, member.read, budget)
 
 
-def _tar_members(file: Any, budget: list[int]) -> Iterator[Member]:
-    import tarfile
+def _tar_members(source: Source, budget: list[int]) -> Iterator[Member]:
+    """Members as tarfile lists them, walked by ptfile's own bounded header parser.
 
-    with tarfile.open(fileobj=file, mode="r:") as archive:
-        for info in archive:
-            if info.isreg():
-                member = archive.extractfile(info)
-                yield _bounded(info.name, info.size, member.read if member else (lambda n: b""), budget)
+    The standard library's reader is never handed the archive: its PAX parser is quadratic
+    on Python <= 3.11.9 (CVE-2024-6232), and a header it would read another way ends the walk.
+    """
+    from .legacy import walk_tar
+
+    for member in walk_tar(source):
+        if member.has_data:
+            yield _bounded(member.name, member.size, _TarMemberReader(source, member).read, budget)
+
+
+class _TarMemberReader:
+    """``read(limit)`` over one tar member's bytes, in order, as a file's read would give them."""
+
+    def __init__(self, source: Source, member: Any) -> None:
+        self.source = source
+        self.member = member
+        self.pos = 0
+
+    def read(self, limit: int) -> bytes:
+        count = max(0, min(limit, self.member.size - self.pos))
+        data = self.source.read(self.member.data + self.pos, count, f"tar member {self.member.name}")
+        self.pos += count
+        return data
 
 
 def _seven_zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
@@ -580,7 +596,7 @@ def _archive_members(source: Source, kind: str) -> Iterator[Member]:
     """Every member of a zip, tar, 7z or compressed stream, read within the size limits."""
     budget = [MAX_ARCHIVE_BYTES]
     file = SourceFile(source)
-    readers = {"zip": lambda: _zip_members(file, budget), "tar": lambda: _tar_members(file, budget),
+    readers = {"zip": lambda: _zip_members(file, budget), "tar": lambda: _tar_members(source, budget),
                "7z": lambda: _seven_zip_members(file, budget)}
     members = readers[kind]() if kind in readers else _stream_members(file, kind, budget)
     try:
@@ -615,7 +631,7 @@ def _scan_archive(source: Source, kind: str, strict: bool, allow: allowlist.Allo
         where = f"{source.name}!{name}" if name else source.name
         if data is None:
             faults.append(f"{where}: {why}")
-        elif _worth_scanning(data[:512]):
+        elif _worth_scanning(data[:SNIFF_BYTES], len(data)):
             results.append(_scan_source(MappedSource(data, where), strict, allow, depth + 1))
         else:
             notes.append(f"member {name!r} is neither a pickle nor an archive; passed over")

@@ -318,9 +318,23 @@ def rebuild_qtensor(context: Any, storage: Any, offset: Any, size: Any, stride: 
         scheme = _channel_scheme(zero_points)
         if type(scales) is not TensorSpec and type(zero_points) is not TensorSpec:
             scales, zero_points = _channel_params(scheme, scales, zero_points)
-        return QuantizedTensor(data, info.torch_name, scheme, scales=scales, zero_points=zero_points, axis=axis,
-                               requires_grad=grad)
+        return _checked(context, QuantizedTensor(data, info.torch_name, scheme, scales=scales, zero_points=zero_points,
+                                                 axis=axis, requires_grad=grad))
     raise CorruptFileError(f"torch cannot deserialize quantized tensors with qscheme {scheme}")
+
+
+def _checked(context: Any, value: SpecialTensor) -> SpecialTensor:
+    """The value, after the checks its parts' values need when they are still specs (a scan, a lazy listing).
+
+    Loading checks the values of these parts (a nested tensor's sizes and offsets, a quantizer's
+    scales) as it materializes them; a listing makes the same checks on a materialized copy it
+    then drops, so a file ``scan`` calls clean is one ``load`` reads.
+    """
+    if value.specs():
+        check = getattr(context, "check_parts", None)
+        if check is not None:
+            check(value)
+    return value
 
 
 # -- sparse --------------------------------------------------------------------
@@ -368,11 +382,15 @@ class SparseTensor(SpecialTensor):
             compressed_indices=_materialize(self.compressed_indices, array),
             plain_indices=_materialize(self.plain_indices, array), is_coalesced=self.is_coalesced,
         )
-        copy.validate()
         return copy
 
     def validate(self) -> None:
-        """Check every index against the shape, as torch does after loading; raise CorruptFileError."""
+        """Check every index against the shape; raise CorruptFileError.
+
+        torch 2.13 loads sparse tensors without this check (``torch.load`` validates them only
+        under ``torch.sparse.check_sparse_tensor_invariants``, off by default), and so does
+        ptfile: indices out of range are data until something, such as :meth:`to_dense`, uses them.
+        """
         _need_arrays(*self._parts())
         if self.layout == "sparse_coo":
             for dim, row in enumerate(np.asarray(self.indices)):
@@ -499,9 +517,7 @@ def rebuild_sparse_tensor(context: Any, layout: Any, data: Any) -> SparseTensor:
         result = _compressed(layout.name, data)
     else:
         raise UnsupportedFormatError(f"sparse tensors of layout {layout.name} are not supported")
-    if not result.specs():
-        result.validate()
-    return result
+    return _checked(context, result)
 
 
 # -- meta ----------------------------------------------------------------------
@@ -578,7 +594,8 @@ def rebuild_nested_tensor(context: Any, buffer: Any, sizes: Any, strides: Any, o
     nested = NestedTensor(buffer, sizes, strides, offsets)
     if context.materialize:
         nested.unbind()
-    return nested
+        return nested
+    return _checked(context, nested)
 
 
 class MetaTensor(SpecialTensor):
@@ -644,6 +661,9 @@ class _ListingContext:
     def tensor(self, spec: TensorSpec) -> TensorSpec:
         return spec
 
+    def check_parts(self, value: SpecialTensor) -> None:
+        """Nothing yet: :func:`rebuild_from_type_v2` checks what the inner rebuild returns."""
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
 
@@ -690,7 +710,7 @@ def rebuild_from_type_v2(context: Any, func: Any, cls: Any, args: Any, state: An
     if isinstance(value, SpecialTensor):
         if attributes or (cls.module, cls.name) != _TENSOR_CLASS:
             raise UnsupportedFormatError(f"{cls.module}.{cls.name} subclasses of quantized or sparse tensors are not supported")
-        return value.materialize(context.tensor) if getattr(context, "materialize", True) else value
+        return value.materialize(context.tensor) if getattr(context, "materialize", True) else _checked(context, value)
     if type(value) is not TensorSpec:
         raise CorruptFileError(f"_rebuild_from_type_v2 rebuilt a {type(value).__name__}, not a tensor")
     if (cls.module, cls.name) == _PARAMETER_CLASS:

@@ -195,11 +195,7 @@ class TorchScriptArchive(TorchZip):
         self.code_calls = {names[full]: paths for full, paths in judgement.calls().items()}
         # judged with the pickles' globals (the loader adds these to its inventory when it opens the archive)
         self.inventory_extra = judgement.uses
-        self.extra = {
-            name[len(self.archive.prefix) + len("/extra/") :]: self.archive.read(entry)
-            for name, entry in self.archive.entries.items()
-            if name.startswith(self.archive.full_name("extra/"))
-        }
+        self.extra = {name[len("extra/") :]: self.archive.read(entry) for name, entry in self.archive.records_under("extra/")}
 
     def _read_code(self) -> dict[str, tuple[str, str]]:
         """Every record torch could compile as code (see :func:`~ptfile.scriptcode.is_code_record`).
@@ -294,6 +290,6 @@ class TorchScriptArchive(TorchZip):
 def open_zip(source: Source) -> TorchZip:
     """The reader of a zip checkpoint: a TorchScript archive when it holds ``constants.pkl``."""
     archive = ZipArchive(source)
-    if archive.has("constants.pkl"):
+    if archive.lists("constants.pkl"):  # torch.load's own test, exact: see ZipArchive.lists
         return TorchScriptArchive(source, archive=archive)
     return TorchZip(source, archive=archive)

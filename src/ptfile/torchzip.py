@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorruptFileError, UnsupportedFormatError
+from .errors import CorruptFileError, PtfileError, UnsupportedFormatError
 from .source import Source
 from .tensors import StorageRef, StorageType
 from .values import brief
@@ -78,7 +78,7 @@ class TorchZip:
         self.name = source.name
         self.archive = archive = archive if archive is not None else ZipArchive(source)
         self._storages: dict[str, StorageRef] = {}
-        if archive.has("constants.pkl") and not self.torchscript:
+        if archive.lists("constants.pkl") and not self.torchscript:
             # torch.load hands such files to torch.jit.load; they need the TorchScript reader.
             raise UnsupportedFormatError(f"{self.name}: a TorchScript archive; open it with ptfile.torchscript")
         self.pickle_entry = archive.get("data.pkl")
@@ -86,6 +86,7 @@ class TorchZip:
             raise CorruptFileError(f"{self.name}: zip archive has no {archive.prefix}/data.pkl record")
         self.version = self._read_version()
         self.byteorder = self._read_byteorder()
+        self._read_other_layout_records()
 
     def _read_version(self) -> int | None:
         entry = self.archive.get(".data/version") or self.archive.get("version")
@@ -104,6 +105,35 @@ class TorchZip:
         if value not in (b"little", b"big"):
             raise CorruptFileError(f"{self.name}: byteorder record holds {value[:20]!r}")
         return value.decode()
+
+    def _read_other_layout_records(self) -> None:
+        """Read the layout records torch reads on every load, so that one it cannot read fails here too.
+
+        torch's reader reads ``.data/serialization_id`` when it opens the archive, and
+        ``torch.load`` reads ``.format_version`` and parses ``.storage_alignment`` with ``int()``;
+        ptfile needs none of their values.
+        """
+        for name in (".data/serialization_id", ".format_version"):
+            entry = self.archive.get(name)
+            if entry is not None:
+                self.archive.check_readable(entry)
+        entry = self.archive.get(".storage_alignment")
+        if entry is not None:
+            text = self.archive.read(entry)
+            try:
+                int(text)  # what torch.load does with it; a ValueError there fails the load
+            except ValueError:
+                raise CorruptFileError(f"{self.name}: .storage_alignment record holds {text[:20]!r}, not an integer") from None
+
+    def check_records(self) -> None:
+        """Every record must be readable, also those torch never reads.
+
+        Another consumer (``zipfile`` plus ``pickle``) may read any of them, and a record
+        ptfile cannot read (a compression method miniz lacks, bytes past the archive) is one
+        whose content no verdict can vouch for; ``load`` and ``scan`` both call this.
+        """
+        for entry in self.archive.entries.values():
+            self.archive.check_readable(entry)
 
     #: Folders whose records are raw storage bytes, never pickles.
     storage_folders = ("data/",)
@@ -131,8 +161,11 @@ class TorchZip:
         for name, entry in self.archive.entries.items():
             if name in known or name.startswith(storage_dirs) or entry.size == 0:
                 continue
-            data = self.archive.read(entry)
-            if name.endswith(".pkl") or data[:1] == b"\x80":
+            try:
+                data = self.archive.read(entry)
+            except PtfileError:
+                continue  # check_records() refuses the archive for it; the other records are still judged
+            if name.lower().endswith(".pkl") or data[:1] == b"\x80":
                 found.append((name, data))
         return found
 

@@ -25,6 +25,24 @@ And for safety it MUST:
   compressed record's memory), encrypted records,
   compression methods other than stored and deflate, and a local header whose
   signature is wrong;
+* refuse every archive that torch's reader (miniz) and Python's ``zipfile`` (what
+  a hand-written extraction script, ``numpy.load`` and DCP's tools use) could read
+  differently, so that what ptfile judges is what each of them reads:
+
+  - names that miniz cannot tell apart: miniz looks names up ignoring ASCII case,
+    so ``archive/DATA.PKL`` beside ``archive/data.pkl`` is refused, and a lone
+    ``archive/DATA.PKL`` is found by :meth:`ZipArchive.get` as torch finds it;
+  - names ``zipfile`` rewrites: it cuts a name at its first NUL and, on Windows,
+    turns ``\\`` into ``/``; an empty name is refused as well;
+  - an end record the two readers find in different places (miniz takes the last
+    signature with room for the record, whatever its comment length says;
+    ``zipfile`` tries the last 22 bytes first, then the last signature);
+  - a central directory they place differently: miniz follows the ZIP64 locator's
+    pointer, and only when the end record is at byte 76 or later; ``zipfile``
+    reads the ZIP64 end record just before the locator, and shifts every offset
+    by the bytes it believes were prepended to the archive;
+  - a central directory with bytes after its last record (``zipfile`` reads
+    records until the directory's end, miniz reads the count the end record gives);
 * remember anomalies (local name differing from the central name, flag bits over
   plain data, CRC mismatches when verified) for the scanner to report.
 """
@@ -39,7 +57,7 @@ from dataclasses import dataclass
 from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from .source import Source
 
-__all__ = ["ZipEntry", "ZipArchive", "LOCAL_MAGIC", "is_zip"]
+__all__ = ["zipfile_directory", "ZipEntry", "ZipArchive", "LOCAL_MAGIC", "is_zip"]
 
 LOCAL_MAGIC = b"PK\x03\x04"
 CENTRAL_MAGIC = b"PK\x01\x02"
@@ -52,10 +70,16 @@ ZIP64_LOCATOR_SIZE = 20
 ZIP64_END_SIZE = 56
 CENTRAL_SIZE = 46
 LOCAL_SIZE = 30
-#: The end record may be followed by a comment of at most 65535 bytes.
-MAX_END_SEARCH = END_SIZE + 0xFFFF
 #: First look: the end record, its ZIP64 locator and a short comment.
 FIRST_END_SEARCH = 1024
+#: torch's reader (miniz) scans back from the end for the end record in blocks of this many bytes,
+MINIZ_SEARCH_BLOCK = 4096
+#: stepping back this much (blocks overlap by 3 bytes); a step below byte 0 fails its read,
+MINIZ_SEARCH_STEP = MINIZ_SEARCH_BLOCK - 3
+#: and gives up after the block that reaches this far back from the end.
+MINIZ_SEARCH_REACH = 0xFFFF + END_SIZE
+#: Python's zipfile looks for the end record's signature in this many bytes at the end.
+ZIPFILE_END_SEARCH = (1 << 16) + END_SIZE
 #: Deflated records are inflated into memory.  Torch never compresses, so a large
 #: compressed record comes from some other tool or an attacker; this bounds the memory.
 MAX_INFLATED_RECORD = 1 << 30
@@ -68,6 +92,13 @@ DEFLATED = 8
 FLAG_ENCRYPTED = 0x1
 FLAG_UTF8 = 0x800
 _SUSPICIOUS_FLAGS = 0x1 | 0x20 | 0x40  # encryption-related bits
+
+#: Bytes Python's zipfile rewrites in names (``ZipInfo._sanitize_filename``), so that it reads
+#: such a record by another name than torch does.
+_REWRITTEN_BY_ZIPFILE = {
+    b"\0": "a NUL byte (Python's zipfile cuts names there)",
+    b"\\": "a backslash (Python's zipfile on Windows reads it as '/')",
+}
 
 _end = struct.Struct("<4sHHHHIIH")
 _zip64_locator = struct.Struct("<4sIQI")
@@ -100,6 +131,10 @@ class ZipEntry:
 class ZipArchive:
     """The records of a zip file, by name.
 
+    Names are looked up as torch looks them up: under the archive folder that the raw bytes
+    of the first record name, ignoring ASCII case (miniz's ``mz_zip_reader_locate_file``
+    without flags compares names that way).
+
     Args:
         source: the bytes of the file.
         folder: torch's layout, every record under one archive folder (an ``.npz`` has none).
@@ -111,52 +146,128 @@ class ZipArchive:
         self.anomalies: list[str] = []
         self.entries: dict[str, ZipEntry] = {}
         self.order: list[str] = []
+        self._by_key: dict[bytes, ZipEntry] = {}  # miniz's view: the raw name, ASCII case folded
+        self._key_prefix = b""
         self._read_directory()
         first = self.order[0] if self.order else ""
         if folder and "/" not in first:
             raise CorruptFileError(f"{self.name}: first zip record {first!r} is not inside an archive folder")
         self.prefix = first.split("/", 1)[0] if folder else ""
 
-    # -- directory ---------------------------------------------------------------
+    # -- end record --------------------------------------------------------------
 
     def _find_end(self) -> tuple[int, tuple]:
+        """The end record torch's reader takes, refused unless Python's zipfile takes the same one."""
         size = self.source.size
         if size < END_SIZE:
             raise CorruptFileError(f"{self.name}: {size} bytes is too short for a zip archive")
-        # Torch writes no comment, so the record is at the very end: look at a small tail first
-        # (a remote source pays for every byte) and at the whole comment window only if needed.
-        for window in (FIRST_END_SEARCH, MAX_END_SEARCH):
-            start = max(0, size - window)
+        # Torch writes no comment, so the record is the last 22 bytes, where both readers settle at
+        # once: a small tail is enough (a remote source pays for every byte); else both windows.
+        start = max(0, size - FIRST_END_SEARCH)
+        tail = self.source.read(start, size - start, "zip end record")
+        if not _is_bare_end(tail):
+            start = min(_miniz_search_start(size), max(0, size - ZIPFILE_END_SEARCH))
             tail = self.source.read(start, size - start, "zip end record")
-            pos = tail.rfind(END_MAGIC)
-            while pos >= 0:
-                if pos + END_SIZE <= len(tail):
-                    fields = _end.unpack_from(tail, pos)
-                    if pos + END_SIZE + fields[7] <= len(tail):
-                        return start + pos, fields
-                pos = tail.rfind(END_MAGIC, 0, pos)
-            if start == 0:
-                break
-        raise CorruptFileError(f"{self.name}: no zip end record; the file is truncated or not a zip archive")
+        torch_end = _miniz_end(tail, start, size)
+        if torch_end is None:
+            raise CorruptFileError(f"{self.name}: no zip end record; the file is truncated or not a zip archive")
+        zipfile_end = _zipfile_end(tail, start, size)
+        if zipfile_end != torch_end:
+            other = "none" if zipfile_end is None else f"the one at byte {zipfile_end}"
+            raise CorruptFileError(
+                f"{self.name}: torch's zip reader takes the end record at byte {torch_end}, Python's zipfile "
+                f"{other}; readers that disagree on it can read different records"
+            )
+        return torch_end, _end.unpack_from(tail, torch_end - start)
+
+    def _locator(self, end_offset: int) -> tuple | None:
+        """The ZIP64 locator just before the end record, when its signature is there."""
+        at = end_offset - ZIP64_LOCATOR_SIZE
+        if at < 0 or self.source.read(at, 4, "zip64 locator") != ZIP64_LOCATOR_MAGIC:
+            return None
+        return _zip64_locator.unpack(self.source.read(at, ZIP64_LOCATOR_SIZE, "zip64 locator"))
+
+    def _torch_directory(self, end_offset: int, end: tuple) -> tuple[int, int, int]:
+        """``(records, size, offset)`` of the central directory as miniz takes them.
+
+        miniz looks for a ZIP64 locator only when the end record is at byte 76 or later (room
+        for the locator and a ZIP64 end record), reads the ZIP64 end record where the locator
+        points, and keeps the end record's own fields when no ZIP64 signature is there.
+        """
+        _, disk, cd_disk, disk_count, count, cd_size, cd_offset, _ = end
+        zip64 = False
+        locator = self._locator(end_offset) if end_offset >= ZIP64_LOCATOR_SIZE + ZIP64_END_SIZE else None
+        if locator is not None:
+            _, _, z64_offset, disks = locator
+            if z64_offset > self.source.size - ZIP64_END_SIZE:
+                raise CorruptFileError(
+                    f"{self.name}: zip64 locator points at byte {z64_offset}, where no zip64 end record fits"
+                )
+            record = _zip64_end.unpack(self.source.read(z64_offset, ZIP64_END_SIZE, "zip64 end record"))
+            if record[0] == ZIP64_END_MAGIC:
+                if disks != 1 or record[1] < ZIP64_END_SIZE - 12:
+                    raise CorruptFileError(f"{self.name}: zip64 end record at byte {z64_offset} is malformed "
+                                           f"({disks} disks, {record[1]} bytes declared)")
+                _, _, _, _, disk, cd_disk, disk_count, count, cd_size, cd_offset = record
+                zip64 = True
+        if disk or cd_disk or disk_count != count:
+            raise CorruptFileError(f"{self.name}: zip archive spans several disks")
+        if not zip64 and (0xFFFFFFFF in (cd_size, cd_offset) or count == 0xFFFF):
+            raise CorruptFileError(f"{self.name}: zip end record needs a zip64 record that is missing")
+        return count, cd_size, cd_offset
+
+    def _check_zipfile_agrees(self, end_offset: int, end: tuple, cd_size: int, cd_offset: int) -> None:
+        """Refuse a central directory Python's zipfile places elsewhere than torch's reader.
+
+        ``zipfile._EndRecData64`` reads the ZIP64 end record right before the locator, not where
+        the locator points; ``_RealGetContents`` then shifts the directory and every record by
+        ``concat``, the bytes it takes to be prepended to the archive (the end records' position
+        less the directory's size and offset).  miniz shifts nothing.
+        """
+        z_size, z_offset, z64_bytes = end[5], end[6], 0
+        locator = self._locator(end_offset)
+        if locator is not None:
+            _, locator_disk, _, disks = locator
+            at = end_offset - ZIP64_LOCATOR_SIZE - ZIP64_END_SIZE
+            if locator_disk != 0 or disks > 1 or at < 0:  # zipfile fails, or on a file object reads on
+                raise CorruptFileError(f"{self.name}: Python's zipfile cannot use the zip64 locator at byte "
+                                       f"{end_offset - ZIP64_LOCATOR_SIZE} (multi-disk, or no room before it)")
+            record = _zip64_end.unpack(self.source.read(at, ZIP64_END_SIZE, "zip64 end record"))
+            if record[0] == ZIP64_END_MAGIC:
+                z_size, z_offset, z64_bytes = record[8], record[9], ZIP64_END_SIZE + ZIP64_LOCATOR_SIZE
+        concat = end_offset - z64_bytes - z_size - z_offset
+        if (z_size, z_offset) != (cd_size, cd_offset):
+            raise CorruptFileError(
+                f"{self.name}: torch's zip reader takes the central directory at byte {cd_offset} ({cd_size} bytes), "
+                f"Python's zipfile at byte {z_offset + concat} ({z_size} bytes)"
+            )
+        if concat:
+            raise CorruptFileError(
+                f"{self.name}: Python's zipfile shifts every zip offset by {concat} bytes (the central directory "
+                f"does not end where the end records start); torch's reader does not"
+            )
+
+    # -- directory ---------------------------------------------------------------
 
     def _read_directory(self) -> None:
-        end_offset, (_, _, _, _, count, cd_size, cd_offset, _) = self._find_end()
-        locator_at = end_offset - ZIP64_LOCATOR_SIZE
-        if locator_at >= 0 and self.source.read(locator_at, 4, "zip64 locator") == ZIP64_LOCATOR_MAGIC:
-            _, _, z64_offset, _ = _zip64_locator.unpack(self.source.read(locator_at, ZIP64_LOCATOR_SIZE))
-            record = self.source.read(z64_offset, ZIP64_END_SIZE, "zip64 end record")
-            fields = _zip64_end.unpack(record)
-            if fields[0] != ZIP64_END_MAGIC:
-                raise CorruptFileError(f"{self.name}: zip64 locator points at byte {z64_offset}, not at a zip64 end record")
-            count, cd_size, cd_offset = fields[7], fields[8], fields[9]
-        elif 0xFFFFFFFF in (cd_size, cd_offset) or count == 0xFFFF:
-            raise CorruptFileError(f"{self.name}: zip end record needs a zip64 record that is missing")
+        end_offset, end = self._find_end()
+        count, cd_size, cd_offset = self._torch_directory(end_offset, end)
+        self.source.check(cd_offset, cd_size, "zip central directory")
+        self._check_zipfile_agrees(end_offset, end, cd_size, cd_offset)
         if count * CENTRAL_SIZE > cd_size:
             raise CorruptFileError(f"{self.name}: central directory of {cd_size} bytes cannot hold {count} records")
         directory = self.source.read(cd_offset, cd_size, "zip central directory")
         pos = 0
+        raw_names: list[bytes] = []
         for _ in range(count):
-            pos = self._read_central(directory, pos, cd_offset)
+            pos = self._read_central(directory, pos, cd_offset, raw_names)
+        if pos != cd_size:
+            # zipfile reads records up to the directory's end, miniz the count of the end record
+            raise CorruptFileError(
+                f"{self.name}: central directory of {cd_size} bytes has {cd_size - pos} bytes after its {count} "
+                "records, which Python's zipfile reads as more records and torch's reader ignores"
+            )
+        self._index_names(raw_names)
         self._assign_limits(cd_offset)
 
     def _assign_limits(self, cd_offset: int) -> None:
@@ -176,7 +287,7 @@ class ZipArchive:
                 )
             entry.limit = limit
 
-    def _read_central(self, directory: bytes, pos: int, cd_offset: int) -> int:
+    def _read_central(self, directory: bytes, pos: int, cd_offset: int, raw_names: list[bytes]) -> int:
         if pos + CENTRAL_SIZE > len(directory):
             raise CorruptFileError(f"{self.name}: central directory ends inside record at byte {cd_offset + pos}")
         (magic, _, _, flags, method, _, _, crc, csize, size, nlen, elen, clen, _, _, _, offset) = _central.unpack_from(
@@ -192,30 +303,84 @@ class ZipArchive:
         name = raw_name.decode("utf-8" if flags & FLAG_UTF8 else "cp437", "replace")
         if 0xFFFFFFFF in (csize, size, offset):
             size, csize, offset = _zip64_extra(directory[name_at + nlen : name_at + nlen + elen], size, csize, offset)
+        if not nlen:
+            raise CorruptFileError(f"{self.name}: zip record at byte {cd_offset + pos} has an empty name")
         if name in self.entries:
             raise CorruptFileError(f"{self.name}: zip record {name!r} appears twice")
         if flags & _SUSPICIOUS_FLAGS:
             self.anomalies.append(f"record {name!r} has flag bits 0x{flags:04x} set")
         self.entries[name] = ZipEntry(name, method, flags, crc, csize, size, offset, cd_offset + pos)
         self.order.append(name)
+        raw_names.append(raw_name)
         return after
+
+    def _index_names(self, raw_names: list[bytes]) -> None:
+        """Index the records by their names as torch's reader compares them; refuse names readers confuse.
+
+        All names at once, in a few passes over their bytes: a large checkpoint's directory
+        holds tens of thousands.  They are joined by NUL, which no name may hold.
+        """
+        joined = b"\0".join(raw_names)
+        keys = _fold(joined).split(b"\0") if raw_names else []
+        if len(keys) != len(raw_names) or b"\\" in joined:
+            self._refuse_rewritten(raw_names)
+        self._by_key = dict(zip(keys, self.entries.values(), strict=True))
+        if len(self._by_key) != len(keys):
+            self._refuse_case_twins(keys)
+        self._key_prefix = keys[0].split(b"/", 1)[0] if keys else b""  # torch's archive folder: the first name's
+
+    def _refuse_rewritten(self, raw_names: list[bytes]) -> None:
+        """Refuse the first name Python's zipfile rewrites: it would read that record by another name than torch."""
+        for raw_name, name in zip(raw_names, self.order, strict=True):
+            for byte, why in _REWRITTEN_BY_ZIPFILE.items():
+                if byte in raw_name:
+                    raise CorruptFileError(f"{self.name}: zip record name {name!r} holds {why}")
+
+    def _refuse_case_twins(self, keys: list[bytes]) -> None:
+        """Refuse two names torch's reader cannot tell apart: it compares them ignoring ASCII case."""
+        seen: dict[bytes, str] = {}
+        for key, name in zip(keys, self.order, strict=True):
+            twin = seen.setdefault(key, name)
+            if twin != name:
+                raise CorruptFileError(f"{self.name}: zip records {twin!r} and {name!r} differ only in case; "
+                                       "torch's reader ignores case and may take either")
 
     # -- records -----------------------------------------------------------------
 
     def full_name(self, name: str) -> str:
         return f"{self.prefix}/{name}"
 
+    def get(self, name: str) -> ZipEntry | None:
+        """The record ``name`` of the archive folder, found as torch finds it (ASCII case ignored)."""
+        return self._by_key.get(self._key_prefix + b"/" + _fold(name.encode("utf-8", "surrogateescape")))
+
     def has(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def lists(self, name: str) -> bool:
+        """True when a record of the archive folder is named exactly ``name``.
+
+        ``torch.load`` asks this, not a lookup, to tell TorchScript archives
+        (``"constants.pkl" in get_all_records()``), so there case matters.
+        """
         return self.full_name(name) in self.entries
 
-    def get(self, name: str) -> ZipEntry | None:
-        return self.entries.get(self.full_name(name))
-
     def entry(self, full_name: str) -> ZipEntry:
-        found = self.entries.get(full_name)
+        """The record named ``full_name`` (archive folder included), ASCII case ignored as by torch."""
+        found = self.entries.get(full_name) or self._by_key.get(_fold(full_name.encode("utf-8", "surrogateescape")))
         if found is None:
             raise CorruptFileError(f"{self.name}: record {full_name!r} is missing")
         return found
+
+    def records_under(self, folder: str, suffix: str = "") -> list[tuple[str, ZipEntry]]:
+        """``(name inside the archive folder, record)`` of each record under ``folder`` ending in ``suffix``.
+
+        Matched ignoring ASCII case, as torch's lookups would find them; in directory order.
+        """
+        head = self._key_prefix + b"/" + _fold(folder.encode("utf-8", "surrogateescape"))
+        tail = _fold(suffix.encode("utf-8", "surrogateescape"))
+        return [(entry.name.split("/", 1)[1], entry) for key, entry in self._by_key.items()
+                if key.startswith(head) and key.endswith(tail)]
 
     def data_offset(self, entry: ZipEntry) -> int:
         """Where the record's data starts, from its local header (checked once)."""
@@ -267,6 +432,11 @@ class ZipArchive:
         if where is not None:
             return self.source.read(where[0], where[1], f"zip record {entry.name!r}")
         return self._inflate(entry)
+
+    def check_readable(self, entry: ZipEntry) -> None:
+        """Raise what :meth:`read` would raise for the record, reading only compressed data."""
+        if self.stored_range(entry) is None:
+            self._inflate(entry)
 
     def _check_method(self, entry: ZipEntry) -> None:
         if entry.flags & FLAG_ENCRYPTED:
@@ -358,6 +528,81 @@ class ZipArchive:
             self.anomalies.append(f"record {entry.name!r} has CRC 0x{entry.crc:08x} but its data gives 0x{crc:08x}")
             return False
         return True
+
+
+def _fold(raw_name: bytes) -> bytes:
+    """A raw name as miniz compares it: ASCII letters lower-cased, every other byte kept."""
+    return raw_name.lower()
+
+
+def _is_bare_end(tail: bytes) -> bool:
+    """True when the last 22 bytes are an end record without a comment, as torch writes it."""
+    return tail[-END_SIZE : -END_SIZE + len(END_MAGIC)] == END_MAGIC and tail[-2:] == b"\0\0"
+
+
+def _miniz_search_start(size: int) -> int:
+    """The lowest byte miniz's backward scan for the end record reaches in a file of ``size`` bytes.
+
+    It reads blocks from the end until one reaches :data:`MINIZ_SEARCH_REACH` bytes back or
+    byte 0; a step back from a block that starts before :data:`MINIZ_SEARCH_STEP` would read
+    below byte 0 and fails, so the scan ends there too.
+    """
+    start = max(size - MINIZ_SEARCH_BLOCK, 0)
+    while start >= MINIZ_SEARCH_STEP and size - start < MINIZ_SEARCH_REACH:
+        start -= MINIZ_SEARCH_STEP
+    return start
+
+
+def _miniz_end(tail: bytes, tail_start: int, size: int) -> int | None:
+    """Where torch's reader (miniz) finds the end record in the file's last bytes ``tail``.
+
+    The last signature with room for the 22-byte record after it; the comment length is not
+    checked, so a record whose comment runs past the end of the file still wins.
+    """
+    low = max(_miniz_search_start(size) - tail_start, 0)
+    pos = tail.rfind(END_MAGIC, low, len(tail) - END_SIZE + len(END_MAGIC))
+    return tail_start + pos if pos >= 0 else None
+
+
+def _zipfile_end(tail: bytes, tail_start: int, size: int) -> int | None:
+    """Where Python's zipfile finds the end record (``zipfile._EndRecData``), or None.
+
+    It tries the last 22 bytes as a record without a comment, then the last signature of
+    its window, and finds none when that signature has no room for a record after it.
+    """
+    if _is_bare_end(tail):
+        return size - END_SIZE
+    pos = tail.rfind(END_MAGIC, max(size - ZIPFILE_END_SEARCH - tail_start, 0))
+    if pos < 0 or pos + END_SIZE > len(tail):
+        return None
+    return tail_start + pos
+
+
+def zipfile_directory(source: Source) -> tuple[int, int] | None:
+    """``(offset, size)`` of the central directory Python's zipfile reads in the file, or None.
+
+    ``zipfile._EndRecData`` finds the end record (:func:`_zipfile_end`); a ZIP64 end record
+    is read right before the locator; the directory then starts ``size`` bytes before the
+    end records, wherever the recorded offset says (``_RealGetContents`` shifts by ``concat``).
+    Any file this finds a directory in is a zip to zipfile, whatever its first bytes are.
+    """
+    size = source.size
+    start = max(0, size - ZIPFILE_END_SEARCH)
+    tail = source.read(start, size - start, "zip end record search")
+    end = _zipfile_end(tail, start, size)
+    if end is None:
+        return None
+    cd_size = _end.unpack_from(tail, end - start)[5]
+    directory_end = end
+    z64 = end - ZIP64_LOCATOR_SIZE - ZIP64_END_SIZE
+    if z64 >= 0 and source.read(end - ZIP64_LOCATOR_SIZE, 4, "zip64 locator") == ZIP64_LOCATOR_MAGIC:
+        record = _zip64_end.unpack(source.read(z64, ZIP64_END_SIZE, "zip64 end record"))
+        if record[0] == ZIP64_END_MAGIC:
+            cd_size, directory_end = record[8], z64
+    at = directory_end - cd_size
+    if cd_size <= 0 or at < 0 or source.read(at, 4, "central directory") != CENTRAL_MAGIC:
+        return None
+    return at, cd_size
 
 
 def _zip64_extra(extra: bytes, size: int, csize: int, offset: int) -> tuple[int, int, int]:
