@@ -126,7 +126,7 @@ def test_inspect_training_values_and_tree():
 
 def test_inspect_collapse():
     result = run("inspect", STATE_DICT, "--collapse")
-    assert result.returncode == 0 and "blocks.#." in result.stdout
+    assert result.returncode == 0 and "blocks.{0..1}.conv.weight  x2" in result.stdout
 
 
 def test_inspect_escapes_control_characters(tmp_path):

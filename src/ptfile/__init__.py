@@ -158,7 +158,7 @@ def save_sharded(state_dict: Any, folder: Union[str, os.PathLike[str]], max_shar
     return _save_sharded(state_dict, folder, max_shard_size)
 
 
-def scan(src: Source, *, strict: bool = False, allow: Allow = None) -> Any:
+def scan(src: Source, *, strict: bool = False, allow: Allow = None, verify: bool = False) -> Any:
     """Look for malicious content with the loader's own parser, without loading anything.
 
     Returns a :class:`ptfile.scanner.ScanResult` whose ``verdict`` is, worst first,
@@ -170,9 +170,11 @@ def scan(src: Source, *, strict: bool = False, allow: Allow = None) -> Any:
     ``strict`` grades unknown classes and calls as dangerous.  ``allow`` accepts named
     third-party globals as :func:`load` does; their findings become notes.  ``ptfile.load``
     refuses exactly the files this does not call clean (``records=True`` also accepts
-    unknown classes and calls).
+    unknown classes and calls).  A scan reads the zip directory, the pickles and the small
+    records beside them, never a tensor byte; ``verify=True`` also streams every storage
+    record through a CRC-32 check (torch never checks one, so a mismatch is a note).
     """
     from .allowlist import as_allow
     from .scanner import scan as _scan
 
-    return _scan(src, strict=strict, allow=as_allow(allow))
+    return _scan(src, strict=strict, allow=as_allow(allow), verify=verify)

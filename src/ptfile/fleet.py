@@ -26,9 +26,9 @@ from .scanner import ScanResult, scan
 __all__ = ["scan_many", "convert_many"]
 
 
-def _scan_one(args: tuple[str, bool, tuple[str, ...]]) -> ScanResult:
-    path, strict, allow = args
-    return scan(path, strict=strict, allow=Allow(allow))
+def _scan_one(args: tuple[str, bool, tuple[str, ...], bool]) -> ScanResult:
+    path, strict, allow, verify = args
+    return scan(path, strict=strict, allow=Allow(allow), verify=verify)
 
 
 def _convert_one(args: tuple[str, str, dict]) -> list[str]:
@@ -49,13 +49,14 @@ def _fan_out(function: Any, items: list, jobs: int | None, client: Any) -> list:
 
 
 def scan_many(paths: Sequence[str], *, strict: bool = False, jobs: int | None = None, client: Any = None,
-              allow: Sequence[str] = ()) -> list[ScanResult]:
+              allow: Sequence[str] = (), verify: bool = False) -> list[ScanResult]:
     """Scan every path, with ``jobs`` local processes or on the Dask cluster of ``client``.
 
-    ``allow`` holds patterns (``module.name``, ``module.*``) as :func:`ptfile.scan` takes them.
+    ``allow`` holds patterns (``module.name``, ``module.*``) as :func:`ptfile.scan` takes them;
+    ``verify`` checks every storage record's CRC as :func:`ptfile.scan` does.
     """
     patterns = tuple(Allow(allow).patterns)  # checked here, before any worker starts; sent as plain strings
-    return _fan_out(_scan_one, [(str(p), strict, patterns) for p in paths], jobs, client)
+    return _fan_out(_scan_one, [(str(p), strict, patterns, verify) for p in paths], jobs, client)
 
 
 def convert_many(pairs: Sequence[tuple[str, str]], *, jobs: int | None = None, client: Any = None,

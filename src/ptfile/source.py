@@ -17,6 +17,7 @@ an open file read with positioned reads.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import io
 import mmap
 import os
@@ -52,12 +53,18 @@ class Source:
         """The bytes as a uint8 array: a read-only view, or an owned writable copy."""
         raise NotImplementedError
 
+    def release(self, offset: int, length: int) -> None:
+        """A hint that bytes streamed through once are not needed again (nothing is invalidated)."""
+
     def close(self) -> None:
         pass
 
 
 class MappedSource(Source):
     """A memory map of a file, or any bytes-like object held in memory."""
+
+    #: Set on the read-only maps :func:`open_source` makes, whose pages :meth:`release` may drop.
+    read_only_map = False
 
     def __init__(self, buffer: Any, name: str, closer: Any = None) -> None:
         self._buffer = buffer
@@ -84,6 +91,20 @@ class MappedSource(Source):
         if arr.flags.writeable:  # bytearray or writable buffers: never let a view write back
             arr.flags.writeable = False
         return arr
+
+    def release(self, offset: int, length: int) -> None:
+        """Drop the mapped pages of a range streamed through (a CRC check of a 2 GB file).
+
+        The map is read-only and backed by the file, so the pages come back from the page cache
+        if touched again; without this, every page verified stays in the process's resident set.
+        """
+        if not self.read_only_map or not hasattr(mmap, "MADV_DONTNEED"):
+            return  # only a read-only map of a file gives pages back unchanged; a copy-on-write one would lose writes
+        start = offset - offset % mmap.PAGESIZE
+        end = min(offset + length, self.size)
+        if end > start:
+            with contextlib.suppress(OSError, ValueError):  # only a hint
+                self._buffer.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 class FileSource(Source):
@@ -190,6 +211,9 @@ class SliceSource(Source):
         self.check(offset, length, what)
         return self.parent.array(self.start + offset, length, what, copy=copy)
 
+    def release(self, offset: int, length: int) -> None:
+        self.parent.release(self.start + offset, length)
+
 
 class SourceFile(io.RawIOBase):
     """A read-only file object over a :class:`Source`, for the standard library's archive readers."""
@@ -295,7 +319,9 @@ def _from_file(file: Any, name: Any, *, owned: bool, mmap_file: bool) -> Source:
         if mapped is not None:
             if owned:
                 file.close()  # the map keeps its own reference to the file
-            return MappedSource(mapped, name)
+            source = MappedSource(mapped, name)
+            source.read_only_map = True
+            return source
         if isinstance(file, io.BytesIO):
             return MappedSource(file.getvalue(), name)
     return FileSource(file, name, owned)

@@ -12,7 +12,8 @@ is useless, so this reader:
 
 * takes every record from the central directory, in any order, and the archive
   prefix from the text before the first ``/`` of the first entry;
-* ignores CRCs (torch writes 0 when asked to) unless asked to verify them;
+* ignores CRCs (torch writes 0 when asked to) unless asked to verify them, and
+  then streams each record through the check in chunks, never holding it whole;
 * accepts ZIP64 sizes and offsets, data descriptors, any extra fields;
 * reads STORED records in place and DEFLATED ones into memory up to a cap.
 
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
@@ -81,6 +83,9 @@ ZIPFILE_END_SEARCH = (1 << 16) + END_SIZE
 #: Deflated records are inflated into memory.  Torch never compresses, so a large
 #: compressed record comes from some other tool or an attacker; this bounds the memory.
 MAX_INFLATED_RECORD = 1 << 30
+#: CRC verification reads a record in pieces of this size (views of a mapped file, no copies),
+#: so verifying a 2 GB storage costs one piece of memory, not 2 GB.
+CRC_CHUNK_BYTES = 1 << 22
 
 STORED = 0
 DEFLATED = 8
@@ -381,13 +386,19 @@ class ZipArchive:
         """Where the record's data starts, from its local header (checked once)."""
         if entry.data_offset >= 0:
             return entry.data_offset
-        # views, not copies: a file of 20,000 storages reads 20,000 local headers
-        header = self.source.view(entry.header_offset, LOCAL_SIZE, f"local header of {entry.name!r}")
-        magic, _, _, _, _, _, _, _, _, nlen, elen = _local.unpack(header)
+        # views, not copies: a file of 20,000 storages reads 20,000 local headers; the header and the
+        # name it should hold come in one request where the file allows (a remote source pays per request)
+        expected = LOCAL_SIZE + len(entry.name.encode("utf-8", "replace"))
+        ahead = expected if entry.header_offset + expected <= self.source.size else LOCAL_SIZE
+        header = self.source.view(entry.header_offset, ahead, f"local header of {entry.name!r}")
+        magic, _, _, _, _, _, _, _, _, nlen, elen = _local.unpack_from(header)
         if magic != LOCAL_MAGIC:
             raise CorruptFileError(f"{self.name}: record {entry.name!r} points at byte {entry.header_offset}, not at a local header")
-        local_name = str(self.source.view(entry.header_offset + LOCAL_SIZE, nlen, f"local name of {entry.name!r}"),
-                         "utf-8", "replace")
+        if LOCAL_SIZE + nlen == len(header):
+            raw_name = header[LOCAL_SIZE:]
+        else:
+            raw_name = self.source.view(entry.header_offset + LOCAL_SIZE, nlen, f"local name of {entry.name!r}")
+        local_name = str(raw_name, "utf-8", "replace")
         if local_name != entry.name:
             self.anomalies.append(f"record {entry.name!r} has local name {local_name!r}")
         start = entry.header_offset + LOCAL_SIZE + nlen + elen
@@ -400,15 +411,19 @@ class ZipArchive:
         entry.data_offset = start
         return start
 
-    def stored_range(self, entry: ZipEntry) -> tuple[int, int] | None:
-        """``(offset, size)`` of a stored record's bytes in the file, or None when it is compressed."""
+    def check_entry(self, entry: ZipEntry) -> None:
+        """Refuse what the central directory alone shows wrong with a record (no byte of it is read)."""
         self._check_method(entry)
-        if entry.method != STORED:
-            return None
-        if entry.compressed_size != entry.size:
+        if entry.method == STORED and entry.compressed_size != entry.size:
             raise CorruptFileError(
                 f"{self.name}: stored record {entry.name!r} has size {entry.size} but {entry.compressed_size} stored bytes"
             )
+
+    def stored_range(self, entry: ZipEntry) -> tuple[int, int] | None:
+        """``(offset, size)`` of a stored record's bytes in the file, or None when it is compressed."""
+        self.check_entry(entry)
+        if entry.method != STORED:
+            return None
         return self.data_offset(entry), entry.size
 
     def read(self, entry: ZipEntry) -> bytes:
@@ -429,28 +444,86 @@ class ZipArchive:
         if entry.method not in (STORED, DEFLATED):
             raise UnsupportedFormatError(f"{self.name}: record {entry.name!r} uses compression method {entry.method}")
 
-    def _inflate(self, entry: ZipEntry) -> bytes:
+    def _check_inflated_size(self, entry: ZipEntry) -> None:
         if entry.size > MAX_INFLATED_RECORD:
             raise LimitExceededError(
                 f"{self.name}: compressed record {entry.name!r} inflates to {entry.size} bytes, "
-                f"over the {MAX_INFLATED_RECORD}-byte limit for compressed records"
+                f"over the {MAX_INFLATED_RECORD}-byte limit MAX_INFLATED_RECORD for compressed records"
             )
+
+    def _wrong_inflated_size(self, entry: ZipEntry, produced: int) -> CorruptFileError:
+        found = f"more than {entry.size}" if produced > entry.size else str(produced)
+        return CorruptFileError(
+            f"{self.name}: compressed record {entry.name!r} inflates to {found} bytes, not the declared {entry.size}"
+        )
+
+    def _corrupt_deflate(self, entry: ZipEntry, exc: zlib.error) -> CorruptFileError:
+        return CorruptFileError(f"{self.name}: compressed record {entry.name!r} is corrupt: {exc}")
+
+    def _inflate(self, entry: ZipEntry) -> bytes:
+        self._check_inflated_size(entry)
         raw = self.source.read(self.data_offset(entry), entry.compressed_size, f"zip record {entry.name!r}")
         inflater = zlib.decompressobj(-15)
         try:
             data = inflater.decompress(raw, entry.size + 1)
         except zlib.error as exc:
-            raise CorruptFileError(f"{self.name}: compressed record {entry.name!r} is corrupt: {exc}") from None
+            raise self._corrupt_deflate(entry, exc) from None
         if len(data) != entry.size:
-            found = f"more than {entry.size}" if len(data) > entry.size else str(len(data))
-            raise CorruptFileError(
-                f"{self.name}: compressed record {entry.name!r} inflates to {found} bytes, not the declared {entry.size}"
-            )
+            raise self._wrong_inflated_size(entry, len(data))
         return data
 
+    def chunks(self, entry: ZipEntry) -> Iterator[bytes | memoryview]:
+        """A record's content in pieces of at most :data:`CRC_CHUNK_BYTES`, inflated if compressed.
+
+        Stored pieces are views of the source where it allows (a mapped file: no copy);
+        a compressed record is inflated piece by piece, so memory stays one piece whatever it declares.
+        """
+        where = self.stored_range(entry)
+        if where is not None:
+            offset, size = where
+            for start in range(offset, offset + size, CRC_CHUNK_BYTES):
+                length = min(CRC_CHUNK_BYTES, offset + size - start)
+                yield self.source.view(start, length, f"zip record {entry.name!r}")
+                self.source.release(start, length)  # streamed once: the pages need not stay resident
+            return
+        self._check_inflated_size(entry)
+        offset, inflater, produced = self.data_offset(entry), zlib.decompressobj(-15), 0
+        for start in range(offset, offset + entry.compressed_size, CRC_CHUNK_BYTES):
+            pending = self.source.view(start, min(CRC_CHUNK_BYTES, offset + entry.compressed_size - start),
+                                       f"zip record {entry.name!r}")
+            while pending:
+                try:
+                    piece = inflater.decompress(pending, CRC_CHUNK_BYTES)
+                except zlib.error as exc:
+                    raise self._corrupt_deflate(entry, exc) from None
+                produced += len(piece)
+                if produced > entry.size:
+                    raise self._wrong_inflated_size(entry, produced)
+                pending = inflater.unconsumed_tail
+                yield piece
+                if inflater.eof:
+                    break
+            if inflater.eof:
+                break
+        try:
+            rest = inflater.flush()  # output zlib still holds once the input is consumed (at most its window)
+        except zlib.error as exc:
+            raise self._corrupt_deflate(entry, exc) from None
+        produced += len(rest)
+        if rest:
+            yield rest
+        if produced != entry.size:
+            raise self._wrong_inflated_size(entry, produced)
+
     def verify_crc(self, entry: ZipEntry) -> bool:
-        """True when the record's CRC-32 matches its content (torch itself never checks)."""
-        crc = zlib.crc32(self.read(entry)) & 0xFFFFFFFF
+        """True when the record's CRC-32 matches its content (torch itself never checks).
+
+        The record is streamed through :meth:`chunks`, never read whole.
+        """
+        crc = 0
+        for piece in self.chunks(entry):
+            crc = zlib.crc32(piece, crc)
+        crc &= 0xFFFFFFFF
         if crc != entry.crc:
             self.anomalies.append(f"record {entry.name!r} has CRC 0x{entry.crc:08x} but its data gives 0x{crc:08x}")
             return False

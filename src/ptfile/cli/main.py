@@ -45,11 +45,6 @@ def human_bytes(count: int) -> str:
     return f"{count} B"  # pragma: no cover
 
 
-def collapse_layers(name: str) -> str:
-    """``layers.12.attn`` -> ``layers.#.attn``: one summary row per repeated block."""
-    return re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)", "#", name)
-
-
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
@@ -72,13 +67,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"schema": JSON_SCHEMA_VERSION, "command": "inspect", **report})
         return EXIT_OK
-    _render_inspect(report, tree=args.tree, collapse=args.collapse)
+    fold = False if args.all else True if args.collapse else None
+    _render_inspect(report, tree=args.tree, fold=fold)
     return EXIT_OK
 
 
-def _render_inspect(report: dict, *, tree: bool, collapse: bool) -> None:
-    from rich.table import Table
+#: A listing longer than this folds its repeated numbered blocks unless ``--all`` is given.
+FOLD_ABOVE_ROWS = 40
+#: Tables longer than this are printed as plain aligned text: rich lays out every cell of a
+#: table before printing its first line, which takes seconds for thousands of rows.
+RICH_TABLE_MAX_ROWS = 200
+_TENSOR_COLUMNS = ("name", "dtype", "shape", "strides", "bytes", "shared with")
+
+
+def _render_inspect(report: dict, *, tree: bool, fold: bool | None) -> None:
+    """The human view; ``fold``: fold numbered blocks (None: when the listing is long)."""
     from rich.text import Text
+
+    from ..inspection import fold_rows
 
     console = _console()
     console.print(Text(f"{safe(report['path'])}: {report['format']} checkpoint", style="bold"))
@@ -86,22 +92,14 @@ def _render_inspect(report: dict, *, tree: bool, collapse: bool) -> None:
     if details:
         console.print(Text("  " + ", ".join(details)))
     tensors = report["tensors"]
-    if collapse:
-        tensors = _collapsed(tensors)
-    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for column in ("name", "dtype", "shape", "strides", "bytes", "shared with"):
-        table.add_column(column, overflow="fold")
-    for row in tensors:
-        table.add_row(
-            Text(safe(row["name"])),
-            row["torch_dtype"] if "torch_dtype" in row else row["dtype"],  # quantized types by torch's name
-            str(tuple(row["shape"])),
-            "" if row.get("contiguous", True) else str(tuple(row["strides"])),
-            human_bytes(row["nbytes"]),
-            Text(safe(", ".join(row.get("shared_with", [])))),
-        )
-    if tensors:
-        console.print(table)
+    if fold or (fold is None and len(tensors) > FOLD_ABOVE_ROWS):
+        tensors = fold_rows(tensors)
+    cells = [_tensor_cells(row) for row in tensors]
+    if len(cells) > RICH_TABLE_MAX_ROWS:
+        console.file.flush()
+        _print_plain_table(_TENSOR_COLUMNS, cells)
+    elif cells:
+        _print_rich_table(console, _TENSOR_COLUMNS, cells)
     if tree:
         _render_tree(console, report["values"])
     elif report["values"]:
@@ -112,10 +110,13 @@ def _render_inspect(report: dict, *, tree: bool, collapse: bool) -> None:
             console.print(Text(f"  ... and {len(report['values']) - 50} more"))
     totals = report["totals"]
     by_dtype = ", ".join(f"{k} {human_bytes(v)}" for k, v in totals["bytes_by_dtype"].items())
+    elements = totals.get("elements", {})
+    others = "".join(f", {elements[kind]:,} {label}" for kind, label in
+                     (("buffers", "in buffers and other tensors"), ("optimizer", "in optimizer state")) if elements.get(kind))
     console.print(
         Text(
-            f"{totals['tensors']:,} tensors, {totals['parameters']:,} parameters, "
-            f"{human_bytes(totals['bytes'])} ({by_dtype or 'no data'})"
+            f"{totals['tensors']:,} tensors, {totals['parameters']:,} parameters{others}, "
+            f"{human_bytes(totals['bytes'])} stored ({by_dtype or 'no data'})"
         )
     )
     if report["unknown_classes"]:
@@ -140,20 +141,38 @@ def _render_tree(console: Any, values: list[dict]) -> None:
     console.print(root)
 
 
-def _collapsed(tensors: list[dict]) -> list[dict]:
-    rows: dict[tuple, dict] = {}
-    for row in tensors:
-        name = collapse_layers(row["name"])
-        key = (name, row["dtype"], tuple(row["shape"]))
-        if key in rows:
-            rows[key]["nbytes"] += row["nbytes"]
-            rows[key]["count"] += 1
-        else:
-            rows[key] = {**row, "name": name, "count": 1, "shared_with": []}
-    for row in rows.values():
-        if row["count"] > 1:
-            row["name"] = f"{row['name']} (x{row['count']})"
-    return list(rows.values())
+def _tensor_cells(row: dict) -> list[str]:
+    """One row of the tensor table as escaped text; a folded row's name ends in its count."""
+    count = row.get("count", 1)
+    return [
+        safe(row["name"]) + (f"  x{count}" if count > 1 else ""),
+        row["torch_dtype"] if "torch_dtype" in row else row["dtype"],  # quantized types by torch's name
+        str(tuple(row["shape"])),
+        "" if row.get("contiguous", True) else str(tuple(row["strides"])),
+        human_bytes(row["nbytes"]),
+        safe(", ".join(row.get("shared_with", []))),
+    ]
+
+
+def _print_rich_table(console: Any, columns: Sequence[str], cells: list[list[str]]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in cells:
+        table.add_row(*(Text(cell) for cell in row))
+    console.print(table)
+
+
+def _print_plain_table(columns: Sequence[str], cells: list[list[str]]) -> None:
+    """Columns padded to their widest cell, one write: linear in the rows, whatever their number."""
+    widths = [max(len(column), *(len(row[i]) for row in cells)) for i, column in enumerate(columns)]
+    lines = [" ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+             for row in [list(columns), *cells]]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
 
 
 def _verdict_style(verdict: str) -> str:
@@ -205,12 +224,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
         client = connect(args.scheduler) if args.scheduler else None
         try:
-            results = scan_many(files, strict=args.strict, jobs=args.jobs, client=client, allow=args.allow)
+            results = scan_many(files, strict=args.strict, jobs=args.jobs, client=client, allow=args.allow,
+                                verify=args.verify)
         finally:
             if client is not None:
                 client.close()
     else:
-        results = _scan_serially(files, args.strict, Allow(args.allow),
+        results = _scan_serially(files, args.strict, Allow(args.allow), args.verify,
                                  show_progress=len(files) > 1 and not args.json)
     if args.json:
         counts = {v: sum(r.verdict == v for r in results) for v in reversed(VERDICTS)}
@@ -225,14 +245,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _scan_serially(files: list[str], strict: bool, allow: Any, *, show_progress: bool) -> list:
+def _scan_serially(files: list[str], strict: bool, allow: Any, verify: bool, *, show_progress: bool) -> list:
     from ..scanner import scan
 
     progress = _Progress("scanning", show_progress)
     results = []
     try:
         for index, path in enumerate(files, 1):
-            results.append(scan(path, strict=strict, allow=allow))
+            results.append(scan(path, strict=strict, allow=allow, verify=verify))
             progress(index, len(files))
     finally:
         progress.close()
@@ -477,7 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file")
     inspect.add_argument("--json", action="store_true", help="one JSON document on stdout")
     inspect.add_argument("--tree", action="store_true", help="show non-tensor values as a tree")
-    inspect.add_argument("--collapse", action="store_true", help="collapse layer indices as layers.#.")
+    listing = inspect.add_mutually_exclusive_group()
+    listing.add_argument("--all", action="store_true",
+                         help=f"list every tensor (a listing of more than {FOLD_ABOVE_ROWS} folds numbered blocks)")
+    listing.add_argument("--collapse", action="store_true",
+                         help="fold numbered blocks (layers.{0..31}.weight  x32) even in a short listing")
     inspect.add_argument("--records", action="store_true", help="read unknown classes as inert records")
     inspect.set_defaults(func=cmd_inspect)
 
@@ -487,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--strict", action="store_true", help="treat unknown calls and classes as dangerous")
     scan.add_argument("--allow", action="append", default=[], type=_allow_pattern, metavar="PATTERN",
                       help="accept a third-party global, module.name or module.* (repeatable); never a known gadget")
+    scan.add_argument("--verify", action="store_true",
+                      help="also read every tensor record and check its CRC-32 (reads the whole file)")
     scan.add_argument("-r", "--recursive", action="store_true", help="scan folders recursively")
     scan.add_argument("--include", action="append", default=[], metavar="REGEX", help="only paths matching (repeatable)")
     scan.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="skip paths matching (repeatable)")
