@@ -7,6 +7,7 @@ is the documented shape of ``ptfile inspect --json``.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ __all__ = ["describe", "summarize"]
 
 #: Longest text kept when summarizing a non-tensor value.
 MAX_SUMMARY = 80
+#: Longest string given whole as a JSON value; longer ones are only summarized.
+MAX_JSON_STRING = 4096
 
 
 def summarize(value: Any) -> str:
@@ -35,6 +38,20 @@ def summarize(value: Any) -> str:
     else:
         text = repr(value)
     return text if len(text) <= MAX_SUMMARY else text[: MAX_SUMMARY - 3] + "..."
+
+
+def plain_value(value: Any) -> dict[str, Any]:
+    """``{"type": ..., "value": ...}`` for a value JSON holds as itself (number, string, bool, null).
+
+    Other values (and non-finite floats, which JSON cannot hold, and very long strings)
+    get only their type: the summary describes them.
+    """
+    if value is None or type(value) in (bool, int, str):  # exact types: a subclass is not plain data
+        if type(value) is not str or len(value) <= MAX_JSON_STRING:
+            return {"type": type(value).__name__, "value": value}
+    elif type(value) is float and math.isfinite(value):
+        return {"type": "float", "value": value}
+    return {"type": type(value).__name__}
 
 
 def _is_container(node: Any) -> bool:
@@ -85,7 +102,7 @@ def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
 
     with open_handle(src, records=records) as handle:
         rows = _tensor_rows(handle)
-        values = [{"name": path, "summary": summarize(value)}
+        values = [{"name": path, "summary": summarize(value), **plain_value(value)}
                   for path, value in walk(handle.tree, lambda node: not _is_container(node))
                   if not _is_tensor_like(value)]
         container = _container(handle)
