@@ -92,11 +92,11 @@ class DiffResult:
         }
 
 
-def chunks(array: np.ndarray) -> Iterable[np.ndarray]:
-    """The array's elements in C order, ``CHUNK_ELEMENTS`` at a time (views where it is contiguous)."""
+def chunks(array: np.ndarray, size: int = CHUNK_ELEMENTS) -> Iterable[np.ndarray]:
+    """The array's elements in C order, ``size`` at a time (views where it is contiguous)."""
     flat = array.reshape(-1) if array.flags.c_contiguous else np.ravel(array)
-    for start in range(0, flat.size, CHUNK_ELEMENTS):
-        yield flat[start : start + CHUNK_ELEMENTS]
+    for start in range(0, flat.size, size):
+        yield flat[start : start + size]
 
 
 def _as_numbers(chunk: np.ndarray) -> np.ndarray:
