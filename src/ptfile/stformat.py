@@ -31,7 +31,6 @@ import ml_dtypes
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
 
-from .atomic import atomic_write
 from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from .handle import Handle
 from .loader import TensorInfo
@@ -280,6 +279,8 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike
     written, so that only one is held at a time.
     ``progress(bytes written, bytes to write)`` is called after each tensor.
     """
+    from .atomic import atomic_write  # writing only: its tempfile import is not for readers
+
     for name, array in tensors.items():
         if not isinstance(array, np.ndarray):
             raise UnsupportedFormatError(f"{name!r} is a {type(array).__name__}, not a tensor")
