@@ -354,3 +354,15 @@ def test_dcp_consolidation_reports_bytes(tmp_path, suffix):
         total = sum(written.info(k).nbytes for k in written)
     assert report.written == [str(tmp_path / f"out{suffix}")]
     assert_complete(calls, total)
+
+
+def test_diff_json_gives_shapes_as_lists_of_numbers(capsys, tmp_path):
+    ptfile.save({"w": np.zeros((2, 3), np.float32), "d": np.zeros(2, np.float32)}, tmp_path / "a.pt")
+    ptfile.save({"w": np.zeros((2, 4), np.float32), "d": np.zeros(2, np.float64)}, tmp_path / "b.pt")
+    code, out, _ = run(capsys, "diff", tmp_path / "a.pt", tmp_path / "b.pt", "--json")
+    rows = {row["name"]: row for row in json.loads(out)["tensors"]}
+    assert code == 1
+    assert (rows["w"]["status"], rows["w"]["a"], rows["w"]["b"]) == ("shape", [2, 3], [2, 4])
+    assert (rows["d"]["status"], rows["d"]["a"], rows["d"]["b"]) == ("dtype", "float32", "float64")
+    code, out, _ = run(capsys, "diff", tmp_path / "a.pt", tmp_path / "b.pt")
+    assert "w: shape [2, 3] -> [2, 4]" in out

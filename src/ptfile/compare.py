@@ -66,8 +66,8 @@ def _under_key(names: Iterable[str], key: str | None) -> dict[str, str]:
 class TensorDiff:
     name: str
     status: str  # equal, close, different, dtype, shape
-    a: str = ""  # dtype/shape on each side, for dtype and shape changes
-    b: str = ""
+    a: str | list[int] = ""  # dtype (a name) or shape (a list of sizes) on each side, for dtype and shape changes
+    b: str | list[int] = ""
     max_abs: float | None = None
     max_rel: float | None = None
     mismatched: int = 0  # elements outside the tolerance
@@ -155,7 +155,7 @@ def _diff_one(left: Handle, right: Handle, key_a: str, key_b: str, name: str,
     if ia.dtype != ib.dtype:
         return TensorDiff(name, "dtype", ia.dtype, ib.dtype)
     if ia.shape != ib.shape:
-        return TensorDiff(name, "shape", str(ia.shape), str(ib.shape))
+        return TensorDiff(name, "shape", list(ia.shape), list(ib.shape))
     status, max_abs, max_rel, bad = compare_arrays(left[key_a], right[key_b], atol, rtol)
     return TensorDiff(name, status, max_abs=max_abs, max_rel=max_rel, mismatched=bad)
 
