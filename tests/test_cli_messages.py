@@ -366,3 +366,14 @@ def test_diff_json_gives_shapes_as_lists_of_numbers(capsys, tmp_path):
     assert (rows["d"]["status"], rows["d"]["a"], rows["d"]["b"]) == ("dtype", "float32", "float64")
     code, out, _ = run(capsys, "diff", tmp_path / "a.pt", tmp_path / "b.pt")
     assert "w: shape [2, 3] -> [2, 4]" in out
+
+
+def test_convert_with_a_cast_reports_the_cast_then_the_write(tmp_path):
+    tensors = {"a": np.ones(1000, np.float16), "b": np.ones(500, np.float16), "i": np.arange(10)}
+    ptfile.save(tensors, tmp_path / "h.pt")
+    calls, progress = progress_log()
+    ptfile_convert(tmp_path / "h.pt", tmp_path / "f.safetensors", dtype="float32", progress=progress)
+    cast_bytes, written = 3000, 6000 + 80
+    assert calls[:2] == [(2000, cast_bytes + 3080), (cast_bytes, cast_bytes + 3080)]  # float16 bytes read
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and calls[-1] == (cast_bytes + written, cast_bytes + written)

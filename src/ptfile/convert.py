@@ -116,12 +116,40 @@ def float_dtype(name: str) -> np.dtype:
     return target
 
 
-def cast(tensors: dict[str, np.ndarray], dtype: str | None) -> dict[str, np.ndarray]:
-    """Floating-point tensors cast to ``dtype`` (``float32``, ``bfloat16``...); others untouched."""
+def cast(tensors: dict[str, np.ndarray], dtype: str | None,
+         progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+    """Floating-point tensors cast to ``dtype`` (``float32``, ``bfloat16``...); others untouched.
+
+    ``progress(bytes read, bytes to cast)`` is called after each tensor cast.
+    """
     if not dtype:
         return tensors
     target = float_dtype(dtype)
-    return {k: (v.astype(target) if v.dtype.name in FLOAT_TYPES else v) for k, v in tensors.items()}
+    total, done = sum(v.nbytes for v in tensors.values() if v.dtype.name in FLOAT_TYPES), 0
+    result = {}
+    for key, value in tensors.items():
+        if value.dtype.name in FLOAT_TYPES:
+            value = value.astype(target)
+            done += tensors[key].nbytes
+            if progress is not None:
+                progress(done, total)
+        result[key] = value
+    return result
+
+
+class _Phases:
+    """One ``progress(done, total)`` over a cast and then a write: the write's bytes follow the cast's."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None, cast_bytes: int, write_bytes: int) -> None:
+        self.progress, self.cast_bytes, self.write_bytes = progress, cast_bytes, write_bytes
+
+    def casting(self, done: int, _: int) -> None:
+        if self.progress is not None:
+            self.progress(done, self.cast_bytes + self.write_bytes)
+
+    def writing(self, done: int, total: int) -> None:
+        if self.progress is not None:  # the writer knows the exact total once shared storages are counted
+            self.progress(self.cast_bytes + done, self.cast_bytes + total)
 
 
 def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: int | str | None = None,
@@ -210,6 +238,9 @@ def convert(src: Any, dst: str, *, dtype: str | None = None, key: str | None = N
     tensors, skipped = read_tensors(src, key=key, records=records)
     if not tensors:
         raise UnsupportedFormatError(f"{src}: no tensors to convert")
-    report = write_tensors(cast(tensors, dtype), dst, max_shard_size=max_shard_size, progress=progress)
+    cast_bytes = sum(v.nbytes for v in tensors.values() if dtype and v.dtype.name in FLOAT_TYPES)
+    phases = _Phases(progress, cast_bytes, sum(v.nbytes for v in tensors.values()))
+    report = write_tensors(cast(tensors, dtype, phases.casting), dst, max_shard_size=max_shard_size,
+                           progress=phases.writing)
     report.skipped_values = skipped
     return report

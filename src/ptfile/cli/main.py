@@ -300,7 +300,7 @@ class _Progress:
             self._bar = Progress(console=_console(stderr=True), transient=True)
             self._bar.start()
             self._task = self._bar.add_task(self._label, total=total)
-        self._bar.update(self._task, completed=done)
+        self._bar.update(self._task, completed=done, total=total)  # a later phase may know the total better
 
     def close(self) -> None:
         if self._bar is not None:
