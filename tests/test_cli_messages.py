@@ -377,3 +377,14 @@ def test_convert_with_a_cast_reports_the_cast_then_the_write(tmp_path):
     assert calls[:2] == [(2000, cast_bytes + 3080), (cast_bytes, cast_bytes + 3080)]  # float16 bytes read
     done = [d for d, _ in calls]
     assert done == sorted(done) and calls[-1] == (cast_bytes + written, cast_bytes + written)
+
+
+def test_edit_with_a_cast_reports_the_cast_then_the_write(capsys, tmp_path, recorder):
+    ptfile.save({"a": np.ones(1000, np.float16), "i": np.arange(10)}, tmp_path / "h.pt")
+    code, _, err = run(capsys, "edit", tmp_path / "h.pt", tmp_path / "f.pt", "--dtype", "float32")
+    assert code == 0, err
+    (bar,) = recorder.made
+    assert bar.calls[0] == (2000, 2000 + 2080)  # the cast: float16 bytes read, of cast and write together
+    done = [d for d, _ in bar.calls]
+    assert done == sorted(done) and bar.calls[-1][0] == bar.calls[-1][1] == 2000 + 4080
+    assert ptfile.load(tmp_path / "f.pt")["a"].dtype == np.float32

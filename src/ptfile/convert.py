@@ -137,7 +137,7 @@ def cast(tensors: dict[str, np.ndarray], dtype: str | None,
     return result
 
 
-class _Phases:
+class Phases:
     """One ``progress(done, total)`` over a cast and then a write: the write's bytes follow the cast's."""
 
     def __init__(self, progress: Callable[[int, int], None] | None, cast_bytes: int, write_bytes: int) -> None:
@@ -239,7 +239,7 @@ def convert(src: Any, dst: str, *, dtype: str | None = None, key: str | None = N
     if not tensors:
         raise UnsupportedFormatError(f"{src}: no tensors to convert")
     cast_bytes = sum(v.nbytes for v in tensors.values() if dtype and v.dtype.name in FLOAT_TYPES)
-    phases = _Phases(progress, cast_bytes, sum(v.nbytes for v in tensors.values()))
+    phases = Phases(progress, cast_bytes, sum(v.nbytes for v in tensors.values()))
     report = write_tensors(cast(tensors, dtype, phases.casting), dst, max_shard_size=max_shard_size,
                            progress=phases.writing)
     report.skipped_values = skipped

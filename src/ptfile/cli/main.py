@@ -426,6 +426,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _edit_bytes(target: Any, dtype: str | None) -> tuple[int, int]:
+    """(bytes an edit casts, bytes it writes, roughly): the two phases of its progress bar."""
+    import numpy as np
+
+    from ..convert import FLOAT_TYPES
+
+    arrays = [v for v in target.values() if isinstance(v, np.ndarray)] if isinstance(target, dict) else []
+    return sum(a.nbytes for a in arrays if dtype and a.dtype.name in FLOAT_TYPES), sum(a.nbytes for a in arrays)
+
+
 def _render_left_out(report: Any, *, verbose: bool) -> None:
     """One line per kind of thing a conversion left out; each name with --verbose."""
     console = _console(stderr=True)
@@ -444,6 +454,7 @@ def _render_left_out(report: Any, *, verbose: bool) -> None:
 def cmd_edit(args: argparse.Namespace) -> int:
     from .. import load, save
     from ..atomic import require_folder
+    from ..convert import Phases, select
     from ..edit import EditRules, apply
 
     rules = EditRules(
@@ -456,13 +467,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
     )
     if not args.dry_run:
         require_folder(args.output)  # before the long part, as convert checks it
-    edited, log = apply(load(args.input, records=args.records), rules, args.key)
-    if not args.dry_run:
-        progress = _Progress("writing", _shows_progress(args))
-        try:
-            save(edited, args.output, progress=progress)
-        finally:
-            progress.close()
+    tree = load(args.input, records=args.records)
+    progress = _Progress("writing", _shows_progress(args))
+    try:
+        phases = Phases(progress, *_edit_bytes(select(tree, args.key), args.dtype))
+        edited, log = apply(tree, rules, args.key, phases.casting)
+        if not args.dry_run:
+            save(edited, args.output, progress=phases.writing)
+    finally:
+        progress.close()
     if args.json:
         _print_json({"schema": JSON_SCHEMA_VERSION, "command": "edit", "input": args.input, "output": args.output,
                      "written": not args.dry_run, "changes": log})
