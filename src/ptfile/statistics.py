@@ -8,7 +8,7 @@ reduced from cache, which is why the pass is faster than numpy's own min, max, m
 std over a float32 copy.  Sums are accumulated in float64 and chunks merged with Chan's
 formula, so the mean and standard deviation are as exact as float64 allows.
 (The float64 deviations cost one extra pass over cached data: still within the time of numpy's
-float32 reductions, see ``benchmarks/tools_speed.py``.)
+float32 reductions, see ``benchmarks/command_speed.py``.)
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Timings of the command-line tools against their floors, each in fresh Python processes.
+"""Timings of ptfile commands against their floors, each in fresh Python processes.
 
 Usage::
 
-    python benchmarks/tools_speed.py stats  [--dir DIR] [--gb 2.0]   # stats vs numpy float32 reductions
-    python benchmarks/tools_speed.py import [--runs 40]              # import ptfile + first load vs import numpy
+    python benchmarks/command_speed.py stats  [--dir DIR] [--gb 2.0]   # stats vs numpy float32 reductions
+    python benchmarks/command_speed.py import [--runs 40]              # import ptfile + first load vs import numpy
 
 ``stats`` writes a bfloat16 checkpoint of about ``--gb`` GB (tensors of 20,000,000 elements)
 in ``DIR`` (the system's temporary folder by default), reads it once so the page cache is
@@ -68,7 +68,7 @@ def write_bf16(path: str, gigabytes: float) -> None:
 
 
 def bench_stats(folder: str, gigabytes: float, repeats: int) -> None:
-    path = os.path.join(folder, "tools_speed_bf16.pt")
+    path = os.path.join(folder, "command_speed_bf16.pt")
     try:
         write_bf16(path, gigabytes)
         with open(path, "rb") as warm:
