@@ -12,7 +12,7 @@ allowlist of ptfile's own constructors, serves every reader.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO, Any, Union
 
 from .errors import (
@@ -60,6 +60,8 @@ __all__ = [
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
 #: Third-party globals a caller accepts: patterns ``module.name`` or ``module.*``.
 Allow = Union[Iterable[str], None]
+#: A callback ``progress(done, total)`` that long writes call as they go (counts in bytes).
+Progress = Union[Callable[[int, int], None], None]
 Checkpoint = Handle
 
 
@@ -123,7 +125,7 @@ def open(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
     return open_handle(src, mmap=mmap, records=records, allow=allow)
 
 
-def save(obj: Any, dst: Union[str, os.PathLike[str], IO[bytes]]) -> None:
+def save(obj: Any, dst: Union[str, os.PathLike[str], IO[bytes]], *, progress: Progress = None) -> None:
     """Write ``obj`` as a checkpoint that ``torch.load`` reads (``weights_only=True`` and ``mmap=True``).
 
     numpy arrays become tensors (:class:`Parameter` arrays become ``nn.Parameter``);
@@ -134,6 +136,7 @@ def save(obj: Any, dst: Union[str, os.PathLike[str], IO[bytes]]) -> None:
 
     A path is written through a temporary file in the same folder and replaced only
     when complete; a file object is written from its current position.
+    ``progress(bytes written, bytes to write)``, if given, is called as tensor data is written.
 
     Raises:
         PtfileError: naming the path in the tree (``model.layers.0.weight``) of a value
@@ -141,21 +144,23 @@ def save(obj: Any, dst: Union[str, os.PathLike[str], IO[bytes]]) -> None:
     """
     from .writer import save as _save
 
-    _save(obj, dst)
+    _save(obj, dst, progress=progress)
 
 
-def save_sharded(state_dict: Any, folder: Union[str, os.PathLike[str]], max_shard_size: Union[int, str] = "5GB") -> list:
+def save_sharded(state_dict: Any, folder: Union[str, os.PathLike[str]], max_shard_size: Union[int, str] = "5GB", *,
+                 progress: Progress = None) -> list:
     """Write a ``name -> array`` state dict as Hugging Face ``pytorch_model-0000k-of-0000N.bin`` shards.
 
     Shards are filled greedily in key order up to ``max_shard_size`` (bytes, or a string
     such as ``"5GB"``, ``"500MB"`` in decimal units, or ``"2GiB"``); tensors sharing a
     storage stay in one shard; a tensor larger than the limit gets a shard of its own.
     Several shards come with ``pytorch_model.bin.index.json``; a single one is written as
-    ``pytorch_model.bin``.  Returns the names of the files written.
+    ``pytorch_model.bin``.  Returns the names of the files written.  ``progress(bytes
+    written, bytes to write)``, if given, is called as tensor data is written, over all shards.
     """
     from .writer import save_sharded as _save_sharded
 
-    return _save_sharded(state_dict, folder, max_shard_size)
+    return _save_sharded(state_dict, folder, max_shard_size, progress=progress)
 
 
 def scan(src: Source, *, strict: bool = False, allow: Allow = None, verify: bool = False) -> Any:

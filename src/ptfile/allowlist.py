@@ -390,7 +390,7 @@ class Finding:
         return list(seen)[:MAX_ARGUMENT_SAMPLES]
 
     def describe(self) -> str:
-        where = ", ".join(f"{u.use} at {u.where()}" for u in self.uses[:4])
+        where = ", ".join(u.action() for u in self.uses[:4])
         more = f" and {len(self.uses) - 4} more" if len(self.uses) > 4 else ""
         detail = f"; {self.reason}" if self.reason else ""
         if self.severity == UNKNOWN_CALL:

@@ -18,18 +18,28 @@ from typing import BinaryIO
 
 from .errors import CheckpointNotFoundError, PtfileError
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "require_folder"]
+
+
+def require_folder(path: str | os.PathLike[str]) -> str:
+    """The folder ``path`` would be written in; refused when it does not exist, as ``cp`` refuses.
+
+    Checked before long work starts, so a typo in an output path fails at once and
+    never creates folders nobody asked for.
+    """
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise CheckpointNotFoundError(f"{os.fspath(path)}: the folder {folder} does not exist")
+    return folder
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` when the block ends without an error."""
     target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
+    folder = require_folder(target)
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
-    except FileNotFoundError:
-        raise CheckpointNotFoundError(f"{target}: the folder {folder} does not exist") from None
     except OSError as exc:
         raise PtfileError(f"{target}: cannot write in {folder}: {exc.strerror}") from None
     try:

@@ -41,10 +41,10 @@ def strip_prefixes(name: str, prefixes: Iterable[str]) -> str:
     return name
 
 
-def _keyed(checkpoint: Handle, prefixes: Iterable[str]) -> dict[str, str]:
+def _keyed(names: Iterable[str] | Handle, prefixes: Iterable[str]) -> dict[str, str]:
     """Stripped name -> original name; a clash after stripping is an error, not a silent pick."""
     result: dict[str, str] = {}
-    for key in checkpoint:
+    for key in names:
         short = strip_prefixes(key, prefixes)
         if short in result:
             raise CorruptFileError(f"{key!r} and {result[short]!r} are the same name once prefixes are stripped")
@@ -52,12 +52,22 @@ def _keyed(checkpoint: Handle, prefixes: Iterable[str]) -> dict[str, str]:
     return result
 
 
+def _under_key(names: Iterable[str], key: str | None) -> dict[str, str]:
+    """Name inside the nested dict ``key`` -> full name (``x`` -> ``state_dict.x``); all names without a key."""
+    if not key:
+        return {name: name for name in names}
+    found = {name[len(key) + 1:]: name for name in names if name.startswith(key + ".")}
+    if not found:
+        raise KeyError(f"no tensors under {key!r}")
+    return found
+
+
 @dataclass
 class TensorDiff:
     name: str
     status: str  # equal, close, different, dtype, shape
-    a: str = ""  # dtype/shape on each side, for dtype and shape changes
-    b: str = ""
+    a: str | list[int] = ""  # dtype (a name) or shape (a list of sizes) on each side, for dtype and shape changes
+    b: str | list[int] = ""
     max_abs: float | None = None
     max_rel: float | None = None
     mismatched: int = 0  # elements outside the tolerance
@@ -82,11 +92,11 @@ class DiffResult:
         }
 
 
-def chunks(array: np.ndarray) -> Iterable[np.ndarray]:
-    """The array's elements in C order, ``CHUNK_ELEMENTS`` at a time (views where it is contiguous)."""
+def chunks(array: np.ndarray, size: int = CHUNK_ELEMENTS) -> Iterable[np.ndarray]:
+    """The array's elements in C order, ``size`` at a time (views where it is contiguous)."""
     flat = array.reshape(-1) if array.flags.c_contiguous else np.ravel(array)
-    for start in range(0, flat.size, CHUNK_ELEMENTS):
-        yield flat[start : start + CHUNK_ELEMENTS]
+    for start in range(0, flat.size, size):
+        yield flat[start : start + size]
 
 
 def _as_numbers(chunk: np.ndarray) -> np.ndarray:
@@ -145,7 +155,7 @@ def _diff_one(left: Handle, right: Handle, key_a: str, key_b: str, name: str,
     if ia.dtype != ib.dtype:
         return TensorDiff(name, "dtype", ia.dtype, ib.dtype)
     if ia.shape != ib.shape:
-        return TensorDiff(name, "shape", str(ia.shape), str(ib.shape))
+        return TensorDiff(name, "shape", list(ia.shape), list(ib.shape))
     status, max_abs, max_rel, bad = compare_arrays(left[key_a], right[key_b], atol, rtol)
     return TensorDiff(name, status, max_abs=max_abs, max_rel=max_rel, mismatched=bad)
 
@@ -172,7 +182,8 @@ class MatchResult:
 def expected_from(ref: Any, *, records: bool = False) -> dict[str, tuple[tuple[int, ...], str | None]]:
     """Names, shapes and dtypes a model expects: from a checkpoint, or a JSON file.
 
-    The JSON is ``{"name": [shape...]}`` or ``{"name": {"shape": [...], "dtype": "float32"}}``.
+    The JSON is ``{"name": [shape...]}``, ``{"name": {"shape": [...], "dtype": "float32"}}``
+    or the document ``ptfile inspect --json`` prints.
     """
     if isinstance(ref, (str, os.PathLike)) and os.fspath(ref).endswith(".json") and \
             not os.fspath(ref).endswith(INDEX_SUFFIX):
@@ -189,6 +200,8 @@ def expected_from(ref: Any, *, records: bool = False) -> dict[str, tuple[tuple[i
 def _expected_from_json(data: Any, name: str) -> dict[str, tuple[tuple[int, ...], str | None]]:
     if not isinstance(data, dict):
         raise CorruptFileError(f"{name}: expected a JSON object of tensor names")
+    if data.get("command") == "inspect":
+        data = _inspect_rows(data, name)
     expected = {}
     for key, value in data.items():
         if isinstance(value, dict):
@@ -201,11 +214,28 @@ def _expected_from_json(data: Any, name: str) -> dict[str, tuple[tuple[int, ...]
     return expected
 
 
-def match(file: Any, ref: Any, *, records: bool = False) -> MatchResult:
-    """What ``model.load_state_dict(file, strict=True)`` would report, with prefix hints."""
+def _inspect_rows(document: dict, name: str) -> dict[str, Any]:
+    """``name -> {"shape", "dtype"}`` from the tensors of a ``ptfile inspect --json`` document."""
+    rows = document.get("tensors")
+    if not isinstance(rows, list) or not all(isinstance(row, dict) and isinstance(row.get("name"), str)
+                                             for row in rows):
+        raise CorruptFileError(f"{name}: an inspect document without a list of named tensors")
+    return {row["name"]: {"shape": row.get("shape"), "dtype": row.get("dtype")} for row in rows}
+
+
+def match(file: Any, ref: Any, *, records: bool = False, strip: Iterable[str] = (),
+          key: str | None = None) -> MatchResult:
+    """What ``model.load_state_dict(file, strict=True)`` would report, with prefix hints.
+
+    ``key`` picks the nested state dict of ``file`` to compare (``state_dict``, ``model``);
+    ``strip`` removes prefixes from ``file``'s names first (``module.``), as ``diff`` does.
+    """
     expected = expected_from(ref, records=records)
     with open_handle(file, records=records) as checkpoint:
-        actual = {k: (checkpoint.info(k).shape, checkpoint.info(k).dtype) for k in checkpoint}
+        inside = _under_key(checkpoint, key)
+        names = _keyed(inside, tuple(strip))
+        infos = {short: checkpoint.info(inside[name]) for short, name in names.items()}
+    actual = {k: (info.shape, info.dtype) for k, info in infos.items()}
     result = MatchResult(
         missing=[k for k in expected if k not in actual],
         unexpected=[k for k in actual if k not in expected],

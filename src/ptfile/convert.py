@@ -17,14 +17,14 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
-from .atomic import atomic_write
+from .atomic import atomic_write, require_folder
 from .errors import UnsupportedFormatError
 from .npformat import write_npz
 from .sharded import INDEX_SUFFIX
@@ -105,25 +105,62 @@ def _subset(tensors: dict[str, np.ndarray], key: str | None) -> dict[str, np.nda
     return found
 
 
-def cast(tensors: dict[str, np.ndarray], dtype: str | None) -> dict[str, np.ndarray]:
-    """Floating-point tensors cast to ``dtype`` (``float32``, ``bfloat16``...); others untouched."""
-    if not dtype:
-        return tensors
+def float_dtype(name: str) -> np.dtype:
+    """The floating-point type ``name`` means (``float32``, ``bfloat16``, ``float8_e4m3fn``...)."""
     try:
-        target = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
+        target = np.dtype(getattr(ml_dtypes, name, None) or name)
     except TypeError:
         target = None
     if target is None or target.name not in FLOAT_TYPES:
-        raise UnsupportedFormatError(f"--dtype must be one of {', '.join(sorted(FLOAT_TYPES))}; got {dtype!r}")
-    return {k: (v.astype(target) if v.dtype.name in FLOAT_TYPES else v) for k, v in tensors.items()}
+        raise UnsupportedFormatError(f"dtype must be one of {', '.join(sorted(FLOAT_TYPES))}; got {name!r}")
+    return target
+
+
+def cast(tensors: dict[str, np.ndarray], dtype: str | None,
+         progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+    """Floating-point tensors cast to ``dtype`` (``float32``, ``bfloat16``...); others untouched.
+
+    ``progress(bytes read, bytes to cast)`` is called after each tensor cast.
+    """
+    if not dtype:
+        return tensors
+    target = float_dtype(dtype)
+    total, done = sum(v.nbytes for v in tensors.values() if v.dtype.name in FLOAT_TYPES), 0
+    result = {}
+    for key, value in tensors.items():
+        if value.dtype.name in FLOAT_TYPES:
+            value = value.astype(target)
+            done += tensors[key].nbytes
+            if progress is not None:
+                progress(done, total)
+        result[key] = value
+    return result
+
+
+class Phases:
+    """One ``progress(done, total)`` over a cast and then a write: the write's bytes follow the cast's."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None, cast_bytes: int, write_bytes: int) -> None:
+        self.progress, self.cast_bytes, self.write_bytes = progress, cast_bytes, write_bytes
+
+    def casting(self, done: int, _: int) -> None:
+        if self.progress is not None:
+            self.progress(done, self.cast_bytes + self.write_bytes)
+
+    def writing(self, done: int, total: int) -> None:
+        if self.progress is not None:  # the writer knows the exact total once shared storages are counted
+            self.progress(self.cast_bytes + done, self.cast_bytes + total)
 
 
 def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: int | str | None = None,
-                  metadata: dict[str, str] | None = None) -> ConvertReport:
-    """Write tensors to ``dst`` in the format its extension names."""
+                  metadata: dict[str, str] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> ConvertReport:
+    """Write tensors to ``dst`` in the format its extension names, into a folder that exists.
+
+    ``progress(bytes written, bytes to write)`` is called as tensor data is written (not for ``.npz``).
+    """
     report = ConvertReport(tensors=len(tensors))
-    if os.path.dirname(dst):
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
+    require_folder(dst)
     if dst.endswith(".safetensors"):
         kept, report.dropped_aliases = remove_shared(tensors)
         meta = {"format": "pt", **report.dropped_aliases, **(metadata or {})}
@@ -132,10 +169,10 @@ def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: i
             meta[ALIASES_KEY] = json.dumps(views, separators=(",", ":"))
         tensors = kept
         if max_shard_size is None:
-            write_safetensors(tensors, dst, meta)
+            write_safetensors(tensors, dst, meta, progress=progress)
             report.written.append(dst)
         else:
-            report.written.extend(_write_sharded_safetensors(tensors, dst, parse_size(max_shard_size), meta))
+            report.written.extend(_write_sharded_safetensors(tensors, dst, parse_size(max_shard_size), meta, progress))
     elif dst.endswith(".npz"):
         write_npz(tensors, dst)
         report.written.append(dst)
@@ -143,11 +180,11 @@ def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: i
         from . import save, save_sharded
 
         if max_shard_size is None:
-            save(OrderedDict(tensors), dst)
+            save(OrderedDict(tensors), dst, progress=progress)
             report.written.append(dst)
         else:
             folder = os.path.dirname(dst) or "."
-            names = save_sharded(OrderedDict(tensors), folder, max_shard_size=max_shard_size)
+            names = save_sharded(OrderedDict(tensors), folder, max_shard_size=max_shard_size, progress=progress)
             report.written.extend(os.path.join(folder, name) for name in names)
     else:
         raise UnsupportedFormatError(f"{dst}: cannot tell the output format from its extension "
@@ -156,16 +193,20 @@ def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: i
 
 
 def _write_sharded_safetensors(tensors: dict[str, np.ndarray], dst: str, max_size: int,
-                               metadata: dict[str, str]) -> list[str]:
-    shards, _ = plan_shards(tensors, max_size)
+                               metadata: dict[str, str], progress: Callable[[int, int], None] | None) -> list[str]:
+    from .writer import AcrossShards
+
+    shards, total = plan_shards(tensors, max_size)
     if len(shards) == 1:
-        write_safetensors(tensors, dst, metadata)
+        write_safetensors(tensors, dst, metadata, progress=progress)
         return [dst]
     folder, stem = os.path.dirname(dst) or ".", os.path.basename(dst)[: -len(".safetensors")]
     written, weight_map = [], {}
+    across = AcrossShards(total, progress)
     for number, keys in enumerate(shards, 1):
         name = f"{stem}-{number:05d}-of-{len(shards):05d}.safetensors"
-        write_safetensors({k: tensors[k] for k in keys}, os.path.join(folder, name), metadata)
+        write_safetensors({k: tensors[k] for k in keys}, os.path.join(folder, name), metadata, progress=across)
+        across.next_shard()
         weight_map.update(dict.fromkeys(keys, name))
         written.append(os.path.join(folder, name))
     index = os.path.join(folder, stem + ".safetensors" + INDEX_SUFFIX)
@@ -177,17 +218,29 @@ def _write_sharded_safetensors(tensors: dict[str, np.ndarray], dst: str, max_siz
 
 
 def convert(src: Any, dst: str, *, dtype: str | None = None, key: str | None = None, records: bool = False,
-            max_shard_size: int | str | None = None) -> ConvertReport:
-    """Convert ``src`` into the format ``dst``'s extension names; see the module docstring."""
+            max_shard_size: int | str | None = None,
+            progress: Callable[[int, int], None] | None = None) -> ConvertReport:
+    """Convert ``src`` into the format ``dst``'s extension names; see the module docstring.
+
+    ``dst``'s folder must exist and ``dtype`` must name a floating-point type: both are
+    checked before anything is read.  ``progress(bytes written, bytes to write)`` follows the writing.
+    """
     from .dcp import consolidate
     from .opener import resolve
 
+    require_folder(dst)
+    if dtype:
+        float_dtype(dtype)
     if resolve(src)[0] == "dcp" and dtype is None and key is None and max_shard_size is None and \
             dst.endswith((".safetensors", *TORCH_SUFFIXES)):
-        return consolidate(src, dst, records=records)  # one tensor at a time; other options go the general way
+        # one tensor at a time; other options go the general way
+        return consolidate(src, dst, records=records, progress=progress)
     tensors, skipped = read_tensors(src, key=key, records=records)
     if not tensors:
         raise UnsupportedFormatError(f"{src}: no tensors to convert")
-    report = write_tensors(cast(tensors, dtype), dst, max_shard_size=max_shard_size)
+    cast_bytes = sum(v.nbytes for v in tensors.values() if dtype and v.dtype.name in FLOAT_TYPES)
+    phases = Phases(progress, cast_bytes, sum(v.nbytes for v in tensors.values()))
+    report = write_tensors(cast(tensors, dtype, phases.casting), dst, max_shard_size=max_shard_size,
+                           progress=phases.writing)
     report.skipped_values = skipped
     return report

@@ -602,7 +602,8 @@ class _Scratch:
         self.file.close()
 
 
-def consolidate(folder: Any, out: str | os.PathLike[str], *, records: bool = False) -> Any:
+def consolidate(folder: Any, out: str | os.PathLike[str], *, records: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> Any:
     """Write a DCP folder as one ``.pt`` (``.pth``, ``.bin``...) or ``.safetensors`` file.
 
     ``.pt`` gets the whole nested state dict, non-tensor values included (what torch's
@@ -615,36 +616,38 @@ def consolidate(folder: Any, out: str | os.PathLike[str], *, records: bool = Fal
       stored as several is assembled into a memory-mapped temporary file beside ``out``
       (as large as those tensors together), and the non-tensor values.
 
+    ``out``'s folder must exist.  ``progress(bytes written, bytes to write)`` follows the writing.
     Returns a :class:`ptfile.convert.ConvertReport`.
     """
+    from .atomic import require_folder
     from .convert import TORCH_SUFFIXES, ConvertReport
 
     target = os.fspath(out)
     if not target.endswith((".safetensors", *TORCH_SUFFIXES)):
         raise UnsupportedFormatError(f"{target}: a DCP folder consolidates to .safetensors or "
                                      f"{', '.join(TORCH_SUFFIXES)}")
-    if os.path.dirname(target):
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+    require_folder(target)
     with DcpCheckpoint(folder, mmap=True, records=records) as checkpoint:
         report = ConvertReport(written=[target], tensors=len(checkpoint))
         if target.endswith(".safetensors"):
-            _write_safetensors(checkpoint, target)
+            _write_safetensors(checkpoint, target, progress)
             report.skipped_values = checkpoint.value_names()
         else:
-            _write_torch(checkpoint, target)
+            _write_torch(checkpoint, target, progress)
     return report
 
 
-def _write_safetensors(checkpoint: DcpCheckpoint, target: str) -> None:
+def _write_safetensors(checkpoint: DcpCheckpoint, target: str,
+                       progress: Callable[[int, int], None] | None) -> None:
     from .stformat import write_safetensors
 
     # Zero-stride placeholders describe each tensor; the bytes come one tensor at a time.
     shapes = {key: np.broadcast_to(np.zeros((), checkpoint.entry(key).numpy), checkpoint.entry(key).shape)
               for key in checkpoint}
-    write_safetensors(shapes, target, {"format": "pt"}, fetch=checkpoint.assemble)
+    write_safetensors(shapes, target, {"format": "pt"}, fetch=checkpoint.assemble, progress=progress)
 
 
-def _write_torch(checkpoint: DcpCheckpoint, target: str) -> None:
+def _write_torch(checkpoint: DcpCheckpoint, target: str, progress: Callable[[int, int], None] | None) -> None:
     from .writer import save
 
     scratch = _Scratch(os.path.dirname(os.path.abspath(target)))
@@ -655,7 +658,7 @@ def _write_torch(checkpoint: DcpCheckpoint, target: str) -> None:
                 return checkpoint.assemble(key)
             return checkpoint.assemble(key, out=scratch.array(entry.numpy, entry.shape))
 
-        save(checkpoint.load(tensor=tensor), target)
+        save(checkpoint.load(tensor=tensor), target, progress=progress)
     finally:
         scratch.close()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,8 +52,12 @@ def _kept(key: str, keep: Iterable[str], drop: Iterable[str]) -> bool:
     return not any(re.search(p, key) for p in drop)
 
 
-def edit_mapping(mapping: Mapping, rules: EditRules) -> tuple[OrderedDict, list[str]]:
-    """The edited mapping (same order) and a log of what changed, one line each."""
+def edit_mapping(mapping: Mapping, rules: EditRules,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[OrderedDict, list[str]]:
+    """The edited mapping (same order) and a log of what changed, one line each.
+
+    ``progress(bytes read, bytes to cast)`` follows the dtype cast.
+    """
     result: OrderedDict = OrderedDict()
     log: list[str] = []
     origin: dict[str, str] = {}
@@ -70,7 +74,7 @@ def edit_mapping(mapping: Mapping, rules: EditRules) -> tuple[OrderedDict, list[
         result[new] = value
     if rules.dtype:
         tensors = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
-        for k, v in cast(tensors, rules.dtype).items():
+        for k, v in cast(tensors, rules.dtype, progress).items():
             if v.dtype != result[k].dtype:
                 log.append(f"cast {k}: {result[k].dtype.name} -> {v.dtype.name}")
             result[k] = v
@@ -79,11 +83,12 @@ def edit_mapping(mapping: Mapping, rules: EditRules) -> tuple[OrderedDict, list[
     return result, log
 
 
-def apply(tree: Any, rules: EditRules, key: str | None) -> tuple[Any, list[str]]:
+def apply(tree: Any, rules: EditRules, key: str | None,
+          progress: Callable[[int, int], None] | None = None) -> tuple[Any, list[str]]:
     """Edit the mapping at ``key`` (or the top level); with a key, only that sub-dict is returned."""
     from .convert import select
 
     target = select(tree, key)
     if not isinstance(target, Mapping):
         raise PtfileError(f"{key or 'the checkpoint'} is a {type(target).__name__}, not a dict of entries")
-    return edit_mapping(target, rules)
+    return edit_mapping(target, rules, progress)

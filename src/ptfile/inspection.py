@@ -25,6 +25,7 @@ Totals count what the file holds, each byte once:
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from typing import Any
 
@@ -49,6 +50,8 @@ BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked", 
 KINDS = ("parameters", "buffers", "optimizer")
 #: An optimizer state's tensors are named ``<prefix>state.<param id>.<name>``.
 _OPTIMIZER_STATE = re.compile(r"(?:^|\.)state\.\d+\.")
+#: Longest string given whole as a JSON value; longer ones are only summarized.
+MAX_JSON_STRING = 4096
 
 
 def summarize(value: Any) -> str:
@@ -62,6 +65,20 @@ def summarize(value: Any) -> str:
     else:
         text = repr(value)
     return text if len(text) <= MAX_SUMMARY else text[: MAX_SUMMARY - 3] + "..."
+
+
+def plain_value(value: Any) -> dict[str, Any]:
+    """``{"type": ..., "value": ...}`` for a value JSON holds as itself (number, string, bool, null).
+
+    Other values (and non-finite floats, which JSON cannot hold, and very long strings)
+    get only their type: the summary describes them.
+    """
+    if value is None or type(value) in (bool, int, str):  # exact types: a subclass is not plain data
+        if type(value) is not str or len(value) <= MAX_JSON_STRING:
+            return {"type": type(value).__name__, "value": value}
+    elif type(value) is float and math.isfinite(value):
+        return {"type": "float", "value": value}
+    return {"type": type(value).__name__}
 
 
 def _is_container(node: Any) -> bool:
@@ -194,7 +211,7 @@ def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
         infos = {key: handle.info(key) for key in handle}
         rows = _tensor_rows(infos)
         optimizers = _optimizer_prefixes(handle, list(infos))
-        values = [{"name": path, "summary": summarize(value)}
+        values = [{"name": path, "summary": summarize(value), **plain_value(value)}
                   for path, value in walk(handle.tree, lambda node: not _is_container(node))
                   if not _is_tensor_like(value)]
         container = _container(handle)

@@ -15,6 +15,9 @@ __all__ = ["GlobalUse", "USES"]
 #: ``new`` creates an instance without calling it (NEWOBJ); ``build`` sets the state of
 #: such an instance (BUILD); ``reference`` only names it (GLOBAL / STACK_GLOBAL).
 USES = ("call", "new", "build", "reference")
+#: Each use as a reader says it.
+USE_WORDS = {"call": "called", "new": "created without a call", "build": "given state",
+             "reference": "named (not called)"}
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,12 @@ class GlobalUse:
         return f"{self.module}.{self.name}"
 
     def where(self) -> str:
-        place = f"{self.record} " if self.record else ""
-        return f"{place}byte {self.offset}"
+        """``at byte 55 of archive/data.pkl``: the offset and the pickle it lies in."""
+        return f"at byte {self.offset} of {self.record}" if self.record else f"at byte {self.offset}"
+
+    def action(self) -> str:
+        """The use in plain words, followed by where: ``called at byte 12 of archive/data.pkl``."""
+        return f"{USE_WORDS[self.use]} {self.where()}"
 
     def describe(self) -> str:
-        return f"{self.path} ({self.use} at {self.where()})"
+        return f"{self.path} ({self.action()})"

@@ -31,7 +31,6 @@ import ml_dtypes
 import numpy as np
 from numpy.lib import format as npy
 
-from .atomic import atomic_write
 from .errors import CorruptFileError, UnsupportedFormatError
 from .handle import Handle
 from .loader import TensorInfo
@@ -196,6 +195,8 @@ def _stem(name: str) -> str:
 
 def write_npz(tensors: Mapping[str, np.ndarray], path: str) -> None:
     """``np.savez`` of the tensors, atomically; dtypes numpy cannot store are kept as in the module docstring."""
+    from .atomic import atomic_write  # writing only: its tempfile import is not for readers
+
     arrays: dict[str, np.ndarray] = {}
     special: dict[str, str] = {}
     for key, array in tensors.items():

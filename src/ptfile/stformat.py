@@ -31,7 +31,6 @@ import ml_dtypes
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
 
-from .atomic import atomic_write
 from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from .handle import Handle
 from .loader import TensorInfo
@@ -269,7 +268,8 @@ def _header(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | Non
 
 def write_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike[str],
                       metadata: Mapping[str, str] | None = None, *,
-                      fetch: Callable[[str], np.ndarray] | None = None) -> None:
+                      fetch: Callable[[str], np.ndarray] | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> None:
     """Write tensors as safetensors, streaming each one, atomically (temporary file + rename).
 
     Tensors must not share memory (see :func:`remove_shared`); they are written in
@@ -277,16 +277,23 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike
     With ``fetch``, ``tensors`` only describes each tensor (its dtype and shape; a
     zero-stride placeholder will do) and ``fetch(name)`` gives the tensor when it is
     written, so that only one is held at a time.
+    ``progress(bytes written, bytes to write)`` is called after each tensor.
     """
+    from .atomic import atomic_write  # writing only: its tempfile import is not for readers
+
     for name, array in tensors.items():
         if not isinstance(array, np.ndarray):
             raise UnsupportedFormatError(f"{name!r} is a {type(array).__name__}, not a tensor")
         _code(array, name)
     header, order = _header(tensors, metadata)
+    total, done = sum(tensors[name].size * tensors[name].dtype.itemsize for name in order), 0
     with atomic_write(path) as out:
         out.write(header)
         for name in order:
             _write_tensor(out, tensors[name] if fetch is None else _fetched(fetch, name, tensors[name]))
+            done += tensors[name].size * tensors[name].dtype.itemsize
+            if progress is not None:
+                progress(done, total)
 
 
 def _write_tensor(out: Any, array: np.ndarray) -> None:

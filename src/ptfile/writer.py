@@ -398,24 +398,35 @@ def dumps_tree(obj: Any) -> tuple[bytes, list[Storage]]:
 # -- files ------------------------------------------------------------------------
 
 
-def write_archive(file: IO[bytes], prefix: str, data: bytes, storages: list[Storage]) -> None:
-    """Stream the records of one checkpoint to ``file`` in torch's order."""
+def write_archive(file: IO[bytes], prefix: str, data: bytes, storages: list[Storage],
+                  progress: Callable[[int, int], None] | None = None) -> None:
+    """Stream the records of one checkpoint to ``file`` in torch's order.
+
+    ``progress(bytes written, bytes to write)`` is called after each storage.
+    """
     writer = ZipRecordWriter(file, prefix)
     writer.write_record("data.pkl", data)
     writer.write_record(".format_version", FORMAT_VERSION)
     writer.write_record(".storage_alignment", str(STORAGE_ALIGNMENT).encode())
     writer.write_record("byteorder", sys.byteorder.encode())
+    total, done = sum(storage.nbytes for storage in storages), 0
     for storage in storages:
         writer.write_record(f"data/{storage.key}", storage.chunks(), storage.nbytes)
+        done += storage.nbytes
+        if progress is not None:
+            progress(done, total)
     writer.write_record("version", FILE_FORMAT_VERSION)
     writer.finish()
 
 
-def save(obj: Any, dst: Any) -> None:
-    """Write ``obj`` as a torch checkpoint to a path (atomically) or a binary file object."""
+def save(obj: Any, dst: Any, *, progress: Callable[[int, int], None] | None = None) -> None:
+    """Write ``obj`` as a torch checkpoint to a path (atomically) or a binary file object.
+
+    ``progress(bytes written, bytes to write)`` is called as tensor data is written.
+    """
     data, storages = dumps_tree(obj)
     if hasattr(dst, "write"):
-        write_archive(dst, archive_prefix(None), data, storages)
+        write_archive(dst, archive_prefix(None), data, storages, progress)
         return
     path = os.fspath(dst)
     if isinstance(path, bytes):
@@ -424,7 +435,7 @@ def save(obj: Any, dst: Any) -> None:
     if not prefix:
         raise PtfileError(f"{path!r}: torch cannot name the archive of a file called this (empty base name)")
     with atomic_write(path) as file:
-        write_archive(file, prefix, data, storages)
+        write_archive(file, prefix, data, storages, progress)
 
 
 # -- Hugging Face shards ----------------------------------------------------------
@@ -498,13 +509,15 @@ def plan_shards(state_dict: Any, limit: int) -> tuple[list[list[str]], int]:
     return [sorted(keys, key=order.__getitem__) for keys in shards], total
 
 
-def save_sharded(state_dict: Any, folder: Any, max_shard_size: int | str = "5GB") -> list[str]:
+def save_sharded(state_dict: Any, folder: Any, max_shard_size: int | str = "5GB", *,
+                 progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Write a flat ``name -> array`` mapping as Hugging Face ``pytorch_model`` shards.
 
     Returns the file names written.  Several shards are named
     ``pytorch_model-00001-of-0000N.bin`` and listed in ``pytorch_model.bin.index.json``;
     one shard is written as ``pytorch_model.bin`` with no index.  Shard and index files
     of an earlier save in the folder that this save does not write are removed.
+    ``progress(bytes written, bytes to write)`` is called as tensor data is written, over all shards.
     """
     limit = parse_size(max_shard_size)
     folder = os.fspath(folder)
@@ -512,11 +525,14 @@ def save_sharded(state_dict: Any, folder: Any, max_shard_size: int | str = "5GB"
     os.makedirs(folder, exist_ok=True)
     if len(shards) <= 1:
         names = [WEIGHTS_NAME]
-        save({key: state_dict[key] for key in (shards[0] if shards else [])}, os.path.join(folder, WEIGHTS_NAME))
+        save({key: state_dict[key] for key in (shards[0] if shards else [])}, os.path.join(folder, WEIGHTS_NAME),
+             progress=progress)
     else:
         names = [f"pytorch_model-{i:05d}-of-{len(shards):05d}.bin" for i in range(1, len(shards) + 1)]
+        across = AcrossShards(total, progress)
         for name, keys in zip(names, shards, strict=True):
-            save({key: state_dict[key] for key in keys}, os.path.join(folder, name))
+            save({key: state_dict[key] for key in keys}, os.path.join(folder, name), progress=across)
+            across.next_shard()
         weight_map = {key: name for name, keys in zip(names, shards, strict=True) for key in keys}
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         with atomic_write(os.path.join(folder, INDEX_NAME)) as file:
@@ -524,6 +540,22 @@ def save_sharded(state_dict: Any, folder: Any, max_shard_size: int | str = "5GB"
         names.append(INDEX_NAME)
     _remove_stale(folder, set(names))
     return names
+
+
+class AcrossShards:
+    """One ``progress(done, total)`` over several files, each reporting its own bytes from zero."""
+
+    def __init__(self, total: int, progress: Callable[[int, int], None] | None) -> None:
+        self.total, self.progress = total, progress
+        self.before = self.current = 0
+
+    def __call__(self, done: int, _: int) -> None:
+        self.current = done
+        if self.progress is not None:  # plan sizes and written sizes can differ by a shared storage's extent
+            self.progress(min(self.before + done, self.total), self.total)
+
+    def next_shard(self) -> None:
+        self.before, self.current = self.before + self.current, 0
 
 
 def _remove_stale(folder: str, keep: set[str]) -> None:

@@ -231,7 +231,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 client.close()
     else:
         results = _scan_serially(files, args.strict, Allow(args.allow), args.verify,
-                                 show_progress=len(files) > 1 and not args.json)
+                                 show_progress=len(files) > 1 and _shows_progress(args))
     if args.json:
         counts = {v: sum(r.verdict == v for r in results) for v in reversed(VERDICTS)}
         _print_json({"schema": JSON_SCHEMA_VERSION, "command": "scan", "summary": counts,
@@ -275,7 +275,7 @@ def _render_scan(results: list) -> None:
         for note in result.notes:
             console.print(Text(f"  note: {safe(note)}"))
     dangerous = sum(r.verdict == "dangerous" for r in results)
-    console.print(Text(f"scanned {len(results)} files: {dangerous} dangerous, "
+    console.print(Text(f"scanned {_count(len(results), 'file')}: {dangerous} dangerous, "
                        f"{sum(r.verdict == 'unknown-call' for r in results)} calling unknown globals, "
                        f"{sum(r.verdict == 'invalid' for r in results)} invalid, "
                        f"{sum(r.verdict == 'unknown-class' for r in results)} with unknown classes"))
@@ -284,10 +284,23 @@ def _render_scan(results: list) -> None:
 # -- diff / stats / match ------------------------------------------------------
 
 
-class _Progress:
-    """A progress bar on stderr, shown only on a terminal and only once work takes a moment."""
+def _count(number: int, noun: str) -> str:
+    """``1 file``, ``2 files``: a count with its noun in the right number."""
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
 
-    DELAY_SECONDS = 0.5
+
+def _shows_progress(args: argparse.Namespace) -> bool:
+    """Whether the command may show a progress bar: never with --json or --quiet."""
+    return not (args.json or args.quiet)
+
+
+class _Progress:
+    """The one progress bar of every command: on stderr, only on a terminal, only once work takes a while.
+
+    Called as ``progress(done, total)``; work that ends within ``DELAY_SECONDS`` shows nothing.
+    """
+
+    DELAY_SECONDS = 1.0
 
     def __init__(self, label: str, enabled: bool) -> None:
         import time
@@ -307,7 +320,7 @@ class _Progress:
             self._bar = Progress(console=_console(stderr=True), transient=True)
             self._bar.start()
             self._task = self._bar.add_task(self._label, total=total)
-        self._bar.update(self._task, completed=done)
+        self._bar.update(self._task, completed=done, total=total)  # a later phase may know the total better
 
     def close(self) -> None:
         if self._bar is not None:
@@ -317,7 +330,7 @@ class _Progress:
 def cmd_diff(args: argparse.Namespace) -> int:
     from ..compare import diff
 
-    progress = _Progress("comparing", not args.json)
+    progress = _Progress("comparing", _shows_progress(args))
     try:
         result = diff(args.a, args.b, atol=args.atol, rtol=args.rtol, strip=args.strip_prefix,
                       records=args.records, progress=progress)
@@ -357,7 +370,7 @@ def _render_diff(result: Any) -> None:
 def cmd_stats(args: argparse.Namespace) -> int:
     from ..statistics import checkpoint_stats
 
-    progress = _Progress("reading", not args.json)
+    progress = _Progress("reading", _shows_progress(args))
     try:
         rows = checkpoint_stats(args.file, records=args.records, progress=progress)
     finally:
@@ -383,7 +396,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_match(args: argparse.Namespace) -> int:
     from ..compare import match
 
-    result = match(args.file, args.against, records=args.records)
+    result = match(args.file, args.against, records=args.records, strip=args.strip_prefix, key=args.key)
     if args.json:
         _print_json({"schema": JSON_SCHEMA_VERSION, "command": "match", **result.to_dict()})
         return EXIT_OK if result.ok else EXIT_FOUND
@@ -404,6 +417,9 @@ def cmd_match(args: argparse.Namespace) -> int:
         console.print(Text(f"dtype differs: {safe(item['name'])}: expected {item['expected']}, found {item['found']}"))
     for hint in result.suggestions:
         console.print(Text(f"hint: {safe(hint)}", style="cyan"))
+    if result.suggestions:
+        console.print(Text("hint: --strip-prefix PREFIX removes a prefix; --key NAME compares a nested state dict",
+                           style="cyan"))
     console.print(Text("matches: load_state_dict(strict=True) would succeed" if result.ok
                        else "does not match", style="green" if result.ok else "bold red"))
     return EXIT_OK if result.ok else EXIT_FOUND
@@ -415,36 +431,71 @@ def cmd_match(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..convert import convert
 
-    report = convert(args.input, args.output, dtype=args.dtype, key=args.key, records=args.records,
-                     max_shard_size=args.max_shard_size)
+    progress = _Progress("writing", _shows_progress(args))
+    try:
+        report = convert(args.input, args.output, dtype=args.dtype, key=args.key, records=args.records,
+                         max_shard_size=args.max_shard_size, progress=progress)
+    finally:
+        progress.close()
     document = {"schema": JSON_SCHEMA_VERSION, "command": "convert", "input": args.input, **report.__dict__}
     if args.json:
         _print_json(document)
         return EXIT_OK
-    console = _console(stderr=True)
-    for name in report.skipped_values:
-        console.print(f"note: {safe(name)} is not a tensor and was left out", markup=False)
-    for alias, kept in report.dropped_aliases.items():
-        console.print(f"note: {safe(alias)} shares memory with {safe(kept)}; recorded in the metadata", markup=False)
+    _render_left_out(report, verbose=args.verbose)
     _console().print(f"wrote {report.tensors:,} tensors to {', '.join(safe(w) for w in report.written)}", markup=False)
     return EXIT_OK
 
 
+def _edit_bytes(target: Any, dtype: str | None) -> tuple[int, int]:
+    """(bytes an edit casts, bytes it writes, roughly): the two phases of its progress bar."""
+    import numpy as np
+
+    from ..convert import FLOAT_TYPES
+
+    arrays = [v for v in target.values() if isinstance(v, np.ndarray)] if isinstance(target, dict) else []
+    return sum(a.nbytes for a in arrays if dtype and a.dtype.name in FLOAT_TYPES), sum(a.nbytes for a in arrays)
+
+
+def _render_left_out(report: Any, *, verbose: bool) -> None:
+    """One line per kind of thing a conversion left out; each name with --verbose."""
+    console = _console(stderr=True)
+    skipped, aliases = report.skipped_values, report.dropped_aliases
+    if skipped:
+        listed = f": {', '.join(safe(n) for n in skipped)}" if verbose else " (--verbose lists them)"
+        what = "is not a tensor" if len(skipped) == 1 else "are not tensors"
+        console.print(f"note: left out {_count(len(skipped), 'value')} that {what}{listed}", markup=False)
+    if aliases:
+        listed = (": " + ", ".join(f"{safe(a)} -> {safe(k)}" for a, k in aliases.items())) if verbose \
+            else " (--verbose lists them)"
+        console.print(f"note: {_count(len(aliases), 'tensor')} sharing memory with another written once, "
+                      f"recorded in the metadata{listed}", markup=False)
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
     from .. import load, save
+    from ..atomic import require_folder
+    from ..convert import Phases, select
     from ..edit import EditRules, apply
 
     rules = EditRules(
         strip=args.strip_prefix,
-        rename=[_pair(r, "--rename") for r in args.rename],
-        rename_regex=[_pair(r, "--rename-regex") for r in args.rename_regex],
+        rename=args.rename,
+        rename_regex=args.rename_regex,
         keep=args.keep,
         drop=args.drop,
         dtype=args.dtype,
     )
-    edited, log = apply(load(args.input, records=args.records), rules, args.key)
     if not args.dry_run:
-        save(edited, args.output)
+        require_folder(args.output)  # before the long part, as convert checks it
+    tree = load(args.input, records=args.records)
+    progress = _Progress("writing", _shows_progress(args))
+    try:
+        phases = Phases(progress, *_edit_bytes(select(tree, args.key), args.dtype))
+        edited, log = apply(tree, rules, args.key, phases.casting)
+        if not args.dry_run:
+            save(edited, args.output, progress=phases.writing)
+    finally:
+        progress.close()
     if args.json:
         _print_json({"schema": JSON_SCHEMA_VERSION, "command": "edit", "input": args.input, "output": args.output,
                      "written": not args.dry_run, "changes": log})
@@ -457,11 +508,64 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _pair(text: str, option: str) -> tuple[str, str]:
+# -- options -------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, as every other error of the command."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {safe(message)} (see {self.prog} --help)\n")
+
+
+def _output_options(parser: argparse.ArgumentParser, *, records: bool = True, progress: bool = False) -> None:
+    """The options commands share, defined once: --json, --records and (where work can take long) --quiet."""
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document on stdout (numbers as numbers); messages stay on stderr")
+    if records:
+        parser.add_argument("--records", action="store_true",
+                            help="read instances of classes ptfile does not know as inert records "
+                                 "instead of refusing the file (nothing from the file is ever run)")
+    if progress:
+        parser.add_argument("-q", "--quiet", action="store_true",
+                            help="show no progress bar (shown on a terminal when the work takes over a second)")
+
+
+def _float_dtype(text: str) -> str:
+    """A --dtype value, checked before any file is read."""
+    from ..convert import float_dtype
+    from ..errors import PtfileError
+
+    try:
+        float_dtype(text)
+    except PtfileError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _regex(text: str) -> str:
+    """A regular expression option value, compiled once here so a mistake names the option."""
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression: {exc}") from None
+    return text
+
+
+def _pair(text: str) -> tuple[str, str]:
+    """``OLD=NEW`` of --rename."""
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"{option} takes OLD=NEW, got {text!r}")
+        raise argparse.ArgumentTypeError(f"takes OLD=NEW, got {text!r}")
     old, new = text.split("=", 1)
     return old, new
+
+
+def _regex_pair(text: str) -> tuple[str, str]:
+    """``PATTERN=REPLACEMENT`` of --rename-regex, the pattern compiled here."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"takes PATTERN=REPLACEMENT, got {text!r}")
+    pattern, replacement = text.split("=", 1)
+    return _regex(pattern), replacement
 
 
 # -- entry point ---------------------------------------------------------------
@@ -485,88 +589,96 @@ def _error(message: str) -> None:
     sys.stderr.write(f"ptfile: error: {safe(message)}\n")
 
 
+CHECKPOINT_HELP = "a checkpoint: .pt/.pth/.bin/.ckpt, .safetensors, .npz, a shard index or folder, or a DCP folder"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="ptfile", description="Read, inspect and scan PyTorch checkpoints without torch.")
+    parser = _Parser(prog="ptfile", description="Read, inspect and scan PyTorch checkpoints without torch.")
     parser.add_argument("--version", action="version", version=f"ptfile {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     inspect = commands.add_parser("inspect", help="what is in a checkpoint (reads no tensor bytes)")
-    inspect.add_argument("file")
-    inspect.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    inspect.add_argument("file", help=CHECKPOINT_HELP)
     inspect.add_argument("--tree", action="store_true", help="show non-tensor values as a tree")
     listing = inspect.add_mutually_exclusive_group()
     listing.add_argument("--all", action="store_true",
                          help=f"list every tensor (a listing of more than {FOLD_ABOVE_ROWS} folds numbered blocks)")
     listing.add_argument("--collapse", action="store_true",
                          help="fold numbered blocks (layers.{0..31}.weight  x32) even in a short listing")
-    inspect.add_argument("--records", action="store_true", help="read unknown classes as inert records")
+    _output_options(inspect)
     inspect.set_defaults(func=cmd_inspect)
 
     scan = commands.add_parser("scan", help="look for malicious content without loading it")
-    scan.add_argument("paths", nargs="+", metavar="PATH")
-    scan.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    scan.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to scan (folders: model-like files)")
     scan.add_argument("--strict", action="store_true", help="treat unknown calls and classes as dangerous")
     scan.add_argument("--allow", action="append", default=[], type=_allow_pattern, metavar="PATTERN",
                       help="accept a third-party global, module.name or module.* (repeatable); never a known gadget")
     scan.add_argument("--verify", action="store_true",
                       help="also read every tensor record and check its CRC-32 (reads the whole file)")
     scan.add_argument("-r", "--recursive", action="store_true", help="scan folders recursively")
-    scan.add_argument("--include", action="append", default=[], metavar="REGEX", help="only paths matching (repeatable)")
-    scan.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="skip paths matching (repeatable)")
+    scan.add_argument("--include", action="append", default=[], type=_regex, metavar="REGEX",
+                      help="only paths matching (repeatable)")
+    scan.add_argument("--exclude", action="append", default=[], type=_regex, metavar="REGEX",
+                      help="skip paths matching (repeatable)")
     scan.add_argument("-j", "--jobs", type=int, default=1, help="scan with this many processes")
     scan.add_argument("--scheduler", metavar="ADDRESS", help="scan on a Dask cluster (tcp://host:8786)")
+    _output_options(scan, records=False, progress=True)
     scan.set_defaults(func=cmd_scan)
 
     diff = commands.add_parser("diff", help="compare two checkpoints (exit 1 when they differ)")
-    diff.add_argument("a")
-    diff.add_argument("b")
+    diff.add_argument("a", metavar="A", help="the first checkpoint (" + CHECKPOINT_HELP.split(": ", 1)[1] + ")")
+    diff.add_argument("b", metavar="B", help="the second checkpoint, compared name by name with A")
     diff.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default: exact)")
     diff.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default: exact)")
     diff.add_argument("--strip-prefix", action="append", default=[], metavar="PREFIX",
                       help="ignore this key prefix on both sides, e.g. module. (repeatable)")
-    diff.add_argument("--json", action="store_true")
-    diff.add_argument("--records", action="store_true")
+    _output_options(diff, progress=True)
     diff.set_defaults(func=cmd_diff)
 
     stats = commands.add_parser("stats", help="min, max, mean, std, NaN/Inf/zero counts per tensor")
-    stats.add_argument("file")
-    stats.add_argument("--json", action="store_true")
-    stats.add_argument("--records", action="store_true")
+    stats.add_argument("file", help=CHECKPOINT_HELP)
+    _output_options(stats, progress=True)
     stats.set_defaults(func=cmd_stats)
 
     match = commands.add_parser("match", help="would load_state_dict(strict=True) accept FILE? (exit 1 if not)")
-    match.add_argument("file")
-    match.add_argument("--against", required=True, metavar="REF", help="a checkpoint, or JSON of names and shapes")
-    match.add_argument("--json", action="store_true")
-    match.add_argument("--records", action="store_true")
+    match.add_argument("file", help="the checkpoint to check (" + CHECKPOINT_HELP.split(": ", 1)[1] + ")")
+    match.add_argument("--against", required=True, metavar="REF",
+                       help="what the model expects: a checkpoint, JSON of names and shapes, "
+                            "or the output of ptfile inspect --json")
+    match.add_argument("--key", help="check only this nested state dict of FILE, e.g. state_dict or model")
+    match.add_argument("--strip-prefix", action="append", default=[], metavar="PREFIX",
+                       help="remove this prefix from FILE's names first, e.g. module. (repeatable)")
+    _output_options(match)
     match.set_defaults(func=cmd_match)
 
     convert = commands.add_parser("convert", help="convert by extension: .pt/.bin/.pth <-> .safetensors, .npz")
-    convert.add_argument("input", help="a checkpoint, .safetensors, .npz, shard index or folder, or DCP folder")
-    convert.add_argument("output", help="the output file; its extension names the format")
-    convert.add_argument("--dtype", help="cast floating-point tensors, e.g. float32 or bfloat16")
+    convert.add_argument("input", help=CHECKPOINT_HELP)
+    convert.add_argument("output", help="the output file, in a folder that exists; its extension names the format")
+    convert.add_argument("--dtype", type=_float_dtype, help="cast floating-point tensors, e.g. float32 or bfloat16")
     convert.add_argument("--key", help="convert only this nested state dict, e.g. model or state_dict")
     convert.add_argument("--max-shard-size", help="write shards of at most this size (e.g. 5GB) with an index")
-    convert.add_argument("--json", action="store_true")
-    convert.add_argument("--records", action="store_true")
+    convert.add_argument("-v", "--verbose", action="store_true", help="list each value left out, not only the count")
+    _output_options(convert, progress=True)
     convert.set_defaults(func=cmd_convert)
 
     edit = commands.add_parser("edit", help="rename, drop, keep or cast entries; written with ptfile.save")
-    edit.add_argument("input")
-    edit.add_argument("output")
+    edit.add_argument("input", help=CHECKPOINT_HELP)
+    edit.add_argument("output", help="the .pt file to write, in a folder that exists (not written with --dry-run)")
     edit.add_argument("--key", help="edit (and write) only this nested dict, e.g. state_dict")
     edit.add_argument("--strip-prefix", action="append", default=[], metavar="PREFIX", help="e.g. module. (repeatable)")
-    edit.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", help="replace a key prefix")
-    edit.add_argument("--rename-regex", action="append", default=[], metavar="PATTERN=REPL", help="re.sub on keys")
-    edit.add_argument("--keep", action="append", default=[], metavar="REGEX", help="keep only matching keys")
-    edit.add_argument("--drop", action="append", default=[], metavar="REGEX", help="drop matching keys")
-    edit.add_argument("--dtype", help="cast floating-point tensors")
+    edit.add_argument("--rename", action="append", default=[], type=_pair, metavar="OLD=NEW",
+                      help="replace a key prefix")
+    edit.add_argument("--rename-regex", action="append", default=[], type=_regex_pair, metavar="PATTERN=REPL",
+                      help="re.sub on keys")
+    edit.add_argument("--keep", action="append", default=[], type=_regex, metavar="REGEX",
+                      help="keep only matching keys")
+    edit.add_argument("--drop", action="append", default=[], type=_regex, metavar="REGEX", help="drop matching keys")
+    edit.add_argument("--dtype", type=_float_dtype, help="cast floating-point tensors, e.g. float32 or bfloat16")
     edit.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")
-    edit.add_argument("--json", action="store_true")
-    edit.add_argument("--records", action="store_true")
+    _output_options(edit, progress=True)
     edit.set_defaults(func=cmd_edit)
     return parser
 
