@@ -258,6 +258,12 @@ class Recorder:
     def close(self) -> None:
         self.closed = True
 
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @pytest.fixture
 def recorder(monkeypatch):

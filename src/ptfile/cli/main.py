@@ -248,14 +248,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def _scan_serially(files: list[str], strict: bool, allow: Any, verify: bool, *, show_progress: bool) -> list:
     from ..scanner import scan
 
-    progress = _Progress("scanning", show_progress)
     results = []
-    try:
+    with _Progress("scanning", show_progress) as progress:
         for index, path in enumerate(files, 1):
             results.append(scan(path, strict=strict, allow=allow, verify=verify))
             progress(index, len(files))
-    finally:
-        progress.close()
     return results
 
 
@@ -322,6 +319,12 @@ class _Progress:
             self._task = self._bar.add_task(self._label, total=total)
         self._bar.update(self._task, completed=done, total=total)  # a later phase may know the total better
 
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
@@ -330,12 +333,9 @@ class _Progress:
 def cmd_diff(args: argparse.Namespace) -> int:
     from ..compare import diff
 
-    progress = _Progress("comparing", _shows_progress(args))
-    try:
+    with _Progress("comparing", _shows_progress(args)) as progress:
         result = diff(args.a, args.b, atol=args.atol, rtol=args.rtol, strip=args.strip_prefix,
                       records=args.records, progress=progress)
-    finally:
-        progress.close()
     if args.json:
         _print_json({"schema": JSON_SCHEMA_VERSION, "command": "diff", "a": args.a, "b": args.b, **result.to_dict()})
     else:
@@ -370,11 +370,8 @@ def _render_diff(result: Any) -> None:
 def cmd_stats(args: argparse.Namespace) -> int:
     from ..statistics import checkpoint_stats
 
-    progress = _Progress("reading", _shows_progress(args))
-    try:
+    with _Progress("reading", _shows_progress(args)) as progress:
         rows = checkpoint_stats(args.file, records=args.records, progress=progress)
-    finally:
-        progress.close()
     if args.json:
         _print_json({"schema": JSON_SCHEMA_VERSION, "command": "stats", "path": args.file,
                      "tensors": [r.to_dict() for r in rows]})
@@ -431,12 +428,9 @@ def cmd_match(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..convert import convert
 
-    progress = _Progress("writing", _shows_progress(args))
-    try:
+    with _Progress("writing", _shows_progress(args)) as progress:
         report = convert(args.input, args.output, dtype=args.dtype, key=args.key, records=args.records,
                          max_shard_size=args.max_shard_size, progress=progress)
-    finally:
-        progress.close()
     document = {"schema": JSON_SCHEMA_VERSION, "command": "convert", "input": args.input, **report.__dict__}
     if args.json:
         _print_json(document)
@@ -488,14 +482,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if not args.dry_run:
         require_folder(args.output)  # before the long part, as convert checks it
     tree = load(args.input, records=args.records)
-    progress = _Progress("writing", _shows_progress(args))
-    try:
+    with _Progress("writing", _shows_progress(args)) as progress:
         phases = Phases(progress, *_edit_bytes(select(tree, args.key), args.dtype))
         edited, log = apply(tree, rules, args.key, phases.casting)
         if not args.dry_run:
             save(edited, args.output, progress=phases.writing)
-    finally:
-        progress.close()
     if args.json:
         _print_json({"schema": JSON_SCHEMA_VERSION, "command": "edit", "input": args.input, "output": args.output,
                      "written": not args.dry_run, "changes": log})
