@@ -151,8 +151,20 @@ def detect(source: Source) -> Format:
     return next(f for f in FORMATS if f.sniff(head, source.size))
 
 
-def open_handle(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None) -> Handle:
-    """The handle for anything ptfile reads (see the module docstring)."""
+def open_handle(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None,
+                framework: str = "numpy") -> Handle:
+    """The handle for anything ptfile reads (see the module docstring), giving tensors in ``framework``."""
+    handle = _open_handle(src, mmap=mmap, records=records, allow=allow)
+    if framework != "numpy":
+        try:
+            handle.use_framework(framework)
+        except BaseException:
+            handle.close()
+            raise
+    return handle
+
+
+def _open_handle(src: Any, *, mmap: bool, records: bool, allow: Any) -> Handle:
     from .allowlist import as_allow
 
     accepted = as_allow(allow)
@@ -198,8 +210,16 @@ def refuse_other_readings(source: Source, fmt: str, *, records: bool = False, al
         raise CorruptFileError(faults[0])
 
 
-def load_tree(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None) -> Any:
-    """What ``ptfile.load`` returns, for every format."""
+def load_tree(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None,
+              framework: str = "numpy") -> Any:
+    """What ``ptfile.load`` returns, for every format, with tensors in ``framework``."""
+    from .frameworks import converter
+
+    convert = converter(framework)  # a missing framework fails before the file is read
+    return convert.tree(_load_tree(src, mmap=mmap, records=records, allow=allow))
+
+
+def _load_tree(src: Any, *, mmap: bool, records: bool, allow: Any) -> Any:
     from .allowlist import as_allow
 
     accepted = as_allow(allow)
