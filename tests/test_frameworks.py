@@ -61,3 +61,120 @@ def test_missing_framework_says_how_to_install(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(SRC)})
     assert out.stdout.split() == ["True", "True"], out.stderr
     assert issubclass(FrameworkMissingError, PtfileError)
+
+
+# -- torch --------------------------------------------------------------------------------
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+def _tensors(tree, path: str = "") -> dict:
+    """Every tensor of a tree by dotted path (dicts, lists, tuples, namespaces)."""
+    torch = _torch()
+    found = {}
+    if isinstance(tree, torch.Tensor):
+        found[path] = tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            found.update(_tensors(value, f"{path}.{key}" if path else str(key)))
+    elif isinstance(tree, (list, tuple)):
+        for index, value in enumerate(tree):
+            found.update(_tensors(value, f"{path}.{index}" if path else str(index)))
+    elif hasattr(tree, "__dict__") and type(tree).__module__ == "argparse":
+        found.update(_tensors(vars(tree), path))
+    return found
+
+
+def _bits(tensor) -> bytes:
+    """The values' bytes; conjugate and negative views by exact sign-bit flips, as the golden files hold them."""
+    from conftest import import_generator
+
+    return import_generator().raw_bytes(tensor)
+
+
+def _sharing(tensors: dict, flagged: set[str]) -> list[list[str]]:
+    """Groups of names whose tensors share one storage (empty storages are not shared).
+
+    Conjugate and negative views (``flagged``) are left out: torch keeps them lazy over
+    their base's storage, ptfile resolves their values into memory of their own.
+    """
+    groups: dict[int, list[str]] = {}
+    for name, tensor in tensors.items():
+        storage = tensor.untyped_storage()
+        if storage.nbytes() and name not in flagged:
+            groups.setdefault(storage.data_ptr(), []).append(name)
+    return sorted(sorted(group) for group in groups.values())
+
+
+#: Plain (not Parameter) tensors saved with requires_grad=True: ptfile's numpy arrays carry no
+#: such flag, so they come back with requires_grad=False.
+GRAD_LOST = {"parameters.pt": {"leaf"}}
+#: numpy arrays pickled in the file (torch.load gives numpy arrays): ptfile's tree does not tell
+#: them from tensors, so they come back as tensors with the same values.
+NUMPY_IN_FILE = {"training.pt": {"counts", "fortran", "numpy_rng.1"}}
+#: Empty views at a storage offset: an empty numpy array keeps no offset, so they come back at 0.
+OFFSET_LOST = {"edge_shapes.pt": {"empty_slice"}}
+
+
+def assert_same_tensors(ours, theirs, *, grad_lost=frozenset(), numpy_in_file=frozenset(),
+                        offset_lost=frozenset()) -> None:
+    """The two trees hold the same tensors, exactly, laid out and shared alike.
+
+    ``grad_lost``, ``numpy_in_file`` and ``offset_lost`` name the known differences (see
+    GRAD_LOST, NUMPY_IN_FILE and OFFSET_LOST); each is checked to be what it claims.
+    """
+    torch = _torch()
+    mine, ref = _tensors(ours), _tensors(theirs)
+    assert sorted(set(mine) - set(ref)) == sorted(numpy_in_file)
+    for name in numpy_in_file:
+        array = _value_at(theirs, name)
+        assert isinstance(array, np.ndarray) and np.array_equal(mine[name].numpy(), array)
+        del mine[name]
+    for name, expected in ref.items():
+        if name in grad_lost:
+            assert expected.requires_grad and not mine[name].requires_grad
+            expected = expected.detach()
+        if name in offset_lost:
+            assert expected.numel() == 0 and expected.storage_offset() and not mine[name].storage_offset()
+            expected = expected.as_strided(expected.shape, expected.stride(), 0)
+        got = mine[name]
+        what = f"{name}: {expected.dtype} {tuple(expected.shape)}"
+        assert type(got) is type(expected), what
+        assert got.dtype == expected.dtype and got.shape == expected.shape, what
+        assert got.stride() == expected.stride() and got.storage_offset() == expected.storage_offset(), what
+        assert got.requires_grad == expected.requires_grad, what
+        assert got.untyped_storage().nbytes() == expected.untyped_storage().nbytes() or expected.is_conj() \
+            or expected.is_neg(), what
+        assert _bits(got) == _bits(expected), what
+        if isinstance(expected, torch.nn.Parameter):
+            assert vars(got) == vars(expected), what
+    flagged = {name for name, tensor in ref.items() if tensor.is_conj() or tensor.is_neg()}
+    assert _sharing(mine, flagged) == _sharing(ref, flagged)
+
+
+GOLDEN = sorted(p.name for p in FIXTURES.glob("*.pt"))
+
+
+def _value_at(tree, path: str):
+    for part in path.split("."):
+        tree = tree[int(part)] if isinstance(tree, (list, tuple)) else tree[part]
+    return tree
+
+
+def _torch_load(path, **kwargs):
+    torch = _torch()
+    weights_only = "training" not in str(path)  # the one fixture holding numpy values and a Namespace
+    return torch.load(path, weights_only=weights_only, **kwargs)
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+@pytest.mark.parametrize("mmap", [None, True])
+def test_torch_load_gives_what_torch_gives(name: str, mmap) -> None:
+    import ptfile.torch as pt
+
+    path = FIXTURES / name
+    ours = pt.load(path, mmap=mmap, weights_only="training" not in name)
+    assert_same_tensors(ours, _torch_load(path, mmap=bool(mmap)), grad_lost=GRAD_LOST.get(name, set()),
+                        numpy_in_file=NUMPY_IN_FILE.get(name, set()), offset_lost=OFFSET_LOST.get(name, set()))

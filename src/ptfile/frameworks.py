@@ -138,7 +138,9 @@ class _TorchTensors:
             return None  # a view torch could not share: copied instead
         if self.private and not root.flags.writeable:
             _writable_if_private(root)
-        flat = root.reshape(-1).view(np.uint8) if root.size else np.empty(0, np.uint8)
+        if not root.size:  # nothing to share; numpy's empty arrays have strides torch cannot view
+            return self.torch.empty(0, dtype=self.torch.uint8)
+        flat = root.reshape(-1).view(np.uint8)
         with warnings.catch_warnings():  # a read-only map stays read-only, as its numpy arrays are
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")
             base = self.torch.from_numpy(flat)
