@@ -37,6 +37,7 @@ __all__ = [
     "scan",
     "save",
     "save_sharded",
+    "safe_open",
     "Checkpoint",
     "Handle",
     "TensorInfo",
@@ -127,6 +128,28 @@ def open(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
     from .opener import open_handle
 
     return open_handle(src, mmap=mmap, records=records, allow=allow, framework=framework)
+
+
+def safe_open(filename: Source, framework: str = "pt", device: Any = "cpu") -> Handle:
+    """safetensors' ``safe_open`` over every format ptfile reads.
+
+    Code written for ``safetensors.safe_open(path, framework=..., device=...)`` reads a
+    ``.pt`` or ``.bin`` file, a shard folder or index, a DCP folder, a safetensors or numpy
+    file unchanged: ``keys()``, ``get_tensor(key)``, ``get_slice(key)[...]`` (with
+    ``get_shape()``), ``metadata()`` and the context manager.  ``framework`` is ``"pt"``,
+    ``"numpy"``, ``"jax"``/``"flax"`` or ``"mlx"``; ``device`` where tensors go (torch
+    devices, JAX platforms).  No code from the file runs; files :func:`scan` does not
+    call clean are refused.
+
+    Example:
+        ```python
+        with ptfile.safe_open("pytorch_model.bin", framework="pt") as f:
+            weights = {key: f.get_tensor(key) for key in f.keys()}
+        ```
+    """
+    from .opener import open_handle
+
+    return open_handle(filename, framework=framework, device=None if framework in ("numpy", "np") else device)
 
 
 def save(obj: Any, dst: Union[str, os.PathLike[str], IO[bytes]]) -> None:

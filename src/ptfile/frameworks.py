@@ -84,7 +84,7 @@ class _TorchTensors:
 
     def __init__(self, device: Any = None, private: bool = False) -> None:
         self.torch = import_framework("torch")
-        self.device = device
+        self.device = None if device is None else self.torch.device(device)
         self.private = private  # read-only arrays view memory of this load alone (a copy-on-write map)
         # id(root buffer) -> the uint8 tensor over it; a tensor viewing it keeps it (and the root) alive,
         # so an id is never reused while its entry lives.
@@ -215,8 +215,15 @@ def _address(array: np.ndarray) -> int:
 
 
 class _JaxArrays:
+    """numpy arrays to ``jax.Array`` with ``device_put``, which aliases aligned host memory on the CPU."""
+
     def __init__(self, device: Any = None) -> None:
-        self.jnp = import_framework("jax")
+        import_framework("jax")
+        import jax
+
+        self.jax = jax
+        if isinstance(device, str):  # "cpu", "gpu": the first device of that platform
+            device = jax.devices(device)[0]
         self.device = device
 
     def convert(self, value: Any) -> Any:
@@ -224,10 +231,30 @@ class _JaxArrays:
             raise UnsupportedFormatError(f"JAX has no {type(value).__name__}; read it with framework='numpy' or 'pt'")
         if not isinstance(value, np.ndarray):
             return value
+        plain = self._exact(value.view(np.ndarray))
         try:
-            return self.jnp.asarray(value.view(np.ndarray), device=self.device)
+            return self.jax.device_put(plain, self.device)
         except TypeError as exc:  # a dtype JAX lacks (complex32)
             raise UnsupportedFormatError(f"JAX has no array of dtype {value.dtype}: {exc}") from None
+
+    def _exact(self, array: np.ndarray) -> np.ndarray:
+        """The array in the type JAX will hold it in, refused where that would change a value.
+
+        Without ``jax_enable_x64`` JAX narrows 64-bit arrays to 32 bits, wrapping integers and
+        rounding floats silently; ptfile narrows only arrays whose every value survives.
+        """
+        try:
+            narrow = np.dtype(self.jax.dtypes.canonicalize_dtype(array.dtype))
+        except TypeError:
+            return array  # not a JAX type: device_put says so
+        if narrow == array.dtype:
+            return array
+        cast = array.astype(narrow)
+        if not np.array_equal(cast.astype(array.dtype), array, equal_nan=array.dtype.kind in "fc"):
+            raise UnsupportedFormatError(
+                f"a {array.dtype} tensor holds values {narrow} cannot: JAX would change them; "
+                f"enable 64-bit types with jax.config.update('jax_enable_x64', True)")
+        return cast
 
 
 class _MlxArrays:

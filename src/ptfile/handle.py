@@ -37,6 +37,7 @@ class Handle(Mapping[str, Any]):
     format = ""
     name = ""
     framework = "numpy"
+    device: Any = None
     _closed = False
     _converters: dict | None = None
 
@@ -88,8 +89,10 @@ class Handle(Mapping[str, Any]):
         """The tensor in the handle's framework (numpy: quantized and sparse tensors as ptfile values)."""
         return self.get_tensor(key)
 
-    def use_framework(self, framework: str) -> Handle:
-        """Make ``framework`` the handle's default for tensors; importing it now."""
+    def use_framework(self, framework: str, device: Any = None) -> Handle:
+        """Make ``framework`` the handle's default for tensors, on ``device``; importing it now."""
+        self.device = device
+        self._converters = None
         self.framework = self._converter(framework).name
         return self
 
@@ -101,7 +104,7 @@ class Handle(Mapping[str, Any]):
         if self._converters is None:
             self._converters = {}
         if name not in self._converters:
-            self._converters[name] = converter(name)  # keeps one torch storage per file storage
+            self._converters[name] = converter(name, self.device)  # keeps one torch storage per file storage
         return self._converters[name]
 
     def _missing(self, key: str) -> str:

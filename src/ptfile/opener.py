@@ -152,12 +152,12 @@ def detect(source: Source) -> Format:
 
 
 def open_handle(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None,
-                framework: str = "numpy") -> Handle:
+                framework: str = "numpy", device: Any = None) -> Handle:
     """The handle for anything ptfile reads (see the module docstring), giving tensors in ``framework``."""
     handle = _open_handle(src, mmap=mmap, records=records, allow=allow)
-    if framework != "numpy":
+    if framework != "numpy" or device is not None:
         try:
-            handle.use_framework(framework)
+            handle.use_framework(framework, device)
         except BaseException:
             handle.close()
             raise
