@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +177,71 @@ def test_torch_load_gives_what_torch_gives(name: str, mmap) -> None:
     ours = pt.load(path, mmap=mmap, weights_only="training" not in name)
     assert_same_tensors(ours, _torch_load(path, mmap=bool(mmap)), grad_lost=GRAD_LOST.get(name, set()),
                         numpy_in_file=NUMPY_IN_FILE.get(name, set()), offset_lost=OFFSET_LOST.get(name, set()))
+
+
+def _tied_transformer(seed: int = 0):
+    """A small language model whose output layer shares its weight with the embedding."""
+    torch = _torch()
+    nn = torch.nn
+
+    class TinyLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(32, 16)
+            layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(16)
+            self.head = nn.Linear(16, 32, bias=False)
+            self.head.weight = self.embed.weight  # tied
+
+        def forward(self, tokens):
+            return self.head(self.norm(self.encoder(self.embed(tokens))))
+
+    torch.manual_seed(seed)
+    return TinyLM().eval()
+
+
+def test_load_state_dict_strict_of_a_tied_transformer(tmp_path) -> None:
+    torch = _torch()
+    import ptfile.torch as pt
+
+    model = _tied_transformer(0)
+    path = tmp_path / "lm.pt"
+    torch.save(model.state_dict(), path)
+    for mmap in (None, True):
+        state = pt.load(path, mmap=mmap)
+        assert state._metadata == torch.load(path)._metadata
+        assert state["embed.weight"].untyped_storage().data_ptr() == state["head.weight"].untyped_storage().data_ptr()
+        fresh = _tied_transformer(1)
+        assert fresh.load_state_dict(state, strict=True) == torch.nn.modules.module._IncompatibleKeys([], [])
+        tokens = torch.tensor([[1, 5, 7, 31]])
+        with torch.no_grad():
+            assert torch.equal(fresh(tokens), model(tokens))
+        assert fresh.head.weight is fresh.embed.weight
+
+
+@pytest.mark.parametrize("mmap", [None, False, True])
+def test_loaded_tensors_are_writable_and_the_file_is_not_written(tmp_path, mmap) -> None:
+    torch = _torch()
+    import ptfile.torch as pt
+
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.arange(6.0), "v": torch.arange(4)}, path)
+    before = path.read_bytes()
+    ours, theirs = pt.load(path, mmap=mmap), torch.load(path, mmap=bool(mmap))
+    for state in (ours, theirs):
+        state["w"].add_(1)
+        state["v"][0] = 9
+    assert torch.equal(ours["w"], theirs["w"]) and torch.equal(ours["v"], theirs["v"])
+    assert path.read_bytes() == before
+
+
+def test_read_only_sources_give_read_only_tensors(tmp_path) -> None:
+    """A handle over a read-only map does not pretend its tensors are writable memory of their own."""
+    torch = _torch()
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.arange(6.0)}, path)
+    data = bytearray(path.read_bytes())
+    state = ptfile.load(data, framework="pt")
+    state["w"].add_(1)  # the caller's bytearray is never written through ptfile's views
+    assert bytes(data) == path.read_bytes()

@@ -27,9 +27,9 @@ asked for, and a missing one is a :class:`~ptfile.errors.FrameworkMissingError`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -85,7 +85,7 @@ class _TorchTensors:
     def __init__(self, device: Any = None, private: bool = False) -> None:
         self.torch = import_framework("torch")
         self.device = None if device is None else self.torch.device(device)
-        self.private = private  # read-only arrays view memory of this load alone (a copy-on-write map)
+        self.private = private  # read-only arrays may view memory of this load alone (a copy-on-write map)
         # id(root buffer) -> the uint8 tensor over it; a tensor viewing it keeps it (and the root) alive,
         # so an id is never reused while its entry lives.
         self._storages: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -136,14 +136,16 @@ class _TorchTensors:
             return found
         if not root.flags.c_contiguous:
             return None  # a view torch could not share: copied instead
-        if self.private and not root.flags.writeable:
-            _writable_if_private(root)
         if not root.size:  # nothing to share; numpy's empty arrays have strides torch cannot view
             return self.torch.empty(0, dtype=self.torch.uint8)
+        if self.private and not root.flags.writeable:
+            _writable_if_private(root)
         flat = root.reshape(-1).view(np.uint8)
-        with warnings.catch_warnings():  # a read-only map stays read-only, as its numpy arrays are
-            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-            base = self.torch.from_numpy(flat)
+        if not flat.flags.writeable:
+            # torch tensors are writable: over a read-only map a write would crash, over a caller's
+            # buffer it would change the caller's bytes.  One copy per storage keeps its tensors sharing it.
+            flat = flat.copy()
+        base = self.torch.from_numpy(flat)
         self._storages[id(root)] = base
         return base
 
@@ -201,10 +203,8 @@ def _writable_if_private(root: np.ndarray) -> None:
 
     numpy allows it only when the memory below is writable: otherwise the tensors stay read-only.
     """
-    try:
+    with contextlib.suppress(ValueError):
         root.flags.writeable = True
-    except ValueError:
-        pass
 
 
 def _address(array: np.ndarray) -> int:

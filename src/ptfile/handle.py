@@ -38,6 +38,7 @@ class Handle(Mapping[str, Any]):
     name = ""
     framework = "numpy"
     device: Any = None
+    private = False  # tensors' memory is a copy-on-write map of this handle's alone
     _closed = False
     _converters: dict | None = None
 
@@ -104,7 +105,7 @@ class Handle(Mapping[str, Any]):
         if self._converters is None:
             self._converters = {}
         if name not in self._converters:
-            self._converters[name] = converter(name, self.device)  # keeps one torch storage per file storage
+            self._converters[name] = converter(name, self.device, private=self.private)  # keeps one torch storage per file storage
         return self._converters[name]
 
     def _missing(self, key: str) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 
 from .dtypes import by_torch_name
 from .errors import PtfileError, UnsupportedFormatError
-from .frameworks import converter, import_framework, map_tree
+from .frameworks import import_framework, map_tree
 from .values import Parameter
 
 torch = import_framework("torch")
@@ -66,19 +66,11 @@ def load(
         PtfileError: for every malformed, unsupported or unsafe input, with the reason.
     """
     from .opener import load_tree
-    from .source import private_map
 
     if pickle_module is not None:
         raise PtfileError("ptfile.torch.load reads pickles with ptfile's own engine: pickle_module must be None")
-    convert = converter("torch", _target_device(map_location), private=bool(mmap) and _is_file(f))
-    source = private_map(os.fspath(f)) if bool(mmap) and _is_file(f) else None
-    tree = load_tree(f if source is None else source, mmap=bool(mmap), records=records or weights_only is False,
-                     allow=allow)
-    return convert.tree(tree)
-
-
-def _is_file(f: Any) -> bool:
-    return isinstance(f, (str, os.PathLike)) and "://" not in os.fspath(f) and os.path.isfile(f)
+    return load_tree(f, mmap=bool(mmap), records=records or weights_only is False, allow=allow, framework="torch",
+                     device=_target_device(map_location))
 
 
 def _target_device(map_location: MapLocation) -> Any:
@@ -95,7 +87,7 @@ def _target_device(map_location: MapLocation) -> Any:
     raise PtfileError(f"map_location must be a device, a string, a dict or a callable, not {type(map_location).__name__}")
 
 
-def save(obj: Any, f: Union[str, "os.PathLike[str]", IO[bytes]]) -> None:
+def save(obj: Any, f: Union[str, os.PathLike, IO[bytes]]) -> None:
     """``torch.save(obj, f)``: torch tensors, parameters and state dicts written as torch writes them.
 
     Tensors are handed to ptfile's writer as numpy views of their own storages (nothing is
