@@ -245,3 +245,328 @@ def test_read_only_sources_give_read_only_tensors(tmp_path) -> None:
     state = ptfile.load(data, framework="pt")
     state["w"].add_(1)  # the caller's bytearray is never written through ptfile's views
     assert bytes(data) == path.read_bytes()
+
+
+@pytest.mark.parametrize("form", ["none", "str", "device", "dict", "callable", "callable_none", "meta"])
+def test_map_location_forms_as_torch_load(tmp_path, form) -> None:
+    torch = _torch()
+    import ptfile.torch as pt
+
+    path = tmp_path / "m.pt"
+    torch.save({"w": torch.arange(6.0).reshape(2, 3), "n": torch.tensor(3)}, path)
+    location = {
+        "none": None, "str": "cpu", "device": torch.device("cpu"), "dict": {"cpu": "cpu"},
+        "callable": lambda storage, loc: storage, "callable_none": lambda storage, loc: None, "meta": "meta",
+    }[form]
+    ours, theirs = pt.load(path, map_location=location), torch.load(path, map_location=location)
+    for key in theirs:
+        assert ours[key].device == theirs[key].device and ours[key].dtype == theirs[key].dtype
+        assert ours[key].shape == theirs[key].shape and ours[key].stride() == theirs[key].stride()
+        if theirs[key].device.type != "meta":
+            assert torch.equal(ours[key], theirs[key])
+
+
+def test_map_location_of_another_type_is_refused(tmp_path) -> None:
+    torch = _torch()
+    import ptfile.torch as pt
+
+    path = tmp_path / "m.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    with pytest.raises(PtfileError, match="map_location must be"):
+        pt.load(path, map_location=3)
+    with pytest.raises(PtfileError, match="pickle_module must be None"):
+        pt.load(path, pickle_module=__import__("pickle"))
+
+
+def _quantized_and_sparse():
+    torch = _torch()
+    torch.manual_seed(7)
+    dense = torch.randn(4, 6)
+    dense[dense.abs() < 0.8] = 0
+    return {
+        "q_tensor": torch.quantize_per_tensor(torch.randn(3, 4), 0.05, 3, torch.quint8),
+        "q_int8": torch.quantize_per_tensor(torch.randn(5), 0.1, 0, torch.qint8),
+        "q_int32": torch.quantize_per_tensor(torch.randn(2, 2), 0.01, 1, torch.qint32),
+        "q_channel": torch.quantize_per_channel(torch.randn(3, 4), torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64),
+                                                torch.tensor([0, 1, -1]), 0, torch.qint8),
+        "coo": dense.to_sparse(),
+        "csr": dense.to_sparse_csr(),
+        "csc": dense.to_sparse_csc(),
+        "bsr": dense.to_sparse_bsr((2, 3)),
+        "bsc": dense.to_sparse_bsc((2, 3)),
+    }
+
+
+def test_quantized_and_sparse_tensors_as_torch_loads_them(tmp_path) -> None:
+    torch = _torch()
+    import ptfile.torch as pt
+
+    path = tmp_path / "qs.pt"
+    torch.save(_quantized_and_sparse(), path)
+    ours, theirs = pt.load(path), torch.load(path)
+    assert list(ours) == list(theirs)
+    for key, expected in theirs.items():
+        got = ours[key]
+        assert (got.layout, got.dtype, got.shape, got.is_quantized) == \
+            (expected.layout, expected.dtype, expected.shape, expected.is_quantized), key
+        if expected.is_quantized:
+            assert got.qscheme() == expected.qscheme(), key
+            assert torch.equal(got.int_repr(), expected.int_repr()) and got.stride() == expected.stride(), key
+            if expected.qscheme() == torch.per_tensor_affine:
+                assert (got.q_scale(), got.q_zero_point()) == (expected.q_scale(), expected.q_zero_point()), key
+            else:
+                assert torch.equal(got.q_per_channel_scales(), expected.q_per_channel_scales()), key
+                assert torch.equal(got.q_per_channel_zero_points(), expected.q_per_channel_zero_points()), key
+                assert got.q_per_channel_axis() == expected.q_per_channel_axis(), key
+        else:
+            assert torch.equal(got.to_dense(), expected.to_dense()), key
+            if expected.layout == torch.sparse_coo:
+                assert torch.equal(got._indices(), expected._indices()), key
+                assert got.is_coalesced() == expected.is_coalesced(), key
+            else:
+                assert torch.equal(got.values(), expected.values()), key
+
+
+def test_torch_save_writes_what_torch_save_writes(tmp_path) -> None:
+    """Byte for byte, for a module's state dict, every dtype, views and tied weights."""
+    torch = _torch()
+    import ptfile.torch as pt
+    from conftest import import_generator
+
+    generator = import_generator()
+    cases = {"lm": _tied_transformer(0).state_dict(), "dtypes": generator.case_dtypes(),
+             "views": generator.case_views(), "shared": generator.case_shared(),
+             "parameters": {k: v for k, v in generator.case_parameters().items() if k != "leaf"}}
+    for name, state in cases.items():
+        (tmp_path / "torch").mkdir(exist_ok=True)
+        (tmp_path / "ptfile").mkdir(exist_ok=True)
+        theirs, ours = tmp_path / "torch" / f"{name}.pt", tmp_path / "ptfile" / f"{name}.pt"
+        torch.save(state, theirs)
+        pt.save(state, ours)
+        assert ours.read_bytes() == theirs.read_bytes(), name
+        assert_same_tensors(torch.load(ours), torch.load(theirs))
+
+
+def test_torch_save_refuses_what_it_cannot_write(tmp_path) -> None:
+    torch = _torch()
+    import ptfile.torch as pt
+
+    for value, reason in ((torch.zeros(3).to_sparse(), "dense"), (torch.zeros(2, device="meta"), "CPU"),
+                          (torch.quantize_per_tensor(torch.zeros(2), 0.1, 0, torch.qint8), "quantized")):
+        with pytest.raises(PtfileError, match=reason):
+            pt.save({"x": value}, tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+
+# -- handles and safe_open -------------------------------------------------------------------
+
+
+def test_handle_framework_per_handle_and_per_call(tmp_path) -> None:
+    torch = _torch()
+    path = tmp_path / "h.pt"
+    base = torch.arange(12.0).reshape(3, 4)
+    torch.save({"w": base, "tied": base, "row": base[1], "b": torch.arange(4).to(torch.bfloat16)}, path)
+    theirs = torch.load(path)
+    with ptfile.open(path, framework="pt") as handle:
+        w, tied, row = handle["w"], handle.get_tensor("tied"), handle.get_tensor("row")
+        assert isinstance(w, torch.Tensor) and torch.equal(w, theirs["w"])
+        assert w.untyped_storage().data_ptr() == tied.untyped_storage().data_ptr() == row.untyped_storage().data_ptr()
+        assert row.storage_offset() == theirs["row"].storage_offset() == 4
+        assert handle.get_tensor("b").dtype == torch.bfloat16
+        as_numpy = handle.get_tensor("w", framework="numpy")
+        assert isinstance(as_numpy, np.ndarray) and np.array_equal(as_numpy, theirs["w"].numpy())
+        part = handle.get_slice("w")[1:, ::2]
+        assert isinstance(part, torch.Tensor) and torch.equal(part, theirs["w"][1:, ::2])
+        assert isinstance(handle.get_slice("w", framework="numpy")[0], np.ndarray)
+        assert dict(handle.metadata()) == {}
+    with ptfile.open(path) as handle:  # numpy by default, torch on request
+        assert isinstance(handle["w"], np.ndarray)
+        assert torch.equal(handle.get_tensor("w", framework="torch"), theirs["w"])
+        assert torch.equal(handle.get_slice("b", framework="pt")[1:3], theirs["b"][1:3])
+
+
+def _state():
+    torch = _torch()
+    torch.manual_seed(11)
+    return {"a": torch.arange(12.0).reshape(4, 3), "b": torch.randn(5).to(torch.bfloat16),
+            "c": torch.arange(6, dtype=torch.int64).reshape(2, 3), "d": torch.tensor([True, False, True])}
+
+
+def _read_like_safetensors(open_fn, path, framework: str) -> dict:
+    """The safetensors reading pattern: keys, every tensor, slices with their shape, metadata."""
+    out = {}
+    with open_fn(path, framework=framework, device="cpu") as f:
+        for key in f.keys():
+            out[key] = f.get_tensor(key)
+        piece = f.get_slice("a")
+        out["a.shape"] = piece.get_shape()
+        out["a[1:3, :2]"] = piece[1:3, :2]
+        out["c[1]"] = f.get_slice("c")[1]
+        out["metadata.format"] = (f.metadata() or {}).get("format")
+    return out
+
+
+def _layouts(tmp_path) -> dict:
+    """The same state dict as a .pt file, a .bin file, a shard folder, its index and a DCP folder."""
+    torch = _torch()
+    import torch.distributed.checkpoint as dcp
+
+    import ptfile.torch as pt
+
+    state = _state()
+    torch.save(state, tmp_path / "model.pt")
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    shards = tmp_path / "shards"
+    ptfile.save_sharded(ptfile.load(tmp_path / "model.pt"), shards, max_shard_size=64)
+    assert len(list(shards.glob("*.bin"))) > 1
+    with pytest.warns(UserWarning):  # "torch.distributed is unavailable ... assuming a single process"
+        dcp.save(_state(), checkpoint_id=str(tmp_path / "dcp"))
+    pt.save(state, tmp_path / "ptfile_saved.pt")
+    return {"pt": tmp_path / "model.pt", "bin": tmp_path / "pytorch_model.bin", "shards": shards,
+            "index": shards / "pytorch_model.bin.index.json", "dcp": tmp_path / "dcp",
+            "ptfile_saved": tmp_path / "ptfile_saved.pt"}
+
+
+def test_safe_open_reads_every_layout_as_safetensors_reads_its_file(tmp_path) -> None:
+    torch = _torch()
+    safetensors = pytest.importorskip("safetensors")
+    from safetensors.torch import save_file
+
+    reference = tmp_path / "model.safetensors"
+    save_file(_state(), reference, metadata={"format": "pt"})
+    expected = _read_like_safetensors(safetensors.safe_open, reference, "pt")
+    layouts = _layouts(tmp_path)
+    layouts["safetensors"] = reference
+    for name, path in layouts.items():
+        got = _read_like_safetensors(ptfile.safe_open, path, "pt")
+        assert sorted(got) == sorted(expected), name
+        for key, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                assert isinstance(got[key], torch.Tensor) and got[key].dtype == value.dtype, (name, key)
+                assert torch.equal(got[key], value), (name, key)
+            elif key != "metadata.format" or name == "safetensors":
+                assert got[key] == value, (name, key)
+
+
+def test_safe_open_numpy_as_safetensors_numpy(tmp_path) -> None:
+    _torch()
+    safetensors = pytest.importorskip("safetensors")
+    from safetensors.numpy import save_file
+
+    state = {"a": np.arange(12, dtype=np.float32).reshape(4, 3), "c": np.arange(6, dtype=np.int64).reshape(2, 3)}
+    reference = tmp_path / "model.safetensors"
+    save_file(state, reference)
+    ptfile.save(state, tmp_path / "model.pt")
+    expected = _read_like_safetensors(safetensors.safe_open, reference, "np")
+    for path in (reference, tmp_path / "model.pt"):
+        got = _read_like_safetensors(ptfile.safe_open, path, "np")
+        assert sorted(got) == sorted(expected)
+        for key, value in expected.items():
+            if isinstance(value, np.ndarray):
+                assert type(got[key]) is np.ndarray and got[key].dtype == value.dtype
+                assert np.array_equal(got[key], value), key
+            else:
+                assert got[key] == value, key
+
+
+class _Touch:
+    """Pickles as a call that creates a marker file: the harmless stand-in for a payload."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_safe_open_and_torch_load_refuse_what_scan_does_not_call_clean(tmp_path) -> None:
+    torch = _torch()
+    import ptfile.torch as pt
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(2), "x": _Touch(marker)}, path)
+    assert ptfile.scan(path).verdict == "dangerous"
+    with pytest.raises(PtfileError):
+        ptfile.safe_open(path, framework="pt")
+    for weights_only in (True, False):
+        with pytest.raises(PtfileError):
+            pt.load(path, weights_only=weights_only)
+    assert not marker.exists()
+
+
+# -- JAX --------------------------------------------------------------------------------------
+
+
+def _jax():
+    return pytest.importorskip("jax")
+
+
+def test_jax_arrays_equal_numpy_and_alias_aligned_storages() -> None:
+    jax = _jax()
+    numpy_state = ptfile.load(FIXTURES / "parameters.pt")
+    jax_state = ptfile.load(FIXTURES / "parameters.pt", framework="jax")
+    assert list(jax_state) == list(numpy_state)
+    for key, array in numpy_state.items():
+        got = jax_state[key]
+        assert isinstance(got, jax.Array) and got.dtype == array.dtype and got.shape == array.shape
+        assert np.array_equal(np.asarray(got).view(np.uint8), array.view(np.ndarray).view(np.uint8))
+    assert jax_state["bf16"].dtype.name == "bfloat16"
+    with ptfile.open(FIXTURES / "shared.pt", framework="flax") as handle:  # torch aligns storages to 64 bytes
+        numpy_view = handle.get_tensor("alone", framework="numpy")
+        assert handle["alone"].unsafe_buffer_pointer() == numpy_view.__array_interface__["data"][0]
+
+
+def test_jax_narrows_64_bit_values_only_when_exact(tmp_path) -> None:
+    jax = _jax()
+    path = tmp_path / "x.pt"
+    ptfile.save({"small": np.arange(3, dtype=np.int64), "big": np.array([2**40], np.int64),
+                 "f64": np.array([0.5, 1.0]), "f64_fine": np.array([0.1])}, path)
+    with ptfile.open(path, framework="jax") as handle:
+        if jax.config.jax_enable_x64:
+            pytest.skip("64-bit types are enabled: nothing is narrowed")
+        assert handle["small"].dtype == np.int32 and handle["small"].tolist() == [0, 1, 2]
+        assert handle["f64"].dtype == np.float32
+        for key in ("big", "f64_fine"):
+            with pytest.raises(PtfileError, match="jax_enable_x64"):
+                handle.get_tensor(key)
+
+
+def test_jax_refuses_what_it_cannot_hold() -> None:
+    _jax()
+    with pytest.raises(PtfileError, match="complex32"):
+        ptfile.load(FIXTURES / "dtypes.pt", framework="jax")
+
+
+def test_mlx_arrays_where_mlx_installs() -> None:
+    mx = pytest.importorskip("mlx.core")
+    numpy_state = ptfile.load(FIXTURES / "parameters.pt")
+    mlx_state = ptfile.load(FIXTURES / "parameters.pt", framework="mlx")
+    for key, array in numpy_state.items():
+        got = mlx_state[key]
+        assert isinstance(got, mx.array) and tuple(got.shape) == array.shape
+        assert np.array_equal(np.array(got.view(mx.uint16) if array.dtype.name == "bfloat16" else got),
+                              array.view(np.uint16) if array.dtype.name == "bfloat16" else array)
+
+
+def test_ptfile_torch_without_torch_says_so() -> None:
+    code = ("import sys\nsys.modules['torch'] = None\nimport ptfile\n"
+            "try:\n    import ptfile.torch\nexcept ptfile.errors.FrameworkMissingError as exc:\n"
+            "    print('ptfile[torch]' in str(exc))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(SRC)})
+    assert out.stdout.split() == ["True"], out.stderr
+
+
+def test_weights_only_false_gives_records_and_runs_nothing(tmp_path) -> None:
+    """A whole pickled module loads as inert records, its tensors as torch tensors."""
+    torch = _torch()
+    import ptfile.torch as pt
+
+    path = tmp_path / "whole.pt"
+    torch.save(torch.nn.Linear(3, 2), path)
+    with pytest.raises(PtfileError):
+        pt.load(path)  # weights_only=True, as torch.load, refuses a whole module
+    record = pt.load(path, weights_only=False)
+    assert isinstance(record, ptfile.Record) and record.classname == "torch.nn.modules.linear.Linear"
+    weight = record.state["_parameters"]["weight"]
+    assert isinstance(weight, torch.nn.Parameter) and torch.equal(weight, torch.load(path, weights_only=False).weight)
