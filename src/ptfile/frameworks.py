@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .dtypes import by_numpy
+from .engine import gc_paused
 from .errors import FrameworkMissingError, PtfileError, UnsupportedFormatError
 from .special import MetaTensor, NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
 from .tensors import root_of
@@ -308,6 +309,11 @@ class Converter:
 
 def map_tree(tree: Any, is_leaf: Callable[[Any], bool], convert: Callable[[Any], Any]) -> Any:
     """``tree`` with ``convert(leaf)`` for every leaf, containers rebuilt around them (see :meth:`Converter.tree`)."""
+    with gc_paused():  # every container built stays reachable: a collection would only walk them all again
+        return _map_tree(tree, is_leaf, convert)
+
+
+def _map_tree(tree: Any, is_leaf: Callable[[Any], bool], convert: Callable[[Any], Any]) -> Any:
     done: dict[int, Any] = {}
     open_: set[int] = set()
     stack: list[tuple[Any, list | None]] = [(tree, None)]
