@@ -100,10 +100,13 @@ def _sharing(tensors: dict, flagged: set[str]) -> list[list[str]]:
     their base's storage, ptfile resolves their values into memory of their own.
     """
     groups: dict[int, list[str]] = {}
+    storages: dict[int, int] = {}
     for name, tensor in tensors.items():
         storage = tensor.untyped_storage()
         if storage.nbytes() and name not in flagged:
             groups.setdefault(storage.data_ptr(), []).append(name)
+            # one storage object per memory, as torch.save counts storages: not two over the same bytes
+            assert storages.setdefault(storage.data_ptr(), storage._cdata) == storage._cdata, name
     return sorted(sorted(group) for group in groups.values())
 
 
@@ -570,3 +573,27 @@ def test_weights_only_false_gives_records_and_runs_nothing(tmp_path) -> None:
     assert isinstance(record, ptfile.Record) and record.classname == "torch.nn.modules.linear.Linear"
     weight = record.state["_parameters"]["weight"]
     assert isinstance(weight, torch.nn.Parameter) and torch.equal(weight, torch.load(path, weights_only=False).weight)
+
+
+def test_copied_storages_are_never_found_again_under_a_reused_id() -> None:
+    """Read-only memory is copied per storage; once its array is gone, its id may name another array."""
+    _torch()
+    from ptfile.frameworks import converter
+
+    convert = converter("pt")
+    kept = []
+    for value in range(300):
+        root = np.full(64, value, np.int16)
+        root.flags.writeable = False
+        kept.append((value, convert.tensor(root[8:16])))
+        del root  # its id is free again, while the copy it made lives on in ``kept``
+    assert all(bool((tensor == value).all()) for value, tensor in kept)
+
+
+def test_slices_for_frameworks_hold_their_own_bytes(tmp_path) -> None:
+    torch = _torch()
+    path = tmp_path / "s.pt"
+    torch.save({"w": torch.arange(1000.0)}, path)
+    with ptfile.open(path, framework="pt") as handle:
+        part = handle.get_slice("w")[10:20]
+        assert torch.equal(part, torch.arange(10.0, 20.0)) and part.untyped_storage().nbytes() == 40

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import copy
 import importlib
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -87,9 +86,9 @@ class _TorchTensors:
         self.torch = import_framework("torch")
         self.device = None if device is None else self.torch.device(device)
         self.private = private  # read-only arrays may view memory of this load alone (a copy-on-write map)
-        # id(root buffer) -> the uint8 tensor over it; a tensor viewing it keeps it (and the root) alive,
-        # so an id is never reused while its entry lives.
-        self._storages: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        # id(root buffer) -> (the root, the uint8 tensor over it): every view of one root gets one torch
+        # storage, as torch.load gives tied tensors one storage.  Holding the root keeps its id unique.
+        self._storages: dict[int, tuple[np.ndarray, Any]] = {}
 
     def convert(self, value: Any) -> Any:
         if isinstance(value, np.ndarray):
@@ -134,7 +133,7 @@ class _TorchTensors:
         """One uint8 tensor per root buffer, so every view of it shares one torch storage."""
         found = self._storages.get(id(root))
         if found is not None:
-            return found
+            return found[1]
         if not root.flags.c_contiguous:
             return None  # a view torch could not share: copied instead
         if not root.size:  # nothing to share; numpy's empty arrays have strides torch cannot view
@@ -147,7 +146,7 @@ class _TorchTensors:
             # buffer it would change the caller's bytes.  One copy per storage keeps its tensors sharing it.
             flat = flat.copy()
         base = self.torch.from_numpy(flat)
-        self._storages[id(root)] = base
+        self._storages[id(root)] = (root, base)
         return base
 
     def _copy(self, array: np.ndarray, dtype: Any) -> Any:

@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
+import numpy as np
+
 from .errors import PtfileError
 
 __all__ = ["Handle", "TensorSlice"]
@@ -163,6 +165,7 @@ class Handle(Mapping[str, Any]):
     def close(self) -> None:
         if not self._closed:
             self._close()
+            self._converters = None  # a torch converter holds one storage per storage it handed out
             self._closed = True
 
     def __enter__(self) -> Handle:
@@ -201,9 +204,9 @@ class TensorSlice:
         return str(self.dtype)
 
     def __getitem__(self, index: Any) -> Any:
-        # tensors are views of the mapped (or range-read) file: indexing a view touches only its bytes;
-        # the slice, not the whole tensor, is then converted
+        # tensors are views of the mapped (or range-read) file: indexing a view touches only its bytes
         part = self._handle.get_tensor(self._key, "numpy")[index]
         if self._framework is None and self._handle.framework == "numpy":
             return part
-        return self._handle._converter(self._framework).tensor(part)
+        # another framework gets the slice's own bytes, as safetensors' slices are: never the whole storage
+        return self._handle._converter(self._framework).tensor(np.array(part))
