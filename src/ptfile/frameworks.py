@@ -86,9 +86,9 @@ class _TorchTensors:
         self.torch = import_framework("torch")
         self.device = None if device is None else self.torch.device(device)
         self.private = private  # read-only arrays may view memory of this load alone (a copy-on-write map)
-        # id(root buffer) -> (the root, the uint8 tensor over it): every view of one root gets one torch
-        # storage, as torch.load gives tied tensors one storage.  Holding the root keeps its id unique.
-        self._storages: dict[int, tuple[np.ndarray, Any]] = {}
+        # id(root buffer) -> its storage: every view of one root gets one torch storage, as torch.load
+        # gives tied tensors one storage.  The entry holds the root, which keeps its id unique.
+        self._storages: dict[int, _Storage] = {}
 
     def convert(self, value: Any) -> Any:
         if isinstance(value, np.ndarray):
@@ -121,23 +121,22 @@ class _TorchTensors:
         """A tensor viewing ``array``'s memory, or a copy where torch cannot view it."""
         dtype = self.dtype_of(array)
         itemsize = array.dtype.itemsize
-        base = self._storage_of(root_of(array))
-        offset = _address(array) - _address(root_of(array)) if array.size else 0
-        if base is None or offset % itemsize or any(s < 0 or s % itemsize for s in array.strides):
+        storage = self._storage_of(root_of(array))
+        offset = _address(array) - storage.address if array.size and storage else 0
+        if storage is None or offset % itemsize or any(s < 0 or s % itemsize for s in array.strides):
             return self._copy(array, dtype)
-        typed = base[: base.numel() // itemsize * itemsize].view(dtype)
-        strides = tuple(s // itemsize for s in array.strides)
-        return typed.as_strided(array.shape, strides, offset // itemsize)
+        strides = tuple([s // itemsize for s in array.strides])
+        return storage.typed(dtype, itemsize).as_strided(array.shape, strides, offset // itemsize)
 
-    def _storage_of(self, root: np.ndarray) -> Any:
-        """One uint8 tensor per root buffer, so every view of it shares one torch storage."""
+    def _storage_of(self, root: np.ndarray) -> _Storage | None:
+        """One torch storage per root buffer, so every view of it shares it; None where torch cannot view it."""
         found = self._storages.get(id(root))
         if found is not None:
-            return found[1]
+            return found
         if not root.flags.c_contiguous:
-            return None  # a view torch could not share: copied instead
+            return None
         if not root.size:  # nothing to share; numpy's empty arrays have strides torch cannot view
-            return self.torch.empty(0, dtype=self.torch.uint8)
+            return _Storage(root, self.torch.empty(0, dtype=self.torch.uint8), 0)
         if self.private and not root.flags.writeable:
             _writable_if_private(root)
         flat = root.reshape(-1).view(np.uint8)
@@ -145,9 +144,8 @@ class _TorchTensors:
             # torch tensors are writable: over a read-only map a write would crash, over a caller's
             # buffer it would change the caller's bytes.  One copy per storage keeps its tensors sharing it.
             flat = flat.copy()
-        base = self.torch.from_numpy(flat)
-        self._storages[id(root)] = (root, base)
-        return base
+        storage = self._storages[id(root)] = _Storage(root, self.torch.from_numpy(flat), _address(root))
+        return storage
 
     def _copy(self, array: np.ndarray, dtype: Any) -> Any:
         dense = np.ascontiguousarray(array)
@@ -196,6 +194,26 @@ class _TorchTensors:
         torch = self.torch
         return torch.empty_strided(value.shape, value.strides, dtype=getattr(torch, value.dtype), device="meta",
                                    requires_grad=value.requires_grad)
+
+
+class _Storage:
+    """A root buffer as one torch storage: its bytes as a uint8 tensor, and typed views of them."""
+
+    __slots__ = ("root", "bytes", "address", "_typed")
+
+    def __init__(self, root: np.ndarray, data: Any, address: int) -> None:
+        self.root = root  # held: its id is the key of this entry
+        self.bytes = data
+        self.address = address
+        self._typed: dict[Any, Any] = {}
+
+    def typed(self, dtype: Any, itemsize: int) -> Any:
+        """The storage's whole elements of ``dtype``, one view per dtype."""
+        view = self._typed.get(dtype)
+        if view is None:
+            data = self.bytes
+            view = self._typed[dtype] = data[: data.numel() // itemsize * itemsize].view(dtype)
+        return view
 
 
 def _writable_if_private(root: np.ndarray) -> None:
