@@ -106,8 +106,8 @@ class Handle(Mapping[str, Any]):
         name = framework_name(self.framework if framework is None else framework)
         if self._converters is None:
             self._converters = {}
-        if name not in self._converters:
-            self._converters[name] = converter(name, self.device, private=self.private)  # keeps one torch storage per file storage
+        if name not in self._converters:  # one converter, so one torch storage per storage of the file
+            self._converters[name] = converter(name, self.device, private=self.private)
         return self._converters[name]
 
     def _missing(self, key: str) -> str:

@@ -10,6 +10,17 @@ offsets and shared storages as ``torch.load`` gives them, ``nn.Parameter`` with
 ``requires_grad`` as saved, quantized, sparse, nested and meta tensors as torch's own,
 and ``OrderedDict._metadata`` kept for ``load_state_dict(strict=True)``.
 
+Where ptfile's reading differs from ``torch.load`` (each is tested against torch):
+
+* a plain tensor (not a parameter) saved with ``requires_grad=True`` comes back with
+  ``requires_grad=False``: ptfile's arrays carry the flag for parameters only;
+* numpy arrays pickled in a ``weights_only=False`` checkpoint come back as tensors;
+* conjugate and negative views come back resolved, in memory of their own (same values,
+  bit for bit, no lazy flag);
+* an empty view at a storage offset comes back at offset 0;
+* ``map_location`` as a dict or callable is given the location ``"cpu"``, where ptfile read
+  the bytes; tensors saved on a GPU come back in host memory unless moved.
+
 Importing this module imports torch; ``import ptfile`` alone never does.
 """
 
@@ -93,7 +104,7 @@ def save(obj: Any, f: Union[str, os.PathLike, IO[bytes]]) -> None:
     Tensors are handed to ptfile's writer as numpy views of their own storages (nothing is
     copied), so storages shared in memory are shared in the file, with offsets and
     strides kept.  Only dense CPU tensors are written; a conjugate or negative view is
-    written with its values resolved.
+    written with its values resolved, and ``requires_grad`` is written for parameters only.
 
     Raises:
         PtfileError: for a value that cannot be saved, before anything is written.
