@@ -120,6 +120,13 @@ NUMPY_IN_FILE = {"training.pt": {"counts", "fortran", "numpy_rng.1"}}
 OFFSET_LOST = {"edge_shapes.pt": {"empty_slice"}}
 
 
+def _raw_bits_types() -> dict:
+    """torch types with no arithmetic, which ptfile reads as unsigned integers of their width, bit for bit."""
+    torch = _torch()
+    return {torch.bits8: torch.uint8, torch.bits16: torch.uint16, torch.bits1x8: torch.uint8,
+            torch.bits2x4: torch.uint8, torch.bits4x2: torch.uint8, torch.float4_e2m1fn_x2: torch.uint8}
+
+
 def assert_same_tensors(ours, theirs, *, grad_lost=frozenset(), numpy_in_file=frozenset(),
                         offset_lost=frozenset()) -> None:
     """The two trees hold the same tensors, exactly, laid out and shared alike.
@@ -144,7 +151,7 @@ def assert_same_tensors(ours, theirs, *, grad_lost=frozenset(), numpy_in_file=fr
         got = mine[name]
         what = f"{name}: {expected.dtype} {tuple(expected.shape)}"
         assert type(got) is type(expected), what
-        assert got.dtype == expected.dtype and got.shape == expected.shape, what
+        assert got.dtype == _raw_bits_types().get(expected.dtype, expected.dtype) and got.shape == expected.shape, what
         assert got.stride() == expected.stride() and got.storage_offset() == expected.storage_offset(), what
         assert got.requires_grad == expected.requires_grad, what
         assert got.untyped_storage().nbytes() == expected.untyped_storage().nbytes() or expected.is_conj() \

@@ -18,6 +18,9 @@ Where ptfile's reading differs from ``torch.load`` (each is tested against torch
 * conjugate and negative views come back resolved, in memory of their own (same values,
   bit for bit, no lazy flag);
 * an empty view at a storage offset comes back at offset 0;
+* tensors of types without arithmetic (``bits8``, ``bits16``, ``bits1x8``, ``bits2x4``,
+  ``bits4x2``, ``float4_e2m1fn_x2``), where ptfile reads them, come back as unsigned
+  integers of their width with the same bits;
 * ``map_location`` as a dict or callable is given the location ``"cpu"``, where ptfile read
   the bytes; tensors saved on a GPU come back in host memory unless moved.
 
