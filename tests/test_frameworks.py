@@ -522,9 +522,22 @@ def test_jax_arrays_equal_numpy_and_alias_aligned_storages() -> None:
         assert isinstance(got, jax.Array) and got.dtype == array.dtype and got.shape == array.shape
         assert np.array_equal(np.asarray(got).view(np.uint8), array.view(np.ndarray).view(np.uint8))
     assert jax_state["bf16"].dtype.name == "bfloat16"
-    with ptfile.open(FIXTURES / "shared.pt", framework="flax") as handle:  # torch aligns storages to 64 bytes
-        numpy_view = handle.get_tensor("alone", framework="numpy")
-        assert handle["alone"].unsafe_buffer_pointer() == numpy_view.__array_interface__["data"][0]
+
+
+def test_jax_aliases_large_aligned_storages(tmp_path) -> None:
+    """torch aligns storages to 64 bytes: JAX on the CPU can use a large one in place."""
+    torch = _torch()
+    _jax()
+    from ptfile.frameworks import JAX_ALIAS_BYTES
+
+    path = tmp_path / "big.pt"
+    torch.save({"big": torch.arange(JAX_ALIAS_BYTES // 2).to(torch.bfloat16), "small": torch.arange(4.0)}, path)
+    with ptfile.open(path, framework="flax") as handle:
+        numpy_view = handle.get_tensor("big", framework="numpy")
+        big = handle["big"]
+        assert big.dtype.name == "bfloat16" and np.array_equal(np.asarray(big), numpy_view)
+        assert big.unsafe_buffer_pointer() == numpy_view.__array_interface__["data"][0]
+        assert np.array_equal(np.asarray(handle["small"]), np.arange(4.0, dtype=np.float32))
 
 
 def test_jax_narrows_64_bit_values_only_when_exact(tmp_path) -> None:

@@ -232,11 +232,16 @@ def _address(array: np.ndarray) -> int:
 # -- jax and mlx ----------------------------------------------------------------------
 
 
+#: Arrays of at least this many bytes go to JAX by ``device_put``, which aliases aligned host memory
+#: on the CPU; smaller ones by ``jnp.asarray``, whose copy costs less than aliasing's work per array.
+JAX_ALIAS_BYTES = 256 * 1024
+
+
 class _JaxArrays:
-    """numpy arrays to ``jax.Array`` with ``device_put``, which aliases aligned host memory on the CPU."""
+    """numpy arrays to ``jax.Array``: large ones aliased where JAX allows, small ones copied."""
 
     def __init__(self, device: Any = None) -> None:
-        import_framework("jax")
+        self.jnp = import_framework("jax")
         import jax
 
         self.jax = jax
@@ -251,7 +256,9 @@ class _JaxArrays:
             return value
         plain = self._exact(value.view(np.ndarray))
         try:
-            return self.jax.device_put(plain, self.device)
+            if plain.nbytes >= JAX_ALIAS_BYTES:
+                return self.jax.device_put(plain, self.device)
+            return self.jnp.asarray(plain, device=self.device)
         except TypeError as exc:  # a dtype JAX lacks (complex32)
             raise UnsupportedFormatError(f"JAX has no array of dtype {value.dtype}: {exc}") from None
 
