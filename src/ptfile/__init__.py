@@ -37,6 +37,7 @@ __all__ = [
     "scan",
     "save",
     "save_sharded",
+    "safe_open",
     "Checkpoint",
     "Handle",
     "TensorInfo",
@@ -65,7 +66,8 @@ Progress = Union[Callable[[int, int], None], None]
 Checkpoint = Handle
 
 
-def load(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow = None) -> Any:
+def load(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow = None,
+         framework: str = "numpy") -> Any:
     """Read a whole checkpoint into Python objects and numpy arrays, running no code from it.
 
     Args:
@@ -86,6 +88,9 @@ def load(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
             unknown-class and unknown-call uses come back as records even without
             ``records``, so that load succeeds exactly when ``scan(src, allow=allow)`` is
             clean.  A known code-execution gadget is never allowed.
+        framework: ``"numpy"``, ``"pt"``/``"torch"``, ``"jax"``/``"flax"`` or ``"mlx"``: the
+            type tensors come back as (see :mod:`ptfile.frameworks`); torch tensors view the
+            arrays' memory, with storages, strides and parameters kept.
 
     Returns:
         The checkpoint's object tree: dicts (``OrderedDict`` with ``_metadata`` kept), lists,
@@ -97,10 +102,11 @@ def load(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
     """
     from .opener import load_tree
 
-    return load_tree(src, mmap=mmap, records=records, allow=allow)
+    return load_tree(src, mmap=mmap, records=records, allow=allow, framework=framework)
 
 
-def open(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow = None) -> Handle:  # noqa: A001
+def open(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow = None,  # noqa: A001
+         framework: str = "numpy") -> Handle:
     """Open a checkpoint lazily: parse its directory and pickle, read tensors when asked.
 
     Every format ptfile reads (torch's zip, legacy and TorchScript files, safetensors,
@@ -110,7 +116,8 @@ def open(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
     names to numpy arrays with ``info(key)`` (a :class:`TensorInfo`: dtype, shape, strides,
     sizes, storage, nothing read), ``get_slice(key)[...]``, ``metadata()``, ``tree`` and
     ``value(path)`` for non-tensor values, ``format`` and ``close()``/``with``.
-    ``records`` and ``allow`` mean what they mean for :func:`load`.
+    ``records``, ``allow`` and ``framework`` mean what they mean for :func:`load`;
+    ``get_tensor(key, framework=...)`` and ``get_slice(key, framework=...)`` choose per call.
 
     Example:
         ```python
@@ -122,7 +129,29 @@ def open(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
     """
     from .opener import open_handle
 
-    return open_handle(src, mmap=mmap, records=records, allow=allow)
+    return open_handle(src, mmap=mmap, records=records, allow=allow, framework=framework)
+
+
+def safe_open(filename: Source, framework: str = "pt", device: Any = "cpu") -> Handle:
+    """safetensors' ``safe_open`` over every format ptfile reads.
+
+    Code written for ``safetensors.safe_open(path, framework=..., device=...)`` reads a
+    ``.pt`` or ``.bin`` file, a shard folder or index, a DCP folder, a safetensors or numpy
+    file unchanged: ``keys()``, ``get_tensor(key)``, ``get_slice(key)[...]`` (with
+    ``get_shape()``), ``metadata()`` and the context manager.  ``framework`` is ``"pt"``,
+    ``"numpy"``, ``"jax"``/``"flax"`` or ``"mlx"``; ``device`` where tensors go (torch
+    devices, JAX platforms).  No code from the file runs; files :func:`scan` does not
+    call clean are refused.
+
+    Example:
+        ```python
+        with ptfile.safe_open("pytorch_model.bin", framework="pt") as f:
+            weights = {key: f.get_tensor(key) for key in f.keys()}
+        ```
+    """
+    from .opener import open_handle
+
+    return open_handle(filename, framework=framework, device=None if framework in ("numpy", "np") else device)
 
 
 def save(obj: Any, dst: Union[str, os.PathLike[str], IO[bytes]], *, progress: Progress = None) -> None:

@@ -14,6 +14,7 @@ __all__ = [
     "UnsafeGlobalError",
     "LimitExceededError",
     "CheckpointNotFoundError",
+    "FrameworkMissingError",
 ]
 
 
@@ -47,3 +48,7 @@ class UnsafeGlobalError(PtfileError, ValueError):
     def __init__(self, message: str, findings: tuple = ()) -> None:
         super().__init__(message)
         self.findings = tuple(findings)
+
+
+class FrameworkMissingError(PtfileError, ImportError):
+    """``framework=`` names a framework (torch, JAX, MLX) that cannot be imported here."""

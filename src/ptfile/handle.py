@@ -13,7 +13,9 @@ A :class:`Handle` is a read-only ``Mapping[str, ndarray]`` over the checkpoint's
   described, not read), and ``value(path)`` for any value in it by dotted path
   (``value("epoch")``, ``value("optimizer.param_groups.0.lr")``);
 * ``format``, ``name``, ``close()`` and the context manager; any use after ``close()``
-  raises :class:`~ptfile.errors.PtfileError`.
+  raises :class:`~ptfile.errors.PtfileError`;
+* ``framework``: what tensors come out as (``"numpy"``, ``"pt"``, ``"jax"``, ``"mlx"``; see
+  :mod:`ptfile.frameworks`), for the handle or one ``get_tensor``/``get_slice`` call.
 
 Each format supplies five small methods (``_names``, ``_info``, ``_tensor``, ``_tree``,
 ``_close``; optionally ``_metadata``); everything else is here, once.
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
+
+import numpy as np
 
 from .errors import PtfileError
 
@@ -34,7 +38,11 @@ class Handle(Mapping[str, Any]):
 
     format = ""
     name = ""
+    framework = "numpy"
+    device: Any = None
+    private = False  # tensors' memory is a copy-on-write map of this handle's alone
     _closed = False
+    _converters: dict | None = None
 
     # -- what a format supplies -------------------------------------------------------
 
@@ -81,11 +89,26 @@ class Handle(Mapping[str, Any]):
         return key in self._names()
 
     def __getitem__(self, key: str) -> Any:
-        """The tensor as a numpy array (quantized and sparse tensors as their ptfile values)."""
-        self._check_open()
-        if key not in self._names():
-            raise KeyError(self._missing(key))
-        return self._tensor(key)
+        """The tensor in the handle's framework (numpy: quantized and sparse tensors as ptfile values)."""
+        return self.get_tensor(key)
+
+    def use_framework(self, framework: str, device: Any = None) -> Handle:
+        """Make ``framework`` the handle's default for tensors, on ``device``; importing it now."""
+        self.device = device
+        self._converters = None
+        self.framework = self._converter(framework).name
+        return self
+
+    def _converter(self, framework: str | None) -> Any:
+        """The handle's converter to ``framework`` (its default for None), one per framework."""
+        from .frameworks import converter, framework_name
+
+        name = framework_name(self.framework if framework is None else framework)
+        if self._converters is None:
+            self._converters = {}
+        if name not in self._converters:  # one converter, so one torch storage per storage of the file
+            self._converters[name] = converter(name, self.device, private=self.private)
+        return self._converters[name]
 
     def _missing(self, key: str) -> str:
         hint = ""
@@ -96,9 +119,14 @@ class Handle(Mapping[str, Any]):
             pass
         return f"no tensor named {key!r} in {self.name}{hint}"
 
-    def get_tensor(self, key: str) -> Any:
-        """``handle[key]``, by the name safetensors' handle gives it."""
-        return self[key]
+    def get_tensor(self, key: str, framework: str | None = None) -> Any:
+        """One tensor, in ``framework`` (the handle's own by default), as safetensors' handle names it."""
+        self._check_open()
+        if key not in self._names():
+            raise KeyError(self._missing(key))
+        if framework is None and self.framework == "numpy":
+            return self._tensor(key)
+        return self._converter(framework).tensor(self._tensor(key))
 
     def info(self, key: str) -> Any:
         """dtype, shape, strides, sizes and storage of one tensor, without reading it."""
@@ -107,10 +135,10 @@ class Handle(Mapping[str, Any]):
             raise KeyError(self._missing(key))
         return self._info(key)
 
-    def get_slice(self, key: str) -> TensorSlice:
+    def get_slice(self, key: str, framework: str | None = None) -> TensorSlice:
         """A lazy slice: ``handle.get_slice(key)[0:2, :]`` reads only the bytes it covers."""
         self.info(key)
-        return TensorSlice(self, key)
+        return TensorSlice(self, key, framework)
 
     def metadata(self) -> dict[str, str]:
         self._check_open()
@@ -126,7 +154,7 @@ class Handle(Mapping[str, Any]):
         """Any value of the tree by dotted path (list items by index); a tensor is read."""
         self._check_open()
         if path in self._names():
-            return self._tensor(path)
+            return self.get_tensor(path)
         node = self._tree()
         for part in path.split(".") if path else ():
             node = _child(node, part, path, self.name)
@@ -137,6 +165,7 @@ class Handle(Mapping[str, Any]):
     def close(self) -> None:
         if not self._closed:
             self._close()
+            self._converters = None  # a torch converter holds one storage per storage it handed out
             self._closed = True
 
     def __enter__(self) -> Handle:
@@ -160,9 +189,10 @@ def _child(node: Any, part: str, path: str, name: str) -> Any:
 class TensorSlice:
     """What ``get_slice`` returns: ``shape``, ``dtype`` and basic indexing of one tensor."""
 
-    def __init__(self, handle: Handle, key: str) -> None:
+    def __init__(self, handle: Handle, key: str, framework: str | None = None) -> None:
         self._handle = handle
         self._key = key
+        self._framework = framework
         info = handle.info(key)
         self.shape = info.shape
         self.dtype = info.dtype
@@ -175,4 +205,8 @@ class TensorSlice:
 
     def __getitem__(self, index: Any) -> Any:
         # tensors are views of the mapped (or range-read) file: indexing a view touches only its bytes
-        return self._handle[self._key][index]
+        part = self._handle.get_tensor(self._key, "numpy")[index]
+        if self._framework is None and self._handle.framework == "numpy":
+            return part
+        # another framework gets the slice's own bytes, as safetensors' slices are: never the whole storage
+        return self._handle._converter(self._framework).tensor(np.array(part))

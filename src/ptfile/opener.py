@@ -155,8 +155,24 @@ def detect(source: Source) -> Format:
     return next(f for f in FORMATS if f.sniff(head, source.size))
 
 
-def open_handle(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None) -> Handle:
-    """The handle for anything ptfile reads (see the module docstring)."""
+def open_handle(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None,
+                framework: str = "numpy", device: Any = None) -> Handle:
+    """The handle for anything ptfile reads (see the module docstring), giving tensors in ``framework``."""
+    from .frameworks import framework_name
+
+    private = mmap and framework_name(framework) == "torch" and _is_local_file(src)
+    handle = _open_handle(src, mmap=mmap, records=records, allow=allow, private=private)
+    if framework != "numpy" or device is not None:
+        try:
+            handle.private = private
+            handle.use_framework(framework, device)
+        except BaseException:
+            handle.close()
+            raise
+    return handle
+
+
+def _open_handle(src: Any, *, mmap: bool, records: bool, allow: Any, private: bool = False) -> Handle:
     from .allowlist import as_allow
 
     accepted = as_allow(allow)
@@ -169,7 +185,7 @@ def open_handle(src: Any, *, mmap: bool = True, records: bool = False, allow: An
         from .sharded import ShardedCheckpoint
 
         return ShardedCheckpoint(target, mmap=mmap, records=records, allow=accepted)
-    source = open_source(target, mmap_file=mmap)
+    source = _file_source(target, mmap=mmap, private=private)
     try:
         return open_file(source, detect(source), copy=not mmap, records=records, allow=accepted)
     except BaseException:
@@ -202,8 +218,39 @@ def refuse_other_readings(source: Source, fmt: str, *, records: bool = False, al
         raise CorruptFileError(faults[0])
 
 
-def load_tree(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None) -> Any:
-    """What ``ptfile.load`` returns, for every format."""
+def load_tree(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None,
+              framework: str = "numpy", device: Any = None) -> Any:
+    """What ``ptfile.load`` returns, for every format, with tensors in ``framework``."""
+    from .frameworks import converter, framework_name
+
+    private = mmap and framework_name(framework) == "torch" and _is_local_file(src)
+    convert = converter(framework, device, private=private)  # a missing framework fails before the file is read
+    return convert.tree(_load_tree(src, mmap=mmap, records=records, allow=allow, private=private))
+
+
+def _file_source(target: Any, *, mmap: bool, private: bool) -> Source:
+    """The source of one file; for torch tensors over a mapped path, a private (copy-on-write) map.
+
+    torch tensors are writable: over a read-only map a write would crash the process, and over
+    a caller's buffer it would change the caller's bytes.  A copy-on-write map of the file is
+    what ``torch.load(mmap=True)`` uses; sources that cannot be mapped so are copied per
+    storage by the converter instead.
+    """
+    if private:
+        from .source import private_map
+
+        mapped = private_map(os.fspath(target))
+        if mapped is not None:
+            return mapped
+    return open_source(target, mmap_file=mmap)
+
+
+def _is_local_file(src: Any) -> bool:
+    """A path of a file on this machine: what can be mapped copy-on-write."""
+    return _is_path(src) and "://" not in os.fspath(src) and os.path.isfile(src)
+
+
+def _load_tree(src: Any, *, mmap: bool, records: bool, allow: Any, private: bool) -> Any:
     from .allowlist import as_allow
 
     accepted = as_allow(allow)
@@ -211,7 +258,7 @@ def load_tree(src: Any, *, mmap: bool = True, records: bool = False, allow: Any 
     if kind != "file":
         with open_handle(target, mmap=mmap, records=records, allow=accepted) as handle:
             return handle.load()  # type: ignore[attr-defined]
-    source = open_source(target, mmap_file=mmap)
+    source = _file_source(target, mmap=mmap, private=private)
     try:
         fmt = detect(source)
     except BaseException:

@@ -296,6 +296,21 @@ def open_source(src: Any, *, mmap_file: bool) -> Source:
     raise TypeError(f"expected a path, a binary file or bytes, got {type(src).__name__}")
 
 
+def private_map(path: str) -> Source | None:
+    """A copy-on-write map of a file, as ``torch.load(mmap=True)`` maps it (``MAP_PRIVATE``).
+
+    Arrays over it are read-only as from any source; a consumer that needs writable tensors
+    (``ptfile.torch``) may make the storage arrays writable: writes stay in this process's
+    pages and never reach the file.  None when the file cannot be mapped (empty, not a file).
+    """
+    try:
+        with open(path, "rb") as file:
+            mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError):
+        return None
+    return MappedSource(mapped, path)
+
+
 def _from_file(file: Any, name: Any, *, owned: bool, mmap_file: bool) -> Source:
     name = str(name)
     if isinstance(file, io.TextIOBase):
