@@ -224,7 +224,9 @@ def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: in
     if fmt is None and (is_zip(head) or is_tar(head)):  # an archive, but not a checkpoint: its members
         readings = _other_readings(source, strict, allow)  # and what pickle.load from byte 0 or zipfile would run
         return _scan_archive(source, "zip" if is_zip(head) else "tar", strict, allow, depth, faults, readings)
-    if fmt in (None, "pickle"):  # not a checkpoint: every pickle in the file, as torch's non-zip path meets them
+    # Not a checkpoint: every pickle in the file, as torch's non-zip path meets them.  A plain pickle the
+    # loader read to its end without a fault is that one pickle, and its other readings are judged: no rerun.
+    if fmt is None or (fmt == "pickle" and faults):
         inventory.clear()
         refused = faults  # why load refuses the file (no container opens it, or a storage it cannot resolve)
         fmt, faults = _scan_stream(source, inventory, notes)
