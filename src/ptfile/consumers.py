@@ -139,14 +139,13 @@ def byte0_reading(source: Source, inventory: list, context: Any) -> list[str]:
     if fails_at_once(head):
         return []
     seen: set[int] = set()
+    fault: PtfileError | None = None
     try:
         end = pickle_end(source, 0, source.size, f"{source.name}: pickle from byte 0", seen)
     except PtfileError as exc:
         if not seen & _EFFECT_OPCODES:
             return []
         end, fault = min(source.size, MAX_BYTE0_PREFIX), exc  # the globals met before the fault still count
-    else:
-        fault = None
     found = len(inventory)
     engine = new_engine(source.read(0, end, "pickle from byte 0"), "pickle from byte 0", inventory, context, None)
     try:
