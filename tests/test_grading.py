@@ -394,3 +394,24 @@ def test_storage_bytes_that_start_like_a_zip_are_data(tmp_path: Path) -> None:
     path.write_bytes(torch_zip(program({"w": weight}, 2), {"0": data.tobytes()}))
     assert ptfile.scan(path).verdict == "clean"
     np.testing.assert_array_equal(ptfile.load(path)["w"], data)
+
+
+@pytest.mark.parametrize("name", ["A1-os.system-p2.pt", "A1-os.system-p0-raw.pkl", "C8-tar-pickle.tar",
+                                  "B5-legacy-pickle5.pt"])
+def test_offsets_are_file_offsets_in_scan_and_load(name: str, tmp_path: Path) -> None:
+    """Every finding's offset points at the opcode in the file itself, wherever the pickle lies (a stored
+    zip record, a plain pickle, a tar member, a legacy stream), and load reports the same places."""
+    from corpus import build_corpus
+
+    sample = next(s for s in build_corpus(tmp_path / "marker") if s.name == name)
+    path = tmp_path / name
+    path.write_bytes(sample.data)
+    data = path.read_bytes()
+    result = ptfile.scan(path)
+    references = [u for f in result.findings for u in f.uses if u.use == "reference"]
+    assert references
+    for use in references:
+        assert data[use.offset : use.offset + 1] in (b"c", b"\x93", b"i"), (use, data[use.offset : use.offset + 8])
+    with pytest.raises(ptfile.UnsafeGlobalError) as refused:
+        ptfile.load(path)
+    assert f"at byte {references[0].offset} " in str(refused.value)

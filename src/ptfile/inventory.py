@@ -36,11 +36,15 @@ class GlobalUse:
         return f"{self.module}.{self.name}"
 
     def where(self) -> str:
-        """``at byte 55 of archive/data.pkl``: the offset and the pickle it lies in."""
-        return f"at byte {self.offset} of {self.record}" if self.record else f"at byte {self.offset}"
+        """``at byte 119 (archive/data.pkl)``: the offset and the pickle it lies in.
+
+        Offsets count from the start of the file wherever the pickle lies in it in place (a stored
+        zip record, a legacy stream, a tar member); inside a compressed record, from the record's start.
+        """
+        return f"at byte {self.offset} ({self.record})" if self.record else f"at byte {self.offset}"
 
     def action(self) -> str:
-        """The use in plain words, followed by where: ``called at byte 12 of archive/data.pkl``."""
+        """The use in plain words, followed by where: ``called at byte 119 (archive/data.pkl)``."""
         return f"{USE_WORDS[self.use]} {self.where()}"
 
     def describe(self) -> str:

@@ -947,6 +947,11 @@ class LegacyTar(_Container):
             raise
         start, size = self.members["pickle"]
         self.pickle_data = source.read(start, size, "tar member pickle")
+        self.pickle_offset = start
+
+    def origin(self, record: str) -> int:
+        """Where the ``pickle`` member's data starts in the file: its offsets are reported as file offsets."""
+        return self.pickle_offset
 
     def _cursor(self, member: str) -> _Cursor:
         start, size = self.members[member]

@@ -178,7 +178,7 @@ class Checkpoint:
         return trees[0] if len(trees) == 1 else self.container.combine(trees)
 
     def _run_object(self, record: str, data: bytes, context: Context) -> Any:
-        origin = self.container.origin(record) if hasattr(self.container, "origin") else 0  # a pickle cut out of a stream
+        origin = self._origin(record)
         engine = new_engine(data, record, self.inventory, context, lambda pid: self.container.persistent_load(pid, context),
                             origin)
         tree, end = engine.run()
@@ -186,9 +186,13 @@ class Checkpoint:
             raise CorruptFileError(f"{record}: {len(data) - end} bytes follow the pickle's STOP")
         return tree
 
+    def _origin(self, record: str) -> int:
+        """The file offset of a pickle the container cut out of the file (0 when it has none)."""
+        return self.container.origin(record) if hasattr(self.container, "origin") else 0
+
     def _run_side(self, record: str, data: bytes) -> None:
         """A pickle torch itself would not load (an extra record): examined, never used."""
-        engine = new_engine(data, record, self.inventory, Context(self, False), detached_storage)
+        engine = new_engine(data, record, self.inventory, Context(self, False), detached_storage, self._origin(record))
         pos = 0
         while pos < len(data):
             _, pos = engine.run(pos)

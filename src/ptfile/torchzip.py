@@ -27,7 +27,7 @@ from .errors import CorruptFileError, PtfileError, UnsupportedFormatError
 from .source import Source
 from .tensors import StorageRef, StorageType
 from .values import brief
-from .ziparchive import ZipArchive, ZipEntry
+from .ziparchive import STORED, ZipArchive, ZipEntry
 
 __all__ = ["TorchZip", "SUPPORTED_VERSIONS", "check_storage_key"]
 
@@ -148,6 +148,16 @@ class TorchZip:
 
     def combine(self, trees: list[Any]) -> Any:
         return trees[0]
+
+    def origin(self, record: str) -> int:
+        """Where a stored record's data starts in the file, so that its offsets are file offsets.
+
+        A compressed record's offsets can only count within its inflated bytes (0 here).
+        """
+        entry = self.archive.entries.get(record)
+        if entry is None or entry.method != STORED:
+            return 0
+        return self.archive.data_offset(entry)
 
     def side_pickles(self) -> list[tuple[str, bytes]]:
         """Every other record that is or may be a pickle, wherever it lies in the archive.
