@@ -517,11 +517,20 @@ def test_b2_stack_global_operands_from_string_and_runtime(tmp_path: Path, marker
     assert_refused(tmp_path, blob, CorruptFileError, r"global name at byte \d+ is not a pair of strings")
 
 
+def pickle_byte(n: int) -> int:
+    """The file offset of byte ``n`` of ``data.pkl`` in an ``in_zip`` archive: messages give file offsets."""
+    from ptfile.source import MappedSource
+    from ptfile.ziparchive import ZipArchive
+
+    archive = ZipArchive(MappedSource(in_zip(program(None, 2)), "probe"))
+    return archive.data_offset(archive.entry("archive/data.pkl")) + n
+
+
 def test_b3_memo_poison(tmp_path: Path) -> None:
     missing = proto(2) + pickle.BINGET + b"\x07" + pickle.STOP
-    assert_refused(tmp_path, in_zip(missing), CorruptFileError, r"malformed pickle at byte 2: KeyError")
+    assert_refused(tmp_path, in_zip(missing), CorruptFileError, rf"malformed pickle at byte {pickle_byte(2)}: KeyError")
     popped = proto(2) + pickle.NONE + pickle.POP + pickle.BINPUT + b"\x00" + pickle.NONE + pickle.STOP
-    assert_refused(tmp_path, in_zip(popped), CorruptFileError, r"malformed pickle at byte 4: IndexError")
+    assert_refused(tmp_path, in_zip(popped), CorruptFileError, rf"malformed pickle at byte {pickle_byte(4)}: IndexError")
     int_as_global = proto(4) + integer(5) + pickle.BINPUT + b"\x00" + pickle.BINGET + b"\x00" + sbu("x") \
         + pickle.STACK_GLOBAL + pickle.STOP
     assert_refused(tmp_path, in_zip(int_as_global), CorruptFileError, r"is not a pair of strings")
@@ -553,25 +562,25 @@ def test_b6_frame_straddle(tmp_path: Path, marker: Path) -> None:
     nested = proto(4) + frame_header(12) + pickle.NONE + frame(pickle.NONE + pickle.POP) + pickle.STOP
     assert_refused(tmp_path, in_zip(nested), CorruptFileError, r"FRAME at byte \d+ inside another frame")
     short = proto(4) + frame_header(100) + pickle.NONE + pickle.STOP
-    assert_refused(tmp_path, in_zip(short), CorruptFileError, r"length 100 at byte 11 runs past the end")
+    assert_refused(tmp_path, in_zip(short), CorruptFileError, rf"length 100 at byte {pickle_byte(11)} runs past the end")
     # Frames that follow each other are fine.
     assert ptfile.load(in_zip(proto(4) + frame(pickle.NONE) + frame(pickle.STOP))) is None
 
 
 def test_b7_structural_disagreements(tmp_path: Path) -> None:
     late_proto = pickle.NONE + proto(2) + pickle.STOP
-    assert_refused(tmp_path, in_zip(late_proto), CorruptFileError, r"PROTO at byte 1 is not the first opcode")
+    assert_refused(tmp_path, in_zip(late_proto), CorruptFileError, rf"PROTO at byte {pickle_byte(1)} is not the first opcode")
     twice = proto(2) + proto(2) + pickle.NONE + pickle.STOP
-    assert_refused(tmp_path, in_zip(twice), CorruptFileError, r"PROTO at byte 2 is not the first opcode")
+    assert_refused(tmp_path, in_zip(twice), CorruptFileError, rf"PROTO at byte {pickle_byte(2)} is not the first opcode")
     future = proto(6) + pickle.NONE + pickle.STOP
     assert_refused(tmp_path, in_zip(future), CorruptFileError, r"unsupported pickle protocol 6")
     extra = proto(2) + pickle.NONE + pickle.NONE + pickle.STOP
-    assert_refused(tmp_path, in_zip(extra), CorruptFileError, r"STOP at byte 4 leaves 2 values and 0 open MARKs")
+    assert_refused(tmp_path, in_zip(extra), CorruptFileError, rf"STOP at byte {pickle_byte(4)} leaves 2 values and 0 open MARKs")
     leftover = proto(2) + pickle.MARK + pickle.NONE + pickle.STOP
     assert_refused(tmp_path, in_zip(leftover), CorruptFileError, r"leaves 1 values and 1 open MARKs")
     for index in (str(sys.maxsize + 1), "99999999999999999999", "-1"):
         huge_put = pickle.NONE + pickle.PUT + index.encode() + b"\n" + pickle.STOP
-        assert_refused(tmp_path, in_zip(huge_put), CorruptFileError, r"PUT index at byte 1 is out of range")
+        assert_refused(tmp_path, in_zip(huge_put), CorruptFileError, rf"PUT index at byte {pickle_byte(1)} is out of range")
     # Indices CPython accepts cost one memo entry, not a table of that size.
     fine = pickle.NONE + pickle.PUT + str(sys.maxsize).encode() + b"\n" + pickle.GET + str(sys.maxsize).encode() \
         + b"\n" + pickle.POP + pickle.STOP
