@@ -33,11 +33,15 @@ MAX_LEN = MAX_SEED_BYTES
 STATS = re.compile(r"#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+)")
 
 
-def run_harness(name: str, seconds: int, corpus: Path, seeds: Path, findings: Path) -> tuple[int, str]:
-    """One harness for ``seconds``; returns its exit status and a summary line."""
+def run_harness(name: str, seconds: int, corpus: Path, seeds: Path, findings: Path, *,
+                seed: int | None = None, runs: int | None = None) -> tuple[int, str]:
+    """One harness for ``seconds`` (and at most ``runs`` inputs from random ``seed``, when given:
+    a run that ends on ``runs`` explores the same inputs wherever it runs); its exit status and a summary."""
     command = [sys.executable, str(HERE / f"fuzz_{name}.py"), str(corpus), str(seeds),
                f"-max_total_time={seconds}", f"-timeout={INPUT_SECONDS}", f"-rss_limit_mb={RSS_MIB}",
                f"-max_len={MAX_LEN}", f"-artifact_prefix={findings}/{name}-", "-print_final_stats=1"]
+    command += [f"-seed={seed}"] if seed is not None else []
+    command += [f"-runs={runs}"] if runs is not None else []
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True)
     output = done.stdout + done.stderr
@@ -55,6 +59,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=15, help="time per harness")
     parser.add_argument("--corpus", type=Path, help="keep each harness's corpus in DIR/<harness>")
     parser.add_argument("--findings", type=Path, default=Path("fuzz-findings"), help="where failing inputs go")
+    parser.add_argument("--seed", type=int, help="libFuzzer's random seed (a smoke run that can be replayed)")
+    parser.add_argument("--runs", type=int, help="inputs per harness at most")
     args = parser.parse_args()
     unknown = sorted(set(args.harnesses) - set(FAST + SLOW))
     if unknown:
@@ -67,7 +73,8 @@ def main() -> int:
             corpus.mkdir(parents=True, exist_ok=True)
             seeds = Path(scratch) / f"seeds-{name}"
             write_seeds(name, seeds)
-            status, line = run_harness(name, args.seconds, corpus, seeds, args.findings.resolve())
+            status, line = run_harness(name, args.seconds, corpus, seeds, args.findings.resolve(),
+                                       seed=args.seed, runs=args.runs)
             print(line, flush=True)
             failed |= status != 0
     return 1 if failed else 0
