@@ -62,7 +62,8 @@ from .source import Source, SourceFile
 from .torchzip import detached_storage
 from .ziparchive import is_zip, zipfile_directory
 
-__all__ = ["CONSUMERS", "fails_at_once", "other_readings", "byte0_reading", "appended_zip_reading"]
+__all__ = ["CONSUMERS", "fails_at_once", "other_readings", "byte0_reading", "appended_zip_reading",
+           "run_dry"]
 
 #: The consumers this module answers for, by name (the README's consumer table follows this).
 CONSUMERS = ("torch.load (zip)", "torch.load (legacy tar, then pickle stream)", "torch.jit.load",
@@ -182,13 +183,13 @@ def appended_zip_reading(source: Source, inventory: list, context: Any) -> list[
                     faults.append(f"{source.name}: zip member {info.filename!r} is over "
                                   f"{MAX_POLYGLOT_MEMBER_BYTES} bytes; not examined")
                 elif info.filename.lower().endswith(".pkl") or not fails_at_once(data[:1]):
-                    faults.extend(_run_dry(data, f"{source.name}!{info.filename}", inventory, context))
+                    faults.extend(run_dry(data, f"{source.name}!{info.filename}", inventory, context))
     except Exception as exc:  # noqa: BLE001 - any failure of the stdlib reader is a fault, never a crash
         faults.append(f"{source.name}: zipfile stopped reading the appended archive: {type(exc).__name__}: {exc}")
     return faults
 
 
-def _run_dry(data: bytes, record: str, inventory: list, context: Any) -> list[str]:
+def run_dry(data: bytes, record: str, inventory: list, context: Any) -> list[str]:
     """Run one pickle through the engine into ``inventory``; its fault, if any."""
     engine = new_engine(data, record, inventory, context, detached_storage)
     try:

@@ -330,18 +330,11 @@ def _judge_object_arrays(source: Source, inventory: list[GlobalUse]) -> list[str
     """Run the pickle of every object array dry (``numpy.load(allow_pickle=True)`` would unpickle it)."""
     from .npformat import object_pickles
 
-    faults = []
     try:
         pickles = object_pickles(source)
     except PtfileError as exc:
         return [str(exc)]
-    for record, data in pickles:
-        engine = new_engine(data, record, inventory, Context(), detached_storage)
-        try:
-            engine.run()
-        except PtfileError as exc:
-            faults.append(str(exc))
-    return faults
+    return [fault for record, data in pickles for fault in consumers.run_dry(data, record, inventory, Context())]
 
 
 def _other_readings(source: Source, strict: bool, allow: allowlist.Allow) -> ScanResult:
