@@ -7,7 +7,7 @@ Usage::
 
 ``stats`` writes a bfloat16 checkpoint of about ``--gb`` GB (tensors of 20,000,000 elements)
 in ``DIR`` (the system's temporary folder by default), reads it once so the page cache is
-warm, then times ``ptfile.statistics.checkpoint_stats`` and numpy's ``min``, ``max``,
+warm, then times ``ptfile.tools.statistics.checkpoint_stats`` and numpy's ``min``, ``max``,
 ``mean`` and ``std`` of a float32 copy of each tensor (what a user would write), alternately,
 ``--repeats`` times each; the file is deleted at the end.  The target is a ratio <= 1.2.
 
@@ -33,7 +33,7 @@ ELEMENTS_PER_TENSOR = 20_000_000
 
 STATS = """
 import sys, time
-from ptfile.statistics import checkpoint_stats
+from ptfile.tools.statistics import checkpoint_stats
 t = time.perf_counter(); checkpoint_stats(sys.argv[1]); print(time.perf_counter() - t)
 """
 NUMPY = """

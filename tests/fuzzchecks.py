@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 import ptfile
-from ptfile import allowlist
-from ptfile.loader import Context, detached_storage
-from ptfile.scanner import VERDICTS  # the scanner's own list: a new verdict is never a finding
+from ptfile.formats.loader import Context, detached_storage
+from ptfile.policy import allowlist
+from ptfile.scanning.scanner import VERDICTS  # the scanner's own list: a new verdict is never a finding
 
 
 def _read_everything(data: bytes, *, mmap: bool) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 import ptfile
-from ptfile.engine import GlobalRef
+from ptfile.pickle.engine import GlobalRef
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ROOT = FIXTURES.parent.parent

@@ -130,7 +130,7 @@ def test_inspect_collapse():
 
 
 def test_inspect_escapes_control_characters(tmp_path):
-    writer = pytest.importorskip("ptfile.writer")
+    writer = pytest.importorskip("ptfile.formats.writer")
     del writer
     path = tmp_path / "ctl.pt"
     ptfile.save({"bad\x1b[31mname": np.zeros(2, np.float32)}, path)
@@ -180,7 +180,7 @@ def test_diff_equal_and_different(tmp_path):
 
 
 def test_diff_strip_prefix_and_tolerance(tmp_path):
-    pytest.importorskip("ptfile.writer")
+    pytest.importorskip("ptfile.formats.writer")
     sd = {k: np.array(v) for k, v in ptfile.load(STATE_DICT).items() if isinstance(v, np.ndarray)}
     shifted = {"module." + k: (v + np.asarray(1e-3, v.dtype) if v.dtype.kind == "f" else v) for k, v in sd.items()}
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
@@ -246,7 +246,7 @@ def test_convert_shared_records_aliases(tmp_path):
     if result.returncode != 0:
         assert "share memory" in result.stderr  # partial overlaps cannot be stored: said, not lost
         return
-    from ptfile.stformat import read_safetensors
+    from ptfile.formats.stformat import read_safetensors
 
     tensors, metadata = read_safetensors(out)
     with ptfile.open(SHARED) as ckpt:
@@ -262,7 +262,7 @@ def test_convert_unknown_extension(tmp_path):
 
 
 def test_edit_rename_and_drop(tmp_path):
-    pytest.importorskip("ptfile.writer")
+    pytest.importorskip("ptfile.formats.writer")
     out = tmp_path / "edited.pt"
     result = run("edit", STATE_DICT, out, "--rename", "blocks.=layers.", "--drop", r"running_")
     assert result.returncode == 0, result.stderr

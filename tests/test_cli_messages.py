@@ -125,7 +125,7 @@ def test_library_convert_refuses_a_missing_folder_too(tmp_path):
 
 
 def ptfile_convert(src: Path, dst: Path, **options):
-    from ptfile.convert import convert
+    from ptfile.tools.convert import convert
 
     return convert(str(src), str(dst), **options)
 

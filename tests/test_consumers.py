@@ -21,9 +21,9 @@ import pytest
 import ptfile
 from builders import Member, build_zip, program, tar_archive
 from corpus import benign_members, os_system
-from ptfile import consumers
-from ptfile.source import MappedSource
-from ptfile.ziparchive import zipfile_directory
+from ptfile.containers.ziparchive import zipfile_directory
+from ptfile.formats import consumers
+from ptfile.io.source import MappedSource
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

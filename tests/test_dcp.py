@@ -29,15 +29,16 @@ import numpy as np
 import pytest
 
 import ptfile
-from ptfile import allowlist, dcp
 from ptfile.cli.main import main as cli
-from ptfile.inventory import GlobalUse
-from ptfile.rebuild import TorchDtype
-from ptfile.scanner import scan
-from ptfile.special import Layout
-from ptfile.stformat import read_safetensors
-from ptfile.values import Global, Record
-from ptfile.writer import dumps_tree
+from ptfile.formats import dcp
+from ptfile.formats.stformat import read_safetensors
+from ptfile.formats.writer import dumps_tree
+from ptfile.pickle.inventory import GlobalUse
+from ptfile.pickle.values import Global, Record
+from ptfile.policy import allowlist
+from ptfile.scanning.scanner import scan
+from ptfile.tensors.rebuild import TorchDtype
+from ptfile.tensors.special import Layout
 
 DCP_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "dcp"
 CASES = ("single", "ranks2")
@@ -389,7 +390,7 @@ def test_cli_convert_inspect_and_scan(tmp_path, capsys):
 
 
 def test_convert_with_options_takes_the_general_path(tmp_path):
-    report = ptfile.convert.convert(str(DCP_FIXTURES / "single"), str(tmp_path / "m.safetensors"), key="model")
+    report = ptfile.tools.convert.convert(str(DCP_FIXTURES / "single"), str(tmp_path / "m.safetensors"), key="model")
     tensors, _ = read_safetensors(tmp_path / "m.safetensors")
     assert sorted(tensors) == ["b", "ids", "scale", "w"] and report.tensors == 4
 

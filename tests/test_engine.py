@@ -23,11 +23,12 @@ import numpy as np
 import pytest
 
 from builders import G, binunicode, emit, frame, glob, proto, sbu
-from ptfile import CorruptFileError, allowlist
-from ptfile.engine import Engine, brief
-from ptfile.inventory import GlobalUse
-from ptfile.loader import Context
-from ptfile.values import Global, Record
+from ptfile import CorruptFileError
+from ptfile.formats.loader import Context
+from ptfile.pickle.engine import Engine, brief
+from ptfile.pickle.inventory import GlobalUse
+from ptfile.pickle.values import Global, Record
+from ptfile.policy import allowlist
 
 PROTOCOLS = range(6)
 

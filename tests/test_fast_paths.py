@@ -19,7 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ptfile
-from ptfile import engine, pickler, source, zipwriter
+from ptfile.containers import zipwriter
+from ptfile.io import source
+from ptfile.pickle import engine, pickler
 
 
 class _LiteralUnorderedSet(zipwriter._UnorderedSet):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ptfile.fleet import convert_many, scan_many
-from ptfile.scanner import scan
+from ptfile.scanning.scanner import scan
+from ptfile.tools.fleet import convert_many, scan_many
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import ptfile
-from ptfile import allowlist
-from ptfile.loader import Checkpoint
-from ptfile.source import open_source
+from ptfile.formats.loader import Checkpoint
+from ptfile.io.source import open_source
+from ptfile.policy import allowlist
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "formats"
 
@@ -420,7 +420,7 @@ def test_torchscript_allowance_is_container_only():
         ptfile.load(with_pickle("metadata.pt", body))
     assert ptfile.load(with_pickle("scripted.pt", body)).state == {"w": 1}
     uses = [allowlist.judge([u], inert_classes=lambda m, n: m == "__torch__").verdict
-            for u in (ptfile.inventory.GlobalUse("__torch__", "M", "call", 0),)]
+            for u in (ptfile.pickle.inventory.GlobalUse("__torch__", "M", "call", 0),)]
     assert uses == ["dangerous"]
 
 
@@ -480,7 +480,7 @@ def test_nested_tensor_matches_torch():
 
 
 def test_nested_tensor_out_of_bounds_is_refused():
-    from ptfile.special import NestedTensor
+    from ptfile.tensors.special import NestedTensor
 
     buffer = np.arange(6, dtype=np.float32)
     sizes, strides = np.array([[2, 3]]), np.array([[3, 1]])

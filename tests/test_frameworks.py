@@ -528,7 +528,7 @@ def test_jax_aliases_large_aligned_storages(tmp_path) -> None:
     """torch aligns storages to 64 bytes: JAX on the CPU can use a large one in place."""
     torch = _torch()
     _jax()
-    from ptfile.frameworks import JAX_ALIAS_BYTES
+    from ptfile.tensors.frameworks import JAX_ALIAS_BYTES
 
     path = tmp_path / "big.pt"
     torch.save({"big": torch.arange(JAX_ALIAS_BYTES // 2).to(torch.bfloat16), "small": torch.arange(4.0)}, path)
@@ -598,7 +598,7 @@ def test_weights_only_false_gives_records_and_runs_nothing(tmp_path) -> None:
 def test_copied_storages_are_never_found_again_under_a_reused_id() -> None:
     """Read-only memory is copied per storage; once its array is gone, its id may name another array."""
     _torch()
-    from ptfile.frameworks import converter
+    from ptfile.tensors.frameworks import converter
 
     convert = converter("pt")
     kept = []

@@ -37,8 +37,8 @@ from builders import (
     torch_members,
     torch_zip,
 )
-from ptfile import allowlist
 from ptfile.errors import UnsafeGlobalError
+from ptfile.policy import allowlist
 from test_cli import run
 
 FLOATS = np.arange(6, dtype=np.float32)
@@ -353,7 +353,7 @@ def test_inspect_records_reads_unknown_calls(hparams_file: Path) -> None:
 
 
 def test_scan_many_passes_allow_to_every_worker(hparams_file: Path) -> None:
-    from ptfile.fleet import scan_many
+    from ptfile.tools.fleet import scan_many
 
     assert [r.verdict for r in scan_many([hparams_file, hparams_file], jobs=2)] == ["unknown-call"] * 2
     allowed = scan_many([hparams_file, hparams_file], jobs=2, allow=[f"{MODULE}.*"])

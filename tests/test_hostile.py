@@ -519,8 +519,8 @@ def test_b2_stack_global_operands_from_string_and_runtime(tmp_path: Path, marker
 
 def pickle_byte(n: int) -> int:
     """The file offset of byte ``n`` of ``data.pkl`` in an ``in_zip`` archive: messages give file offsets."""
-    from ptfile.source import MappedSource
-    from ptfile.ziparchive import ZipArchive
+    from ptfile.containers.ziparchive import ZipArchive
+    from ptfile.io.source import MappedSource
 
     archive = ZipArchive(MappedSource(in_zip(program(None, 2)), "probe"))
     return archive.data_offset(archive.entry("archive/data.pkl")) + n
@@ -633,7 +633,7 @@ def test_c2_wrong_crc_loads_like_torch(tmp_path: Path) -> None:
         member.crc = 0xDEADBEEF
     blob = build_zip(members)
     np.testing.assert_array_equal(assert_loads(tmp_path, blob), [1, 2])
-    archive = ziparchive.ZipArchive(ptfile.source.MappedSource(blob, "x"))
+    archive = ziparchive.ZipArchive(ptfile.io.source.MappedSource(blob, "x"))
     assert not archive.verify_crc(archive.entry("archive/data.pkl"))
     assert any("CRC" in note for note in archive.anomalies)
     torch = pytest.importorskip("torch")
@@ -648,7 +648,7 @@ def test_c3_local_name_differs_from_central_name(tmp_path: Path, marker: Path) -
     members[0].local_name = "archive/data.pkl.with.a.longer.local.name"
     blob = build_zip(members)
     np.testing.assert_array_equal(assert_loads(tmp_path, blob), [1, 2])
-    archive = ziparchive.ZipArchive(ptfile.source.MappedSource(blob, "x"))
+    archive = ziparchive.ZipArchive(ptfile.io.source.MappedSource(blob, "x"))
     archive.read(archive.entry("archive/data.pkl"))
     assert any("local name" in note for note in archive.anomalies)
 

@@ -26,9 +26,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ptfile
-from ptfile import legacy
 from ptfile.errors import CorruptFileError, LimitExceededError, PtfileError, UnsafeGlobalError
-from ptfile.source import MappedSource
+from ptfile.formats import legacy
+from ptfile.io.source import MappedSource
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
 
@@ -781,7 +781,7 @@ def test_os_system_in_a_tar_with_broken_storages_is_still_unsafe(tmp_path: Path)
 
 
 def test_tar_inventory_is_clean() -> None:
-    from ptfile import allowlist
+    from ptfile.policy import allowlist
 
     with ptfile.open(PATHS["ancient_tar"]) as ckpt:
         assert {use.path for use in ckpt.container.inventory_extra} >= {"torch.FloatTensor", "torch.FloatStorage"}

@@ -39,8 +39,8 @@ from corpus_limits import (
     numpy_with_flags,
     pickle_stream,
 )
-from ptfile import scanner
-from ptfile.engine import MAX_EQUAL_HASHES
+from ptfile.pickle.engine import MAX_EQUAL_HASHES
+from ptfile.scanning import scanner
 
 
 def _refused(data: bytes, error: type[Exception] = ptfile.PtfileError) -> ptfile.ScanResult:

@@ -33,7 +33,7 @@ WRITERS = {
     "safetensors": "from safetensors.numpy import save_file; save_file(ref, str(out / 'model.safetensors'))",
     "npz": "np.savez(out / 'model.npz', **ref)",
     "bin-shards": "import ptfile; ptfile.save_sharded(ref, out, max_shard_size=60)",
-    "safetensors-shards": "from ptfile.convert import write_tensors; "
+    "safetensors-shards": "from ptfile.tools.convert import write_tensors; "
                           "write_tensors(ref, str(out / 'model.safetensors'), max_shard_size=60)",
     "single-file-folder": "torch.save({k: torch.from_numpy(v) for k, v in ref.items()}, out / 'pytorch_model.bin')",
     "dcp": "import torch.distributed.checkpoint as dcp; "
@@ -189,7 +189,7 @@ def test_tied_weights_survive_safetensors(tmp_path: Path) -> None:
 
 def test_hostile_alias_metadata_is_refused(tmp_path: Path) -> None:
     """A view recorded in the metadata must lie inside the tensor it views."""
-    from ptfile.stformat import ALIASES_KEY, write_safetensors
+    from ptfile.formats.stformat import ALIASES_KEY, write_safetensors
 
     data = np.zeros(4, np.float32)
     for view in (["w", 3, [2], [1]], ["w", 0, [5], [1]], ["nope", 0, [1], [1]], ["w", -1, [1], [1]]):

@@ -19,12 +19,12 @@ import pytest
 
 import ptfile
 from builders import DEFLATED, build_zip, program, state_dict, storage_pid, tensor_v2, torch_members
-from ptfile import ziparchive
-from ptfile.inspection import describe, fold_rows
-from ptfile.loader import LazyCheckpoint
-from ptfile.opener import open_handle
-from ptfile.scanner import scan, scan_opened
-from ptfile.source import MappedSource
+from ptfile.containers import ziparchive
+from ptfile.formats.loader import LazyCheckpoint
+from ptfile.formats.opener import open_handle
+from ptfile.io.source import MappedSource
+from ptfile.scanning.scanner import scan, scan_opened
+from ptfile.tools.inspection import describe, fold_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -207,7 +207,7 @@ def test_remote_scan_moves_no_tensor_byte() -> None:
     data = saved(BIG)
     with fsspec.open("memory://perf/big.pt", "wb") as handle:
         handle.write(data)
-    from ptfile.remote import open_remote
+    from ptfile.io.remote import open_remote
 
     source = open_remote("memory://perf/big.pt")
     tensor_bytes = sum(end - start for start, end in storage_ranges(data).values())

@@ -45,8 +45,8 @@ class _SparseFile:
 
 def _write_big_checkpoint(path: Path) -> None:
     """A real torch-layout checkpoint with one 3 GB storage, written sparse."""
-    from ptfile.writer import dumps_tree
-    from ptfile.zipwriter import ZipRecordWriter
+    from ptfile.containers.zipwriter import ZipRecordWriter
+    from ptfile.formats.writer import dumps_tree
 
     data, storages = dumps_tree({"small": np.arange(4, dtype=np.float32), "big": np.zeros(8, np.uint8)})
     zeros = memoryview(bytes(16 << 20))
@@ -185,7 +185,7 @@ def test_remote_retries_then_succeeds(tmp_path, server):
 def test_remote_failure_is_a_clear_error(tmp_path, server, monkeypatch):
     url, handler = server
     (tmp_path / "t.pt").write_bytes(TRAINING.read_bytes())
-    monkeypatch.setattr("ptfile.remote.RETRY_DELAY", 0.0)
+    monkeypatch.setattr("ptfile.io.remote.RETRY_DELAY", 0.0)
     with ptfile.open(f"{url}/t.pt") as ckpt:
         handler.fail_next = 100
         with pytest.raises(ptfile.PtfileError, match="failed after 3 attempts"):
@@ -193,12 +193,12 @@ def test_remote_failure_is_a_clear_error(tmp_path, server, monkeypatch):
 
 
 def test_short_read_is_never_returned_as_whole(monkeypatch):
-    from ptfile.remote import RemoteReadError, RemoteSource
+    from ptfile.io.remote import RemoteReadError, RemoteSource
 
     fs = fsspec.filesystem("memory")
     fs.pipe("/short/t.pt", TRAINING.read_bytes())
     source = RemoteSource(fs, "/short/t.pt", "memory://short/t.pt")
-    monkeypatch.setattr("ptfile.remote.RETRY_DELAY", 0.0)
+    monkeypatch.setattr("ptfile.io.remote.RETRY_DELAY", 0.0)
     monkeypatch.setattr(fs, "cat_file", lambda path, start, end: b"\0" * max(0, end - start - 1))
     with pytest.raises(RemoteReadError, match="got"):
         source.read(0, 100)

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ptfile
-from ptfile.scanner import scan
+from ptfile.scanning.scanner import scan
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CORPUS = sorted(p for p in FIXTURES.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl", ".tar"))

@@ -29,7 +29,7 @@ from corpus import (
     os_system,
     torchscript_save_sample,
 )
-from ptfile import scanner
+from ptfile.scanning import scanner
 from test_cli import run
 
 

@@ -21,8 +21,8 @@ import pytest
 import ptfile
 from builders import G, Member, Raw, build_zip, emit, program
 from corpus_tscode import code_with, live_samples, setstate_archive
-from ptfile import scriptcode
 from ptfile.errors import CorruptFileError, LimitExceededError
+from ptfile.formats import scriptcode
 
 
 def calls(code: str, module: str = "__torch__", defined: str = "") -> list[str]:

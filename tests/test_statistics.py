@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ptfile
-from ptfile.statistics import STATS_CHUNK_ELEMENTS, checkpoint_stats, tensor_stats
+from ptfile.tools.statistics import STATS_CHUNK_ELEMENTS, checkpoint_stats, tensor_stats
 
 #: More than two chunks, and not a multiple of the chunk size, so merging and the short last chunk are exercised.
 ELEMENTS = 2 * STATS_CHUNK_ELEMENTS + 12_345

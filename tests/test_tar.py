@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 import ptfile
 from corpus import MALICIOUS
 from corpus_tar import BLOCK, end, header, member, pax, pax_record, samples, torch_members
-from ptfile import legacy
 from ptfile.errors import CorruptFileError, LimitExceededError, PtfileError
-from ptfile.source import MappedSource
+from ptfile.formats import legacy
+from ptfile.io.source import MappedSource
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "legacy" / "ancient.tar.pt"
 #: Numeric fields of a header: (offset, width).

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 import ptfile
-from ptfile.compare import compare_arrays, diff, match, strip_prefixes
-from ptfile.convert import cast, convert
-from ptfile.edit import EditRules, edit_mapping
-from ptfile.npformat import write_npz
-from ptfile.statistics import tensor_stats
-from ptfile.stformat import read_safetensors, remove_shared, write_safetensors
+from ptfile.formats.npformat import write_npz
+from ptfile.formats.stformat import read_safetensors, remove_shared, write_safetensors
+from ptfile.tools.compare import compare_arrays, diff, match, strip_prefixes
+from ptfile.tools.convert import cast, convert
+from ptfile.tools.edit import EditRules, edit_mapping
+from ptfile.tools.statistics import tensor_stats
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 STATE_DICT = FIXTURES / "state_dict.pt"

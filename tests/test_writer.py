@@ -20,10 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ptfile
-from ptfile import writer, zipwriter
-from ptfile.pickler import Pickler
-from ptfile.values import Global, Record
-from ptfile.zipwriter import ZipRecordWriter, archive_prefix, padding_extra
+from ptfile.containers import zipwriter
+from ptfile.containers.zipwriter import ZipRecordWriter, archive_prefix, padding_extra
+from ptfile.formats import writer
+from ptfile.pickle.pickler import Pickler
+from ptfile.pickle.values import Global, Record
 
 # -- pickle emitter -----------------------------------------------------------------
 

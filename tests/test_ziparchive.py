@@ -22,9 +22,10 @@ import pytest
 from builders import DEFLATED, G, Member, build_zip, program, torch_zip
 from corpus_zip import LIVE
 from corpus_zip import samples as zip_samples
-from ptfile import CorruptFileError, LimitExceededError, PtfileError, UnsupportedFormatError, ziparchive
-from ptfile.source import FileSource, MappedSource, open_source
-from ptfile.ziparchive import ZipArchive
+from ptfile import CorruptFileError, LimitExceededError, PtfileError, UnsupportedFormatError
+from ptfile.containers import ziparchive
+from ptfile.containers.ziparchive import ZipArchive
+from ptfile.io.source import FileSource, MappedSource, open_source
 
 #: torch's default storage alignment: data of every record starts on a multiple of it.
 ALIGNMENT = 64
@@ -318,7 +319,7 @@ def test_a_lone_upper_case_data_pkl_is_the_pickle_torch_loads(tmp_path: Path) ->
 def test_torchscript_is_told_by_the_exact_name_constants_pkl(tmp_path: Path) -> None:
     """torch.load asks ``"constants.pkl" in get_all_records()``: CONSTANTS.PKL is a plain checkpoint to it."""
     import ptfile
-    from ptfile.torchscript import open_zip
+    from ptfile.formats.torchscript import open_zip
 
     marker = tmp_path / "ran"
     constants = program(G("os", "system")(f"touch {marker}"), 0)
@@ -333,7 +334,7 @@ def test_torchscript_is_told_by_the_exact_name_constants_pkl(tmp_path: Path) -> 
 
 def test_torchscript_code_records_are_found_in_any_case(tmp_path: Path) -> None:
     """Code records renamed CODE/__torch__.PY still load in torch.jit.load, so ptfile must read them as code."""
-    from ptfile.torchscript import TorchScriptArchive
+    from ptfile.formats.torchscript import TorchScriptArchive
 
     blob = (Path(__file__).parent / "fixtures" / "formats" / "scripted.pt").read_bytes()
     renamed = blob.replace(b"/code/__torch__.py", b"/CODE/__torch__.PY")

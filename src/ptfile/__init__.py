@@ -23,11 +23,11 @@ from .errors import (
     UnsafeGlobalError,
     UnsupportedFormatError,
 )
-from .handle import Handle
-from .loader import TensorInfo
-from .metadata import AttributeDict
-from .special import MetaTensor, NestedTensor, QuantizedTensor, SparseTensor, TensorSubclass
-from .values import Global, Parameter, Record
+from .formats.handle import Handle
+from .formats.loader import TensorInfo
+from .pickle.values import Global, Parameter, Record
+from .tensors.metadata import AttributeDict
+from .tensors.special import MetaTensor, NestedTensor, QuantizedTensor, SparseTensor, TensorSubclass
 
 __version__ = "0.1.0"
 
@@ -89,7 +89,7 @@ def load(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
             ``records``, so that load succeeds exactly when ``scan(src, allow=allow)`` is
             clean.  A known code-execution gadget is never allowed.
         framework: ``"numpy"``, ``"pt"``/``"torch"``, ``"jax"``/``"flax"`` or ``"mlx"``: the
-            type tensors come back as (see :mod:`ptfile.frameworks`); torch tensors view the
+            type tensors come back as (see :mod:`ptfile.tensors.frameworks`); torch tensors view the
             arrays' memory, with storages, strides and parameters kept.
 
     Returns:
@@ -100,7 +100,7 @@ def load(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
     Raises:
         PtfileError: for every malformed, unsupported or unsafe input, with the reason.
     """
-    from .opener import load_tree
+    from .formats.opener import load_tree
 
     return load_tree(src, mmap=mmap, records=records, allow=allow, framework=framework)
 
@@ -127,7 +127,7 @@ def open(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
             weight = ckpt["fc.weight"]
         ```
     """
-    from .opener import open_handle
+    from .formats.opener import open_handle
 
     return open_handle(src, mmap=mmap, records=records, allow=allow, framework=framework)
 
@@ -149,7 +149,7 @@ def safe_open(filename: Source, framework: str = "pt", device: Any = "cpu") -> H
             weights = {key: f.get_tensor(key) for key in f.keys()}
         ```
     """
-    from .opener import open_handle
+    from .formats.opener import open_handle
 
     return open_handle(filename, framework=framework, device=None if framework in ("numpy", "np") else device)
 
@@ -171,7 +171,7 @@ def save(obj: Any, dst: Union[str, os.PathLike[str], IO[bytes]], *, progress: Pr
         PtfileError: naming the path in the tree (``model.layers.0.weight``) of a value
             that cannot be saved, before anything is written.
     """
-    from .writer import save as _save
+    from .formats.writer import save as _save
 
     _save(obj, dst, progress=progress)
 
@@ -187,7 +187,7 @@ def save_sharded(state_dict: Any, folder: Union[str, os.PathLike[str]], max_shar
     ``pytorch_model.bin``.  Returns the names of the files written.  ``progress(bytes
     written, bytes to write)``, if given, is called as tensor data is written, over all shards.
     """
-    from .writer import save_sharded as _save_sharded
+    from .formats.writer import save_sharded as _save_sharded
 
     return _save_sharded(state_dict, folder, max_shard_size, progress=progress)
 
@@ -195,7 +195,7 @@ def save_sharded(state_dict: Any, folder: Union[str, os.PathLike[str]], max_shar
 def scan(src: Source, *, strict: bool = False, allow: Allow = None, verify: bool = False) -> Any:
     """Look for malicious content with the loader's own parser, without loading anything.
 
-    Returns a :class:`ptfile.scanner.ScanResult` whose ``verdict`` is, worst first,
+    Returns a :class:`ptfile.scanning.scanner.ScanResult` whose ``verdict`` is, worst first,
     ``dangerous`` (a known code-execution gadget is named or called), ``unknown-call``
     (a global outside the allowlist is called: ``torch.load(weights_only=False)`` would
     run third-party code), ``invalid`` (could not be parsed to the end), ``unknown-class``
@@ -208,7 +208,7 @@ def scan(src: Source, *, strict: bool = False, allow: Allow = None, verify: bool
     records beside them, never a tensor byte; ``verify=True`` also streams every storage
     record through a CRC-32 check (torch never checks one, so a mismatch is a note).
     """
-    from .allowlist import as_allow
-    from .scanner import scan as _scan
+    from .policy.allowlist import as_allow
+    from .scanning.scanner import scan as _scan
 
     return _scan(src, strict=strict, allow=as_allow(allow), verify=verify)

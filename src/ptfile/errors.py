@@ -41,7 +41,7 @@ class CheckpointNotFoundError(PtfileError, FileNotFoundError):
 class UnsafeGlobalError(PtfileError, ValueError):
     """The pickle uses globals that ptfile will not call or instantiate.
 
-    ``findings`` holds one :class:`ptfile.inventory.GlobalUse` per offending use,
+    ``findings`` holds one :class:`ptfile.pickle.inventory.GlobalUse` per offending use,
     so callers can see each module, name, how it was used and where.
     """
 

@@ -35,10 +35,10 @@ from typing import IO, Any, Union
 
 import numpy as np
 
-from .dtypes import by_torch_name
 from .errors import PtfileError, UnsupportedFormatError
-from .frameworks import import_framework, map_tree
-from .values import Parameter
+from .pickle.values import Parameter
+from .tensors.dtypes import by_torch_name
+from .tensors.frameworks import import_framework, map_tree
 
 torch = import_framework("torch")
 
@@ -79,7 +79,7 @@ def load(
     Raises:
         PtfileError: for every malformed, unsupported or unsafe input, with the reason.
     """
-    from .opener import load_tree
+    from .formats.opener import load_tree
 
     if pickle_module is not None:
         raise PtfileError("ptfile.torch.load reads pickles with ptfile's own engine: pickle_module must be None")

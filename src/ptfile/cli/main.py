@@ -61,7 +61,7 @@ def _print_json(document: dict) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ..inspection import describe
+    from ..tools.inspection import describe
 
     report = describe(args.file, records=args.records)
     if args.json:
@@ -84,7 +84,7 @@ def _render_inspect(report: dict, *, tree: bool, fold: bool | None) -> None:
     """The human view; ``fold``: fold numbered blocks (None: when the listing is long)."""
     from rich.text import Text
 
-    from ..inspection import fold_rows
+    from ..tools.inspection import fold_rows
 
     console = _console()
     console.print(Text(f"{safe(report['path'])}: {report['format']} checkpoint", style="bold"))
@@ -188,8 +188,8 @@ def _candidates(paths: Sequence[str], include: list[str], exclude: list[str], re
 
     A DCP folder (``.metadata`` + ``*.distcp``) is scanned as one checkpoint; other files in it on their own.
     """
-    from ..dcp import ITEM_SUFFIX, METADATA_FILE, is_dcp
-    from ..scanner import is_scannable
+    from ..formats.dcp import ITEM_SUFFIX, METADATA_FILE, is_dcp
+    from ..scanning.scanner import is_scannable
 
     found: list[str] = []
     for path in paths:
@@ -212,15 +212,15 @@ def _candidates(paths: Sequence[str], include: list[str], exclude: list[str], re
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from ..allowlist import Allow
-    from ..scanner import FAILING, INVALID, VERDICTS
+    from ..policy.allowlist import Allow
+    from ..scanning.scanner import FAILING, INVALID, VERDICTS
 
     files = _candidates(args.paths, args.include, args.exclude, args.recursive)
     if not files:
         _error("nothing to scan")
         return EXIT_ERROR
     if args.jobs > 1 or args.scheduler:
-        from ..fleet import connect, scan_many
+        from ..tools.fleet import connect, scan_many
 
         client = connect(args.scheduler) if args.scheduler else None
         try:
@@ -246,7 +246,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _scan_serially(files: list[str], strict: bool, allow: Any, verify: bool, *, show_progress: bool) -> list:
-    from ..scanner import scan
+    from ..scanning.scanner import scan
 
     results = []
     with _Progress("scanning", show_progress) as progress:
@@ -331,7 +331,7 @@ class _Progress:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from ..compare import diff
+    from ..tools.compare import diff
 
     with _Progress("comparing", _shows_progress(args)) as progress:
         result = diff(args.a, args.b, atol=args.atol, rtol=args.rtol, strip=args.strip_prefix,
@@ -368,7 +368,7 @@ def _render_diff(result: Any) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from ..statistics import checkpoint_stats
+    from ..tools.statistics import checkpoint_stats
 
     with _Progress("reading", _shows_progress(args)) as progress:
         rows = checkpoint_stats(args.file, records=args.records, progress=progress)
@@ -391,7 +391,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_match(args: argparse.Namespace) -> int:
-    from ..compare import match
+    from ..tools.compare import match
 
     result = match(args.file, args.against, records=args.records, strip=args.strip_prefix, key=args.key)
     if args.json:
@@ -426,7 +426,7 @@ def cmd_match(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..convert import convert
+    from ..tools.convert import convert
 
     with _Progress("writing", _shows_progress(args)) as progress:
         report = convert(args.input, args.output, dtype=args.dtype, key=args.key, records=args.records,
@@ -444,7 +444,7 @@ def _edit_bytes(target: Any, dtype: str | None) -> tuple[int, int]:
     """(bytes an edit casts, bytes it writes, roughly): the two phases of its progress bar."""
     import numpy as np
 
-    from ..convert import FLOAT_TYPES
+    from ..tools.convert import FLOAT_TYPES
 
     arrays = [v for v in target.values() if isinstance(v, np.ndarray)] if isinstance(target, dict) else []
     return sum(a.nbytes for a in arrays if dtype and a.dtype.name in FLOAT_TYPES), sum(a.nbytes for a in arrays)
@@ -467,9 +467,9 @@ def _render_left_out(report: Any, *, verbose: bool) -> None:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from .. import load, save
-    from ..atomic import require_folder
-    from ..convert import Phases, select
-    from ..edit import EditRules, apply
+    from ..io.atomic import require_folder
+    from ..tools.convert import Phases, select
+    from ..tools.edit import EditRules, apply
 
     rules = EditRules(
         strip=args.strip_prefix,
@@ -524,8 +524,8 @@ def _output_options(parser: argparse.ArgumentParser, *, records: bool = True, pr
 
 def _float_dtype(text: str) -> str:
     """A --dtype value, checked before any file is read."""
-    from ..convert import float_dtype
     from ..errors import PtfileError
+    from ..tools.convert import float_dtype
 
     try:
         float_dtype(text)
@@ -676,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _allow_pattern(text: str) -> str:
     """An --allow pattern, checked as the library checks it (a usage error otherwise)."""
-    from ..allowlist import Allow
+    from ..policy.allowlist import Allow
 
     try:
         Allow([text])

@@ -54,8 +54,8 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
-from .source import Source
+from ..errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
+from ..io.source import Source
 
 __all__ = ["zipfile_directory", "ZipEntry", "ZipArchive", "LOCAL_MAGIC", "is_zip"]
 

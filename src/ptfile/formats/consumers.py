@@ -14,7 +14,7 @@ consumer                       how it finds what it runs
                                only when the end record is at byte 76 or later, looks records
                                up case-insensitively under the folder of the first entry and
                                unpickles ``data.pkl``.  An archive that ``_is_torchscript_zip``
-                               recognises goes to ``torch.jit.load``.  (:mod:`ptfile.ziparchive`
+                               recognises goes to ``torch.jit.load``.  (:mod:`ptfile.containers.ziparchive`
                                reads the directory that way and refuses a file other zip
                                readers would read differently.)
 ``torch.load``, legacy path    not a zip at byte 0 and a real file at offset 0: ``_legacy_load``
@@ -35,10 +35,10 @@ consumer                       how it finds what it runs
 ``numpy.load(allow_pickle)``   ``.npy`` object arrays and ``.npz`` members (zip at byte 0).
 DCP's loader                   ``.metadata`` by pickle; BYTE_IO items by
                                ``torch.load(weights_only=False)``, so each item is judged as a
-                               file of its own (:mod:`ptfile.dcp`).
+                               file of its own (:mod:`ptfile.formats.dcp`).
 =============================  ==============================================================
 
-The loader's container (:func:`ptfile.loader.open_container`) is chosen as ``torch.load``
+The loader's container (:func:`ptfile.formats.loader.open_container`) is chosen as ``torch.load``
 chooses it: zip first, then tar, then the pickle stream.  This module adds the readings
 that container does not cover, for the loader and the scanner alike
 (:func:`other_readings`): the ``pickle.load``-from-byte-0 reading of files whose container
@@ -54,13 +54,13 @@ from __future__ import annotations
 import pickletools
 from typing import Any
 
-from .allowlist import new_engine
-from .context import Context
-from .errors import PtfileError
+from ..containers.ziparchive import is_zip, zipfile_directory
+from ..errors import PtfileError
+from ..io.source import Source, SourceFile
+from ..policy.allowlist import new_engine
+from ..tensors.context import Context
 from .legacy import pickle_end
-from .source import Source, SourceFile
 from .torchzip import detached_storage
-from .ziparchive import is_zip, zipfile_directory
 
 __all__ = ["CONSUMERS", "fails_at_once", "other_readings", "byte0_reading", "appended_zip_reading",
            "run_dry"]

@@ -57,23 +57,23 @@ from typing import Any
 
 import numpy as np
 
-from . import allowlist
-from .dtypes import DtypeInfo
-from .errors import (
+from ..errors import (
     CorruptFileError,
     LimitExceededError,
     PtfileError,
     UnsafeGlobalError,
     UnsupportedFormatError,
 )
+from ..io.source import SliceSource, Source, checked_size, open_source
+from ..pickle.inventory import GlobalUse
+from ..pickle.values import Global, Record
+from ..policy import allowlist
+from ..tensors.dtypes import DtypeInfo
+from ..tensors.rebuild import TorchDtype
+from ..tensors.special import Layout
 from .handle import Handle
-from .inventory import GlobalUse
 from .loader import Checkpoint, RawPickle, TensorInfo
-from .rebuild import TorchDtype
 from .sharded import is_plain_file_name
-from .source import SliceSource, Source, checked_size, open_source
-from .special import Layout
-from .values import Global, Record
 
 __all__ = ["DcpCheckpoint", "SliceSource", "MetadataPickle", "is_dcp", "consolidate", "scan_folder",
            "METADATA_FILE", "MAX_METADATA_BYTES"]
@@ -617,10 +617,10 @@ def consolidate(folder: Any, out: str | os.PathLike[str], *, records: bool = Fal
       (as large as those tensors together), and the non-tensor values.
 
     ``out``'s folder must exist.  ``progress(bytes written, bytes to write)`` follows the writing.
-    Returns a :class:`ptfile.convert.ConvertReport`.
+    Returns a :class:`ptfile.tools.convert.ConvertReport`.
     """
-    from .atomic import require_folder
-    from .convert import TORCH_SUFFIXES, ConvertReport
+    from ..io.atomic import require_folder
+    from ..tools.convert import TORCH_SUFFIXES, ConvertReport
 
     target = os.fspath(out)
     if not target.endswith((".safetensors", *TORCH_SUFFIXES)):
@@ -678,9 +678,9 @@ def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | N
     The DCP dataclasses are vouched for in ``.metadata`` only; the items are judged as
     ordinary checkpoints.  If ``.metadata`` cannot be read, each ``.distcp`` file is
     examined as a whole instead (which finds less, and is never clean).
-    Returns a :class:`ptfile.scanner.ScanResult` for the folder.
+    Returns a :class:`ptfile.scanning.scanner.ScanResult` for the folder.
     """
-    from .scanner import scan_result
+    from ..scanning.scanner import scan_result
 
     path = os.fspath(folder)
     meta_inventory: list[GlobalUse] = []
@@ -717,7 +717,7 @@ def _scan_metadata(folder: str, inventory: list[GlobalUse], faults: list[str]) -
 
 def _scan_items(folder: str, layout: DcpLayout, inventory: list[GlobalUse], faults: list[str],
                 notes: list[str]) -> None:
-    from .scanner import examine_checkpoint
+    from ..scanning.scanner import examine_checkpoint
 
     sources: dict[str, Source] = {}
     used: dict[str, list[tuple[int, int]]] = {}
@@ -759,7 +759,7 @@ def _unread_bytes(used: dict[str, list[tuple[int, int]]], sizes: dict[str, int])
 
 
 def _scan_whole_files(folder: str, inventory: list[GlobalUse], faults: list[str], notes: list[str]) -> None:
-    from .scanner import examine_checkpoint
+    from ..scanning.scanner import examine_checkpoint
 
     faults.append(f"{folder}: items not located, as {METADATA_FILE} could not be read; "
                   f"each {ITEM_SUFFIX} file is examined whole")

@@ -3,7 +3,7 @@
 A :class:`Handle` is a read-only ``Mapping[str, ndarray]`` over the checkpoint's tensors
 (``keys``, ``items``, ``values``, ``get``, ``len``, ``in``, iteration), plus:
 
-* ``info(key)``: a :class:`~ptfile.loader.TensorInfo` (dtype, shape, strides, storage)
+* ``info(key)``: a :class:`~ptfile.formats.loader.TensorInfo` (dtype, shape, strides, storage)
   without reading the tensor;
 * ``get_slice(key)[...]``: a basic slice of a tensor, reading only the bytes it covers
   (tensors are views of the mapped file, or read by range from a remote one);
@@ -15,7 +15,7 @@ A :class:`Handle` is a read-only ``Mapping[str, ndarray]`` over the checkpoint's
 * ``format``, ``name``, ``close()`` and the context manager; any use after ``close()``
   raises :class:`~ptfile.errors.PtfileError`;
 * ``framework``: what tensors come out as (``"numpy"``, ``"pt"``, ``"jax"``, ``"mlx"``; see
-  :mod:`ptfile.frameworks`), for the handle or one ``get_tensor``/``get_slice`` call.
+  :mod:`ptfile.tensors.frameworks`), for the handle or one ``get_tensor``/``get_slice`` call.
 
 Each format supplies five small methods (``_names``, ``_info``, ``_tensor``, ``_tree``,
 ``_close``; optionally ``_metadata``); everything else is here, once.
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import PtfileError
+from ..errors import PtfileError
 
 __all__ = ["Handle", "TensorSlice"]
 
@@ -101,7 +101,7 @@ class Handle(Mapping[str, Any]):
 
     def _converter(self, framework: str | None) -> Any:
         """The handle's converter to ``framework`` (its default for None), one per framework."""
-        from .frameworks import converter, framework_name
+        from ..tensors.frameworks import converter, framework_name
 
         name = framework_name(self.framework if framework is None else framework)
         if self._converters is None:

@@ -23,7 +23,7 @@ The byte layout of the storage section depends on each storage's element size,
 which only the object pickle says.  So this module runs the object pickle once
 itself (with the same restricted engine, building nothing but tensor specs) to
 learn every storage, checks the key list and the section against it, and then the
-:class:`~ptfile.loader.Checkpoint` runs it again to build the tree.
+:class:`~ptfile.formats.loader.Checkpoint` runs it again to build the tree.
 
 Tar archive (torch <= 0.3)
 --------------------------
@@ -41,17 +41,17 @@ A POSIX tar (ustar headers, PAX extended headers allowed) with exactly the membe
 
 Keys are Python ints (pointers).  torch's reader handed the sizes, strides and offsets
 of ``tensors`` to ``Tensor.set_`` unchecked (the path ``weights_only`` had to refuse,
-CVE-2025-32434); here every view is checked with :func:`~ptfile.tensors.check_view`.
+CVE-2025-32434); here every view is checked with :func:`~ptfile.tensors.views.check_view`.
 
 Both formats
 ------------
-Every pickle, the small ones included, runs through :class:`~ptfile.engine.Engine`
-with :func:`~ptfile.allowlist.lookup`.  The globals of the pickles other than the
+Every pickle, the small ones included, runs through :class:`~ptfile.pickle.engine.Engine`
+with :func:`~ptfile.policy.allowlist.lookup`.  The globals of the pickles other than the
 object pickle are kept in ``inventory_extra`` (the checkpoint and the scanner judge
 them with the object pickle's); a dangerous one is refused at once, before any value
 is looked at, and a file that is both broken and dangerous is reported as dangerous.
 ``pickles()`` returns the object pickle only; ``persistent_load`` turns its ids into
-:class:`~ptfile.tensors.StorageRef` (a view keeps its own key and size, its bytes a
+:class:`~ptfile.tensors.views.StorageRef` (a view keeps its own key and size, its bytes a
 slice of its root's), tensor specs (tar) or a module's class.  Every length read
 from the file is checked against the bytes that are left before it is used, and a
 pickle's extent is found by walking its opcodes (:func:`pickle_end`) without reading
@@ -71,15 +71,15 @@ from typing import Any
 
 import numpy as np
 
-from . import allowlist
-from .context import Context
-from .engine import GlobalRef
-from .errors import CorruptFileError, LimitExceededError, PtfileError, UnsafeGlobalError
-from .inventory import GlobalUse
-from .source import Source
-from .tensors import MAX_NDIM, StorageRef, StorageType, TensorSpec, check_view
+from ..errors import CorruptFileError, LimitExceededError, PtfileError, UnsafeGlobalError
+from ..io.source import Source
+from ..pickle.engine import GlobalRef
+from ..pickle.inventory import GlobalUse
+from ..pickle.values import brief
+from ..policy import allowlist
+from ..tensors.context import Context
+from ..tensors.views import MAX_NDIM, StorageRef, StorageType, TensorSpec, check_view
 from .torchzip import check_storage_key
-from .values import brief
 
 __all__ = ["LegacyStream", "LegacyTar", "open_stream", "is_tar", "tar_members", "walk_tar", "TarMember", "pickle_end", "MAGIC_NUMBER",
            "PROTOCOL_VERSION"]

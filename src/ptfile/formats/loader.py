@@ -15,21 +15,22 @@ from typing import Any
 
 import numpy as np
 
-from . import allowlist, consumers, legacy
-from .allowlist import new_engine
-from .context import Context
-from .engine import gc_paused
-from .errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
+from ..containers.ziparchive import is_zip
+from ..errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
+from ..io.source import Source, open_source, read_whole
+from ..pickle.engine import gc_paused
+from ..pickle.inventory import GlobalUse
+from ..pickle.tree import walk
+from ..pickle.values import brief
+from ..policy import allowlist
+from ..policy.allowlist import new_engine
+from ..tensors.context import Context
+from ..tensors.special import NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
+from ..tensors.views import StorageRef, TensorSpec, view_array
+from . import consumers, legacy
 from .handle import Handle
-from .inventory import GlobalUse
-from .source import Source, open_source, read_whole
-from .special import NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
-from .tensors import StorageRef, TensorSpec, view_array
 from .torchscript import open_zip
 from .torchzip import detached_storage
-from .tree import walk
-from .values import brief
-from .ziparchive import is_zip
 
 __all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint", "refusal", "refuse_unsafe"]
 
@@ -103,7 +104,7 @@ class TensorInfo:
 class Checkpoint:
     """An opened checkpoint: its container, its object tree, and its tensors on demand.
 
-    A container (see :mod:`ptfile.torchzip`) offers ``format``, ``byteorder``,
+    A container (see :mod:`ptfile.formats.torchzip`) offers ``format``, ``byteorder``,
     ``pickles()`` (``[(record, bytes)]`` of the pickles torch loads, the object pickle first),
     ``combine(trees)`` (the checkpoint from their trees), ``side_pickles()`` (every other
     pickle it holds, which torch never loads but a scanner must see), ``persistent_load(pid,

@@ -31,11 +31,11 @@ import ml_dtypes
 import numpy as np
 from numpy.lib import format as npy
 
-from .errors import CorruptFileError, UnsupportedFormatError
+from ..containers.ziparchive import ZipArchive, is_zip
+from ..errors import CorruptFileError, UnsupportedFormatError
+from ..io.source import MappedSource, SliceSource, Source
 from .handle import Handle
 from .loader import TensorInfo
-from .source import MappedSource, SliceSource, Source
-from .ziparchive import ZipArchive, is_zip
 
 __all__ = ["NPY_MAGIC", "NPZ_DTYPES_ENTRY", "NumpyCheckpoint", "is_npy", "is_npz", "write_npz", "read_arrays",
            "object_pickles"]
@@ -195,7 +195,7 @@ def _stem(name: str) -> str:
 
 def write_npz(tensors: Mapping[str, np.ndarray], path: str) -> None:
     """``np.savez`` of the tensors, atomically; dtypes numpy cannot store are kept as in the module docstring."""
-    from .atomic import atomic_write  # writing only: its tempfile import is not for readers
+    from ..io.atomic import atomic_write  # writing only: its tempfile import is not for readers
 
     arrays: dict[str, np.ndarray] = {}
     special: dict[str, str] = {}

@@ -14,10 +14,10 @@ format              recognised by
 ``npz``             a zip whose first record is a top-level ``.npy`` member
 ``npy``             ``\\x93NUMPY``
 ``torch``           anything else: torch's zip (TorchScript included), the legacy
-                    stream or tar, a plain pickle (see :func:`ptfile.loader.open_container`)
+                    stream or tar, a plain pickle (see :func:`ptfile.formats.loader.open_container`)
 ==================  ================================================================
 
-Adding a format is one module with a :class:`~ptfile.handle.Handle` and one row of
+Adding a format is one module with a :class:`~ptfile.formats.handle.Handle` and one row of
 :data:`FORMATS`.
 """
 
@@ -27,9 +27,9 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .errors import CheckpointNotFoundError, CorruptFileError
+from ..errors import CheckpointNotFoundError, CorruptFileError
+from ..io.source import Source, open_source
 from .handle import Handle
-from .source import Source, open_source
 
 __all__ = ["FORMATS", "Format", "detect", "open_handle", "open_file", "load_tree", "resolve", "refuse_other_readings"]
 
@@ -60,7 +60,7 @@ def _open_numpy(source: Source, copy: bool, records: bool, allow: Any) -> Handle
 
 
 def _open_torch(source: Source, copy: bool, records: bool, allow: Any) -> Handle:
-    from .engine import gc_paused
+    from ..pickle.engine import gc_paused
     from .loader import LazyCheckpoint
 
     with gc_paused():  # the engine only builds objects that stay reachable: a collection frees nothing
@@ -141,9 +141,9 @@ def _is_checkpoint_file(path: str) -> bool:
 
 def is_readable(head: bytes, size: int) -> bool:
     """Whether bytes start like a format ptfile reads: torch's containers, a pickle, or a tensor file."""
+    from ..containers.ziparchive import is_zip
     from .legacy import is_tar
     from .loader import looks_like_pickle
-    from .ziparchive import is_zip
 
     return (is_zip(head) or is_tar(head) or looks_like_pickle(head)
             or any(f.sniff(head, size) for f in FORMATS[:-1]))
@@ -158,7 +158,7 @@ def detect(source: Source) -> Format:
 def open_handle(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None,
                 framework: str = "numpy", device: Any = None) -> Handle:
     """The handle for anything ptfile reads (see the module docstring), giving tensors in ``framework``."""
-    from .frameworks import framework_name
+    from ..tensors.frameworks import framework_name
 
     private = mmap and framework_name(framework) == "torch" and _is_local_file(src)
     handle = _open_handle(src, mmap=mmap, records=records, allow=allow, private=private)
@@ -173,7 +173,7 @@ def open_handle(src: Any, *, mmap: bool = True, records: bool = False, allow: An
 
 
 def _open_handle(src: Any, *, mmap: bool, records: bool, allow: Any, private: bool = False) -> Handle:
-    from .allowlist import as_allow
+    from ..policy.allowlist import as_allow
 
     accepted = as_allow(allow)
     kind, target = resolve(src)
@@ -196,7 +196,7 @@ def _open_handle(src: Any, *, mmap: bool, records: bool, allow: Any, private: bo
 def open_file(source: Source, fmt: Format, *, copy: bool, records: bool, allow: Any = None) -> Handle:
     """The handle of one file of a known format, once every other consumer's reading of it is judged.
 
-    torch's containers judge those readings themselves (:class:`ptfile.loader.Checkpoint`);
+    torch's containers judge those readings themselves (:class:`ptfile.formats.loader.Checkpoint`);
     for the other formats it is done here, so that a safetensors or numpy file that is also
     something else (a pickle at byte 0, a zip appended) is refused as the scanner reports it.
     """
@@ -208,7 +208,8 @@ def open_file(source: Source, fmt: Format, *, copy: bool, records: bool, allow: 
 
 def refuse_other_readings(source: Source, fmt: str, *, records: bool = False, allow: Any = None) -> None:
     """Raise when a consumer other than the format's own reader would run, or might run, something."""
-    from . import allowlist, consumers
+    from ..policy import allowlist
+    from . import consumers
     from .loader import refuse_unsafe
 
     inventory: list = []
@@ -221,7 +222,7 @@ def refuse_other_readings(source: Source, fmt: str, *, records: bool = False, al
 def load_tree(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None,
               framework: str = "numpy", device: Any = None) -> Any:
     """What ``ptfile.load`` returns, for every format, with tensors in ``framework``."""
-    from .frameworks import converter, framework_name
+    from ..tensors.frameworks import converter, framework_name
 
     private = mmap and framework_name(framework) == "torch" and _is_local_file(src)
     convert = converter(framework, device, private=private)  # a missing framework fails before the file is read
@@ -237,7 +238,7 @@ def _file_source(target: Any, *, mmap: bool, private: bool) -> Source:
     storage by the converter instead.
     """
     if private:
-        from .source import private_map
+        from ..io.source import private_map
 
         mapped = private_map(os.fspath(target))
         if mapped is not None:
@@ -251,7 +252,7 @@ def _is_local_file(src: Any) -> bool:
 
 
 def _load_tree(src: Any, *, mmap: bool, records: bool, allow: Any, private: bool) -> Any:
-    from .allowlist import as_allow
+    from ..policy.allowlist import as_allow
 
     accepted = as_allow(allow)
     kind, target = resolve(src)

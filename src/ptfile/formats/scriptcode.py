@@ -22,7 +22,7 @@ A call is clean only when its target is on :data:`OPERATORS` or :data:`BUILTINS`
 with its reason), an archive-defined ``__torch__`` name, or a method of a value.  Anything
 else (``torch.from_file``, ``torch.save``, an operator not on the list, ``getattr`` on a
 namespace, a namespace passed around as a value, where it could be called unseen) is entered in
-the inventory as a ``call`` of its path, so :func:`ptfile.allowlist.judge` grades it
+the inventory as a ``call`` of its path, so :func:`ptfile.policy.allowlist.judge` grades it
 dangerous.  A record that does not parse, or that torch's lexer could read differently
 (control characters, ``# type:`` comments), is a fault: the archive is ``invalid``.
 """
@@ -34,8 +34,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .errors import CorruptFileError, LimitExceededError
-from .inventory import GlobalUse
+from ..errors import CorruptFileError, LimitExceededError
+from ..pickle.inventory import GlobalUse
 
 __all__ = ["CodeJudgement", "judge_code", "OPERATORS", "BUILTINS", "is_code_record", "ascii_lower"]
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CheckpointNotFoundError, CorruptFileError
+from ..errors import CheckpointNotFoundError, CorruptFileError
+from ..io.source import checked_size
+from ..pickle.values import brief
 from .handle import Handle
 from .loader import TensorInfo, open_checkpoint
 from .opener import INDEX_SUFFIX
-from .source import checked_size
-from .values import brief
 
 __all__ = ["ShardedCheckpoint", "find_index", "is_plain_file_name"]
 
@@ -90,7 +90,7 @@ class ShardedCheckpoint(Handle):
         if found is None:
             path = os.path.join(self.folder, name)
             if name.endswith(".safetensors"):
-                from .source import open_source
+                from ..io.source import open_source
                 from .stformat import SafetensorsCheckpoint
 
                 found = SafetensorsCheckpoint(open_source(path, mmap_file=self._mmap), copy=not self._mmap)

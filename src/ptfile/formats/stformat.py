@@ -31,11 +31,11 @@ import ml_dtypes
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
 
-from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
+from ..errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
+from ..io.source import Source, open_source
+from ..tensors.views import root_of
 from .handle import Handle
 from .loader import TensorInfo
-from .source import Source, open_source
-from .tensors import root_of
 
 __all__ = ["read_safetensors", "write_safetensors", "remove_shared", "alias_views", "SafetensorsCheckpoint",
            "is_safetensors", "DTYPE_CODES", "ALIASES_KEY"]
@@ -130,7 +130,7 @@ def _entries(source: Source, header: dict, start: int) -> dict[str, _Entry]:
 
 
 class SafetensorsCheckpoint(Handle):
-    """A safetensors file as a :class:`~ptfile.handle.Handle`: the header read once, tensors on demand.
+    """A safetensors file as a :class:`~ptfile.formats.handle.Handle`: the header read once, tensors on demand.
 
     With ``aliases`` (the default), tensors that ptfile's writer dropped as aliases of shared
     memory (see :func:`remove_shared`, recorded under :data:`ALIASES_KEY`) come back as views
@@ -279,7 +279,7 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike
     written, so that only one is held at a time.
     ``progress(bytes written, bytes to write)`` is called after each tensor.
     """
-    from .atomic import atomic_write  # writing only: its tempfile import is not for readers
+    from ..io.atomic import atomic_write  # writing only: its tempfile import is not for readers
 
     for name, array in tensors.items():
         if not isinstance(array, np.ndarray):

@@ -13,7 +13,7 @@ submodules and plain attributes side by side).  Typed lists go through
 ``torch.jit._pickle.build_intlist`` and friends, typed dicts through ``restore_type_tag``.
 
 ptfile runs both pickles through the same restricted engine as any checkpoint.
-``__torch__.*`` classes become inert :class:`~ptfile.values.Record` objects; in this
+``__torch__.*`` classes become inert :class:`~ptfile.pickle.values.Record` objects; in this
 container only, instantiating them (NEWOBJ, BUILD, naming them) is judged clean,
 because the code that would give them behaviour is never compiled or run.  TorchBind
 classes (``__torch__.torch.classes.*``) are C++ of the process, not code of the archive:
@@ -25,7 +25,7 @@ lists tensors under the names ``torch.jit.load(f).state_dict()`` gives.
 
 Every record torch could compile as code (``code/`` or ``*.py``, names compared ignoring
 ASCII case, as torch's zip reader finds them) is parsed and judged by
-:func:`ptfile.scriptcode.judge_code`: each call that is not on its allowlist (``torch.save``,
+:func:`ptfile.formats.scriptcode.judge_code`: each call that is not on its allowlist (``torch.save``,
 ``torch.from_file``, an unknown operator: the shape of CVE-2025-32434, where ``torch.load``
 handed such an archive to ``torch.jit.load``) is entered in the inventory as a call of that
 path, at its place in the code record, so loading refuses the archive and scanning calls it
@@ -41,13 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
+from ..containers.ziparchive import ZipArchive, ZipEntry
+from ..errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
+from ..io.source import Source
+from ..pickle.values import Record
+from ..tensors.views import StorageRef, TensorSpec
 from .scriptcode import CUSTOM_CLASSES, ascii_lower, is_code_record, judge_code
-from .source import Source
-from .tensors import StorageRef, TensorSpec
 from .torchzip import TorchZip, check_storage_key, parse_storage_pid
-from .values import Record
-from .ziparchive import ZipArchive, ZipEntry
 
 __all__ = ["TorchScriptArchive", "open_zip", "PICKLE_BUILDERS", "is_torchscript_class", "ClassCode"]
 
@@ -198,7 +198,7 @@ class TorchScriptArchive(TorchZip):
         self.extra = {name[len("extra/") :]: self.archive.read(entry) for name, entry in self.archive.records_under("extra/")}
 
     def _read_code(self) -> dict[str, tuple[str, str]]:
-        """Every record torch could compile as code (see :func:`~ptfile.scriptcode.is_code_record`).
+        """Every record torch could compile as code (see :func:`~ptfile.formats.scriptcode.is_code_record`).
 
         Returns name after the archive folder -> (the record's full name, its text).
         """

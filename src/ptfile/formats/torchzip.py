@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorruptFileError, PtfileError, UnsupportedFormatError
-from .source import Source
-from .tensors import StorageRef, StorageType
-from .values import brief
-from .ziparchive import STORED, ZipArchive, ZipEntry
+from ..containers.ziparchive import STORED, ZipArchive, ZipEntry
+from ..errors import CorruptFileError, PtfileError, UnsupportedFormatError
+from ..io.source import Source
+from ..pickle.values import brief
+from ..tensors.views import StorageRef, StorageType
 
 __all__ = ["TorchZip", "SUPPORTED_VERSIONS", "check_storage_key"]
 
@@ -80,7 +80,7 @@ class TorchZip:
         self._storages: dict[str, StorageRef] = {}
         if archive.lists("constants.pkl") and not self.torchscript:
             # torch.load hands such files to torch.jit.load; they need the TorchScript reader.
-            raise UnsupportedFormatError(f"{self.name}: a TorchScript archive; open it with ptfile.torchscript")
+            raise UnsupportedFormatError(f"{self.name}: a TorchScript archive; open it with ptfile.formats.torchscript")
         self.pickle_entry = archive.get("data.pkl")
         if self.pickle_entry is None:
             raise CorruptFileError(f"{self.name}: zip archive has no {archive.prefix}/data.pkl record")

@@ -2,14 +2,14 @@
 
 ``save(obj, dst)`` makes one pass over the tree with a :class:`TreePickler`, which
 writes ``data.pkl`` exactly as ``torch.save`` pickles the same objects and collects
-the storages the tensors view; then :class:`~ptfile.zipwriter.ZipRecordWriter`
+the storages the tensors view; then :class:`~ptfile.containers.zipwriter.ZipRecordWriter`
 streams the records in torch's order::
 
     data.pkl, .format_version, .storage_alignment, byteorder, data/0, data/1, ..., version,
     .data/serialization_id
 
 **Arrays become tensors.**  Every numpy array is written as a torch tensor (a
-:class:`~ptfile.values.Parameter` as ``nn.Parameter``):
+:class:`~ptfile.pickle.values.Parameter` as ``nn.Parameter``):
 
 * Arrays that view the same memory share one storage.  The storage of an array is
   its *root*: the last array on its ``base`` chain, i.e. the array that owns the
@@ -30,9 +30,9 @@ streams the records in torch's order::
 
 **Other values**: dict, OrderedDict (with ``_metadata``), Counter, list, tuple, set,
 frozenset, str, bytes, bytearray, int, float, complex, bool, None, numpy scalars
-and dtypes of numpy's own types, ``argparse.Namespace``, :class:`~ptfile.values.Global`
+and dtypes of numpy's own types, ``argparse.Namespace``, :class:`~ptfile.pickle.values.Global`
 (and the dtype and storage-class values a load produces), and
-:class:`~ptfile.values.Record` (GLOBAL of its class, NEWOBJ with its args -- REDUCE for
+:class:`~ptfile.pickle.values.Record` (GLOBAL of its class, NEWOBJ with its args -- REDUCE for
 ``torch.device`` -- then its list items, dict items and BUILD state).  Anything else
 raises :class:`~ptfile.errors.PtfileError` naming its path before a byte is written.
 
@@ -55,16 +55,16 @@ from typing import IO, Any
 
 import numpy as np
 
-from . import dtypes
-from .atomic import atomic_write
-from .dtypes import DtypeInfo
-from .engine import GlobalRef, gc_paused
-from .errors import PtfileError
-from .pickler import GlobalName, Pickler
-from .tensors import StorageType, root_of
-from .tree import MODULE_SLOTS
-from .values import Global, Parameter, Record
-from .zipwriter import STORAGE_ALIGNMENT, ZipRecordWriter, archive_prefix
+from ..containers.zipwriter import STORAGE_ALIGNMENT, ZipRecordWriter, archive_prefix
+from ..errors import PtfileError
+from ..io.atomic import atomic_write
+from ..pickle.engine import GlobalRef, gc_paused
+from ..pickle.pickler import GlobalName, Pickler
+from ..pickle.tree import MODULE_SLOTS
+from ..pickle.values import Global, Parameter, Record
+from ..tensors import dtypes
+from ..tensors.dtypes import DtypeInfo
+from ..tensors.views import StorageType, root_of
 
 __all__ = ["save", "save_sharded", "parse_size", "Storage", "TreePickler", "dumps_tree"]
 

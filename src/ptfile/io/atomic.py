@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from .errors import CheckpointNotFoundError, PtfileError
+from ..errors import CheckpointNotFoundError, PtfileError
 
 __all__ = ["atomic_write", "require_folder"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CheckpointNotFoundError, PtfileError
+from ..errors import CheckpointNotFoundError, PtfileError
 from .source import Source
 
 __all__ = ["RemoteSource", "RemoteReadError", "is_url", "open_remote"]

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .errors import CheckpointNotFoundError, CorruptFileError, LimitExceededError, PtfileError
+from ..errors import CheckpointNotFoundError, CorruptFileError, LimitExceededError, PtfileError
 
 __all__ = ["Source", "MappedSource", "FileSource", "BufferSource", "open_source", "read_whole"]
 

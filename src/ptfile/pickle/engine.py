@@ -3,16 +3,16 @@
 Every reader in ptfile (zip, legacy stream, tar, TorchScript) and the scanner run
 pickles through this one engine.  It interprets protocol 0-5 opcodes itself; it
 never imports a module and never calls anything but the constructors an
-:class:`~ptfile.allowlist.Entry` hands it.
+:class:`~ptfile.policy.allowlist.Entry` hands it.
 
 A GLOBAL (or STACK_GLOBAL) is looked up in the allowlist by its exact
 ``(module, name)``.  A known value (a dtype, a storage type) is pushed as is; a
 known constructor is pushed as a :class:`GlobalRef` that REDUCE or NEWOBJ may
 call; anything else is pushed as a :class:`GlobalRef` with no entry.  Using such
 a ref never runs anything: REDUCE, INST, OBJ and NEWOBJ_EX on it yield an inert
-:class:`~ptfile.values.Record`, NEWOBJ yields a Record, BUILD stores the state in
+:class:`~ptfile.pickle.values.Record`, NEWOBJ yields a Record, BUILD stores the state in
 it.  Every use goes into the inventory; the caller judges the inventory and
-decides whether the result may be returned (see :func:`ptfile.allowlist.judge`).
+decides whether the result may be returned (see :func:`ptfile.policy.allowlist.judge`).
 
 Structural rules, stricter than CPython's unpickler where the two could disagree:
 
@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import CorruptFileError, LimitExceededError, PtfileError
+from ..errors import CorruptFileError, LimitExceededError, PtfileError
 from .values import Global, Record, brief
 
 __all__ = ["GlobalRef", "Engine", "brief", "check_key", "check_keys", "count_hash", "gc_paused"]
@@ -196,7 +196,7 @@ class Engine:
         persistent_load: turns a persistent id into a value (a storage reference).
         context: passed as first argument to every constructor.
         record: name of the archive record, for messages and the inventory.
-        inventory: list to append :class:`~ptfile.inventory.GlobalUse` events to.
+        inventory: list to append :class:`~ptfile.pickle.inventory.GlobalUse` events to.
         origin: where ``data`` starts in the file, for a pickle cut out of a stream (the
             legacy format): every offset in the inventory and in messages is a file offset.
     """

@@ -1,7 +1,7 @@
 """What the pickle engine saw: every global it met and how the pickle used it.
 
 The engine appends one :class:`GlobalUse` per event.  Loading and scanning read the
-same inventory and judge it with the same function (:func:`ptfile.allowlist.judge`),
+same inventory and judge it with the same function (:func:`ptfile.policy.allowlist.judge`),
 so the loader can never accept what the scanner would not call clean.
 """
 

@@ -18,7 +18,7 @@ call clean:
 * ``unknown-call``: a global neither in the allowlist nor a known gadget is called
   (REDUCE, INST, OBJ, NEWOBJ_EX): an Enum member, a namedtuple, a class with its own
   ``__reduce__``.  ``torch.load(weights_only=False)`` would run that third-party code;
-  ``load(records=True)`` returns the call as an inert :class:`~ptfile.values.Record`.
+  ``load(records=True)`` returns the call as an inert :class:`~ptfile.pickle.values.Record`.
 * ``unknown-class``: classes outside the table are instantiated (NEWOBJ), built or
   referenced, as whole pickled models do; ``load(records=True)`` returns them as records.
 * ``clean``: only table entries, used as the table allows.
@@ -35,11 +35,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import dtypes, metadata, objects, rebuild, special, torchscript
-from .engine import Engine
-from .inventory import GlobalUse
-from .tensors import StorageType
-from .values import Global
+from ..formats import torchscript
+from ..pickle.engine import Engine
+from ..pickle.inventory import GlobalUse
+from ..pickle.values import Global
+from ..tensors import dtypes, metadata, objects, rebuild, special
+from ..tensors.views import StorageType
 
 __all__ = ["Entry", "lookup", "entries", "judge", "Judgement", "Finding", "Allow", "is_code_execution",
            "gadget_reason", "gadgets", "LEVELS"]
@@ -203,7 +204,7 @@ _add("copyreg", "_reconstructor", "container", "protocol 0/1 instance: a 'new' u
      call=metadata.reconstructor)
 
 # torch.distributed.checkpoint (DCP) .metadata: its dataclasses are inert only inside a DCP
-# folder (ptfile.dcp vouches for them); the one enum is pickled as REDUCE(cls, (value,)).
+# folder (ptfile.formats.dcp vouches for them); the one enum is pickled as REDUCE(cls, (value,)).
 _add("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING", "metadata",
      "DCP memory-format enum, pickled as a call with its value: returns the member's name as a str",
      call=metadata.mem_format_encoding)

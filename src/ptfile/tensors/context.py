@@ -3,7 +3,7 @@
 Constructors (``rebuild.py``, ``objects.py``, ``special.py``) build tensors, parameters and
 objects through it, so one engine serves a real load (arrays over the checkpoint's storages)
 and a dry run (tensor specs only, for scanning and for every reading of
-:mod:`ptfile.consumers`).
+:mod:`ptfile.formats.consumers`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CorruptFileError
+from ..pickle.values import Parameter
 from . import objects
-from .errors import CorruptFileError
-from .tensors import TensorSpec
-from .values import Parameter
+from .views import TensorSpec
 
 __all__ = ["Context"]
 
@@ -23,7 +23,7 @@ __all__ = ["Context"]
 class Context:
     """What the engine hands every constructor: how to make tensors, what BUILD may touch.
 
-    ``checkpoint`` (a :class:`ptfile.loader.Checkpoint`, or None for a dry run) turns a tensor
+    ``checkpoint`` (a :class:`ptfile.formats.loader.Checkpoint`, or None for a dry run) turns a tensor
     spec into an array when ``materialize`` is set; without one, constructors build specs only.
     """
 

@@ -35,12 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import FrameworkMissingError, PtfileError, UnsupportedFormatError
+from ..pickle.engine import gc_paused
+from ..pickle.values import Parameter, Record
 from .dtypes import by_numpy
-from .engine import gc_paused
-from .errors import FrameworkMissingError, PtfileError, UnsupportedFormatError
 from .special import MetaTensor, NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
-from .tensors import root_of
-from .values import Parameter, Record
+from .views import root_of
 
 __all__ = ["FRAMEWORKS", "framework_name", "import_framework", "Converter", "converter", "map_tree"]
 

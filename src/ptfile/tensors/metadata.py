@@ -8,7 +8,7 @@ counters, and protocol 0/1 instances written through ``copyreg._reconstructor``.
 Each constructor here checks its arguments and returns plain data: a builtin
 value (``str``, ``datetime``, a pure ``pathlib`` path, a ``defaultdict`` whose
 factory is a builtin type), an :class:`AttributeDict`, or an inert
-:class:`~ptfile.values.Record` that BUILD fills with the pickled state.  Nothing
+:class:`~ptfile.pickle.values.Record` that BUILD fills with the pickled state.  Nothing
 is imported, and no framework class is ever instantiated.
 """
 
@@ -20,10 +20,10 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from .engine import GlobalRef
-from .errors import CorruptFileError, UnsupportedFormatError
-from .inventory import GlobalUse
-from .values import Global, Record, brief
+from ..errors import CorruptFileError, UnsupportedFormatError
+from ..pickle.engine import GlobalRef
+from ..pickle.inventory import GlobalUse
+from ..pickle.values import Global, Record, brief
 
 __all__ = ["AttributeDict", "record_of", "TYPING_ANY"]
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .engine import check_keys
-from .errors import CorruptFileError, UnsupportedFormatError
-from .values import Global, Record, brief
+from ..errors import CorruptFileError, UnsupportedFormatError
+from ..pickle.engine import check_keys
+from ..pickle.values import Global, Record, brief
 
 __all__ = ["build_handler"]
 

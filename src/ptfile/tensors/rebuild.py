@@ -1,4 +1,4 @@
-"""torch's tensor rebuild functions, re-implemented over :class:`~ptfile.tensors.TensorSpec`.
+"""torch's tensor rebuild functions, re-implemented over :class:`~ptfile.tensors.views.TensorSpec`.
 
 Each function takes the engine context and the arguments the pickle passed, checks
 every one of them, and returns ``context.tensor(spec)``: a numpy view when loading,
@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from ..errors import CorruptFileError, UnsupportedFormatError
+from ..pickle.values import Global, brief
 from . import dtypes
 from .dtypes import DtypeInfo
-from .errors import CorruptFileError, UnsupportedFormatError
-from .tensors import StorageRef, TensorSpec, check_view
-from .values import Global, brief
+from .views import StorageRef, TensorSpec, check_view
 
 __all__ = ["TorchDtype", "rebuild_tensor", "rebuild_tensor_v2", "rebuild_tensor_v3", "rebuild_parameter"]
 

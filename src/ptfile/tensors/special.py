@@ -16,10 +16,10 @@ those functions over its own value types and never calls torch:
 * ``torch._tensor._rebuild_from_type_v2(func, cls, args, state)`` rebuilds a tensor
   with ``func(*args)`` (only an allowlisted tensor rebuild function), then records
   the class and the Python attributes: a :class:`TensorSubclass` array, or a
-  :class:`~ptfile.values.Parameter` for ``torch.nn.Parameter``.
+  :class:`~ptfile.pickle.values.Parameter` for ``torch.nn.Parameter``.
 
 When a lazy handle lists tensors, every array inside these values is still a
-:class:`~ptfile.tensors.TensorSpec`; :meth:`materialize` turns them into arrays.
+:class:`~ptfile.tensors.views.TensorSpec`; :meth:`materialize` turns them into arrays.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CorruptFileError, UnsupportedFormatError
+from ..pickle.engine import GlobalRef
+from ..pickle.values import Global, brief
 from . import dtypes
-from .engine import GlobalRef
-from .errors import CorruptFileError, UnsupportedFormatError
 from .rebuild import TorchDtype, _bool, _hooks, _make, _storage
-from .tensors import StorageRef, TensorSpec, check_view
-from .values import Global, brief
+from .views import StorageRef, TensorSpec, check_view
 
 __all__ = [
     "NestedTensor",
@@ -634,7 +634,7 @@ def rebuild_meta_tensor(context: Any, dtype: Any, size: Any, stride: Any, requir
 class TensorSubclass(np.ndarray):
     """An array that torch saved as an instance of a tensor subclass, or with Python attributes.
 
-    ``torch_class`` is the :class:`~ptfile.values.Global` naming the class (``torch.Tensor``
+    ``torch_class`` is the :class:`~ptfile.pickle.values.Global` naming the class (``torch.Tensor``
     when only attributes were added); ``attributes`` holds the instance ``__dict__``.
     """
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
+from ..pickle.values import Parameter, brief
 from .dtypes import DtypeInfo
-from .errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
-from .values import Parameter, brief
 
 __all__ = ["StorageType", "StorageRef", "TensorSpec", "check_view", "view_array", "root_of"]
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorruptFileError
-from .handle import Handle
-from .opener import open_handle
-from .sharded import INDEX_SUFFIX
+from ..errors import CorruptFileError
+from ..formats.handle import Handle
+from ..formats.opener import open_handle
+from ..formats.sharded import INDEX_SUFFIX
 
 __all__ = ["diff", "match", "DiffResult", "MatchResult", "strip_prefixes", "COMMON_PREFIXES"]
 

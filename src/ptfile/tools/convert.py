@@ -2,7 +2,7 @@
 
 Inputs: torch checkpoints (``.pt .pth .bin .ckpt`` and any other name ptfile reads),
 ``.safetensors``, ``.npz``, shard indexes or folders of either, and
-``torch.distributed.checkpoint`` folders (consolidated by :func:`ptfile.dcp.consolidate`).  Outputs:
+``torch.distributed.checkpoint`` folders (consolidated by :func:`ptfile.formats.dcp.consolidate`).  Outputs:
 ``.safetensors`` (optionally sharded, with an index), ``.npz``, and torch checkpoints.
 
 A checkpoint is flattened to ``dotted name -> tensor``; ``key`` picks a nested
@@ -24,13 +24,13 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from .atomic import atomic_write, require_folder
-from .errors import UnsupportedFormatError
-from .npformat import write_npz
-from .sharded import INDEX_SUFFIX
-from .stformat import ALIASES_KEY, alias_views, remove_shared, write_safetensors
-from .tree import walk
-from .writer import parse_size, plan_shards
+from ..errors import UnsupportedFormatError
+from ..formats.npformat import write_npz
+from ..formats.sharded import INDEX_SUFFIX
+from ..formats.stformat import ALIASES_KEY, alias_views, remove_shared, write_safetensors
+from ..formats.writer import parse_size, plan_shards
+from ..io.atomic import atomic_write, require_folder
+from ..pickle.tree import walk
 
 __all__ = ["convert", "read_tensors", "write_tensors", "select", "cast", "ConvertReport"]
 
@@ -70,7 +70,7 @@ def _is_tensor(node: Any) -> bool:
 
 def flatten(tree: Any) -> tuple[dict[str, np.ndarray], list[str]]:
     """``dotted name -> array`` for every tensor, and the names of the values that are not tensors."""
-    from .values import Record
+    from ..pickle.values import Record
 
     tensors: dict[str, np.ndarray] = OrderedDict()
     skipped: list[str] = []
@@ -85,7 +85,7 @@ def flatten(tree: Any) -> tuple[dict[str, np.ndarray], list[str]]:
 
 def read_tensors(src: Any, *, key: str | None = None, records: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
     """The tensors of anything ptfile reads, and the names of non-tensor values skipped."""
-    from .opener import load_tree, open_handle
+    from ..formats.opener import load_tree, open_handle
 
     with open_handle(src, records=records) as handle:
         nested = handle.format not in FLAT_FORMATS
@@ -177,7 +177,7 @@ def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: i
         write_npz(tensors, dst)
         report.written.append(dst)
     elif dst.endswith(TORCH_SUFFIXES):
-        from . import save, save_sharded
+        from .. import save, save_sharded
 
         if max_shard_size is None:
             save(OrderedDict(tensors), dst, progress=progress)
@@ -194,7 +194,7 @@ def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: i
 
 def _write_sharded_safetensors(tensors: dict[str, np.ndarray], dst: str, max_size: int,
                                metadata: dict[str, str], progress: Callable[[int, int], None] | None) -> list[str]:
-    from .writer import AcrossShards
+    from ..formats.writer import AcrossShards
 
     shards, total = plan_shards(tensors, max_size)
     if len(shards) == 1:
@@ -225,8 +225,8 @@ def convert(src: Any, dst: str, *, dtype: str | None = None, key: str | None = N
     ``dst``'s folder must exist and ``dtype`` must name a floating-point type: both are
     checked before anything is read.  ``progress(bytes written, bytes to write)`` follows the writing.
     """
-    from .dcp import consolidate
-    from .opener import resolve
+    from ..formats.dcp import consolidate
+    from ..formats.opener import resolve
 
     require_folder(dst)
     if dtype:

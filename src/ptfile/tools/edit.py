@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import PtfileError
 from .compare import strip_prefixes
 from .convert import cast
-from .errors import PtfileError
 
 __all__ = ["EditRules", "edit_mapping"]
 

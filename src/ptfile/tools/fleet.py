@@ -1,6 +1,6 @@
 """Many files at once: scanning and converting in parallel, on one machine or a Dask cluster.
 
-``ptfile.scan`` and ``ptfile.convert.convert`` are pure functions of their paths, so
+``ptfile.scan`` and ``ptfile.tools.convert.convert`` are pure functions of their paths, so
 fanning them out needs no coordination: a process pool on one machine, or a Dask
 ``distributed.Client`` for a cluster.  Results come back in the order of the inputs.
 Dask is optional and imported only when a scheduler address is given.
@@ -11,7 +11,7 @@ Recipe for a cluster (``pip install 'ptfile[fleet]'`` on every node)::
     dask worker tcp://scheduler:8786                # on every node that sees the files
     ptfile scan --scheduler tcp://scheduler:8786 -r /shared/models
 
-or from Python: ``ptfile.fleet.scan_many(paths, client=distributed.Client(address))``.
+or from Python: ``ptfile.tools.fleet.scan_many(paths, client=distributed.Client(address))``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from .allowlist import Allow
-from .scanner import ScanResult, scan
+from ..policy.allowlist import Allow
+from ..scanning.scanner import ScanResult, scan
 
 __all__ = ["scan_many", "convert_many"]
 
@@ -70,7 +70,7 @@ def connect(address: str) -> Any:
     try:
         from distributed import Client
     except ImportError:
-        from .errors import PtfileError
+        from ..errors import PtfileError
 
         raise PtfileError("--scheduler needs Dask (pip install 'ptfile[fleet]')") from None
     return Client(address)

@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from . import allowlist
-from .errors import PtfileError
-from .loader import TensorInfo
-from .special import SpecialTensor
-from .tensors import TensorSpec
-from .tree import walk
-from .values import Global, Record
+from ..errors import PtfileError
+from ..formats.loader import TensorInfo
+from ..pickle.tree import walk
+from ..pickle.values import Global, Record
+from ..policy import allowlist
+from ..tensors.special import SpecialTensor
+from ..tensors.views import TensorSpec
 
 __all__ = ["describe", "summarize", "fold_rows"]
 
@@ -199,13 +199,13 @@ def _optimizer_prefixes(handle: Any, names: list[str]) -> list[str]:
 
 
 def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
-    """Describe anything ptfile reads (see :mod:`ptfile.opener`) without reading tensor data.
+    """Describe anything ptfile reads (see :mod:`ptfile.formats.opener`) without reading tensor data.
 
     The scan verdict comes from the same opening: a torch checkpoint's pickles run once.
     """
-    from .loader import LazyCheckpoint
-    from .opener import open_handle
-    from .scanner import scan, scan_opened
+    from ..formats.loader import LazyCheckpoint
+    from ..formats.opener import open_handle
+    from ..scanning.scanner import scan, scan_opened
 
     with open_handle(src, records=records) as handle:
         infos = {key: handle.info(key) for key in handle}

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ..formats.opener import open_handle
 from .compare import chunks
-from .opener import open_handle
 
 __all__ = ["TensorStats", "tensor_stats", "checkpoint_stats", "STATS_CHUNK_ELEMENTS"]
 

@@ -3,9 +3,9 @@
 ``ptfile.scan`` opens a file with the same container readers and runs every
 pickle through the same restricted engine as ``ptfile.load``; nothing is
 imported, called or materialized.  The inventory is graded by the same
-:func:`ptfile.allowlist.judge`, so a file ``load`` refuses is never ``clean`` here.
+:func:`ptfile.policy.allowlist.judge`, so a file ``load`` refuses is never ``clean`` here.
 
-Verdicts, worst first (the four levels of :func:`ptfile.allowlist.judge`, and ``invalid``):
+Verdicts, worst first (the four levels of :func:`ptfile.policy.allowlist.judge`, and ``invalid``):
 
 * ``dangerous``: a known code-execution gadget is named or called anywhere;
 * ``unknown-call``: a global outside the allowlist, and no known gadget, is called: the
@@ -35,13 +35,13 @@ mismatched local names); anything else is read as a stream of pickles from byte 
 does with a file that does not start with a zip header;
 a zip archive appended after such a pickle (a polyglot) is examined too.  A
 ``torch.distributed.checkpoint`` folder is scanned as one checkpoint by
-:func:`ptfile.dcp.scan_folder`: its ``.metadata`` and every item of its ``.distcp`` files;
+:func:`ptfile.formats.dcp.scan_folder`: its ``.metadata`` and every item of its ``.distcp`` files;
 a Hugging Face shard folder (or its ``*.index.json``) as the shards its index names.
 
 Archives ``ptfile.load`` does not read (a zip or tar that is not a checkpoint, 7z, gzip,
 bzip2, xz: a checkpoint recompressed to slip past scanners) are opened with the standard
 library (7z with ``py7zr``, the optional ``ptfile[archives]`` extra; a tar with ptfile's own
-bounded header parser, :func:`ptfile.legacy.walk_tar`) and every member that looks like a
+bounded header parser, :func:`ptfile.formats.legacy.walk_tar`) and every member that looks like a
 pickle or an archive is scanned in turn, down to :data:`MAX_ARCHIVE_DEPTH` levels and within
 :data:`MAX_MEMBER_BYTES` / :data:`MAX_ARCHIVE_BYTES`.  Such a file is never clean, since
 ``load`` refuses it: it is ``dangerous`` when a member is, else ``invalid``.  What cannot be
@@ -56,15 +56,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import allowlist, consumers
-from .engine import gc_paused
-from .errors import PtfileError, UnsafeGlobalError
-from .inventory import GlobalUse
-from .legacy import TAR_BLOCK
-from .loader import Checkpoint, Context, detached_storage, looks_like_pickle, new_engine
-from .opener import SNIFF_BYTES, Format, detect, is_readable, resolve
-from .source import MappedSource, Source, SourceFile, open_source
-from .ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
+from ..containers.ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
+from ..errors import PtfileError, UnsafeGlobalError
+from ..formats import consumers
+from ..formats.legacy import TAR_BLOCK
+from ..formats.loader import Checkpoint, Context, detached_storage, looks_like_pickle, new_engine
+from ..formats.opener import SNIFF_BYTES, Format, detect, is_readable, resolve
+from ..io.source import MappedSource, Source, SourceFile, open_source
+from ..pickle.engine import gc_paused
+from ..pickle.inventory import GlobalUse
+from ..policy import allowlist
 
 __all__ = ["ScanResult", "scan", "scan_opened", "VERDICTS"]
 
@@ -164,12 +165,12 @@ def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None
     Args:
         src: what to scan.
         strict: treat unknown calls and instances of unknown classes as dangerous.
-        allow: third-party globals to accept (see :class:`ptfile.allowlist.Allow`).
+        allow: third-party globals to accept (see :class:`ptfile.policy.allowlist.Allow`).
         verify: also read every storage record and check its CRC-32 (reads the whole file).
     """
     allow = allowlist.as_allow(allow)
     name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<bytes>")
-    from .dcp import scan_folder
+    from ..formats.dcp import scan_folder
 
     try:
         kind, target = resolve(src)
@@ -207,7 +208,7 @@ def scan_opened(checkpoint: Checkpoint, *, strict: bool = False, allow: allowlis
 
 def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: int = 0, *,
                  verify: bool = False, opened: Checkpoint | None = None) -> ScanResult:
-    from .legacy import TAR_BLOCK, is_tar
+    from ..formats.legacy import TAR_BLOCK, is_tar
 
     head = source.read(0, min(source.size, TAR_BLOCK), "file header")
     inventory: list[GlobalUse] = []
@@ -292,7 +293,7 @@ def _run_dry(data: bytes, record: str, inventory: list[GlobalUse]) -> None:
 
 
 def _is_archive(head: bytes) -> bool:
-    from .legacy import is_tar
+    from ..formats.legacy import is_tar
 
     return is_zip(head) or is_tar(head) or any(head.startswith(magic) for magic in _COMPRESSED_MAGICS)
 
@@ -328,7 +329,7 @@ def _scan_tensor_file(source: Source, fmt: Format, strict: bool, allow: allowlis
 
 def _judge_object_arrays(source: Source, inventory: list[GlobalUse]) -> list[str]:
     """Run the pickle of every object array dry (``numpy.load(allow_pickle=True)`` would unpickle it)."""
-    from .npformat import object_pickles
+    from ..formats.npformat import object_pickles
 
     try:
         pickles = object_pickles(source)
@@ -338,7 +339,7 @@ def _judge_object_arrays(source: Source, inventory: list[GlobalUse]) -> list[str
 
 
 def _other_readings(source: Source, strict: bool, allow: allowlist.Allow) -> ScanResult:
-    """The readings of consumers other than the loader's container (see :mod:`ptfile.consumers`)."""
+    """The readings of consumers other than the loader's container (see :mod:`ptfile.formats.consumers`)."""
     inventory: list[GlobalUse] = []
     faults = consumers.other_readings(source, None, inventory)
     judgement = allowlist.judge(inventory, allow=allow)
@@ -387,7 +388,7 @@ def _examine(source: Source, inventory: list[GlobalUse], notes: list[str], verif
         inventory.extend(use for finding in exc.findings for use in finding.uses)
         return "pickle stream", [], None, None
     except PtfileError as exc:
-        from .legacy import TAR_BLOCK, has_magic_number
+        from ..formats.legacy import TAR_BLOCK, has_magic_number
 
         if has_magic_number(source, source.read(0, min(source.size, TAR_BLOCK), "file header")):
             # torch reads it as a legacy stream: the legacy reader's own diagnosis stands, and the
@@ -444,7 +445,7 @@ def _check_records(archive: ZipArchive, container: Any, verify: bool) -> list[st
 def _code_notes(container: Any) -> list[str]:
     """TorchScript code records are code: say so, and name the calls off the code allowlist.
 
-    The calls themselves are in the inventory (see :func:`ptfile.scriptcode.judge_code`), so they
+    The calls themselves are in the inventory (see :func:`ptfile.formats.scriptcode.judge_code`), so they
     are judged; the note says which record holds code at all.
     """
     calls = getattr(container, "code_calls", {})
@@ -541,7 +542,7 @@ def _tar_members(source: Source, budget: list[int]) -> Iterator[Member]:
     The standard library's reader is never handed the archive: its PAX parser is quadratic
     on Python <= 3.11.9 (CVE-2024-6232), and a header it would read another way ends the walk.
     """
-    from .legacy import walk_tar
+    from ..formats.legacy import walk_tar
 
     for member in walk_tar(source):
         if member.has_data:
@@ -661,7 +662,7 @@ def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list
 
 def _scan_shards(path: str, strict: bool, allow: allowlist.Allow, verify: bool) -> ScanResult:
     """The shards a Hugging Face index names, each scanned; the index's own checks as load makes them."""
-    from .sharded import ShardedCheckpoint, find_index, read_index
+    from ..formats.sharded import ShardedCheckpoint, find_index, read_index
 
     try:
         index = find_index(path) if os.path.isdir(path) else path

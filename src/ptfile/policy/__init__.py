@@ -1,0 +1,1 @@
+"""The one table of allowed globals, each with its reason, and the judge of what a file uses."""

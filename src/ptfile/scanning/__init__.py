@@ -1,0 +1,1 @@
+"""The loader run dry over every reading of a file, with a verdict."""

@@ -1,0 +1,1 @@
+"""What the engine builds: dtypes, checked storage views, tensor rebuilds, special tensors, objects, metadata."""
