@@ -39,6 +39,7 @@ from ptfile.policy import allowlist
 from ptfile.scanning.scanner import scan
 from ptfile.tensors.rebuild import TorchDtype
 from ptfile.tensors.special import Layout
+from ptfile.tools import convert
 
 DCP_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "dcp"
 CASES = ("single", "ranks2")
@@ -271,7 +272,7 @@ def test_rewritten_metadata_reads_the_same(tmp_path):
 @pytest.mark.parametrize("name", CASES)
 def test_consolidate_to_pt_holds_the_whole_state_dict(name, tmp_path):
     out = tmp_path / "full.pt"
-    report = dcp.consolidate(DCP_FIXTURES / name, out)
+    report = convert.consolidate(DCP_FIXTURES / name, out)
     assert report.written == [str(out)] and report.skipped_values == []
     tree, blobs = expected(name)
     check_tree(ptfile.load(out), tree, blobs)
@@ -280,7 +281,7 @@ def test_consolidate_to_pt_holds_the_whole_state_dict(name, tmp_path):
 @pytest.mark.parametrize("name", CASES)
 def test_consolidate_to_safetensors_holds_every_tensor(name, tmp_path):
     out = tmp_path / "model.safetensors"
-    report = dcp.consolidate(DCP_FIXTURES / name, out)
+    report = convert.consolidate(DCP_FIXTURES / name, out)
     tree, blobs = expected(name)
     tensors, metadata = read_safetensors(out)
     assert metadata == {"format": "pt"}
@@ -294,14 +295,14 @@ def test_consolidate_to_safetensors_holds_every_tensor(name, tmp_path):
 
 def test_consolidate_refuses_other_formats(tmp_path):
     with pytest.raises(ptfile.UnsupportedFormatError):
-        dcp.consolidate(DCP_FIXTURES / "single", tmp_path / "out.npz")
+        convert.consolidate(DCP_FIXTURES / "single", tmp_path / "out.npz")
 
 
 def test_consolidated_files_load_in_torch(tmp_path):
     torch = pytest.importorskip("torch")
     safetensors_torch = pytest.importorskip("safetensors.torch")
-    dcp.consolidate(DCP_FIXTURES / "ranks2", tmp_path / "full.pt")
-    dcp.consolidate(DCP_FIXTURES / "ranks2", tmp_path / "full.safetensors")
+    convert.consolidate(DCP_FIXTURES / "ranks2", tmp_path / "full.pt")
+    convert.consolidate(DCP_FIXTURES / "ranks2", tmp_path / "full.safetensors")
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     dcp_to_torch_save(DCP_FIXTURES / "ranks2", tmp_path / "torch.pt")
@@ -324,7 +325,7 @@ def test_consolidation_memory_is_bounded_by_the_largest_tensor(tmp_path):
     for out in ("out.safetensors", "out.pt"):
         tracemalloc.start()
         try:
-            dcp.consolidate(tmp_path / "ckpt", tmp_path / out)
+            convert.consolidate(tmp_path / "ckpt", tmp_path / out)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -610,7 +611,7 @@ def test_fresh_dcp_folder_written_by_torch(tmp_path):
     make_dcp.save_single(folder, state)
     description, blobs = make_dcp.describe(state)
     check_tree(ptfile.load(folder), description["tree"], blobs)
-    dcp.consolidate(folder, tmp_path / "full.pt")
+    convert.consolidate(folder, tmp_path / "full.pt")
     loaded = torch.load(tmp_path / "full.pt", weights_only=True)
     assert loaded["epoch"] == 3 and loaded["opt"] == state["opt"]
     for key, tensor in state["net"].items():

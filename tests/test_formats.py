@@ -19,7 +19,7 @@ import pytest
 
 import ptfile
 from ptfile.formats.loader import Checkpoint
-from ptfile.io.source import open_source
+from ptfile.io.open import open_source
 from ptfile.policy import allowlist
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "formats"

@@ -193,7 +193,8 @@ def test_remote_failure_is_a_clear_error(tmp_path, server, monkeypatch):
 
 
 def test_short_read_is_never_returned_as_whole(monkeypatch):
-    from ptfile.io.remote import RemoteReadError, RemoteSource
+    from ptfile.errors import RemoteReadError
+    from ptfile.io.remote import RemoteSource
 
     fs = fsspec.filesystem("memory")
     fs.pipe("/short/t.pt", TRAINING.read_bytes())

@@ -25,7 +25,8 @@ from corpus_zip import samples as zip_samples
 from ptfile import CorruptFileError, LimitExceededError, PtfileError, UnsupportedFormatError
 from ptfile.containers import ziparchive
 from ptfile.containers.ziparchive import ZipArchive
-from ptfile.io.source import FileSource, MappedSource, open_source
+from ptfile.io.open import open_source
+from ptfile.io.source import FileSource, MappedSource
 
 #: torch's default storage alignment: data of every record starts on a multiple of it.
 ALIGNMENT = 64

@@ -26,6 +26,7 @@ from .errors import (
 from .formats.handle import Handle
 from .formats.loader import TensorInfo
 from .pickle.values import Global, Parameter, Record
+from .policy.allowlist import as_allow
 from .tensors.metadata import AttributeDict
 from .tensors.special import MetaTensor, NestedTensor, QuantizedTensor, SparseTensor, TensorSubclass
 
@@ -100,7 +101,7 @@ def load(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
     Raises:
         PtfileError: for every malformed, unsupported or unsafe input, with the reason.
     """
-    from .formats.opener import load_tree
+    from .formats.opener import load_tree  # lazy: every format reader, kept off `import ptfile`
 
     return load_tree(src, mmap=mmap, records=records, allow=allow, framework=framework)
 
@@ -127,7 +128,7 @@ def open(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
             weight = ckpt["fc.weight"]
         ```
     """
-    from .formats.opener import open_handle
+    from .formats.opener import open_handle  # lazy: every format reader, kept off `import ptfile`
 
     return open_handle(src, mmap=mmap, records=records, allow=allow, framework=framework)
 
@@ -149,7 +150,7 @@ def safe_open(filename: Source, framework: str = "pt", device: Any = "cpu") -> H
             weights = {key: f.get_tensor(key) for key in f.keys()}
         ```
     """
-    from .formats.opener import open_handle
+    from .formats.opener import open_handle  # lazy: every format reader, kept off `import ptfile`
 
     return open_handle(filename, framework=framework, device=None if framework in ("numpy", "np") else device)
 
@@ -171,7 +172,7 @@ def save(obj: Any, dst: Union[str, os.PathLike[str], IO[bytes]], *, progress: Pr
         PtfileError: naming the path in the tree (``model.layers.0.weight``) of a value
             that cannot be saved, before anything is written.
     """
-    from .formats.writer import save as _save
+    from .formats.writer import save as _save  # lazy: saving only, kept off `import ptfile`
 
     _save(obj, dst, progress=progress)
 
@@ -187,7 +188,7 @@ def save_sharded(state_dict: Any, folder: Union[str, os.PathLike[str]], max_shar
     ``pytorch_model.bin``.  Returns the names of the files written.  ``progress(bytes
     written, bytes to write)``, if given, is called as tensor data is written, over all shards.
     """
-    from .formats.writer import save_sharded as _save_sharded
+    from .formats.writer import save_sharded as _save_sharded  # lazy: saving only, kept off `import ptfile`
 
     return _save_sharded(state_dict, folder, max_shard_size, progress=progress)
 
@@ -208,7 +209,6 @@ def scan(src: Source, *, strict: bool = False, allow: Allow = None, verify: bool
     records beside them, never a tensor byte; ``verify=True`` also streams every storage
     record through a CRC-32 check (torch never checks one, so a mismatch is a note).
     """
-    from .policy.allowlist import as_allow
-    from .scanning.scanner import scan as _scan
+    from .scanning.scanner import scan as _scan  # lazy: scanning only, kept off `import ptfile`
 
     return _scan(src, strict=strict, allow=as_allow(allow), verify=verify)

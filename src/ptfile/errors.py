@@ -15,6 +15,7 @@ __all__ = [
     "LimitExceededError",
     "CheckpointNotFoundError",
     "FrameworkMissingError",
+    "RemoteReadError",
 ]
 
 
@@ -52,3 +53,7 @@ class UnsafeGlobalError(PtfileError, ValueError):
 
 class FrameworkMissingError(PtfileError, ImportError):
     """``framework=`` names a framework (torch, JAX, MLX) that cannot be imported here."""
+
+
+class RemoteReadError(PtfileError, OSError):
+    """A remote read failed or came back short after every retry."""

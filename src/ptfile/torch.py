@@ -36,6 +36,8 @@ from typing import IO, Any, Union
 import numpy as np
 
 from .errors import PtfileError, UnsupportedFormatError
+from .formats.opener import load_tree
+from .formats.writer import save as _save
 from .pickle.values import Parameter
 from .tensors.dtypes import by_torch_name
 from .tensors.frameworks import import_framework, map_tree
@@ -79,8 +81,6 @@ def load(
     Raises:
         PtfileError: for every malformed, unsupported or unsafe input, with the reason.
     """
-    from .formats.opener import load_tree
-
     if pickle_module is not None:
         raise PtfileError("ptfile.torch.load reads pickles with ptfile's own engine: pickle_module must be None")
     return load_tree(f, mmap=bool(mmap), records=records or weights_only is False, allow=allow, framework="torch",
@@ -112,8 +112,6 @@ def save(obj: Any, f: Union[str, os.PathLike, IO[bytes]]) -> None:
     Raises:
         PtfileError: for a value that cannot be saved, before anything is written.
     """
-    from . import save as _save
-
     _save(map_tree(obj, lambda node: isinstance(node, torch.Tensor), _NumpyViews().array), f)
 
 

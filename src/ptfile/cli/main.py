@@ -19,8 +19,15 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
+
+from .. import __version__, load, save
+from ..errors import PtfileError
+from ..policy.allowlist import Allow
 
 EXIT_OK = 0
 EXIT_FOUND = 1
@@ -46,7 +53,7 @@ def human_bytes(count: int) -> str:
 
 
 def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
+    from rich.console import Console  # lazy: rich is heavy: a command imports only what it prints with
 
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else 200  # pipes and files: never truncate numbers or names
@@ -61,7 +68,7 @@ def _print_json(document: dict) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ..tools.inspection import describe
+    from ..tools.inspection import describe  # lazy: each command imports only the modules it runs
 
     report = describe(args.file, records=args.records)
     if args.json:
@@ -82,9 +89,9 @@ _TENSOR_COLUMNS = ("name", "dtype", "shape", "strides", "bytes", "shared with")
 
 def _render_inspect(report: dict, *, tree: bool, fold: bool | None) -> None:
     """The human view; ``fold``: fold numbered blocks (None: when the listing is long)."""
-    from rich.text import Text
+    from rich.text import Text  # lazy: rich is heavy: a command imports only what it prints with
 
-    from ..tools.inspection import fold_rows
+    from ..tools.inspection import fold_rows  # lazy: each command imports only the modules it runs
 
     console = _console()
     console.print(Text(f"{safe(report['path'])}: {report['format']} checkpoint", style="bold"))
@@ -125,8 +132,8 @@ def _render_inspect(report: dict, *, tree: bool, fold: bool | None) -> None:
 
 
 def _render_tree(console: Any, values: list[dict]) -> None:
-    from rich.text import Text
-    from rich.tree import Tree
+    from rich.text import Text  # lazy: rich is heavy: a command imports only what it prints with
+    from rich.tree import Tree  # lazy: rich is heavy: a command imports only what it prints with
 
     root = Tree("values")
     nodes: dict[str, Any] = {"": root}
@@ -155,8 +162,8 @@ def _tensor_cells(row: dict) -> list[str]:
 
 
 def _print_rich_table(console: Any, columns: Sequence[str], cells: list[list[str]]) -> None:
-    from rich.table import Table
-    from rich.text import Text
+    from rich.table import Table  # lazy: rich is heavy: a command imports only what it prints with
+    from rich.text import Text  # lazy: rich is heavy: a command imports only what it prints with
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for column in columns:
@@ -188,8 +195,8 @@ def _candidates(paths: Sequence[str], include: list[str], exclude: list[str], re
 
     A DCP folder (``.metadata`` + ``*.distcp``) is scanned as one checkpoint; other files in it on their own.
     """
-    from ..formats.dcp import ITEM_SUFFIX, METADATA_FILE, is_dcp
-    from ..scanning.scanner import is_scannable
+    from ..formats.dcp import ITEM_SUFFIX, METADATA_FILE, is_dcp  # lazy: each command imports only the modules it runs
+    from ..scanning.scanner import is_scannable  # lazy: each command imports only the modules it runs
 
     found: list[str] = []
     for path in paths:
@@ -212,15 +219,14 @@ def _candidates(paths: Sequence[str], include: list[str], exclude: list[str], re
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from ..policy.allowlist import Allow
-    from ..scanning.scanner import FAILING, INVALID, VERDICTS
+    from ..scanning.scanner import FAILING, INVALID, VERDICTS  # lazy: each command imports only the modules it runs
 
     files = _candidates(args.paths, args.include, args.exclude, args.recursive)
     if not files:
         _error("nothing to scan")
         return EXIT_ERROR
     if args.jobs > 1 or args.scheduler:
-        from ..tools.fleet import connect, scan_many
+        from ..tools.fleet import connect, scan_many  # lazy: each command imports only the modules it runs
 
         client = connect(args.scheduler) if args.scheduler else None
         try:
@@ -246,7 +252,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _scan_serially(files: list[str], strict: bool, allow: Any, verify: bool, *, show_progress: bool) -> list:
-    from ..scanning.scanner import scan
+    from ..scanning.scanner import scan  # lazy: each command imports only the modules it runs
 
     results = []
     with _Progress("scanning", show_progress) as progress:
@@ -257,7 +263,7 @@ def _scan_serially(files: list[str], strict: bool, allow: Any, verify: bool, *, 
 
 
 def _render_scan(results: list) -> None:
-    from rich.text import Text
+    from rich.text import Text  # lazy: rich is heavy: a command imports only what it prints with
 
     console = _console()
     for result in results:
@@ -300,8 +306,6 @@ class _Progress:
     DELAY_SECONDS = 1.0
 
     def __init__(self, label: str, enabled: bool) -> None:
-        import time
-
         self._clock = time.monotonic
         self._start = self._clock()
         self._enabled = enabled and sys.stderr.isatty()
@@ -312,7 +316,7 @@ class _Progress:
         if not self._enabled or self._clock() - self._start < self.DELAY_SECONDS:
             return
         if self._bar is None:
-            from rich.progress import Progress
+            from rich.progress import Progress  # lazy: rich is heavy: a command imports only what it prints with
 
             self._bar = Progress(console=_console(stderr=True), transient=True)
             self._bar.start()
@@ -331,7 +335,7 @@ class _Progress:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from ..tools.compare import diff
+    from ..tools.compare import diff  # lazy: each command imports only the modules it runs
 
     with _Progress("comparing", _shows_progress(args)) as progress:
         result = diff(args.a, args.b, atol=args.atol, rtol=args.rtol, strip=args.strip_prefix,
@@ -344,7 +348,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _render_diff(result: Any) -> None:
-    from rich.text import Text
+    from rich.text import Text  # lazy: rich is heavy: a command imports only what it prints with
 
     console = _console()
     for name in result.only_a:
@@ -368,7 +372,7 @@ def _render_diff(result: Any) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from ..tools.statistics import checkpoint_stats
+    from ..tools.statistics import checkpoint_stats  # lazy: each command imports only the modules it runs
 
     with _Progress("reading", _shows_progress(args)) as progress:
         rows = checkpoint_stats(args.file, records=args.records, progress=progress)
@@ -376,8 +380,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         _print_json({"schema": JSON_SCHEMA_VERSION, "command": "stats", "path": args.file,
                      "tensors": [r.to_dict() for r in rows]})
         return EXIT_OK
-    from rich.table import Table
-    from rich.text import Text
+    from rich.table import Table  # lazy: rich is heavy: a command imports only what it prints with
+    from rich.text import Text  # lazy: rich is heavy: a command imports only what it prints with
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("name", "dtype", "count", "min", "max", "mean", "std", "nan", "inf", "zeros"):
@@ -391,13 +395,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_match(args: argparse.Namespace) -> int:
-    from ..tools.compare import match
+    from ..tools.compare import match  # lazy: each command imports only the modules it runs
 
     result = match(args.file, args.against, records=args.records, strip=args.strip_prefix, key=args.key)
     if args.json:
         _print_json({"schema": JSON_SCHEMA_VERSION, "command": "match", **result.to_dict()})
         return EXIT_OK if result.ok else EXIT_FOUND
-    from rich.text import Text
+    from rich.text import Text  # lazy: rich is heavy: a command imports only what it prints with
 
     console = _console()
     for title, names in (("missing keys", result.missing), ("unexpected keys", result.unexpected)):
@@ -426,7 +430,7 @@ def cmd_match(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..tools.convert import convert
+    from ..tools.convert import convert  # lazy: each command imports only the modules it runs
 
     with _Progress("writing", _shows_progress(args)) as progress:
         report = convert(args.input, args.output, dtype=args.dtype, key=args.key, records=args.records,
@@ -442,9 +446,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _edit_bytes(target: Any, dtype: str | None) -> tuple[int, int]:
     """(bytes an edit casts, bytes it writes, roughly): the two phases of its progress bar."""
-    import numpy as np
-
-    from ..tools.convert import FLOAT_TYPES
+    from ..tools.convert import FLOAT_TYPES  # lazy: each command imports only the modules it runs
 
     arrays = [v for v in target.values() if isinstance(v, np.ndarray)] if isinstance(target, dict) else []
     return sum(a.nbytes for a in arrays if dtype and a.dtype.name in FLOAT_TYPES), sum(a.nbytes for a in arrays)
@@ -466,10 +468,9 @@ def _render_left_out(report: Any, *, verbose: bool) -> None:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from .. import load, save
     from ..io.atomic import require_folder
-    from ..tools.convert import Phases, select
-    from ..tools.edit import EditRules, apply
+    from ..tools.convert import Phases, select  # lazy: each command imports only the modules it runs
+    from ..tools.edit import EditRules, apply  # lazy: each command imports only the modules it runs
 
     rules = EditRules(
         strip=args.strip_prefix,
@@ -524,8 +525,7 @@ def _output_options(parser: argparse.ArgumentParser, *, records: bool = True, pr
 
 def _float_dtype(text: str) -> str:
     """A --dtype value, checked before any file is read."""
-    from ..errors import PtfileError
-    from ..tools.convert import float_dtype
+    from ..tools.convert import float_dtype  # lazy: each command imports only the modules it runs
 
     try:
         float_dtype(text)
@@ -571,8 +571,6 @@ def _message(exc: BaseException) -> str:
 
 
 def PtfileErrorType() -> type:  # noqa: N802 - a lazy import of the error class
-    from ..errors import PtfileError
-
     return PtfileError
 
 
@@ -584,8 +582,6 @@ CHECKPOINT_HELP = "a checkpoint: .pt/.pth/.bin/.ckpt, .safetensors, .npz, a shar
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     parser = _Parser(prog="ptfile", description="Read, inspect and scan PyTorch checkpoints without torch.")
     parser.add_argument("--version", action="version", version=f"ptfile {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -676,8 +672,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _allow_pattern(text: str) -> str:
     """An --allow pattern, checked as the library checks it (a usage error otherwise)."""
-    from ..policy.allowlist import Allow
-
     try:
         Allow([text])
     except ValueError as exc:
@@ -686,8 +680,6 @@ def _allow_pattern(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..errors import PtfileError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

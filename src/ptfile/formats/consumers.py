@@ -170,7 +170,7 @@ def appended_zip_reading(source: Source, inventory: list, context: Any) -> list[
     """
     if zipfile_directory(source) is None:
         return []
-    import zipfile
+    import zipfile  # lazy: only for files that also read as a zip: zipfile stays off the common path
 
     faults = [f"{source.name}: a zip archive lies at the end of this file (a polyglot): "
               f"zipfile reads its records while torch.load reads the file from byte 0"]

@@ -50,7 +50,6 @@ from __future__ import annotations
 import bisect
 import math
 import os
-import tempfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -60,12 +59,10 @@ import numpy as np
 from ..errors import (
     CorruptFileError,
     LimitExceededError,
-    PtfileError,
-    UnsafeGlobalError,
     UnsupportedFormatError,
 )
-from ..io.source import SliceSource, Source, checked_size, open_source
-from ..pickle.inventory import GlobalUse
+from ..io.open import open_source
+from ..io.source import SliceSource, Source, checked_size
 from ..pickle.values import Global, Record
 from ..policy import allowlist
 from ..tensors.dtypes import DtypeInfo
@@ -75,7 +72,7 @@ from .handle import Handle
 from .loader import Checkpoint, RawPickle, TensorInfo
 from .sharded import is_plain_file_name
 
-__all__ = ["DcpCheckpoint", "SliceSource", "MetadataPickle", "is_dcp", "consolidate", "scan_folder",
+__all__ = ["DcpCheckpoint", "SliceSource", "MetadataPickle", "is_dcp",
            "METADATA_FILE", "MAX_METADATA_BYTES"]
 
 #: The metadata file a DCP folder is recognized by (``filesystem._metadata_fn``).
@@ -573,205 +570,3 @@ def _place(node: Any, key: Any, value: Any, fqn: str, *, keep: bool = False) -> 
     node.extend([None] * (key + 1 - len(node)))
     if not keep:
         node[key] = value
-
-
-# -- consolidation ---------------------------------------------------------------
-
-
-class _Scratch:
-    """Tensors assembled from several chunks, in a memory-mapped temporary file next to the output.
-
-    Each tensor is its own ``np.memmap`` (so a writer sees one storage per tensor); the file
-    is unlinked from the start and gone when closed.
-    """
-
-    def __init__(self, folder: str) -> None:
-        self.file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - closed by close()
-        self.size = 0
-
-    def array(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-        nbytes = math.prod(shape) * dtype.itemsize
-        if not nbytes:
-            return np.empty(shape, dtype)
-        offset, self.size = self.size, self.size + nbytes
-        self.file.truncate(self.size)
-        raw = np.memmap(self.file, dtype=np.uint8, mode="r+", offset=offset, shape=(nbytes,))
-        return raw.view(dtype).reshape(shape)
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def consolidate(folder: Any, out: str | os.PathLike[str], *, records: bool = False,
-                progress: Callable[[int, int], None] | None = None) -> Any:
-    """Write a DCP folder as one ``.pt`` (``.pth``, ``.bin``...) or ``.safetensors`` file.
-
-    ``.pt`` gets the whole nested state dict, non-tensor values included (what torch's
-    ``dcp_to_torch_save`` writes); ``.safetensors`` gets every tensor under its fqn and
-    lists the non-tensor values as skipped.  Tensors are assembled one at a time:
-
-    * for ``.safetensors`` only the tensor being written is held;
-    * for ``.pt`` the writer needs the whole tree at once, so what is held are views:
-      a tensor stored as one chunk is a view of the mapped ``.distcp`` file, a tensor
-      stored as several is assembled into a memory-mapped temporary file beside ``out``
-      (as large as those tensors together), and the non-tensor values.
-
-    ``out``'s folder must exist.  ``progress(bytes written, bytes to write)`` follows the writing.
-    Returns a :class:`ptfile.tools.convert.ConvertReport`.
-    """
-    from ..io.atomic import require_folder
-    from ..tools.convert import TORCH_SUFFIXES, ConvertReport
-
-    target = os.fspath(out)
-    if not target.endswith((".safetensors", *TORCH_SUFFIXES)):
-        raise UnsupportedFormatError(f"{target}: a DCP folder consolidates to .safetensors or "
-                                     f"{', '.join(TORCH_SUFFIXES)}")
-    require_folder(target)
-    with DcpCheckpoint(folder, mmap=True, records=records) as checkpoint:
-        report = ConvertReport(written=[target], tensors=len(checkpoint))
-        if target.endswith(".safetensors"):
-            _write_safetensors(checkpoint, target, progress)
-            report.skipped_values = checkpoint.value_names()
-        else:
-            _write_torch(checkpoint, target, progress)
-    return report
-
-
-def _write_safetensors(checkpoint: DcpCheckpoint, target: str,
-                       progress: Callable[[int, int], None] | None) -> None:
-    from .stformat import write_safetensors
-
-    # Zero-stride placeholders describe each tensor; the bytes come one tensor at a time.
-    shapes = {key: np.broadcast_to(np.zeros((), checkpoint.entry(key).numpy), checkpoint.entry(key).shape)
-              for key in checkpoint}
-    write_safetensors(shapes, target, {"format": "pt"}, fetch=checkpoint.assemble, progress=progress)
-
-
-def _write_torch(checkpoint: DcpCheckpoint, target: str, progress: Callable[[int, int], None] | None) -> None:
-    from .writer import save
-
-    scratch = _Scratch(os.path.dirname(os.path.abspath(target)))
-    try:
-        def tensor(key: str) -> np.ndarray:
-            entry = checkpoint.entry(key)
-            if len(entry.chunks) == 1:
-                return checkpoint.assemble(key)
-            return checkpoint.assemble(key, out=scratch.array(entry.numpy, entry.shape))
-
-        save(checkpoint.load(tensor=tensor), target, progress=progress)
-    finally:
-        scratch.close()
-
-
-# -- scanning --------------------------------------------------------------------
-
-
-def _worst(*judgements: allowlist.Judgement) -> allowlist.Judgement:
-    verdict = min((j.verdict for j in judgements), key=allowlist.LEVELS.index)
-    return allowlist.Judgement(verdict, tuple(f for j in judgements for f in j.findings),
-                               tuple(f for j in judgements for f in j.allowed))
-
-
-def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | None = None) -> Any:
-    """Scan a DCP folder: ``.metadata`` and every item, each run dry through the engine.
-
-    The DCP dataclasses are vouched for in ``.metadata`` only; the items are judged as
-    ordinary checkpoints.  If ``.metadata`` cannot be read, each ``.distcp`` file is
-    examined as a whole instead (which finds less, and is never clean).
-    Returns a :class:`ptfile.scanning.scanner.ScanResult` for the folder.
-    """
-    from ..scanning.scanner import scan_result
-
-    path = os.fspath(folder)
-    meta_inventory: list[GlobalUse] = []
-    item_inventory: list[GlobalUse] = []
-    faults: list[str] = []
-    notes: list[str] = []
-    layout = _scan_metadata(path, meta_inventory, faults)
-    if layout is not None:
-        _scan_items(path, layout, item_inventory, faults, notes)
-    else:
-        _scan_whole_files(path, item_inventory, faults, notes)
-    judgement = _worst(allowlist.judge(meta_inventory, inert_classes=is_data_class, allow=allow),
-                       allowlist.judge(item_inventory, allow=allow))
-    return scan_result(path, "dcp", judgement, faults, notes, meta_inventory + item_inventory, strict=strict)
-
-
-def _scan_metadata(folder: str, inventory: list[GlobalUse], faults: list[str]) -> DcpLayout | None:
-    try:
-        checkpoint = metadata_checkpoint(folder, records=True)
-    except PtfileError as exc:
-        faults.append(str(exc))
-        return None
-    checkpoint.inventory = inventory
-    try:
-        return parse_layout(checkpoint.run(materialize=False))
-    except UnsafeGlobalError:
-        return None  # graded from the inventory
-    except PtfileError as exc:
-        faults.append(str(exc))
-        return None
-    finally:
-        checkpoint.close()
-
-
-def _scan_items(folder: str, layout: DcpLayout, inventory: list[GlobalUse], faults: list[str],
-                notes: list[str]) -> None:
-    from ..scanning.scanner import examine_checkpoint
-
-    sources: dict[str, Source] = {}
-    used: dict[str, list[tuple[int, int]]] = {}
-    try:
-        for item in layout.items:
-            try:
-                if item.file not in sources:
-                    sources[item.file] = open_source(os.path.join(folder, item.file), mmap_file=True)
-                blob = SliceSource(sources[item.file], item.offset, item.length, os.path.join(folder, str(item)))
-            except PtfileError as exc:
-                faults.append(f"item {item}: {exc}")
-                continue
-            used.setdefault(item.file, []).append((item.offset, item.offset + item.length))
-            _, item_faults, _ = examine_checkpoint(blob, inventory, notes)
-            faults.extend(item_faults)
-        notes.extend(_unread_bytes(used, {name: source.size for name, source in sources.items()}))
-    finally:
-        for source in sources.values():
-            source.close()
-    if layout.values:
-        notes.append(f"{len(layout.values)} non-tensor items: torch.distributed.checkpoint.load unpickles "
-                     "them with weights_only=False")
-    listed = set(used) | {METADATA_FILE}
-    for name in sorted(os.listdir(folder)):
-        if name not in listed and os.path.isfile(os.path.join(folder, name)):
-            notes.append(f"file {name!r} is not part of the checkpoint (scan it on its own)")
-
-
-def _unread_bytes(used: dict[str, list[tuple[int, int]]], sizes: dict[str, int]) -> list[str]:
-    """Byte ranges of item files no item covers: torch never reads them, so they are worth a look."""
-    notes = []
-    for name, ranges in sorted(used.items()):
-        position = 0
-        for start, end in sorted(ranges) + [(sizes[name], sizes[name])]:
-            if start > position:
-                notes.append(f"bytes [{position}, {start}) of {name!r} belong to no item")
-            position = max(position, end)
-    return notes
-
-
-def _scan_whole_files(folder: str, inventory: list[GlobalUse], faults: list[str], notes: list[str]) -> None:
-    from ..scanning.scanner import examine_checkpoint
-
-    faults.append(f"{folder}: items not located, as {METADATA_FILE} could not be read; "
-                  f"each {ITEM_SUFFIX} file is examined whole")
-    for name in sorted(os.listdir(folder)):
-        if not name.endswith(ITEM_SUFFIX):
-            continue
-        try:
-            source = open_source(os.path.join(folder, name), mmap_file=True)
-        except PtfileError as exc:
-            faults.append(str(exc))
-            continue
-        try:
-            faults.extend(examine_checkpoint(source, inventory, notes)[1])
-        finally:
-            source.close()

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PtfileError
+from ..tensors.frameworks import converter, framework_name
 
 __all__ = ["Handle", "TensorSlice"]
 
@@ -101,8 +102,6 @@ class Handle(Mapping[str, Any]):
 
     def _converter(self, framework: str | None) -> Any:
         """The handle's converter to ``framework`` (its default for None), one per framework."""
-        from ..tensors.frameworks import converter, framework_name
-
         name = framework_name(self.framework if framework is None else framework)
         if self._converters is None:
             self._converters = {}

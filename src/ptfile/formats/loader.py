@@ -17,7 +17,8 @@ import numpy as np
 
 from ..containers.ziparchive import is_zip
 from ..errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
-from ..io.source import Source, open_source, read_whole
+from ..io.open import open_source
+from ..io.source import Source, read_whole
 from ..pickle.engine import gc_paused
 from ..pickle.inventory import GlobalUse
 from ..pickle.tree import walk

@@ -195,7 +195,7 @@ def _stem(name: str) -> str:
 
 def write_npz(tensors: Mapping[str, np.ndarray], path: str) -> None:
     """``np.savez`` of the tensors, atomically; dtypes numpy cannot store are kept as in the module docstring."""
-    from ..io.atomic import atomic_write  # writing only: its tempfile import is not for readers
+    from ..io.atomic import atomic_write  # lazy: writing only; its tempfile import is not for readers
 
     arrays: dict[str, np.ndarray] = {}
     special: dict[str, str] = {}

@@ -27,16 +27,26 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ..containers.ziparchive import is_zip
 from ..errors import CheckpointNotFoundError, CorruptFileError
-from ..io.source import Source, open_source
+from ..io.open import open_source
+from ..io.source import Source, private_map
+from ..pickle.engine import gc_paused
+from ..policy import allowlist
+from ..policy.allowlist import as_allow
+from ..tensors.frameworks import converter, framework_name
+from . import consumers
 from .handle import Handle
+from .legacy import is_tar
+from .loader import LazyCheckpoint, load_source, looks_like_pickle, refuse_unsafe
+from .npformat import NumpyCheckpoint, is_npy, is_npz
+from .sharded import INDEX_SUFFIX, ShardedCheckpoint
+from .stformat import SafetensorsCheckpoint, is_safetensors
 
 __all__ = ["FORMATS", "Format", "detect", "open_handle", "open_file", "load_tree", "resolve", "refuse_other_readings"]
 
 #: Bytes read to tell formats apart (a tar header is the longest test).
 SNIFF_BYTES = 512
-#: How shard index files end (``pytorch_model.bin.index.json``, ``model.safetensors.index.json``).
-INDEX_SUFFIX = ".index.json"
 
 
 class Format(NamedTuple):
@@ -48,40 +58,27 @@ class Format(NamedTuple):
 
 
 def _open_safetensors(source: Source, copy: bool, records: bool, allow: Any) -> Handle:
-    from .stformat import SafetensorsCheckpoint
-
     return SafetensorsCheckpoint(source, copy=copy)
 
 
 def _open_numpy(source: Source, copy: bool, records: bool, allow: Any) -> Handle:
-    from .npformat import NumpyCheckpoint
-
     return NumpyCheckpoint(source, copy=copy)
 
 
 def _open_torch(source: Source, copy: bool, records: bool, allow: Any) -> Handle:
-    from ..pickle.engine import gc_paused
-    from .loader import LazyCheckpoint
-
     with gc_paused():  # the engine only builds objects that stay reachable: a collection frees nothing
         return LazyCheckpoint(source, copy=copy, records=records, allow=allow)
 
 
 def _sniff_safetensors(head: bytes, size: int) -> bool:
-    from .stformat import is_safetensors
-
     return is_safetensors(head, size)
 
 
 def _sniff_npz(head: bytes, size: int) -> bool:
-    from .npformat import is_npz
-
     return is_npz(head)
 
 
 def _sniff_npy(head: bytes, size: int) -> bool:
-    from .npformat import is_npy
-
     return is_npy(head)
 
 
@@ -107,8 +104,8 @@ def resolve(src: Any) -> tuple[str, Any]:
         return "file", src
     path = os.fspath(src)
     if not os.path.isdir(path) and not path.endswith(INDEX_SUFFIX):
-        return "file", src  # the common case imports nothing of the folder formats
-    from .dcp import is_dcp
+        return "file", src  # the common case imports nothing of the DCP reader
+    from .dcp import is_dcp  # lazy: the DCP reader is for folders; loading one file never imports it
 
     if os.path.isdir(path):
         if is_dcp(path):
@@ -141,10 +138,6 @@ def _is_checkpoint_file(path: str) -> bool:
 
 def is_readable(head: bytes, size: int) -> bool:
     """Whether bytes start like a format ptfile reads: torch's containers, a pickle, or a tensor file."""
-    from ..containers.ziparchive import is_zip
-    from .legacy import is_tar
-    from .loader import looks_like_pickle
-
     return (is_zip(head) or is_tar(head) or looks_like_pickle(head)
             or any(f.sniff(head, size) for f in FORMATS[:-1]))
 
@@ -158,8 +151,6 @@ def detect(source: Source) -> Format:
 def open_handle(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None,
                 framework: str = "numpy", device: Any = None) -> Handle:
     """The handle for anything ptfile reads (see the module docstring), giving tensors in ``framework``."""
-    from ..tensors.frameworks import framework_name
-
     private = mmap and framework_name(framework) == "torch" and _is_local_file(src)
     handle = _open_handle(src, mmap=mmap, records=records, allow=allow, private=private)
     if framework != "numpy" or device is not None:
@@ -173,17 +164,13 @@ def open_handle(src: Any, *, mmap: bool = True, records: bool = False, allow: An
 
 
 def _open_handle(src: Any, *, mmap: bool, records: bool, allow: Any, private: bool = False) -> Handle:
-    from ..policy.allowlist import as_allow
-
     accepted = as_allow(allow)
     kind, target = resolve(src)
     if kind == "dcp":
-        from .dcp import DcpCheckpoint
+        from .dcp import DcpCheckpoint  # lazy: the DCP reader is for folders; loading one file never imports it
 
         return DcpCheckpoint(target, mmap=mmap, records=records, allow=accepted)
     if kind == "sharded":
-        from .sharded import ShardedCheckpoint
-
         return ShardedCheckpoint(target, mmap=mmap, records=records, allow=accepted)
     source = _file_source(target, mmap=mmap, private=private)
     try:
@@ -208,10 +195,6 @@ def open_file(source: Source, fmt: Format, *, copy: bool, records: bool, allow: 
 
 def refuse_other_readings(source: Source, fmt: str, *, records: bool = False, allow: Any = None) -> None:
     """Raise when a consumer other than the format's own reader would run, or might run, something."""
-    from ..policy import allowlist
-    from . import consumers
-    from .loader import refuse_unsafe
-
     inventory: list = []
     faults = consumers.other_readings(source, fmt, inventory)
     refuse_unsafe(allowlist.judge(inventory, allow=allow), records=records, name=source.name)
@@ -222,8 +205,6 @@ def refuse_other_readings(source: Source, fmt: str, *, records: bool = False, al
 def load_tree(src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None,
               framework: str = "numpy", device: Any = None) -> Any:
     """What ``ptfile.load`` returns, for every format, with tensors in ``framework``."""
-    from ..tensors.frameworks import converter, framework_name
-
     private = mmap and framework_name(framework) == "torch" and _is_local_file(src)
     convert = converter(framework, device, private=private)  # a missing framework fails before the file is read
     return convert.tree(_load_tree(src, mmap=mmap, records=records, allow=allow, private=private))
@@ -238,8 +219,6 @@ def _file_source(target: Any, *, mmap: bool, private: bool) -> Source:
     storage by the converter instead.
     """
     if private:
-        from ..io.source import private_map
-
         mapped = private_map(os.fspath(target))
         if mapped is not None:
             return mapped
@@ -252,8 +231,6 @@ def _is_local_file(src: Any) -> bool:
 
 
 def _load_tree(src: Any, *, mmap: bool, records: bool, allow: Any, private: bool) -> Any:
-    from ..policy.allowlist import as_allow
-
     accepted = as_allow(allow)
     kind, target = resolve(src)
     if kind != "file":
@@ -266,8 +243,6 @@ def _load_tree(src: Any, *, mmap: bool, records: bool, allow: Any, private: bool
         source.close()
         raise
     if fmt.name == "torch":  # the fast path: one pass over the pickle, no handle
-        from .loader import load_source
-
         return load_source(source, mmap=mmap, records=records, allow=accepted)
     try:
         handle = open_file(source, fmt, copy=not mmap, records=records, allow=accepted)

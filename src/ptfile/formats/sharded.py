@@ -18,17 +18,20 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointNotFoundError, CorruptFileError
+from ..io.open import open_source
 from ..io.source import checked_size
 from ..pickle.values import brief
 from .handle import Handle
 from .loader import TensorInfo, open_checkpoint
-from .opener import INDEX_SUFFIX
+from .stformat import SafetensorsCheckpoint
 
 __all__ = ["ShardedCheckpoint", "find_index", "is_plain_file_name"]
 
+#: How shard index files end (``pytorch_model.bin.index.json``, ``model.safetensors.index.json``).
+INDEX_SUFFIX = ".index.json"
+
 #: Index files are small; a larger one is not an index.
 MAX_INDEX_BYTES = 256 << 20
-
 
 #: Characters no file name of a shard or DCP item may hold: a Windows separator, the C string end.
 _BAD_NAME_CHARS = ("\\", "\0")
@@ -90,9 +93,6 @@ class ShardedCheckpoint(Handle):
         if found is None:
             path = os.path.join(self.folder, name)
             if name.endswith(".safetensors"):
-                from ..io.source import open_source
-                from .stformat import SafetensorsCheckpoint
-
                 found = SafetensorsCheckpoint(open_source(path, mmap_file=self._mmap), copy=not self._mmap)
             else:
                 found = open_checkpoint(path, mmap=self._mmap, records=self._records, allow=self._allow)

@@ -32,7 +32,8 @@ import numpy as np
 from numpy.lib.array_utils import byte_bounds
 
 from ..errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
-from ..io.source import Source, open_source
+from ..io.open import open_source
+from ..io.source import Source
 from ..tensors.views import root_of
 from .handle import Handle
 from .loader import TensorInfo
@@ -279,7 +280,7 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike
     written, so that only one is held at a time.
     ``progress(bytes written, bytes to write)`` is called after each tensor.
     """
-    from ..io.atomic import atomic_write  # writing only: its tempfile import is not for readers
+    from ..io.atomic import atomic_write  # lazy: writing only; its tempfile import is not for readers
 
     for name, array in tensors.items():
         if not isinstance(array, np.ndarray):

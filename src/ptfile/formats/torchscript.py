@@ -39,17 +39,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ..containers.ziparchive import ZipArchive, ZipEntry
-from ..errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
+from ..errors import CorruptFileError, LimitExceededError
 from ..io.source import Source
 from ..pickle.values import Record
-from ..tensors.views import StorageRef, TensorSpec
+from ..tensors.views import StorageRef
 from .scriptcode import CUSTOM_CLASSES, ascii_lower, is_code_record, judge_code
 from .torchzip import TorchZip, check_storage_key, parse_storage_pid
 
-__all__ = ["TorchScriptArchive", "open_zip", "PICKLE_BUILDERS", "is_torchscript_class", "ClassCode"]
+__all__ = ["TorchScriptArchive", "open_zip", "is_torchscript_class", "ClassCode"]
 
 #: Module prefix of every class TorchScript compiles; such classes are records, never imported.
 TORCH_MODULE = "__torch__"
@@ -66,8 +64,6 @@ TORCHBIND_DATA_CLASSES = frozenset({
 })
 #: Code records read as text to classify attributes; more than this is refused, not buffered.
 MAX_CODE_BYTES = 64 << 20
-#: The pickles of an archive, in the order they are run; the first one's tree is what load returns.
-PICKLES = ("data", "constants")
 
 _CLASS_LINE = re.compile(r"^class\s+(\w+)\s*(?:\(\s*([\w.]*)\s*\))?\s*:", re.MULTILINE)
 _LIST_LINE = re.compile(r"^ +(__parameters__|__buffers__)\s*=\s*\[(.*?)\]", re.MULTILINE | re.DOTALL)
@@ -75,51 +71,6 @@ _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 def is_torchscript_class(module: str, name: str) -> bool:
     """True for ``__torch__.*`` classes: compiled TorchScript types, kept as records."""
     return module == TORCH_MODULE or module.startswith(TORCH_MODULE + ".")
-
-
-# -- torch.jit._pickle ---------------------------------------------------------
-
-
-def _typed_list(kinds: tuple[type, ...], what: str) -> Callable[..., list]:
-    def build(context: Any, items: Any) -> list:
-        if type(items) is not list:
-            raise CorruptFileError(f"torch.jit._pickle.build_{what}list needs a list, got {type(items).__name__}")
-        if not all(type(item) in kinds for item in items):
-            raise CorruptFileError(f"torch.jit._pickle.build_{what}list holds something that is not a {what}")
-        return items
-
-    return build
-
-
-def _tensor_list(context: Any, items: Any) -> list:
-    if type(items) is not list:
-        raise CorruptFileError(f"torch.jit._pickle.build_tensorlist needs a list, got {type(items).__name__}")
-    if not all(isinstance(item, (np.ndarray, TensorSpec)) for item in items):
-        raise CorruptFileError("torch.jit._pickle.build_tensorlist holds something that is not a tensor")
-    return items
-
-
-def _restore_type_tag(context: Any, value: Any, type_str: Any) -> Any:
-    """``restore_type_tag(obj, "Dict[str, float]")``: the type tag is for the TorchScript runtime only."""
-    if type(type_str) is not str:
-        raise CorruptFileError("torch.jit._pickle.restore_type_tag needs a type string")
-    if not isinstance(value, (dict, list)):
-        raise CorruptFileError(f"torch.jit._pickle.restore_type_tag on a {type(value).__name__}, not a dict or list")
-    return value
-
-
-def _tensor_from_id(context: Any, *args: Any) -> Any:
-    raise UnsupportedFormatError("TorchScript archives of torch < 1.4 (model.json, build_tensor_from_id) are not supported")
-
-
-PICKLE_BUILDERS: dict[str, Callable[..., Any]] = {
-    "build_intlist": _typed_list((int,), "int"),
-    "build_doublelist": _typed_list((float,), "double"),
-    "build_boollist": _typed_list((bool,), "bool"),
-    "build_tensorlist": _tensor_list,
-    "restore_type_tag": _restore_type_tag,
-    "build_tensor_from_id": _tensor_from_id,
-}
 
 
 # -- code records --------------------------------------------------------------

@@ -6,7 +6,7 @@ bytes asked for, so opening a checkpoint moves only the zip end records, the
 central directory and the pickle, and a tensor's bytes move when it is read.
 
 A read that fails is retried a few times; a read that still returns fewer bytes
-than asked (a connection cut mid-transfer) raises :class:`RemoteReadError`:
+than asked (a connection cut mid-transfer) raises :class:`ptfile.errors.RemoteReadError`:
 nothing partial is ever returned as if it were whole.  ``bytes_read`` and
 ``requests`` count what moved, for tests and for users watching their bill.
 """
@@ -19,19 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointNotFoundError, PtfileError
+from ..errors import CheckpointNotFoundError, PtfileError, RemoteReadError
 from .source import Source
 
-__all__ = ["RemoteSource", "RemoteReadError", "is_url", "open_remote"]
+__all__ = ["RemoteSource", "is_url", "open_remote"]
 
 #: Attempts per range request before giving up; remote stores fail transiently.
 MAX_ATTEMPTS = 3
 #: Seconds before the second attempt; doubled for each later one.
 RETRY_DELAY = 0.2
-
-
-class RemoteReadError(PtfileError, OSError):
-    """A remote read failed or came back short after every retry."""
 
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -95,7 +91,7 @@ class RemoteSource(Source):
 def open_remote(url: str) -> RemoteSource:
     """A source for an fsspec URL; fsspec is imported only here."""
     try:
-        import fsspec
+        import fsspec  # lazy: optional dependency (ptfile[remote])
     except ImportError:
         raise PtfileError(f"{url}: reading URLs needs fsspec (pip install 'ptfile[remote]')") from None
     try:

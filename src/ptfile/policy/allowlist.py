@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..formats import torchscript
 from ..pickle.engine import Engine
 from ..pickle.inventory import GlobalUse
 from ..pickle.values import Global
@@ -210,7 +209,7 @@ _add("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING", "metadata"
      call=metadata.mem_format_encoding)
 
 # TorchScript list builders and type tags: identity-like on checked lists.
-for _name, _how in torchscript.PICKLE_BUILDERS.items():
+for _name, _how in objects.PICKLE_BUILDERS.items():
     _add("torch.jit._pickle", _name, "container", "TorchScript typed list or type tag, returned as plain data",
          call=_how)
 

@@ -35,7 +35,7 @@ mismatched local names); anything else is read as a stream of pickles from byte 
 does with a file that does not start with a zip header;
 a zip archive appended after such a pickle (a polyglot) is examined too.  A
 ``torch.distributed.checkpoint`` folder is scanned as one checkpoint by
-:func:`ptfile.formats.dcp.scan_folder`: its ``.metadata`` and every item of its ``.distcp`` files;
+:func:`scan_folder`: its ``.metadata`` and every item of its ``.distcp`` files;
 a Hugging Face shard folder (or its ``*.index.json``) as the shards its index names.
 
 Archives ``ptfile.load`` does not read (a zip or tar that is not a checkpoint, 7z, gzip,
@@ -59,10 +59,14 @@ from typing import Any
 from ..containers.ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
 from ..errors import PtfileError, UnsafeGlobalError
 from ..formats import consumers
-from ..formats.legacy import TAR_BLOCK
+from ..formats.dcp import ITEM_SUFFIX, METADATA_FILE, DcpLayout, is_data_class, metadata_checkpoint, parse_layout
+from ..formats.legacy import TAR_BLOCK, has_magic_number, is_tar, walk_tar
 from ..formats.loader import Checkpoint, Context, detached_storage, looks_like_pickle, new_engine
+from ..formats.npformat import object_pickles
 from ..formats.opener import SNIFF_BYTES, Format, detect, is_readable, resolve
-from ..io.source import MappedSource, Source, SourceFile, open_source
+from ..formats.sharded import ShardedCheckpoint, find_index, read_index
+from ..io.open import open_source
+from ..io.source import MappedSource, SliceSource, Source, SourceFile
 from ..pickle.engine import gc_paused
 from ..pickle.inventory import GlobalUse
 from ..policy import allowlist
@@ -170,7 +174,6 @@ def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None
     """
     allow = allowlist.as_allow(allow)
     name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<bytes>")
-    from ..formats.dcp import scan_folder
 
     try:
         kind, target = resolve(src)
@@ -208,8 +211,6 @@ def scan_opened(checkpoint: Checkpoint, *, strict: bool = False, allow: allowlis
 
 def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: int = 0, *,
                  verify: bool = False, opened: Checkpoint | None = None) -> ScanResult:
-    from ..formats.legacy import TAR_BLOCK, is_tar
-
     head = source.read(0, min(source.size, TAR_BLOCK), "file header")
     inventory: list[GlobalUse] = []
     notes: list[str] = []
@@ -293,8 +294,6 @@ def _run_dry(data: bytes, record: str, inventory: list[GlobalUse]) -> None:
 
 
 def _is_archive(head: bytes) -> bool:
-    from ..formats.legacy import is_tar
-
     return is_zip(head) or is_tar(head) or any(head.startswith(magic) for magic in _COMPRESSED_MAGICS)
 
 
@@ -329,8 +328,6 @@ def _scan_tensor_file(source: Source, fmt: Format, strict: bool, allow: allowlis
 
 def _judge_object_arrays(source: Source, inventory: list[GlobalUse]) -> list[str]:
     """Run the pickle of every object array dry (``numpy.load(allow_pickle=True)`` would unpickle it)."""
-    from ..formats.npformat import object_pickles
-
     try:
         pickles = object_pickles(source)
     except PtfileError as exc:
@@ -388,8 +385,6 @@ def _examine(source: Source, inventory: list[GlobalUse], notes: list[str], verif
         inventory.extend(use for finding in exc.findings for use in finding.uses)
         return "pickle stream", [], None, None
     except PtfileError as exc:
-        from ..formats.legacy import TAR_BLOCK, has_magic_number
-
         if has_magic_number(source, source.read(0, min(source.size, TAR_BLOCK), "file header")):
             # torch reads it as a legacy stream: the legacy reader's own diagnosis stands, and the
             # stream reading (whose storage ids are not the legacy ones) only adds every pickle's globals
@@ -517,9 +512,9 @@ def _read_up_to(read: Any, limit: int) -> bytes | None:
 
 
 def _stream_members(file: Any, kind: str, budget: list[int]) -> Iterator[Member]:
-    import bz2
-    import gzip
-    import lzma
+    import bz2  # lazy: compressed wrappers are rare: their codecs stay off the common scan
+    import gzip  # lazy: compressed wrappers are rare: their codecs stay off the common scan
+    import lzma  # lazy: compressed wrappers are rare: their codecs stay off the common scan
 
     opener = {"gzip": gzip.GzipFile, "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}[kind]
     with opener(fileobj=file) if kind == "gzip" else opener(file) as stream:
@@ -527,7 +522,7 @@ def _stream_members(file: Any, kind: str, budget: list[int]) -> Iterator[Member]
 
 
 def _zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
-    import zipfile
+    import zipfile  # lazy: zip-wrapped checkpoints are rare: zipfile stays off the common scan
 
     with zipfile.ZipFile(file) as archive:
         for info in archive.infolist():
@@ -542,8 +537,6 @@ def _tar_members(source: Source, budget: list[int]) -> Iterator[Member]:
     The standard library's reader is never handed the archive: its PAX parser is quadratic
     on Python <= 3.11.9 (CVE-2024-6232), and a header it would read another way ends the walk.
     """
-    from ..formats.legacy import walk_tar
-
     for member in walk_tar(source):
         if member.has_data:
             yield _bounded(member.name, member.size, _TarMemberReader(source, member).read, budget)
@@ -566,8 +559,8 @@ class _TarMemberReader:
 
 def _seven_zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
     try:
-        import py7zr
-        from py7zr.io import BytesIOFactory
+        import py7zr  # lazy: optional dependency (ptfile[archives])
+        from py7zr.io import BytesIOFactory  # lazy: optional dependency (ptfile[archives])
     except ImportError:
         yield "", None, "reading 7z needs py7zr (pip install 'ptfile[archives]'); not examined"
         return
@@ -662,8 +655,6 @@ def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list
 
 def _scan_shards(path: str, strict: bool, allow: allowlist.Allow, verify: bool) -> ScanResult:
     """The shards a Hugging Face index names, each scanned; the index's own checks as load makes them."""
-    from ..formats.sharded import ShardedCheckpoint, find_index, read_index
-
     try:
         index = find_index(path) if os.path.isdir(path) else path
         weight_map = read_index(index)
@@ -682,3 +673,111 @@ def _scan_shards(path: str, strict: bool, allow: allowlist.Allow, verify: bool) 
                 except PtfileError as exc:
                     faults.append(str(exc))
     return combine_results(path, "sharded", results, faults, [f"shard index {os.path.basename(index)!r}"])
+
+
+# -- DCP folders --------------------------------------------------------------------
+
+
+def _worst(*judgements: allowlist.Judgement) -> allowlist.Judgement:
+    verdict = min((j.verdict for j in judgements), key=allowlist.LEVELS.index)
+    return allowlist.Judgement(verdict, tuple(f for j in judgements for f in j.findings),
+                               tuple(f for j in judgements for f in j.allowed))
+
+
+def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | None = None) -> Any:
+    """Scan a DCP folder: ``.metadata`` and every item, each run dry through the engine.
+
+    The DCP dataclasses are vouched for in ``.metadata`` only; the items are judged as
+    ordinary checkpoints.  If ``.metadata`` cannot be read, each ``.distcp`` file is
+    examined as a whole instead (which finds less, and is never clean).
+    Returns a :class:`ScanResult` for the folder.
+    """
+    path = os.fspath(folder)
+    meta_inventory: list[GlobalUse] = []
+    item_inventory: list[GlobalUse] = []
+    faults: list[str] = []
+    notes: list[str] = []
+    layout = _scan_metadata(path, meta_inventory, faults)
+    if layout is not None:
+        _scan_items(path, layout, item_inventory, faults, notes)
+    else:
+        _scan_whole_files(path, item_inventory, faults, notes)
+    judgement = _worst(allowlist.judge(meta_inventory, inert_classes=is_data_class, allow=allow),
+                       allowlist.judge(item_inventory, allow=allow))
+    return scan_result(path, "dcp", judgement, faults, notes, meta_inventory + item_inventory, strict=strict)
+
+
+def _scan_metadata(folder: str, inventory: list[GlobalUse], faults: list[str]) -> DcpLayout | None:
+    try:
+        checkpoint = metadata_checkpoint(folder, records=True)
+    except PtfileError as exc:
+        faults.append(str(exc))
+        return None
+    checkpoint.inventory = inventory
+    try:
+        return parse_layout(checkpoint.run(materialize=False))
+    except UnsafeGlobalError:
+        return None  # graded from the inventory
+    except PtfileError as exc:
+        faults.append(str(exc))
+        return None
+    finally:
+        checkpoint.close()
+
+
+def _scan_items(folder: str, layout: DcpLayout, inventory: list[GlobalUse], faults: list[str],
+                notes: list[str]) -> None:
+    sources: dict[str, Source] = {}
+    used: dict[str, list[tuple[int, int]]] = {}
+    try:
+        for item in layout.items:
+            try:
+                if item.file not in sources:
+                    sources[item.file] = open_source(os.path.join(folder, item.file), mmap_file=True)
+                blob = SliceSource(sources[item.file], item.offset, item.length, os.path.join(folder, str(item)))
+            except PtfileError as exc:
+                faults.append(f"item {item}: {exc}")
+                continue
+            used.setdefault(item.file, []).append((item.offset, item.offset + item.length))
+            _, item_faults, _ = examine_checkpoint(blob, inventory, notes)
+            faults.extend(item_faults)
+        notes.extend(_unread_bytes(used, {name: source.size for name, source in sources.items()}))
+    finally:
+        for source in sources.values():
+            source.close()
+    if layout.values:
+        notes.append(f"{len(layout.values)} non-tensor items: torch.distributed.checkpoint.load unpickles "
+                     "them with weights_only=False")
+    listed = set(used) | {METADATA_FILE}
+    for name in sorted(os.listdir(folder)):
+        if name not in listed and os.path.isfile(os.path.join(folder, name)):
+            notes.append(f"file {name!r} is not part of the checkpoint (scan it on its own)")
+
+
+def _unread_bytes(used: dict[str, list[tuple[int, int]]], sizes: dict[str, int]) -> list[str]:
+    """Byte ranges of item files no item covers: torch never reads them, so they are worth a look."""
+    notes = []
+    for name, ranges in sorted(used.items()):
+        position = 0
+        for start, end in sorted(ranges) + [(sizes[name], sizes[name])]:
+            if start > position:
+                notes.append(f"bytes [{position}, {start}) of {name!r} belong to no item")
+            position = max(position, end)
+    return notes
+
+
+def _scan_whole_files(folder: str, inventory: list[GlobalUse], faults: list[str], notes: list[str]) -> None:
+    faults.append(f"{folder}: items not located, as {METADATA_FILE} could not be read; "
+                  f"each {ITEM_SUFFIX} file is examined whole")
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(ITEM_SUFFIX):
+            continue
+        try:
+            source = open_source(os.path.join(folder, name), mmap_file=True)
+        except PtfileError as exc:
+            faults.append(str(exc))
+            continue
+        try:
+            faults.extend(examine_checkpoint(source, inventory, notes)[1])
+        finally:
+            source.close()

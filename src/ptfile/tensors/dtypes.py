@@ -118,7 +118,6 @@ _BY_NUMPY_NAME = {info.numpy.name: info for info in _TABLE
                   if info.numpy is not None and not info.is_quantized and not info.raw_bits}
 
 TORCH_DTYPE_NAMES = tuple(_BY_TORCH_NAME) + _UNSAVEABLE
-LEGACY_STORAGE_NAMES = tuple(info.legacy_storage for info in _TABLE if info.legacy_storage)
 
 
 def all_infos() -> tuple[DtypeInfo, ...]:

@@ -242,7 +242,7 @@ class _JaxArrays:
 
     def __init__(self, device: Any = None) -> None:
         self.jnp = import_framework("jax")
-        import jax
+        import jax  # lazy: optional dependency (ptfile[jax])
 
         self.jax = jax
         if isinstance(device, str):  # "cpu", "gpu": the first device of that platform

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,9 @@ import numpy as np
 from ..errors import CorruptFileError, UnsupportedFormatError
 from ..pickle.engine import check_keys
 from ..pickle.values import Global, Record, brief
+from .views import TensorSpec
 
-__all__ = ["build_handler"]
+__all__ = ["build_handler", "PICKLE_BUILDERS"]
 
 #: numpy dtype strings a pickle may name: plain numbers, bools, bytes and text.
 _NUMPY_KINDS = frozenset("biufcSUM?m")
@@ -262,3 +264,48 @@ def build_handler(obj: Any) -> Any:
     if isinstance(obj, np.dtype):  # numpy 2 dtypes are instances of per-type subclasses
         return build_numpy_dtype
     return _BUILD_HANDLERS.get(type(obj))
+
+
+# -- torch.jit._pickle ---------------------------------------------------------
+
+
+def _typed_list(kinds: tuple[type, ...], what: str) -> Callable[..., list]:
+    def build(context: Any, items: Any) -> list:
+        if type(items) is not list:
+            raise CorruptFileError(f"torch.jit._pickle.build_{what}list needs a list, got {type(items).__name__}")
+        if not all(type(item) in kinds for item in items):
+            raise CorruptFileError(f"torch.jit._pickle.build_{what}list holds something that is not a {what}")
+        return items
+
+    return build
+
+
+def _tensor_list(context: Any, items: Any) -> list:
+    if type(items) is not list:
+        raise CorruptFileError(f"torch.jit._pickle.build_tensorlist needs a list, got {type(items).__name__}")
+    if not all(isinstance(item, (np.ndarray, TensorSpec)) for item in items):
+        raise CorruptFileError("torch.jit._pickle.build_tensorlist holds something that is not a tensor")
+    return items
+
+
+def _restore_type_tag(context: Any, value: Any, type_str: Any) -> Any:
+    """``restore_type_tag(obj, "Dict[str, float]")``: the type tag is for the TorchScript runtime only."""
+    if type(type_str) is not str:
+        raise CorruptFileError("torch.jit._pickle.restore_type_tag needs a type string")
+    if not isinstance(value, (dict, list)):
+        raise CorruptFileError(f"torch.jit._pickle.restore_type_tag on a {type(value).__name__}, not a dict or list")
+    return value
+
+
+def _tensor_from_id(context: Any, *args: Any) -> Any:
+    raise UnsupportedFormatError("TorchScript archives of torch < 1.4 (model.json, build_tensor_from_id) are not supported")
+
+
+PICKLE_BUILDERS: dict[str, Callable[..., Any]] = {
+    "build_intlist": _typed_list((int,), "int"),
+    "build_doublelist": _typed_list((float,), "double"),
+    "build_boollist": _typed_list((bool,), "bool"),
+    "build_tensorlist": _tensor_list,
+    "restore_type_tag": _restore_type_tag,
+    "build_tensor_from_id": _tensor_from_id,
+}

@@ -103,15 +103,6 @@ class TensorSpec:
         return replace(self, parameter=True, requires_grad=requires_grad, attributes=attributes)
 
 
-def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides = []
-    step = 1
-    for dim in reversed(shape):
-        strides.append(step)
-        step *= max(dim, 1)
-    return tuple(reversed(strides))
-
-
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if type(value) is not tuple or len(value) > MAX_NDIM:
         raise CorruptFileError(f"tensor {what} must be a tuple of at most {MAX_NDIM} integers, got {type(value).__name__}")

@@ -2,7 +2,7 @@
 
 Inputs: torch checkpoints (``.pt .pth .bin .ckpt`` and any other name ptfile reads),
 ``.safetensors``, ``.npz``, shard indexes or folders of either, and
-``torch.distributed.checkpoint`` folders (consolidated by :func:`ptfile.formats.dcp.consolidate`).  Outputs:
+``torch.distributed.checkpoint`` folders (consolidated by :func:`consolidate`).  Outputs:
 ``.safetensors`` (optionally sharded, with an index), ``.npz``, and torch checkpoints.
 
 A checkpoint is flattened to ``dotted name -> tensor``; ``key`` picks a nested
@@ -15,7 +15,9 @@ cannot express (they are recorded in its metadata, as the safetensors converter 
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,12 +27,15 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import UnsupportedFormatError
+from ..formats.dcp import DcpCheckpoint
 from ..formats.npformat import write_npz
+from ..formats.opener import load_tree, open_handle, resolve
 from ..formats.sharded import INDEX_SUFFIX
 from ..formats.stformat import ALIASES_KEY, alias_views, remove_shared, write_safetensors
-from ..formats.writer import parse_size, plan_shards
+from ..formats.writer import AcrossShards, parse_size, plan_shards, save, save_sharded
 from ..io.atomic import atomic_write, require_folder
 from ..pickle.tree import walk
+from ..pickle.values import Record
 
 __all__ = ["convert", "read_tensors", "write_tensors", "select", "cast", "ConvertReport"]
 
@@ -70,8 +75,6 @@ def _is_tensor(node: Any) -> bool:
 
 def flatten(tree: Any) -> tuple[dict[str, np.ndarray], list[str]]:
     """``dotted name -> array`` for every tensor, and the names of the values that are not tensors."""
-    from ..pickle.values import Record
-
     tensors: dict[str, np.ndarray] = OrderedDict()
     skipped: list[str] = []
     containers = (dict, list, tuple, Record)
@@ -85,8 +88,6 @@ def flatten(tree: Any) -> tuple[dict[str, np.ndarray], list[str]]:
 
 def read_tensors(src: Any, *, key: str | None = None, records: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
     """The tensors of anything ptfile reads, and the names of non-tensor values skipped."""
-    from ..formats.opener import load_tree, open_handle
-
     with open_handle(src, records=records) as handle:
         nested = handle.format not in FLAT_FORMATS
     tree = load_tree(src, records=records)
@@ -177,8 +178,6 @@ def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: i
         write_npz(tensors, dst)
         report.written.append(dst)
     elif dst.endswith(TORCH_SUFFIXES):
-        from .. import save, save_sharded
-
         if max_shard_size is None:
             save(OrderedDict(tensors), dst, progress=progress)
             report.written.append(dst)
@@ -194,8 +193,6 @@ def write_tensors(tensors: dict[str, np.ndarray], dst: str, *, max_shard_size: i
 
 def _write_sharded_safetensors(tensors: dict[str, np.ndarray], dst: str, max_size: int,
                                metadata: dict[str, str], progress: Callable[[int, int], None] | None) -> list[str]:
-    from ..formats.writer import AcrossShards
-
     shards, total = plan_shards(tensors, max_size)
     if len(shards) == 1:
         write_safetensors(tensors, dst, metadata, progress=progress)
@@ -225,9 +222,6 @@ def convert(src: Any, dst: str, *, dtype: str | None = None, key: str | None = N
     ``dst``'s folder must exist and ``dtype`` must name a floating-point type: both are
     checked before anything is read.  ``progress(bytes written, bytes to write)`` follows the writing.
     """
-    from ..formats.dcp import consolidate
-    from ..formats.opener import resolve
-
     require_folder(dst)
     if dtype:
         float_dtype(dtype)
@@ -244,3 +238,84 @@ def convert(src: Any, dst: str, *, dtype: str | None = None, key: str | None = N
                            progress=phases.writing)
     report.skipped_values = skipped
     return report
+
+
+# -- DCP consolidation ---------------------------------------------------------------
+
+
+class _Scratch:
+    """Tensors assembled from several chunks, in a memory-mapped temporary file next to the output.
+
+    Each tensor is its own ``np.memmap`` (so a writer sees one storage per tensor); the file
+    is unlinked from the start and gone when closed.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - closed by close()
+        self.size = 0
+
+    def array(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not nbytes:
+            return np.empty(shape, dtype)
+        offset, self.size = self.size, self.size + nbytes
+        self.file.truncate(self.size)
+        raw = np.memmap(self.file, dtype=np.uint8, mode="r+", offset=offset, shape=(nbytes,))
+        return raw.view(dtype).reshape(shape)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def consolidate(folder: Any, out: str | os.PathLike[str], *, records: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> Any:
+    """Write a DCP folder as one ``.pt`` (``.pth``, ``.bin``...) or ``.safetensors`` file.
+
+    ``.pt`` gets the whole nested state dict, non-tensor values included (what torch's
+    ``dcp_to_torch_save`` writes); ``.safetensors`` gets every tensor under its fqn and
+    lists the non-tensor values as skipped.  Tensors are assembled one at a time:
+
+    * for ``.safetensors`` only the tensor being written is held;
+    * for ``.pt`` the writer needs the whole tree at once, so what is held are views:
+      a tensor stored as one chunk is a view of the mapped ``.distcp`` file, a tensor
+      stored as several is assembled into a memory-mapped temporary file beside ``out``
+      (as large as those tensors together), and the non-tensor values.
+
+    ``out``'s folder must exist.  ``progress(bytes written, bytes to write)`` follows the writing.
+    Returns a :class:`ConvertReport`.
+    """
+    target = os.fspath(out)
+    if not target.endswith((".safetensors", *TORCH_SUFFIXES)):
+        raise UnsupportedFormatError(f"{target}: a DCP folder consolidates to .safetensors or "
+                                     f"{', '.join(TORCH_SUFFIXES)}")
+    require_folder(target)
+    with DcpCheckpoint(folder, mmap=True, records=records) as checkpoint:
+        report = ConvertReport(written=[target], tensors=len(checkpoint))
+        if target.endswith(".safetensors"):
+            _write_safetensors(checkpoint, target, progress)
+            report.skipped_values = checkpoint.value_names()
+        else:
+            _write_torch(checkpoint, target, progress)
+    return report
+
+
+def _write_safetensors(checkpoint: DcpCheckpoint, target: str,
+                       progress: Callable[[int, int], None] | None) -> None:
+    # Zero-stride placeholders describe each tensor; the bytes come one tensor at a time.
+    shapes = {key: np.broadcast_to(np.zeros((), checkpoint.entry(key).numpy), checkpoint.entry(key).shape)
+              for key in checkpoint}
+    write_safetensors(shapes, target, {"format": "pt"}, fetch=checkpoint.assemble, progress=progress)
+
+
+def _write_torch(checkpoint: DcpCheckpoint, target: str, progress: Callable[[int, int], None] | None) -> None:
+    scratch = _Scratch(os.path.dirname(os.path.abspath(target)))
+    try:
+        def tensor(key: str) -> np.ndarray:
+            entry = checkpoint.entry(key)
+            if len(entry.chunks) == 1:
+                return checkpoint.assemble(key)
+            return checkpoint.assemble(key, out=scratch.array(entry.numpy, entry.shape))
+
+        save(checkpoint.load(tensor=tensor), target, progress=progress)
+    finally:
+        scratch.close()

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import PtfileError
 from .compare import strip_prefixes
-from .convert import cast
+from .convert import cast, select
 
 __all__ = ["EditRules", "edit_mapping"]
 
@@ -86,8 +86,6 @@ def edit_mapping(mapping: Mapping, rules: EditRules,
 def apply(tree: Any, rules: EditRules, key: str | None,
           progress: Callable[[int, int], None] | None = None) -> tuple[Any, list[str]]:
     """Edit the mapping at ``key`` (or the top level); with a key, only that sub-dict is returned."""
-    from .convert import select
-
     target = select(tree, key)
     if not isinstance(target, Mapping):
         raise PtfileError(f"{key or 'the checkpoint'} is a {type(target).__name__}, not a dict of entries")

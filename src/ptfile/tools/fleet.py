@@ -20,8 +20,10 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from ..errors import PtfileError
 from ..policy.allowlist import Allow
 from ..scanning.scanner import ScanResult, scan
+from .convert import convert
 
 __all__ = ["scan_many", "convert_many"]
 
@@ -32,8 +34,6 @@ def _scan_one(args: tuple[str, bool, tuple[str, ...], bool]) -> ScanResult:
 
 
 def _convert_one(args: tuple[str, str, dict]) -> list[str]:
-    from .convert import convert
-
     src, dst, options = args
     return convert(src, dst, **options).written
 
@@ -68,9 +68,7 @@ def convert_many(pairs: Sequence[tuple[str, str]], *, jobs: int | None = None, c
 def connect(address: str) -> Any:
     """A Dask client for a scheduler address; Dask is imported only here."""
     try:
-        from distributed import Client
+        from distributed import Client  # lazy: optional dependency (ptfile[fleet])
     except ImportError:
-        from ..errors import PtfileError
-
         raise PtfileError("--scheduler needs Dask (pip install 'ptfile[fleet]')") from None
     return Client(address)

@@ -32,10 +32,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import PtfileError
-from ..formats.loader import TensorInfo
+from ..formats.loader import LazyCheckpoint, TensorInfo
+from ..formats.opener import open_handle
 from ..pickle.tree import walk
 from ..pickle.values import Global, Record
 from ..policy import allowlist
+from ..scanning.scanner import scan, scan_opened
 from ..tensors.special import SpecialTensor
 from ..tensors.views import TensorSpec
 
@@ -203,10 +205,6 @@ def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
 
     The scan verdict comes from the same opening: a torch checkpoint's pickles run once.
     """
-    from ..formats.loader import LazyCheckpoint
-    from ..formats.opener import open_handle
-    from ..scanning.scanner import scan, scan_opened
-
     with open_handle(src, records=records) as handle:
         infos = {key: handle.info(key) for key in handle}
         rows = _tensor_rows(infos)
