@@ -468,7 +468,7 @@ def _render_left_out(report: Any, *, verbose: bool) -> None:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from ..io.atomic import require_folder
+    from ..io.atomic import require_folder  # lazy: writing only; its tempfile import is not for the other commands
     from ..tools.convert import Phases, select  # lazy: each command imports only the modules it runs
     from ..tools.edit import EditRules, apply  # lazy: each command imports only the modules it runs
 
