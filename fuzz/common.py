@@ -27,12 +27,13 @@ def marker_for(harness: str) -> Path:
 
 
 def import_ptfile_instrumented() -> None:
-    """Import every ptfile module (they import each other lazily) so that atheris sees their branches."""
+    """Import every ptfile module, in every subpackage (some are imported only on demand), so that atheris sees
+    their branches."""
     with atheris.instrument_imports(include=["ptfile"]):
         import ptfile
 
-        for module in pkgutil.iter_modules(ptfile.__path__, "ptfile."):
-            if module.name not in ("ptfile.cli", "ptfile.__main__"):  # the command is not fuzzed
+        for module in pkgutil.walk_packages(ptfile.__path__, "ptfile."):
+            if module.name.split(".")[1] not in ("cli", "__main__"):  # the command is not fuzzed
                 importlib.import_module(module.name)
 
 

@@ -64,8 +64,8 @@ from ptfile import (
     PtfileError,
     UnsafeGlobalError,
     UnsupportedFormatError,
-    ziparchive,
 )
+from ptfile.containers import ziparchive
 
 #: A tiny hostile input may cost at most this much memory to refuse.
 PEAK_LIMIT = 64 << 20
