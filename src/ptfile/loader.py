@@ -22,6 +22,7 @@ from .engine import gc_paused
 from .errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from .handle import Handle
 from .inventory import GlobalUse
+from .slicing import Placement
 from .source import Source, open_source, read_whole
 from .special import NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
 from .tensors import StorageRef, TensorSpec, view_array
@@ -277,6 +278,19 @@ class LazyCheckpoint(Checkpoint, Handle):
 
     def _tree(self) -> Any:
         return self._tree_of_specs
+
+    def _placement(self, key: str) -> Placement | None:
+        """A plain tensor in a stored storage of native byte order: flagged, special and swapped ones are read whole."""
+        spec = self._specs[key]
+        if type(spec) is not TensorSpec or spec.storage is None or spec.conj or spec.neg or spec.dtype.numpy is None:
+            return None
+        if self.container.byteorder != NATIVE_BYTEORDER and spec.dtype.itemsize > 1:
+            return None
+        where = getattr(self.container, "storage_range", lambda storage: None)(spec.storage)
+        if where is None:
+            return None
+        return Placement(self.source, where[0], where[1], np.dtype(spec.dtype.numpy), spec.shape, spec.strides,
+                         spec.offset)
 
     def _metadata(self) -> dict[str, str]:
         found = getattr(self._tree_of_specs, "_metadata", None)

@@ -21,6 +21,7 @@ from .errors import CheckpointNotFoundError, CorruptFileError
 from .handle import Handle
 from .loader import TensorInfo, open_checkpoint
 from .opener import INDEX_SUFFIX
+from .slicing import Placement
 from .source import checked_size
 from .values import brief
 
@@ -115,6 +116,9 @@ class ShardedCheckpoint(Handle):
 
     def _tensor(self, key: str) -> np.ndarray:
         return self._where(key)[key]
+
+    def _placement(self, key: str) -> Placement | None:
+        return self._where(key)._placement(key)
 
     def _tree(self) -> dict[str, Any]:
         return dict.fromkeys(self.weight_map)  # the index names tensors only: their values are read on demand

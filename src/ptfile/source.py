@@ -35,6 +35,8 @@ class Source:
 
     size: int
     name: str
+    #: Bytes served from memory (a map or a buffer): a view of them costs nothing until touched.
+    mapped = False
 
     def check(self, offset: int, length: int, what: str) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -65,6 +67,7 @@ class MappedSource(Source):
 
     #: Set on the read-only maps :func:`open_source` makes, whose pages :meth:`release` may drop.
     read_only_map = False
+    mapped = True
 
     def __init__(self, buffer: Any, name: str, closer: Any = None) -> None:
         self._buffer = buffer
@@ -198,6 +201,7 @@ class SliceSource(Source):
         self.start = offset
         self.size = length
         self.name = name
+        self.mapped = parent.mapped
 
     def read(self, offset: int, length: int, what: str = "read") -> bytes:
         self.check(offset, length, what)
