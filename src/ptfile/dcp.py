@@ -60,18 +60,20 @@ import numpy as np
 from . import allowlist
 from .dtypes import DtypeInfo
 from .errors import (
+    CheckpointNotFoundError,
     CorruptFileError,
     LimitExceededError,
     PtfileError,
     UnsafeGlobalError,
     UnsupportedFormatError,
 )
+from .folders import folders_for
 from .handle import Handle
 from .inventory import GlobalUse
 from .loader import Checkpoint, RawPickle, TensorInfo
 from .rebuild import TorchDtype
 from .sharded import is_plain_file_name
-from .source import SliceSource, Source, checked_size, open_source
+from .source import MappedSource, SliceSource, Source, open_source
 from .special import Layout
 from .values import Global, Record
 
@@ -104,8 +106,11 @@ STRIDED = Layout("strided")
 
 
 def is_dcp(src: Any) -> bool:
-    """A folder holding a DCP ``.metadata`` file."""
-    return isinstance(src, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(src), METADATA_FILE))
+    """A folder holding a DCP ``.metadata`` file (on this machine or behind a URL)."""
+    if not isinstance(src, (str, os.PathLike)):
+        return False
+    folders = folders_for(os.fspath(src))
+    return folders.is_file(folders.join(os.fspath(src), METADATA_FILE))
 
 
 def is_data_class(module: str, name: str) -> bool:
@@ -370,9 +375,9 @@ def parse_layout(tree: Any) -> DcpLayout:
 
 def metadata_checkpoint(folder: str, *, records: bool, allow: allowlist.Allow | None = None) -> Checkpoint:
     """``.metadata`` opened as a checkpoint of one plain pickle (its bytes are read at once)."""
-    path = os.path.join(folder, METADATA_FILE)
-    checked_size(path, MAX_METADATA_BYTES, "DCP .metadata file")
-    source = open_source(path, mmap_file=False)
+    folders = folders_for(folder)
+    path = folders.join(folder, METADATA_FILE)
+    source = MappedSource(folders.read_small(path, MAX_METADATA_BYTES, "DCP .metadata file"), path)
     return Checkpoint(source, copy=True, records=records, container=MetadataPickle(source), allow=allow)
 
 
@@ -402,13 +407,14 @@ class DcpCheckpoint(Handle):
                  allow: allowlist.Allow | None = None) -> None:
         self.folder = os.fspath(src)
         self.name = self.folder
+        self._folders = folders_for(self.folder)
         self._mmap = mmap
         self._records = records
         self._allow = allow
         self._sources: dict[str, Source] = {}
         self.layout = parse_layout(read_metadata(self.folder, records=records, allow=allow))
-        self._check_items()
         try:
+            self._check_items()  # opens the item files: closed again should an item be missing
             self._judge_values()
         except BaseException:
             self.close()
@@ -421,7 +427,7 @@ class DcpCheckpoint(Handle):
         a value is judged at once, so that a handle that opens is one whose every reader is safe.
         """
         for item in self.layout.values.values():
-            blob = SliceSource(self._file(item.file), item.offset, item.length, os.path.join(self.folder, str(item)))
+            blob = SliceSource(self._file(item.file), item.offset, item.length, self._folders.join(self.folder, str(item)))
             Checkpoint(blob, copy=False, records=self._records, allow=self._allow).run(materialize=False)
 
     def _check_items(self) -> None:
@@ -430,8 +436,8 @@ class DcpCheckpoint(Handle):
         for item in self.layout.items:
             if item.file not in sizes:
                 try:
-                    sizes[item.file] = os.path.getsize(os.path.join(self.folder, item.file))
-                except OSError:
+                    sizes[item.file] = self._file(item.file).size
+                except CheckpointNotFoundError:
                     raise CorruptFileError(f"{self.folder}: item {item} lies in a missing file") from None
             if item.offset + item.length > sizes[item.file]:
                 raise CorruptFileError(f"{self.folder}: item {item} reaches past the end of the "
@@ -509,13 +515,13 @@ class DcpCheckpoint(Handle):
 
     def read_item(self, item: Item) -> Any:
         """What one item's ``torch.save`` blob holds, read as any checkpoint is."""
-        blob = SliceSource(self._file(item.file), item.offset, item.length, os.path.join(self.folder, str(item)))
+        blob = SliceSource(self._file(item.file), item.offset, item.length, self._folders.join(self.folder, str(item)))
         return Checkpoint(blob, copy=not self._mmap, records=self._records, allow=self._allow).run(materialize=True)
 
     def _file(self, name: str) -> Source:
         source = self._sources.get(name)
         if source is None:
-            source = self._sources[name] = open_source(os.path.join(self.folder, name), mmap_file=self._mmap)
+            source = self._sources[name] = open_source(self._folders.join(self.folder, name), mmap_file=self._mmap)
         return source
 
     def load(self, tensor: Callable[[str], Any] | None = None) -> dict:
@@ -719,14 +725,15 @@ def _scan_items(folder: str, layout: DcpLayout, inventory: list[GlobalUse], faul
                 notes: list[str]) -> None:
     from .scanner import examine_checkpoint
 
+    folders = folders_for(folder)
     sources: dict[str, Source] = {}
     used: dict[str, list[tuple[int, int]]] = {}
     try:
         for item in layout.items:
             try:
                 if item.file not in sources:
-                    sources[item.file] = open_source(os.path.join(folder, item.file), mmap_file=True)
-                blob = SliceSource(sources[item.file], item.offset, item.length, os.path.join(folder, str(item)))
+                    sources[item.file] = open_source(folders.join(folder, item.file), mmap_file=True)
+                blob = SliceSource(sources[item.file], item.offset, item.length, folders.join(folder, str(item)))
             except PtfileError as exc:
                 faults.append(f"item {item}: {exc}")
                 continue
@@ -741,8 +748,8 @@ def _scan_items(folder: str, layout: DcpLayout, inventory: list[GlobalUse], faul
         notes.append(f"{len(layout.values)} non-tensor items: torch.distributed.checkpoint.load unpickles "
                      "them with weights_only=False")
     listed = set(used) | {METADATA_FILE}
-    for name in sorted(os.listdir(folder)):
-        if name not in listed and os.path.isfile(os.path.join(folder, name)):
+    for name in folders.names(folder):
+        if name not in listed and folders.is_file(folders.join(folder, name)):
             notes.append(f"file {name!r} is not part of the checkpoint (scan it on its own)")
 
 
@@ -763,11 +770,12 @@ def _scan_whole_files(folder: str, inventory: list[GlobalUse], faults: list[str]
 
     faults.append(f"{folder}: items not located, as {METADATA_FILE} could not be read; "
                   f"each {ITEM_SUFFIX} file is examined whole")
-    for name in sorted(os.listdir(folder)):
+    folders = folders_for(folder)
+    for name in folders.names(folder):
         if not name.endswith(ITEM_SUFFIX):
             continue
         try:
-            source = open_source(os.path.join(folder, name), mmap_file=True)
+            source = open_source(folders.join(folder, name), mmap_file=True)
         except PtfileError as exc:
             faults.append(str(exc))
             continue

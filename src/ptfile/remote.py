@@ -22,7 +22,7 @@ import numpy as np
 from .errors import CheckpointNotFoundError, PtfileError
 from .source import Source
 
-__all__ = ["RemoteSource", "RemoteReadError", "is_url", "open_remote"]
+__all__ = ["RemoteSource", "RemoteReadError", "is_url", "open_remote", "url_to_fs"]
 
 #: Attempts per range request before giving up; remote stores fail transiently.
 MAX_ATTEMPTS = 3
@@ -92,14 +92,19 @@ class RemoteSource(Source):
         return data
 
 
-def open_remote(url: str) -> RemoteSource:
-    """A source for an fsspec URL; fsspec is imported only here."""
+def url_to_fs(url: str) -> tuple[Any, str]:
+    """``(file system, path in it)`` of an fsspec URL; fsspec is imported only here."""
     try:
         import fsspec
     except ImportError:
         raise PtfileError(f"{url}: reading URLs needs fsspec (pip install 'ptfile[remote]')") from None
     try:
-        fs, path = fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url)
     except (ValueError, ImportError) as exc:
         raise PtfileError(f"{url}: {exc}") from None
+
+
+def open_remote(url: str) -> RemoteSource:
+    """A source for an fsspec URL."""
+    fs, path = url_to_fs(url)
     return RemoteSource(fs, path, url)

@@ -661,16 +661,17 @@ def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list
 
 def _scan_shards(path: str, strict: bool, allow: allowlist.Allow, verify: bool) -> ScanResult:
     """The shards a Hugging Face index names, each scanned; the index's own checks as load makes them."""
-    from .sharded import ShardedCheckpoint, find_index, read_index
+    from .folders import folders_for
+    from .sharded import ShardedCheckpoint, index_of, read_index
 
     try:
-        index = find_index(path) if os.path.isdir(path) else path
+        index, folder = index_of(path)
         weight_map = read_index(index)
     except PtfileError as exc:
         return ScanResult(path, INVALID, "sharded", faults=[str(exc)])
-    folder = os.path.dirname(os.path.abspath(index))
     shards = list(dict.fromkeys(weight_map.values()))
-    results = [scan(os.path.join(folder, shard), strict=strict, allow=allow, verify=verify) for shard in shards]
+    folders = folders_for(folder)
+    results = [scan(folders.join(folder, shard), strict=strict, allow=allow, verify=verify) for shard in shards]
     faults: list[str] = []
     if all(r.verdict not in (*FAILING, INVALID) for r in results):
         # every name the index places in a shard must be there: load refuses the folder otherwise

@@ -264,6 +264,11 @@ def checked_size(path: str, limit: int, what: str) -> int:
         size = os.path.getsize(path)
     except OSError:
         raise CheckpointNotFoundError(f"{path}: no such {what}") from None
+    return refuse_over(path, size, limit, what)
+
+
+def refuse_over(path: str, size: int, limit: int, what: str) -> int:
+    """``size``, unless a small file read whole is over its ``limit``."""
     if size > limit:
         raise LimitExceededError(f"{path}: a {what} of {size} bytes is over the {limit}-byte limit")
     return size
