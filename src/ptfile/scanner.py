@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +67,7 @@ from .opener import SNIFF_BYTES, Format, detect, is_readable, resolve
 from .source import MappedSource, Source, SourceFile, open_source
 from .ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
 
-__all__ = ["ScanResult", "scan", "scan_opened", "VERDICTS"]
+__all__ = ["ScanResult", "scan", "scan_opened", "VERDICTS", "FolderWalk", "PassedOver", "walk_for_scan"]
 
 INVALID = "invalid"
 #: Verdicts from worst to best; the CLI's exit code and sorting follow this order.
@@ -150,6 +151,92 @@ def is_scannable(path: str) -> bool:
     except OSError:
         return True  # let the scan report why it cannot be read
     return _worth_scanning(head, size)
+
+
+@dataclass(frozen=True)
+class PassedOver:
+    """A path a folder scan met and did not judge, and why, in plain words."""
+
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclass
+class FolderWalk:
+    """What a scan of files and folders judges (``files``), and what it passed over and why."""
+
+    files: list[str] = field(default_factory=list)
+    passed_over: list[PassedOver] = field(default_factory=list)
+
+
+def walk_for_scan(paths: list[str], *, recursive: bool = False, include: list[Any] | None = None,
+                  exclude: list[Any] | None = None) -> FolderWalk:
+    """Every file (or DCP folder) a scan of ``paths`` judges, and every path it passes over with the reason.
+
+    A path named is judged whatever it is; in a folder, files are sniffed (:func:`is_scannable`),
+    a DCP folder is judged as one checkpoint with its item files, folders inside are entered
+    with ``recursive`` only, and links to folders are never followed.  ``include`` and
+    ``exclude`` are regular expressions searched in each path found; excludes win.
+    """
+    from .dcp import ITEM_SUFFIX, METADATA_FILE, is_dcp
+
+    walk = FolderWalk()
+    found: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            found.append(path)
+            continue
+        for folder, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in list(dirs):
+                inside = os.path.join(folder, name)
+                if os.path.islink(inside):
+                    walk.passed_over.append(PassedOver(inside, "a link to a folder: links to folders are not followed"))
+                elif not recursive:
+                    walk.passed_over.append(PassedOver(inside, "a folder inside the folder: scanned only with recursion"))
+            if not recursive:
+                dirs.clear()
+            dcp = is_dcp(folder)
+            if dcp:
+                found.append(folder)
+            for name in sorted(files):
+                file = os.path.join(folder, name)
+                if dcp and (name == METADATA_FILE or name.endswith(ITEM_SUFFIX)):
+                    walk.passed_over.append(PassedOver(file, f"part of the DCP checkpoint {folder}, judged with it"))
+                    continue
+                why = _why_passed_over(file)
+                if why:
+                    walk.passed_over.append(PassedOver(file, why))
+                else:
+                    found.append(file)
+    for path in found:
+        matched = [getattr(pattern, "pattern", pattern) for pattern in exclude or () if re.search(pattern, path)]
+        if include and not any(re.search(pattern, path) for pattern in include):
+            walk.passed_over.append(PassedOver(path, "matches no include pattern"))
+        elif matched:
+            walk.passed_over.append(PassedOver(path, f"matches the exclude pattern {matched[0]!r}"))
+        else:
+            walk.files.append(path)
+    return walk
+
+
+def _why_passed_over(path: str) -> str:
+    """Why a file met in a folder is not judged; empty when it is."""
+    if not os.path.exists(path):
+        return "a broken link"
+    if not os.path.isfile(path):
+        return "not a regular file (a pipe, socket or device)"
+    try:
+        if os.path.getsize(path) == 0:
+            return "an empty file"
+    except OSError:
+        return ""  # the scan reports why it cannot be read
+    if not is_scannable(path):
+        return "does not start like a checkpoint, a pickle or an archive (sniffed, whatever its name)"
+    return ""
 
 
 def _worth_scanning(head: bytes, size: int) -> bool:
