@@ -74,6 +74,27 @@ def test_one_row_of_a_remote_tensor_moves_one_row(name: str) -> None:
         assert source.bytes_read - before <= ROWS * ROW_BYTES  # the bounding range at most: never more than the tensor
 
 
+@pytest.mark.parametrize("layout", ["bin", "safetensors"])
+def test_one_row_of_a_tensor_in_a_url_shard_folder_moves_one_row(tmp_path, layout: str) -> None:
+    from ptfile.convert import write_tensors
+
+    matrix = _matrix()
+    tensors = {"a": matrix[:10].copy(), "w": matrix, "z": matrix[:3].copy()}
+    if layout == "bin":
+        ptfile.save_sharded(tensors, tmp_path, max_shard_size=ROWS * ROW_BYTES // 2)
+    else:
+        write_tensors(tensors, str(tmp_path / "model.safetensors"), max_shard_size=ROWS * ROW_BYTES // 2)
+    assert len(list(tmp_path.glob("*.index.json"))) == 1
+    for path in tmp_path.iterdir():
+        _put(f"/shards-{layout}/{path.name}", path.read_bytes())
+    with ptfile.open(f"memory://shards-{layout}/") as handle:
+        assert handle.format == "sharded"
+        shard = handle.shard(handle.weight_map["w"])
+        before = shard.source.bytes_read
+        np.testing.assert_array_equal(handle.get_slice("w")[-2], matrix[-2])
+        assert shard.source.bytes_read - before == ROW_BYTES
+
+
 def test_one_row_of_an_unmapped_local_file_reads_one_row(tmp_path) -> None:
     path = tmp_path / "w.pt"
     path.write_bytes(_formats()["torch.pt"])
