@@ -136,6 +136,26 @@ def _safetensors(tensors: dict[str, np.ndarray]) -> bytes:
     return save(tensors)
 
 
+def test_fortran_order_npy_slices_by_range() -> None:
+    matrix = np.asfortranarray(_matrix())
+    out = io.BytesIO()
+    np.save(out, matrix)
+    url = _put("/fortran/w.npy", out.getvalue())
+    with ptfile.open(url) as handle:
+        before = handle.source.bytes_read
+        np.testing.assert_array_equal(handle.get_slice("w")[:, 9], matrix[:, 9])  # a column is one run in F order
+        assert handle.source.bytes_read - before == ROWS * 4
+        np.testing.assert_array_equal(handle.get_slice("w")[5:9, ::-7], matrix[5:9, ::-7])
+
+
+def test_zero_dimensional_index_arrays_are_not_basic() -> None:
+    assert not slicing.is_basic_index(np.array(3)) and not slicing.is_basic_index((1, np.array(0)))
+    assert slicing.is_basic_index((np.int64(3), slice(None, None, -1), None, Ellipsis))
+    url = _put("/zero-d/w.npy", _formats()["w.npy"])
+    with ptfile.open(url) as handle:
+        np.testing.assert_array_equal(handle.get_slice("w")[np.array(3)], _matrix()[np.array(3)])
+
+
 def test_a_slice_reaching_past_its_storage_is_refused() -> None:
     source = ptfile.source.MappedSource(bytes(64), "<bytes>")
     place = slicing.Placement(source, 0, 64, np.dtype(np.float32), (4, 5), (5, 1), 0)  # 80 bytes of a 64-byte storage

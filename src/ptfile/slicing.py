@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorruptFileError
+from .errors import CorruptFileError, LimitExceededError
 from .source import Source
 
 __all__ = ["Placement", "read_slice", "is_basic_index"]
@@ -64,7 +64,7 @@ def is_basic_index(index: Any) -> bool:
     for part in index if isinstance(index, tuple) else (index,):
         if part is None or part is Ellipsis or isinstance(part, slice):
             continue
-        if isinstance(part, (bool, np.bool_)):
+        if isinstance(part, (bool, np.bool_, np.ndarray)):  # numpy reads 0-d arrays as indexes into memory
             return False
         try:
             operator.index(part)
@@ -117,7 +117,10 @@ def _slice_layout(place: Placement, index: Any) -> tuple[int, tuple[int, ...], t
         parts = (*parts, Ellipsis)  # so that all-int indexes give a 0-d view, not a scalar read from memory
     itemsize = place.dtype.itemsize
     base = np.zeros(itemsize, np.uint8).view(f"V{itemsize}")
-    ghost = np.lib.stride_tricks.as_strided(base, place.shape, [s * itemsize for s in place.strides])
+    try:
+        ghost = np.lib.stride_tricks.as_strided(base, place.shape, [s * itemsize for s in place.strides])
+    except ValueError as exc:  # numpy's own limits, should a shape pass the format's
+        raise LimitExceededError(f"a tensor of size {place.shape} cannot be sliced as a numpy array: {exc}") from None
     view = ghost[parts]
     start = view.__array_interface__["data"][0] - ghost.__array_interface__["data"][0]
     return start, view.shape, view.strides
