@@ -17,6 +17,9 @@ format              recognised by
                     stream or tar, a plain pickle (see :func:`ptfile.loader.open_container`)
 ==================  ================================================================
 
+Folders and index files behind an fsspec URL follow the same rules, listed through fsspec
+(:mod:`ptfile.folders`); every file behind a URL is read by range (:mod:`ptfile.remote`).
+
 Adding a format is one module with a :class:`~ptfile.handle.Handle` and one row of
 :data:`FORMATS`.
 """
