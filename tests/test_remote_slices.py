@@ -95,6 +95,24 @@ def test_one_row_of_a_tensor_in_a_url_shard_folder_moves_one_row(tmp_path, layou
         assert shard.source.bytes_read - before == ROW_BYTES
 
 
+def test_one_row_of_a_url_dcp_folder_moves_one_row(tmp_path) -> None:
+    torch = pytest.importorskip("torch")
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    matrix = _matrix()
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.save({"w": torch.from_numpy(matrix), "b": torch.arange(3)}, checkpoint_id=str(tmp_path))
+    for path in tmp_path.iterdir():
+        _put(f"/dcp-rows/{path.name}", path.read_bytes())
+    with ptfile.open("memory://dcp-rows") as handle:
+        assert handle.format == "dcp"
+        np.testing.assert_array_equal(handle.get_slice("w")[1], matrix[1])  # runs the item's pickle once
+        source = handle._file(handle.entry("w").chunks[0].item.file)
+        before, requests = source.bytes_read, source.requests
+        np.testing.assert_array_equal(handle.get_slice("w")[517], matrix[517])
+        assert (source.bytes_read - before, source.requests - requests) == (ROW_BYTES, 1)
+        np.testing.assert_array_equal(handle.get_slice("w")[::-3, 5:9], matrix[::-3, 5:9])
+
+
 def test_one_row_of_an_unmapped_local_file_reads_one_row(tmp_path) -> None:
     path = tmp_path / "w.pt"
     path.write_bytes(_formats()["torch.pt"])
