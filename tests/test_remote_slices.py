@@ -138,6 +138,26 @@ def test_far_apart_runs_are_ranges_and_close_ones_one_range() -> None:
         assert source.requests - requests == 64 and source.bytes_read - before == 64  # one byte per row
 
 
+def test_ranges_go_in_one_batch_and_a_failed_or_short_one_is_fetched_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    tall = np.arange(16 * 65536, dtype=np.uint8).reshape(16, 65536)
+    url = _put("/batch/w.safetensors", _safetensors({"tall": tall}))
+    monkeypatch.setattr("ptfile.remote.RETRY_DELAY", 0.0)
+    with ptfile.open(url) as handle:
+        fs = handle.source.fs
+        real, batches = fs.cat_ranges, []
+
+        def flaky(paths, starts, ends, **kwargs):
+            batches.append(len(paths))
+            pieces = real(paths, starts, ends, **kwargs)
+            return [OSError("reset"), pieces[1][:-1], *pieces[2:]]  # one failed, one short
+
+        monkeypatch.setattr(fs, "cat_ranges", flaky)
+        before = handle.source.bytes_read
+        np.testing.assert_array_equal(handle.get_slice("tall")[:, 3], tall[:, 3])
+        assert batches == [16]
+        assert handle.source.bytes_read - before == 16  # the short piece is not counted as read
+
+
 def test_too_many_ranges_read_the_bounding_range(monkeypatch: pytest.MonkeyPatch) -> None:
     tall = np.arange(64 * 65536, dtype=np.uint32).reshape(64, 65536)
     url = _put("/bound/w.safetensors", _safetensors({"tall": tall}))

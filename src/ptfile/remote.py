@@ -84,6 +84,28 @@ class RemoteSource(Source):
         self.check(offset, length, what)
         return self._fetch(offset, length, what)
 
+    def read_ranges(self, ranges: list[tuple[int, int]], what: str = "read") -> list[bytes]:
+        """Several ranges through ``fs.cat_ranges`` (concurrent on async file systems); a range that
+        comes back failed or short is asked for again alone, with the retries of :meth:`read`."""
+        for offset, length in ranges:
+            self.check(offset, length, what)
+        try:
+            pieces = list(self.fs.cat_ranges([self.path] * len(ranges), [offset for offset, _ in ranges],
+                                             [offset + length for offset, length in ranges], on_error="return"))
+        except Exception:  # noqa: BLE001 - every range is then fetched alone, with retries
+            pieces = []
+        if len(pieces) != len(ranges):
+            pieces = [None] * len(ranges)
+        out = []
+        for (offset, length), piece in zip(ranges, pieces, strict=True):
+            if isinstance(piece, (bytes, bytearray)) and len(piece) == length:
+                self.requests += 1
+                self.bytes_read += length
+                out.append(bytes(piece))
+            else:
+                out.append(self._fetch(offset, length, what))
+        return out
+
     def array(self, offset: int, length: int, what: str, *, copy: bool) -> np.ndarray:
         self.check(offset, length, what)
         data = np.frombuffer(bytearray(self._fetch(offset, length, what)), np.uint8)

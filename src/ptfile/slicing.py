@@ -10,7 +10,8 @@ reads only the byte ranges a basic slice (ints, slices with any step, ``...``,
   whose start and strides are the slice's own (numpy raises its usual ``IndexError``);
 * the slice's elements form runs of contiguous bytes (its innermost axes that are
   contiguous in the file); runs closer than :data:`COALESCE_GAP` bytes are read as one
-  range, since a request costs more than reading that many bytes more;
+  range, since a request costs more than reading that many bytes more; the ranges go to
+  the source as one batch (``fs.cat_ranges`` for a URL: concurrent where fsspec can);
 * when the slice's bounding byte range is at most :data:`SPAN_FACTOR` times its own
   bytes (or at most :data:`SMALL_SPAN` bytes), or when more than :data:`MAX_SLICE_READS`
   ranges would be needed, the bounding range is read in one request instead: never more
@@ -146,7 +147,8 @@ def _read_packed(place: Placement, start: int, shape: tuple[int, ...], strides: 
     firsts, lasts = _coalesced(offsets, run)
     if len(firsts) > MAX_SLICE_READS:
         return _bounding(place, start, span, shape, strides, what)
-    pieces = [place.source.read(place.start + start + int(a), int(b - a), what) for a, b in zip(firsts, lasts, strict=True)]
+    pieces = place.source.read_ranges([(place.start + start + int(a), int(b - a)) for a, b in zip(firsts, lasts, strict=True)],
+                                      what)
     joined = np.frombuffer(b"".join(pieces), np.uint8)
     # where each run starts in the joined ranges: its range's place there, plus its distance into the range
     group = np.searchsorted(firsts, offsets, side="right") - 1

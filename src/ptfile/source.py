@@ -51,6 +51,10 @@ class Source:
         """A buffer over the bytes: zero-copy where the source allows it."""
         return self.read(offset, length, what)
 
+    def read_ranges(self, ranges: list[tuple[int, int]], what: str = "read") -> list[bytes]:
+        """The bytes of several ``(offset, length)`` ranges; a remote source asks for them in one batch."""
+        return [self.read(offset, length, what) for offset, length in ranges]
+
     def array(self, offset: int, length: int, what: str, *, copy: bool) -> np.ndarray:
         """The bytes as a uint8 array: a read-only view, or an owned writable copy."""
         raise NotImplementedError
@@ -206,6 +210,11 @@ class SliceSource(Source):
     def read(self, offset: int, length: int, what: str = "read") -> bytes:
         self.check(offset, length, what)
         return self.parent.read(self.start + offset, length, what)
+
+    def read_ranges(self, ranges: list[tuple[int, int]], what: str = "read") -> list[bytes]:
+        for offset, length in ranges:
+            self.check(offset, length, what)
+        return self.parent.read_ranges([(self.start + offset, length) for offset, length in ranges], what)
 
     def view(self, offset: int, length: int, what: str = "read") -> Any:
         self.check(offset, length, what)
