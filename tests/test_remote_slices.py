@@ -113,6 +113,22 @@ def test_one_row_of_a_url_dcp_folder_moves_one_row(tmp_path) -> None:
         np.testing.assert_array_equal(handle.get_slice("w")[::-3, 5:9], matrix[::-3, 5:9])
 
 
+def test_safetensors_views_slice_by_range_inside_their_target(tmp_path) -> None:
+    torch = pytest.importorskip("torch")
+    base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
+    (tmp_path / "views.pt").write_bytes(_torch_bytes({"base": base, "view": base[1:5, 2:9:3], "row": base[4]}))
+    from ptfile.convert import convert
+
+    convert(tmp_path / "views.pt", str(tmp_path / "views.safetensors"))
+    url = _put("/views/views.safetensors", (tmp_path / "views.safetensors").read_bytes())
+    with ptfile.open(url) as handle:
+        assert handle.info("view").storage == "base"  # stored as a view of base, not a copy
+        for key, tensor in (("view", base[1:5, 2:9:3]), ("row", base[4])):
+            whole = tensor.numpy()
+            for index in ((slice(None),), (slice(None, None, -1),), (..., 1), (-1,)):
+                np.testing.assert_array_equal(handle.get_slice(key)[index], whole[index])
+
+
 def test_one_row_of_an_unmapped_local_file_reads_one_row(tmp_path) -> None:
     path = tmp_path / "w.pt"
     path.write_bytes(_formats()["torch.pt"])

@@ -61,9 +61,9 @@ def find_index(folder: str) -> str:
 
 def read_index(path: str) -> dict[str, str]:
     """The weight map of an index file, checked: tensor name -> shard file name."""
-    text = folders_for(path).read_small(path, MAX_INDEX_BYTES, "index file")
+    raw = folders_for(path).read_small(path, MAX_INDEX_BYTES, "index file")
     try:
-        data = json.loads(text.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"{path}: not valid JSON: {exc}") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
