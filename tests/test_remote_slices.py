@@ -40,6 +40,13 @@ def _torch_bytes(tree: dict) -> bytes:
     return out.getvalue()
 
 
+def _legacy_bytes(tree: dict) -> bytes:
+    torch = pytest.importorskip("torch")
+    out = io.BytesIO()
+    torch.save(tree, out, _use_new_zipfile_serialization=False)
+    return out.getvalue()
+
+
 def _formats() -> dict[str, bytes]:
     """The 1000-row tensor ``w`` as each format stores it."""
     torch = pytest.importorskip("torch")
@@ -49,11 +56,12 @@ def _formats() -> dict[str, bytes]:
     npy, npz = io.BytesIO(), io.BytesIO()
     np.save(npy, matrix)
     np.savez(npz, w=matrix)
-    return {"torch.pt": _torch_bytes({"w": torch.from_numpy(matrix)}), "w.safetensors": save({"w": torch.from_numpy(matrix)}),
+    return {"torch.pt": _torch_bytes({"w": torch.from_numpy(matrix)}),
+            "legacy.pt": _legacy_bytes({"w": torch.from_numpy(matrix)}), "w.safetensors": save({"w": torch.from_numpy(matrix)}),
             "w.npy": npy.getvalue(), "w.npz": npz.getvalue()}
 
 
-@pytest.mark.parametrize("name", ["torch.pt", "w.safetensors", "w.npy", "w.npz"])
+@pytest.mark.parametrize("name", ["torch.pt", "legacy.pt", "w.safetensors", "w.npy", "w.npz"])
 def test_one_row_of_a_remote_tensor_moves_one_row(name: str) -> None:
     url = _put(f"/rows/{name}", _formats()[name])
     matrix = _matrix()
@@ -295,11 +303,12 @@ def test_slices_equal_numpy_slicing_of_the_whole_tensor(data: st.DataObject) -> 
             assert got.tobytes() == np.ascontiguousarray(expected).tobytes()
 
 
-def test_every_step_on_every_axis_of_a_view() -> None:
+@pytest.mark.parametrize("write", [_torch_bytes, _legacy_bytes])
+def test_every_step_on_every_axis_of_a_view(write) -> None:
     torch = pytest.importorskip("torch")
     base = torch.arange(4 * 5 * 6, dtype=torch.int32).reshape(4, 5, 6)
     view = base.permute(2, 0, 1)[1:, :, ::2]
-    url = _put("/steps/t.pt", _torch_bytes({"view": view}))
+    url = _put(f"/steps/{write.__name__}.pt", write({"view": view}))
     whole = view.numpy()
     with ptfile.open(url) as handle:
         piece = handle.get_slice("view")
