@@ -17,8 +17,9 @@ reads only the byte ranges a basic slice (ints, slices with any step, ``...``,
   ranges would be needed, the bounding range is read in one request instead: never more
   than the tensor's own bytes, the most a slice read before.
 
-Slicing one row of a 1000-row tensor moves one row; slicing a column moves the rows'
-bytes only when the rows are short, else one element per row.
+Slicing one row of a 1000-row tensor moves one row, in one request.  A column of a tensor
+whose rows are at most :data:`COALESCE_GAP` bytes long moves the rows it crosses in one
+request; of longer rows, one element per row in one batch of requests.
 """
 
 from __future__ import annotations
