@@ -198,3 +198,65 @@ def test_hostile_alias_metadata_is_refused(tmp_path: Path) -> None:
         with pytest.raises(ptfile.CorruptFileError):
             ptfile.load(path)
         assert ptfile.scan(path).verdict == "invalid"
+
+
+# -- the same samples behind a URL: folders listed and indexes read through fsspec -------------
+
+
+@pytest.fixture(scope="module")
+def url_samples(samples: dict[str, Path]) -> dict[str, str]:
+    """Each sample copied into fsspec's memory file system, as the URL of what to open."""
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    found = {}
+    for name, target in samples.items():
+        folder = target.parent if TARGETS[name] else target
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                memory.pipe(f"/matrix/{name}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+        found[name] = f"memory://matrix/{name}/{TARGETS[name]}" if TARGETS[name] else f"memory://matrix/{name}/"
+    return found
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_url_load_open_and_scan(url_samples: dict[str, str], fmt: str) -> None:
+    url = url_samples[fmt]
+    _same(_flat(ptfile.load(url)))
+    with ptfile.open(url) as handle:
+        assert sorted(handle.keys()) == sorted(REFERENCE)
+        _same({key: handle[key] for key in handle})
+        for key, array in REFERENCE.items():
+            np.testing.assert_array_equal(handle.get_slice(key)[1:], array[1:])
+            np.testing.assert_array_equal(handle.get_slice(key)[..., ::-2], array[..., ::-2])
+    result = ptfile.scan(url)
+    assert result.verdict == "clean", (result.faults, result.notes)
+    assert cli(["scan", url]) == 0
+
+
+@pytest.mark.parametrize("fmt", ["bin-shards", "safetensors-shards", "single-file-folder", "dcp"])
+def test_url_folder_is_what_its_local_copy_is(samples: dict[str, Path], url_samples: dict[str, str],
+                                              fmt: str) -> None:
+    with ptfile.open(samples[fmt]) as local, ptfile.open(url_samples[fmt]) as remote:
+        assert (remote.format, remote.keys()) == (local.format, local.keys())
+        assert remote.name.startswith("memory://")
+
+
+def test_url_folder_of_two_checkpoints_is_refused_by_name(samples: dict[str, Path]) -> None:
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    data = samples["torch-zip"].read_bytes()
+    memory.pipe("/matrix-two/a.pt", data)
+    memory.pipe("/matrix-two/b.bin", data)
+    memory.pipe("/matrix-two/notes.txt", b"not a checkpoint")
+    with pytest.raises(ptfile.CheckpointNotFoundError, match=r"holds 2 \(a.pt, b.bin\)"):
+        ptfile.open("memory://matrix-two")
+    assert ptfile.scan("memory://matrix-two").verdict == "invalid"
+
+
+def test_url_shard_names_cannot_leave_the_folder() -> None:
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/matrix-climb/model.safetensors.index.json",
+                json.dumps({"weight_map": {"w": "../elsewhere/model.safetensors"}}).encode())
+    with pytest.raises(ptfile.CorruptFileError, match="not a plain file name"):
+        ptfile.open("memory://matrix-climb/")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -190,39 +189,19 @@ def _verdict_style(verdict: str) -> str:
 # -- scan ----------------------------------------------------------------------
 
 
-def _candidates(paths: Sequence[str], include: list[str], exclude: list[str], recursive: bool) -> list[str]:
-    """Files to scan: each path, or the model-like files below each folder; excludes win over includes.
-
-    A DCP folder (``.metadata`` + ``*.distcp``) is scanned as one checkpoint; other files in it on their own.
-    """
-    from ..formats.dcp import ITEM_SUFFIX, METADATA_FILE, is_dcp  # lazy: each command imports only the modules it runs
-    from ..scanning.scanner import is_scannable  # lazy: each command imports only the modules it runs
-
-    found: list[str] = []
-    for path in paths:
-        if os.path.isdir(path):
-            walker = os.walk(path) if recursive else [(path, [], os.listdir(path))]
-            for folder, dirs, files in walker:
-                dirs.sort()
-                if is_dcp(folder):
-                    found.append(folder)
-                    files = [f for f in files if f != METADATA_FILE and not f.endswith(ITEM_SUFFIX)]
-                paths = (os.path.join(folder, f) for f in sorted(files))
-                found.extend(p for p in paths if os.path.isfile(p) and is_scannable(p))
-        else:
-            found.append(path)
-    if include:
-        found = [p for p in found if any(re.search(pattern, p) for pattern in include)]
-    if exclude:
-        found = [p for p in found if not any(re.search(pattern, p) for pattern in exclude)]
-    return found
-
-
 def cmd_scan(args: argparse.Namespace) -> int:
-    from ..scanning.scanner import FAILING, INVALID, VERDICTS  # lazy: each command imports only the modules it runs
+    from ..scanning.scanner import (  # lazy: each command imports only the modules it runs
+        FAILING,
+        INVALID,
+        VERDICTS,
+        walk_for_scan,
+    )
 
-    files = _candidates(args.paths, args.include, args.exclude, args.recursive)
+    walk = walk_for_scan(args.paths, recursive=args.recursive, include=args.include, exclude=args.exclude)
+    files = walk.files
     if not files:
+        if not args.json:
+            _render_passed_over(walk.passed_over, verbose=args.verbose)
         _error("nothing to scan")
         return EXIT_ERROR
     if args.jobs > 1 or args.scheduler:
@@ -241,9 +220,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.json:
         counts = {v: sum(r.verdict == v for r in results) for v in reversed(VERDICTS)}
         _print_json({"schema": JSON_SCHEMA_VERSION, "command": "scan", "summary": counts,
-                     "files": [r.to_dict() for r in results]})
+                     "files": [r.to_dict() for r in results],
+                     "passed_over": [p.to_dict() for p in walk.passed_over]})
     else:
         _render_scan(results)
+        _render_passed_over(walk.passed_over, verbose=args.verbose)
     if any(r.verdict in FAILING for r in results):
         return EXIT_FOUND
     if any(r.verdict == INVALID for r in results):
@@ -282,6 +263,21 @@ def _render_scan(results: list) -> None:
                        f"{sum(r.verdict == 'unknown-call' for r in results)} calling unknown globals, "
                        f"{sum(r.verdict == 'invalid' for r in results)} invalid, "
                        f"{sum(r.verdict == 'unknown-class' for r in results)} with unknown classes"))
+
+
+def _render_passed_over(passed_over: list, *, verbose: bool) -> None:
+    """What a folder scan did not judge: each path and why with --verbose, else how many."""
+    if not passed_over:
+        return
+    from rich.text import Text  # lazy: rich is heavy: a command imports only what it prints with
+
+    console = _console()
+    if not verbose:
+        console.print(Text(f"passed over {_count(len(passed_over), 'path')} (--verbose lists them and why)"))
+        return
+    console.print(Text(f"passed over {_count(len(passed_over), 'path')}:"))
+    for item in passed_over:
+        console.print(Text(f"  {safe(item.path)}: {safe(item.reason)}"))
 
 
 # -- diff / stats / match ------------------------------------------------------
@@ -606,6 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--verify", action="store_true",
                       help="also read every tensor record and check its CRC-32 (reads the whole file)")
     scan.add_argument("-r", "--recursive", action="store_true", help="scan folders recursively")
+    scan.add_argument("-v", "--verbose", action="store_true",
+                      help="list each path a folder scan passed over, and why (--json always lists them)")
     scan.add_argument("--include", action="append", default=[], type=_regex, metavar="REGEX",
                       help="only paths matching (repeatable)")
     scan.add_argument("--exclude", action="append", default=[], type=_regex, metavar="REGEX",

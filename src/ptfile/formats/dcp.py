@@ -57,12 +57,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import (
+    CheckpointNotFoundError,
     CorruptFileError,
     LimitExceededError,
     UnsupportedFormatError,
 )
+from ..io.folders import folders_for
 from ..io.open import open_source
-from ..io.source import SliceSource, Source, checked_size
+from ..io.slicing import Placement
+from ..io.source import MappedSource, SliceSource, Source
 from ..pickle.values import Global, Record
 from ..policy import allowlist
 from ..tensors.dtypes import DtypeInfo
@@ -101,8 +104,11 @@ STRIDED = Layout("strided")
 
 
 def is_dcp(src: Any) -> bool:
-    """A folder holding a DCP ``.metadata`` file."""
-    return isinstance(src, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(src), METADATA_FILE))
+    """A folder holding a DCP ``.metadata`` file (on this machine or behind a URL)."""
+    if not isinstance(src, (str, os.PathLike)):
+        return False
+    folders = folders_for(os.fspath(src))
+    return folders.is_file(folders.join(os.fspath(src), METADATA_FILE))
 
 
 def is_data_class(module: str, name: str) -> bool:
@@ -367,9 +373,9 @@ def parse_layout(tree: Any) -> DcpLayout:
 
 def metadata_checkpoint(folder: str, *, records: bool, allow: allowlist.Allow | None = None) -> Checkpoint:
     """``.metadata`` opened as a checkpoint of one plain pickle (its bytes are read at once)."""
-    path = os.path.join(folder, METADATA_FILE)
-    checked_size(path, MAX_METADATA_BYTES, "DCP .metadata file")
-    source = open_source(path, mmap_file=False)
+    folders = folders_for(folder)
+    path = folders.join(folder, METADATA_FILE)
+    source = MappedSource(folders.read_small(path, MAX_METADATA_BYTES, "DCP .metadata file"), path)
     return Checkpoint(source, copy=True, records=records, container=MetadataPickle(source), allow=allow)
 
 
@@ -399,13 +405,15 @@ class DcpCheckpoint(Handle):
                  allow: allowlist.Allow | None = None) -> None:
         self.folder = os.fspath(src)
         self.name = self.folder
+        self._folders = folders_for(self.folder)
         self._mmap = mmap
         self._records = records
         self._allow = allow
         self._sources: dict[str, Source] = {}
+        self._placements: dict[str, Placement | None] = {}
         self.layout = parse_layout(read_metadata(self.folder, records=records, allow=allow))
-        self._check_items()
         try:
+            self._check_items()  # opens the item files: closed again should an item be missing
             self._judge_values()
         except BaseException:
             self.close()
@@ -418,7 +426,7 @@ class DcpCheckpoint(Handle):
         a value is judged at once, so that a handle that opens is one whose every reader is safe.
         """
         for item in self.layout.values.values():
-            blob = SliceSource(self._file(item.file), item.offset, item.length, os.path.join(self.folder, str(item)))
+            blob = SliceSource(self._file(item.file), item.offset, item.length, self._folders.join(self.folder, str(item)))
             Checkpoint(blob, copy=False, records=self._records, allow=self._allow).run(materialize=False)
 
     def _check_items(self) -> None:
@@ -427,8 +435,8 @@ class DcpCheckpoint(Handle):
         for item in self.layout.items:
             if item.file not in sizes:
                 try:
-                    sizes[item.file] = os.path.getsize(os.path.join(self.folder, item.file))
-                except OSError:
+                    sizes[item.file] = self._file(item.file).size
+                except CheckpointNotFoundError:
                     raise CorruptFileError(f"{self.folder}: item {item} lies in a missing file") from None
             if item.offset + item.length > sizes[item.file]:
                 raise CorruptFileError(f"{self.folder}: item {item} reaches past the end of the "
@@ -506,13 +514,31 @@ class DcpCheckpoint(Handle):
 
     def read_item(self, item: Item) -> Any:
         """What one item's ``torch.save`` blob holds, read as any checkpoint is."""
-        blob = SliceSource(self._file(item.file), item.offset, item.length, os.path.join(self.folder, str(item)))
-        return Checkpoint(blob, copy=not self._mmap, records=self._records, allow=self._allow).run(materialize=True)
+        return self._item_checkpoint(item).run(materialize=True)
+
+    def _item_checkpoint(self, item: Item) -> Checkpoint:
+        blob = SliceSource(self._file(item.file), item.offset, item.length, self._folders.join(self.folder, str(item)))
+        return Checkpoint(blob, copy=not self._mmap, records=self._records, allow=self._allow)
+
+    def _placement(self, key: str) -> Placement | None:
+        """A tensor saved as one chunk: where its item's storage lies; one of several chunks is assembled whole."""
+        if key in self._placements:
+            return self._placements[key]
+        entry = self.entry(key)
+        place = None
+        if len(entry.chunks) == 1:
+            chunk = entry.chunks[0]
+            checkpoint = self._item_checkpoint(chunk.item)
+            place = checkpoint.placement(checkpoint.run(materialize=False))  # judged as read_item judges it
+            if place is not None and (place.shape != chunk.sizes or place.dtype != entry.numpy):
+                place = None  # read whole, which says what is wrong with it
+        self._placements[key] = place  # the item's pickle runs once, not once per slice
+        return place
 
     def _file(self, name: str) -> Source:
         source = self._sources.get(name)
         if source is None:
-            source = self._sources[name] = open_source(os.path.join(self.folder, name), mmap_file=self._mmap)
+            source = self._sources[name] = open_source(self._folders.join(self.folder, name), mmap_file=self._mmap)
         return source
 
     def load(self, tensor: Callable[[str], Any] | None = None) -> dict:

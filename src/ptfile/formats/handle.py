@@ -6,7 +6,8 @@ A :class:`Handle` is a read-only ``Mapping[str, ndarray]`` over the checkpoint's
 * ``info(key)``: a :class:`~ptfile.formats.loader.TensorInfo` (dtype, shape, strides, storage)
   without reading the tensor;
 * ``get_slice(key)[...]``: a basic slice of a tensor, reading only the bytes it covers
-  (tensors are views of the mapped file, or read by range from a remote one);
+  (tensors are views of the mapped file; over a URL or an unmapped file the format's
+  ``_placement`` says where the elements lie and :mod:`ptfile.slicing` reads their ranges);
 * ``metadata()``: the safetensors header metadata, torch's ``_metadata`` of the root
   ``OrderedDict`` where present (as ``{module: repr(dict)}``), else empty;
 * ``tree``: the whole object tree, non-tensor values included (tensors in it are
@@ -18,7 +19,7 @@ A :class:`Handle` is a read-only ``Mapping[str, ndarray]`` over the checkpoint's
   :mod:`ptfile.tensors.frameworks`), for the handle or one ``get_tensor``/``get_slice`` call.
 
 Each format supplies five small methods (``_names``, ``_info``, ``_tensor``, ``_tree``,
-``_close``; optionally ``_metadata``); everything else is here, once.
+``_close``; optionally ``_metadata`` and ``_placement``); everything else is here, once.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PtfileError
+from ..io.slicing import Placement, is_basic_index, read_slice
 from ..tensors.frameworks import converter, framework_name
 
 __all__ = ["Handle", "TensorSlice"]
@@ -65,6 +67,10 @@ class Handle(Mapping[str, Any]):
 
     def _metadata(self) -> dict[str, str]:
         return {}
+
+    def _placement(self, key: str) -> Placement | None:
+        """Where the tensor's elements lie in a source, for slices read by range; None where they cannot be."""
+        return None
 
     # -- the mapping --------------------------------------------------------------------
 
@@ -203,8 +209,12 @@ class TensorSlice:
         return str(self.dtype)
 
     def __getitem__(self, index: Any) -> Any:
-        # tensors are views of the mapped (or range-read) file: indexing a view touches only its bytes
-        part = self._handle.get_tensor(self._key, "numpy")[index]
+        self._handle._check_open()
+        place = self._handle._placement(self._key) if is_basic_index(index) else None
+        if place is not None and not place.source.mapped:
+            part = read_slice(place, index, f"{self._handle.name}: tensor {self._key!r}")
+        else:  # a view of the mapped file: indexing it touches only the slice's pages
+            part = self._handle.get_tensor(self._key, "numpy")[index]
         if self._framework is None and self._handle.framework == "numpy":
             return part
         # another framework gets the slice's own bytes, as safetensors' slices are: never the whole storage

@@ -440,6 +440,10 @@ class _Container:
     def combine(self, trees: list[Any]) -> Any:
         return trees[0]
 
+    def storage_range(self, storage: StorageRef) -> tuple[int, int]:
+        """``(file offset, length)`` of a storage's bytes."""
+        return self.storages.byte_range(storage)[1:]
+
     def storage_bytes(self, storage: StorageRef, *, copy: bool) -> np.ndarray:
         """The storage's bytes as a uint8 array: a view of the file, or an owned copy.
 

@@ -18,6 +18,7 @@ import numpy as np
 from ..containers.ziparchive import is_zip
 from ..errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from ..io.open import open_source
+from ..io.slicing import Placement
 from ..io.source import Source, read_whole
 from ..pickle.engine import gc_paused
 from ..pickle.inventory import GlobalUse
@@ -227,6 +228,18 @@ class Checkpoint:
         buffer = self.buffer(spec.storage, _swap_unit(spec))
         return view_array(spec, buffer)
 
+    def placement(self, spec: Any) -> Placement | None:
+        """Where a plain tensor in a stored storage of native byte order lies; flagged, special and swapped ones are read whole."""
+        if type(spec) is not TensorSpec or spec.storage is None or spec.conj or spec.neg or spec.dtype.numpy is None:
+            return None
+        if self.container.byteorder != NATIVE_BYTEORDER and spec.dtype.itemsize > 1:
+            return None
+        where = getattr(self.container, "storage_range", lambda storage: None)(spec.storage)
+        if where is None:
+            return None
+        return Placement(self.source, where[0], where[1], np.dtype(spec.dtype.numpy), spec.shape, spec.strides,
+                         spec.offset)
+
     def check_swappable(self, spec: TensorSpec) -> None:
         """Refuse, without reading, a storage of foreign byte order that :meth:`buffer` could not swap for ``spec``."""
         if self.container.byteorder != NATIVE_BYTEORDER and spec.storage is not None:
@@ -279,6 +292,9 @@ class LazyCheckpoint(Checkpoint, Handle):
 
     def _tree(self) -> Any:
         return self._tree_of_specs
+
+    def _placement(self, key: str) -> Placement | None:
+        return self.placement(self._specs[key])
 
     def _metadata(self) -> dict[str, str]:
         found = getattr(self._tree_of_specs, "_metadata", None)

@@ -33,6 +33,7 @@ from numpy.lib import format as npy
 
 from ..containers.ziparchive import ZipArchive, is_zip
 from ..errors import CorruptFileError, UnsupportedFormatError
+from ..io.slicing import Placement
 from ..io.source import MappedSource, SliceSource, Source
 from .handle import Handle
 from .loader import TensorInfo
@@ -166,6 +167,12 @@ class NumpyCheckpoint(Handle):
         found = self._load(self._arrays[key])
         real = self.dtypes.get(key)
         return found.view(real) if real is not None else found
+
+    def _placement(self, key: str) -> Placement:
+        array = self._arrays[key]
+        info = self._info(key)
+        return Placement(array.source, array.offset, array.nbytes, self.dtypes.get(key, array.dtype), array.shape,
+                         info.strides, 0)
 
     def _info(self, key: str) -> TensorInfo:
         array = self._arrays[key]

@@ -17,6 +17,9 @@ format              recognised by
                     stream or tar, a plain pickle (see :func:`ptfile.formats.loader.open_container`)
 ==================  ================================================================
 
+Folders and index files behind an fsspec URL follow the same rules, listed through fsspec
+(:mod:`ptfile.folders`); every file behind a URL is read by range (:mod:`ptfile.remote`).
+
 Adding a format is one module with a :class:`~ptfile.formats.handle.Handle` and one row of
 :data:`FORMATS`.
 """
@@ -29,6 +32,7 @@ from typing import Any, NamedTuple
 
 from ..containers.ziparchive import is_zip
 from ..errors import CheckpointNotFoundError, CorruptFileError
+from ..io.folders import folders_for
 from ..io.open import open_source
 from ..io.source import Source, private_map
 from ..pickle.engine import gc_paused
@@ -99,41 +103,40 @@ def resolve(src: Any) -> tuple[str, Any]:
     """``(kind, what to open)``: ``dcp`` or ``sharded`` for folders and indexes, else ``file`` and the file.
 
     A folder with neither a DCP ``.metadata`` nor an index must hold exactly one checkpoint file.
+    Folders behind a URL follow the same rules, listed through fsspec (see :mod:`ptfile.io.folders`).
     """
-    if not _is_path(src) or "://" in os.fspath(src):
+    if not _is_path(src):
         return "file", src
     path = os.fspath(src)
-    if not os.path.isdir(path) and not path.endswith(INDEX_SUFFIX):
+    folders = folders_for(path)
+    if not path.endswith(INDEX_SUFFIX) and not folders.is_dir(path):
         return "file", src  # the common case imports nothing of the DCP reader
+    if path.endswith(INDEX_SUFFIX) and not folders.is_dir(path):
+        return "sharded", path
     from .dcp import is_dcp  # lazy: the DCP reader is for folders; loading one file never imports it
 
-    if os.path.isdir(path):
-        if is_dcp(path):
-            return "dcp", path
-        if any(name.endswith(INDEX_SUFFIX) for name in os.listdir(path)):
-            return "sharded", path
-        return "file", _single_file(path)
-    if path.endswith(INDEX_SUFFIX):
+    if is_dcp(path):
+        return "dcp", path
+    names = folders.names(path)
+    if any(name.endswith(INDEX_SUFFIX) for name in names):
         return "sharded", path
-    return "file", src
+    return "file", _single_file(folders, path, names)
 
 
-def _single_file(folder: str) -> str:
-    found = sorted(name for name in os.listdir(folder) if _is_checkpoint_file(os.path.join(folder, name)))
+def _single_file(folders: Any, folder: str, names: list[str]) -> str:
+    found = [name for name in names if _is_checkpoint_file(folders, folders.join(folder, name))]
     if len(found) != 1:
         listed = ", ".join(found[:8]) if found else "none"
         raise CheckpointNotFoundError(f"{folder}: a folder without a shard index must hold exactly one checkpoint "
                                       f"file; it holds {len(found)} ({listed})")
-    return os.path.join(folder, found[0])
+    return folders.join(folder, found[0])
 
 
-def _is_checkpoint_file(path: str) -> bool:
+def _is_checkpoint_file(folders: Any, path: str) -> bool:
     """Whether a file in a folder is something ptfile reads: sniffed by content, never judged by name."""
-    if not os.path.isfile(path):
+    if not folders.is_file(path):
         return False
-    with open(path, "rb") as handle:
-        head = handle.read(SNIFF_BYTES)
-    return is_readable(head, os.path.getsize(path))
+    return is_readable(*folders.head(path, SNIFF_BYTES))
 
 
 def is_readable(head: bytes, size: int) -> bool:

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointNotFoundError, CorruptFileError
+from ..io.folders import folders_for
 from ..io.open import open_source
-from ..io.source import checked_size
+from ..io.slicing import Placement
 from ..pickle.values import brief
 from .handle import Handle
 from .loader import TensorInfo, open_checkpoint
@@ -44,23 +45,30 @@ def is_plain_file_name(name: Any) -> bool:
     return os.path.basename(name) == name and not any(c in name for c in _BAD_NAME_CHARS)
 
 
+def index_of(path: str) -> tuple[str, str]:
+    """``(index file, folder of its shards)`` of a shard folder or an index file, local or behind a URL."""
+    folders = folders_for(path)
+    index = find_index(path) if folders.is_dir(path) else path
+    return index, folders.parent(index)
+
+
 def find_index(folder: str) -> str:
     """The single ``*.index.json`` of a folder (``.bin``/``.pt`` indexes preferred over safetensors)."""
-    found = sorted(name for name in os.listdir(folder) if name.endswith(INDEX_SUFFIX))
+    folders = folders_for(folder)
+    found = [name for name in folders.names(folder) if name.endswith(INDEX_SUFFIX)]
     if not found:
         raise CheckpointNotFoundError(f"{folder}: a folder without a *{INDEX_SUFFIX} shard index")
     torch_first = sorted(found, key=lambda name: "safetensors" in name)
-    return os.path.join(folder, torch_first[0])
+    return folders.join(folder, torch_first[0])
 
 
 def read_index(path: str) -> dict[str, str]:
     """The weight map of an index file, checked: tensor name -> shard file name."""
-    checked_size(path, MAX_INDEX_BYTES, "index file")
-    with open(path, encoding="utf-8") as handle:
-        try:
-            data = json.load(handle)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CorruptFileError(f"{path}: not valid JSON: {exc}") from None
+    raw = folders_for(path).read_small(path, MAX_INDEX_BYTES, "index file")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{path}: not valid JSON: {exc}") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict):
         raise CorruptFileError(f"{path}: no weight_map object")
@@ -76,10 +84,9 @@ class ShardedCheckpoint(Handle):
     format = "sharded"
 
     def __init__(self, src: Any, *, mmap: bool = True, records: bool = False, allow: Any = None) -> None:
-        path = os.fspath(src)
-        self.index = find_index(path) if os.path.isdir(path) else path
+        self.index, self.folder = index_of(os.fspath(src))
         self.name = self.index
-        self.folder = os.path.dirname(os.path.abspath(self.index))
+        self._folders = folders_for(self.folder)
         self.weight_map = read_index(self.index)
         self.shards = list(dict.fromkeys(self.weight_map.values()))
         self._mmap = mmap
@@ -91,7 +98,7 @@ class ShardedCheckpoint(Handle):
         """The opened shard file (a lazy checkpoint, or safetensors tensors)."""
         found = self._open.get(name)
         if found is None:
-            path = os.path.join(self.folder, name)
+            path = self._folders.join(self.folder, name)
             if name.endswith(".safetensors"):
                 found = SafetensorsCheckpoint(open_source(path, mmap_file=self._mmap), copy=not self._mmap)
             else:
@@ -115,6 +122,9 @@ class ShardedCheckpoint(Handle):
 
     def _tensor(self, key: str) -> np.ndarray:
         return self._where(key)[key]
+
+    def _placement(self, key: str) -> Placement | None:
+        return self._where(key)._placement(key)
 
     def _tree(self) -> dict[str, Any]:
         return dict.fromkeys(self.weight_map)  # the index names tensors only: their values are read on demand

@@ -33,6 +33,7 @@ from numpy.lib.array_utils import byte_bounds
 
 from ..errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from ..io.open import open_source
+from ..io.slicing import Placement
 from ..io.source import Source
 from ..tensors.views import root_of
 from .handle import Handle
@@ -166,6 +167,12 @@ class SafetensorsCheckpoint(Handle):
             raw = self.source.array(entry.offset, entry.nbytes, f"tensor {key!r}", copy=self._copy)
             found = self._arrays[key] = raw.view(entry.dtype).reshape(entry.shape)
         return found
+
+    def _placement(self, key: str) -> Placement:
+        alias = self._aliases.get(key)
+        entry = self._entries[alias.target if alias is not None else key]
+        shape, strides, offset = (alias.shape, alias.strides, alias.offset) if alias else (entry.shape, _contiguous(entry.shape), 0)
+        return Placement(self.source, entry.offset, entry.nbytes, entry.dtype, shape, strides, offset)
 
     def _info(self, key: str) -> TensorInfo:
         alias = self._aliases.get(key)

@@ -201,11 +201,14 @@ class TorchZip:
         self._storages[key] = ref
         return ref
 
+    def storage_range(self, storage: StorageRef) -> tuple[int, int] | None:
+        """``(file offset, length)`` of a storage's bytes; None when its record is compressed."""
+        return self.archive.stored_range(self.archive.entry(storage.record))
+
     def storage_bytes(self, storage: StorageRef, *, copy: bool) -> np.ndarray:
         """The storage's bytes as a uint8 array: a view of the file, or an owned copy."""
-        entry = self.archive.entry(storage.record)
-        where = self.archive.stored_range(entry)
+        where = self.storage_range(storage)
         if where is not None:
             return self.source.array(where[0], where[1], storage.record, copy=copy)
-        data = np.frombuffer(self.archive.read(entry), np.uint8)
+        data = np.frombuffer(self.archive.read(self.archive.entry(storage.record)), np.uint8)
         return data.copy() if copy else data

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import CheckpointNotFoundError, PtfileError, RemoteReadError
 from .source import Source
 
-__all__ = ["RemoteSource", "is_url", "open_remote"]
+__all__ = ["RemoteSource", "is_url", "open_remote", "url_to_fs"]
 
 #: Attempts per range request before giving up; remote stores fail transiently.
 MAX_ATTEMPTS = 3
@@ -80,6 +80,28 @@ class RemoteSource(Source):
         self.check(offset, length, what)
         return self._fetch(offset, length, what)
 
+    def read_ranges(self, ranges: list[tuple[int, int]], what: str = "read") -> list[bytes]:
+        """Several ranges through ``fs.cat_ranges`` (concurrent on async file systems); a range that
+        comes back failed or short is asked for again alone, with the retries of :meth:`read`."""
+        for offset, length in ranges:
+            self.check(offset, length, what)
+        try:
+            pieces = list(self.fs.cat_ranges([self.path] * len(ranges), [offset for offset, _ in ranges],
+                                             [offset + length for offset, length in ranges], on_error="return"))
+        except Exception:  # noqa: BLE001 - every range is then fetched alone, with retries
+            pieces = []
+        if len(pieces) != len(ranges):
+            pieces = [None] * len(ranges)
+        out = []
+        for (offset, length), piece in zip(ranges, pieces, strict=True):
+            if isinstance(piece, (bytes, bytearray)) and len(piece) == length:
+                self.requests += 1
+                self.bytes_read += length
+                out.append(bytes(piece))
+            else:
+                out.append(self._fetch(offset, length, what))
+        return out
+
     def array(self, offset: int, length: int, what: str, *, copy: bool) -> np.ndarray:
         self.check(offset, length, what)
         data = np.frombuffer(bytearray(self._fetch(offset, length, what)), np.uint8)
@@ -88,14 +110,19 @@ class RemoteSource(Source):
         return data
 
 
-def open_remote(url: str) -> RemoteSource:
-    """A source for an fsspec URL; fsspec is imported only here."""
+def url_to_fs(url: str) -> tuple[Any, str]:
+    """``(file system, path in it)`` of an fsspec URL; fsspec is imported only here."""
     try:
         import fsspec  # lazy: optional dependency (ptfile[remote])
     except ImportError:
         raise PtfileError(f"{url}: reading URLs needs fsspec (pip install 'ptfile[remote]')") from None
     try:
-        fs, path = fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url)
     except (ValueError, ImportError) as exc:
         raise PtfileError(f"{url}: {exc}") from None
+
+
+def open_remote(url: str) -> RemoteSource:
+    """A source for an fsspec URL."""
+    fs, path = url_to_fs(url)
     return RemoteSource(fs, path, url)

@@ -35,6 +35,8 @@ class Source:
 
     size: int
     name: str
+    #: Bytes served from memory (a map or a buffer): a view of them costs nothing until touched.
+    mapped = False
 
     def check(self, offset: int, length: int, what: str) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -48,6 +50,10 @@ class Source:
     def view(self, offset: int, length: int, what: str = "read") -> Any:
         """A buffer over the bytes: zero-copy where the source allows it."""
         return self.read(offset, length, what)
+
+    def read_ranges(self, ranges: list[tuple[int, int]], what: str = "read") -> list[bytes]:
+        """The bytes of several ``(offset, length)`` ranges; a remote source asks for them in one batch."""
+        return [self.read(offset, length, what) for offset, length in ranges]
 
     def array(self, offset: int, length: int, what: str, *, copy: bool) -> np.ndarray:
         """The bytes as a uint8 array: a read-only view, or an owned writable copy."""
@@ -65,6 +71,7 @@ class MappedSource(Source):
 
     #: Set on the read-only maps :func:`open_source` makes, whose pages :meth:`release` may drop.
     read_only_map = False
+    mapped = True
 
     def __init__(self, buffer: Any, name: str, closer: Any = None) -> None:
         self._buffer = buffer
@@ -198,10 +205,16 @@ class SliceSource(Source):
         self.start = offset
         self.size = length
         self.name = name
+        self.mapped = parent.mapped
 
     def read(self, offset: int, length: int, what: str = "read") -> bytes:
         self.check(offset, length, what)
         return self.parent.read(self.start + offset, length, what)
+
+    def read_ranges(self, ranges: list[tuple[int, int]], what: str = "read") -> list[bytes]:
+        for offset, length in ranges:
+            self.check(offset, length, what)
+        return self.parent.read_ranges([(self.start + offset, length) for offset, length in ranges], what)
 
     def view(self, offset: int, length: int, what: str = "read") -> Any:
         self.check(offset, length, what)
@@ -260,6 +273,11 @@ def checked_size(path: str, limit: int, what: str) -> int:
         size = os.path.getsize(path)
     except OSError:
         raise CheckpointNotFoundError(f"{path}: no such {what}") from None
+    return refuse_over(path, size, limit, what)
+
+
+def refuse_over(path: str, size: int, limit: int, what: str) -> int:
+    """``size``, unless a small file read whole is over its ``limit``."""
     if size > limit:
         raise LimitExceededError(f"{path}: a {what} of {size} bytes is over the {limit}-byte limit")
     return size

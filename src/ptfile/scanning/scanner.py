@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,19 +60,28 @@ from typing import Any
 from ..containers.ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
 from ..errors import PtfileError, UnsafeGlobalError
 from ..formats import consumers
-from ..formats.dcp import ITEM_SUFFIX, METADATA_FILE, DcpLayout, is_data_class, metadata_checkpoint, parse_layout
+from ..formats.dcp import (
+    ITEM_SUFFIX,
+    METADATA_FILE,
+    DcpLayout,
+    is_data_class,
+    is_dcp,
+    metadata_checkpoint,
+    parse_layout,
+)
 from ..formats.legacy import TAR_BLOCK, has_magic_number, is_tar, walk_tar
 from ..formats.loader import Checkpoint, Context, detached_storage, looks_like_pickle, new_engine
 from ..formats.npformat import object_pickles
 from ..formats.opener import SNIFF_BYTES, Format, detect, is_readable, resolve
-from ..formats.sharded import ShardedCheckpoint, find_index, read_index
+from ..formats.sharded import ShardedCheckpoint, index_of, read_index
+from ..io.folders import folders_for
 from ..io.open import open_source
 from ..io.source import MappedSource, SliceSource, Source, SourceFile
 from ..pickle.engine import gc_paused
 from ..pickle.inventory import GlobalUse
 from ..policy import allowlist
 
-__all__ = ["ScanResult", "scan", "scan_opened", "VERDICTS"]
+__all__ = ["ScanResult", "scan", "scan_opened", "VERDICTS", "FolderWalk", "PassedOver", "walk_for_scan"]
 
 INVALID = "invalid"
 #: Verdicts from worst to best; the CLI's exit code and sorting follow this order.
@@ -155,6 +165,91 @@ def is_scannable(path: str) -> bool:
     except OSError:
         return True  # let the scan report why it cannot be read
     return _worth_scanning(head, size)
+
+
+@dataclass(frozen=True)
+class PassedOver:
+    """A path a folder scan met and did not judge, and why, in plain words."""
+
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclass
+class FolderWalk:
+    """What a scan of files and folders judges (``files``), and what it passed over and why."""
+
+    files: list[str] = field(default_factory=list)
+    passed_over: list[PassedOver] = field(default_factory=list)
+
+
+def walk_for_scan(paths: list[str], *, recursive: bool = False, include: list[Any] | None = None,
+                  exclude: list[Any] | None = None) -> FolderWalk:
+    """Every file (or DCP folder) a scan of ``paths`` judges, and every path it passes over with the reason.
+
+    A path named is judged whatever it is; in a folder, files are sniffed (:func:`is_scannable`),
+    a DCP folder is judged as one checkpoint with its item files, folders inside are entered
+    with ``recursive`` only, and links to folders are never followed.  ``include`` and
+    ``exclude`` are regular expressions searched in each path found; excludes win.
+    """
+
+    walk = FolderWalk()
+    found: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            found.append(path)
+            continue
+        for folder, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in list(dirs):
+                inside = os.path.join(folder, name)
+                if os.path.islink(inside):
+                    walk.passed_over.append(PassedOver(inside, "a link to a folder: links to folders are not followed"))
+                elif not recursive:
+                    walk.passed_over.append(PassedOver(inside, "a folder inside the folder: scanned only with recursion"))
+            if not recursive:
+                dirs.clear()
+            dcp = is_dcp(folder)
+            if dcp:
+                found.append(folder)
+            for name in sorted(files):
+                file = os.path.join(folder, name)
+                if dcp and (name == METADATA_FILE or name.endswith(ITEM_SUFFIX)):
+                    walk.passed_over.append(PassedOver(file, f"part of the DCP checkpoint {folder}, judged with it"))
+                    continue
+                why = _why_passed_over(file)
+                if why:
+                    walk.passed_over.append(PassedOver(file, why))
+                else:
+                    found.append(file)
+    for path in found:
+        matched = [getattr(pattern, "pattern", pattern) for pattern in exclude or () if re.search(pattern, path)]
+        if include and not any(re.search(pattern, path) for pattern in include):
+            walk.passed_over.append(PassedOver(path, "matches no include pattern"))
+        elif matched:
+            walk.passed_over.append(PassedOver(path, f"matches the exclude pattern {matched[0]!r}"))
+        else:
+            walk.files.append(path)
+    return walk
+
+
+def _why_passed_over(path: str) -> str:
+    """Why a file met in a folder is not judged; empty when it is."""
+    if not os.path.exists(path):
+        return "a broken link"
+    if not os.path.isfile(path):
+        return "not a regular file (a pipe, socket or device)"
+    try:
+        if os.path.getsize(path) == 0:
+            return "an empty file"
+    except OSError:
+        return ""  # the scan reports why it cannot be read
+    if not is_scannable(path):
+        return "does not start like a checkpoint, a pickle or an archive (sniffed, whatever its name)"
+    return ""
 
 
 def _worth_scanning(head: bytes, size: int) -> bool:
@@ -656,13 +751,13 @@ def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list
 def _scan_shards(path: str, strict: bool, allow: allowlist.Allow, verify: bool) -> ScanResult:
     """The shards a Hugging Face index names, each scanned; the index's own checks as load makes them."""
     try:
-        index = find_index(path) if os.path.isdir(path) else path
+        index, folder = index_of(path)
         weight_map = read_index(index)
     except PtfileError as exc:
         return ScanResult(path, INVALID, "sharded", faults=[str(exc)])
-    folder = os.path.dirname(os.path.abspath(index))
     shards = list(dict.fromkeys(weight_map.values()))
-    results = [scan(os.path.join(folder, shard), strict=strict, allow=allow, verify=verify) for shard in shards]
+    folders = folders_for(folder)
+    results = [scan(folders.join(folder, shard), strict=strict, allow=allow, verify=verify) for shard in shards]
     faults: list[str] = []
     if all(r.verdict not in (*FAILING, INVALID) for r in results):
         # every name the index places in a shard must be there: load refuses the folder otherwise
@@ -727,14 +822,15 @@ def _scan_metadata(folder: str, inventory: list[GlobalUse], faults: list[str]) -
 
 def _scan_items(folder: str, layout: DcpLayout, inventory: list[GlobalUse], faults: list[str],
                 notes: list[str]) -> None:
+    folders = folders_for(folder)
     sources: dict[str, Source] = {}
     used: dict[str, list[tuple[int, int]]] = {}
     try:
         for item in layout.items:
             try:
                 if item.file not in sources:
-                    sources[item.file] = open_source(os.path.join(folder, item.file), mmap_file=True)
-                blob = SliceSource(sources[item.file], item.offset, item.length, os.path.join(folder, str(item)))
+                    sources[item.file] = open_source(folders.join(folder, item.file), mmap_file=True)
+                blob = SliceSource(sources[item.file], item.offset, item.length, folders.join(folder, str(item)))
             except PtfileError as exc:
                 faults.append(f"item {item}: {exc}")
                 continue
@@ -749,8 +845,8 @@ def _scan_items(folder: str, layout: DcpLayout, inventory: list[GlobalUse], faul
         notes.append(f"{len(layout.values)} non-tensor items: torch.distributed.checkpoint.load unpickles "
                      "them with weights_only=False")
     listed = set(used) | {METADATA_FILE}
-    for name in sorted(os.listdir(folder)):
-        if name not in listed and os.path.isfile(os.path.join(folder, name)):
+    for name in folders.names(folder):
+        if name not in listed and folders.is_file(folders.join(folder, name)):
             notes.append(f"file {name!r} is not part of the checkpoint (scan it on its own)")
 
 
@@ -769,11 +865,12 @@ def _unread_bytes(used: dict[str, list[tuple[int, int]]], sizes: dict[str, int])
 def _scan_whole_files(folder: str, inventory: list[GlobalUse], faults: list[str], notes: list[str]) -> None:
     faults.append(f"{folder}: items not located, as {METADATA_FILE} could not be read; "
                   f"each {ITEM_SUFFIX} file is examined whole")
-    for name in sorted(os.listdir(folder)):
+    folders = folders_for(folder)
+    for name in folders.names(folder):
         if not name.endswith(ITEM_SUFFIX):
             continue
         try:
-            source = open_source(os.path.join(folder, name), mmap_file=True)
+            source = open_source(folders.join(folder, name), mmap_file=True)
         except PtfileError as exc:
             faults.append(str(exc))
             continue
