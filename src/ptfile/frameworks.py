@@ -15,7 +15,8 @@ framework          gives
                    rebuilt as torch's own
 ``jax``/``flax``   ``jax.Array`` on the CPU (bfloat16 and float8 kept; JAX copies only what
                    it cannot alias)
-``mlx``            ``mlx.core.array``
+``mlx``            ``mlx.core.array`` (a copy; bfloat16 and float64 kept; complex128,
+                   complex32 and float8, which MLX lacks, refused)
 =================  ===================================================================
 
 Containers are rebuilt around the converted tensors with their own types
@@ -282,7 +283,21 @@ class _JaxArrays:
         return cast
 
 
+#: numpy dtypes MLX holds, by name, and MLX's name for each.  MLX would read float64 and
+#: complex128 arrays too, but narrowed to 32 bits without a word; float64 is asked for by name
+#: (MLX keeps it on the CPU), and what is missing here (complex128, complex32, float8) is refused.
+MLX_DTYPES = {
+    "bool": "bool_",
+    "uint8": "uint8", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
+    "int8": "int8", "int16": "int16", "int32": "int32", "int64": "int64",
+    "float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "float64": "float64",
+    "complex64": "complex64",
+}
+
+
 class _MlxArrays:
+    """numpy arrays to ``mlx.core.array`` (MLX copies them), in the same dtype or refused."""
+
     def __init__(self, device: Any = None) -> None:
         self.mx = import_framework("mlx")
 
@@ -292,12 +307,13 @@ class _MlxArrays:
         if not isinstance(value, np.ndarray):
             return value
         plain = value.view(np.ndarray)
-        if plain.dtype.name == "bfloat16":  # MLX reads no ml_dtypes array: its bits, then MLX's bfloat16
-            return self.mx.array(plain.view(np.uint16)).view(self.mx.bfloat16)
-        try:
-            return self.mx.array(plain)
-        except (TypeError, ValueError) as exc:
-            raise UnsupportedFormatError(f"MLX has no array of dtype {value.dtype}: {exc}") from None
+        name = MLX_DTYPES.get(plain.dtype.name)
+        if name is None:
+            raise UnsupportedFormatError(f"MLX has no {plain.dtype} arrays; read them with framework='numpy' or 'pt'")
+        dtype = getattr(self.mx, name)
+        if name == "bfloat16":  # MLX reads no ml_dtypes array: its bits, then MLX's bfloat16
+            return self.mx.array(plain.view(np.uint16), dtype=self.mx.uint16).view(dtype)
+        return self.mx.array(plain, dtype=dtype)
 
 
 # -- trees ----------------------------------------------------------------------------
