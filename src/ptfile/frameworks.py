@@ -127,7 +127,9 @@ class _TorchTensors:
         if storage is None or offset % itemsize or any(s < 0 or s % itemsize for s in array.strides):
             return self._copy(array, dtype)
         strides = tuple([s // itemsize for s in array.strides])
-        return storage.typed(dtype, itemsize).as_strided(array.shape, strides, offset // itemsize)
+        # One call places the view on the root's storage: cheaper, for 20,000 small tensors, than
+        # a typed view of the whole storage followed by as_strided.  torch checks the bounds again.
+        return self.torch.empty(0, dtype=dtype).set_(storage.untyped, offset // itemsize, array.shape, strides)
 
     def _storage_of(self, root: np.ndarray) -> _Storage | None:
         """One torch storage per root buffer, so every view of it shares it; None where torch cannot view it."""
@@ -198,23 +200,14 @@ class _TorchTensors:
 
 
 class _Storage:
-    """A root buffer as one torch storage: its bytes as a uint8 tensor, and typed views of them."""
+    """A root buffer as one torch storage, which every tensor viewing the root is placed on."""
 
-    __slots__ = ("root", "bytes", "address", "_typed")
+    __slots__ = ("root", "untyped", "address")
 
     def __init__(self, root: np.ndarray, data: Any, address: int) -> None:
         self.root = root  # held: its id is the key of this entry
-        self.bytes = data
+        self.untyped = data.untyped_storage()  # torch.from_numpy's storage holds the numpy memory alive
         self.address = address
-        self._typed: dict[Any, Any] = {}
-
-    def typed(self, dtype: Any, itemsize: int) -> Any:
-        """The storage's whole elements of ``dtype``, one view per dtype."""
-        view = self._typed.get(dtype)
-        if view is None:
-            data = self.bytes
-            view = self._typed[dtype] = data[: data.numel() // itemsize * itemsize].view(dtype)
-        return view
 
 
 def _writable_if_private(root: np.ndarray) -> None:
