@@ -142,3 +142,14 @@ def test_no_extra_reads_files_and_names_the_extra_a_url_needs(tmp_path, server):
     result = venv.run("ptfile", "inspect", f"{server}/small.pt", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "pip install 'ptfile[remote]'" in result.stderr
+
+
+def test_mlx_extra_converts_to_mlx(tmp_path):
+    """``ptfile[mlx]`` brings an MLX that imports and computes (on Linux only with its CPU back end)."""
+    venv = Venv(tmp_path / "venv", "mlx")
+    make_small(venv, tmp_path / "small.pt")
+    code = ("import sys, ptfile, mlx.core as mx\nw = ptfile.load(sys.argv[1], framework='mlx')['w']\n"
+            "print(type(w).__name__, w.dtype, (w * 2).sum().item())")
+    result = venv.run("python", "-c", code, "small.pt", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["array", "mlx.core.float32", "30.0"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import io
+import mmap
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,52 @@ def test_read_whole_reads_a_file_object(tmp_path: Path) -> None:
         whole = source.read_whole(source.FileSource(file, "x", owned=False))
         assert not file.closed  # not ours to close
     assert whole.read(250, 10) == bytes(range(250, 256)) + bytes(range(4))
+
+
+def _advice_of(array: np.ndarray) -> set[str]:
+    """The ``VmFlags`` of the mapping that holds ``array``'s first byte (Linux ``/proc/self/smaps``)."""
+    address = array.__array_interface__["data"][0]
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                start, end = (int(part, 16) for part in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "VmFlags:":
+                return set(line.split()[1:])
+    raise AssertionError("no mapping holds the buffer")
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE") or not Path("/proc/self/smaps").exists(),
+                    reason="huge page advice is Linux's")
+def test_a_whole_file_read_lands_in_memory_advised_huge_pages(tmp_path: Path) -> None:
+    """Reading a large file whole faults its buffer in 2 MiB pages, not 4 KiB ones, and reads every byte."""
+    size = source.HUGE_PAGE_BYTES * 2 + 12345
+    data = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = tmp_path / "x.bin"
+    path.write_bytes(data)
+    whole = source.read_whole(source.open_source(path, mmap_file=False))
+    buffer = whole.array(0, size, "all", copy=True)
+    assert "hg" in _advice_of(buffer)  # MADV_HUGEPAGE was given for this very mapping
+    assert buffer.flags.writeable and buffer.tobytes() == data
+    small = source.whole_file_buffer(source.HUGE_PAGE_BYTES - 1)
+    assert small.flags.writeable and len(small) == source.HUGE_PAGE_BYTES - 1
+
+
+def test_tensors_over_a_huge_page_buffer_outlive_everything_else(tmp_path: Path) -> None:
+    """The anonymous map stays alive while any tensor views it, with the loaded tree gone."""
+    torch = pytest.importorskip("torch")
+    import ptfile.torch as pt
+
+    path = tmp_path / "big.pt"
+    values = torch.arange(source.HUGE_PAGE_BYTES, dtype=torch.float32)
+    torch.save({"a": values, "b": values[:7].clone()}, path)
+    kept = pt.load(path)["a"]
+    gc.collect()
+    kept.add_(1)
+    assert torch.equal(kept, values + 1)
+    assert torch.equal(kept - 1, torch.load(path, weights_only=True)["a"])
 
 
 # -- the cyclic GC is paused, then restored --------------------------------------------------

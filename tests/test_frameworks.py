@@ -561,15 +561,65 @@ def test_jax_refuses_what_it_cannot_hold() -> None:
         ptfile.load(FIXTURES / "dtypes.pt", framework="jax")
 
 
-def test_mlx_arrays_where_mlx_installs() -> None:
-    mx = pytest.importorskip("mlx.core")
+def _mlx():
+    return pytest.importorskip("mlx.core")
+
+
+def _mlx_bits(array) -> bytes:
+    """An MLX array's bytes in C order (bfloat16 through its bits: numpy has no MLX bfloat16)."""
+    mx = _mlx()
+    return np.array(array.view(mx.uint16) if array.dtype == mx.bfloat16 else array).tobytes()
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_mlx_arrays_of_every_golden_tensor(name: str) -> None:
+    """Every tensor in a dtype MLX holds comes back in that dtype with the same bits; the rest are refused."""
+    mx = _mlx()
+    from ptfile.frameworks import MLX_DTYPES
+
+    path = FIXTURES / name
+    refused = set()
+    with ptfile.open(path, records=True) as handle:
+        for key in handle.keys():
+            array = handle.get_tensor(key, framework="numpy")
+            if not isinstance(array, np.ndarray) or array.dtype.name not in MLX_DTYPES:
+                refused.add(key)
+                with pytest.raises(PtfileError, match="MLX has no"):
+                    handle.get_tensor(key, framework="mlx")
+                continue
+            got = handle.get_tensor(key, framework="mlx")
+            plain = array.view(np.ndarray)
+            assert isinstance(got, mx.array) and got.dtype == getattr(mx, MLX_DTYPES[plain.dtype.name]), key
+            assert tuple(got.shape) == plain.shape, key
+            assert _mlx_bits(got) == np.ascontiguousarray(plain).tobytes(), key
+    if refused:
+        with pytest.raises(PtfileError, match="MLX has no"):
+            ptfile.load(path, framework="mlx", records=True)
+    else:
+        assert isinstance(ptfile.load(path, framework="mlx", records=True), (dict, list, tuple))
+
+
+def test_mlx_keeps_float64_and_refuses_complex128(tmp_path) -> None:
+    """MLX by itself narrows float64 and complex128 to 32 bits: ptfile keeps the one and refuses the other."""
+    mx = _mlx()
+    path = tmp_path / "x.pt"
+    wide = np.array([0.1, 1e300, -0.0, np.nan])
+    ptfile.save({"f64": wide, "c128": np.array([1 + 1e-10j])}, path)
+    with ptfile.open(path) as handle:
+        got = handle.get_tensor("f64", framework="mlx")
+        assert got.dtype == mx.float64 and np.array(got).tobytes() == wide.tobytes()
+        with pytest.raises(PtfileError, match="MLX has no complex128"):
+            handle.get_tensor("c128", framework="mlx")
+    with pytest.raises(PtfileError, match="MLX has no complex128"):
+        ptfile.load(path, framework="mlx")
+
+
+def test_mlx_bfloat16_is_mlx_bfloat16() -> None:
+    mx = _mlx()
+    state = ptfile.load(FIXTURES / "parameters.pt", framework="mlx")
     numpy_state = ptfile.load(FIXTURES / "parameters.pt")
-    mlx_state = ptfile.load(FIXTURES / "parameters.pt", framework="mlx")
-    for key, array in numpy_state.items():
-        got = mlx_state[key]
-        assert isinstance(got, mx.array) and tuple(got.shape) == array.shape
-        assert np.array_equal(np.array(got.view(mx.uint16) if array.dtype.name == "bfloat16" else got),
-                              array.view(np.uint16) if array.dtype.name == "bfloat16" else array)
+    assert state["bf16"].dtype == mx.bfloat16
+    assert np.array_equal(np.array(state["bf16"].astype(mx.float32)), numpy_state["bf16"].astype(np.float32))
 
 
 def test_ptfile_torch_without_torch_says_so() -> None:

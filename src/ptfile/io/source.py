@@ -11,7 +11,8 @@ an open file read with positioned reads.
 * :class:`BufferSource` is a whole file read into one private buffer with one
   ``readinto``: what ``load(mmap=False)`` uses, so loading costs one read of the file
   (not one per storage) and one copy of its bytes, and storages are writable views of
-  that buffer rather than copies of it.
+  that buffer rather than copies of it.  A large buffer is memory advised to use huge
+  pages, so the read is not slowed by a page fault per 4 KiB.
 """
 
 from __future__ import annotations
@@ -260,11 +261,34 @@ def read_whole(source: Source) -> Source:
     """A positioned-read source as one buffer read with a single ``readinto``; others as they are."""
     if type(source) is not FileSource:
         return source
-    buffer = np.empty(source.size, dtype=np.uint8)
+    buffer = whole_file_buffer(source.size)
     if source.size:
         source._readinto(0, buffer)
     source.close()
     return BufferSource(buffer, source.name)
+
+
+#: Buffers of at least this many bytes (one huge page) are mapped anonymously and advised to use
+#: huge pages where the system offers them.
+HUGE_PAGE_BYTES = 2 * 1024 * 1024
+
+
+def whole_file_buffer(size: int) -> np.ndarray:
+    """Fresh writable memory for ``size`` bytes read at once, in huge pages where the system has them.
+
+    A read into fresh memory faults every page in as the kernel copies into it: in 4 KiB pages
+    that is half a million faults for a 2 GB file, which cost several times the copy itself.
+    Memory advised to use huge pages takes one fault per 2 MiB (Linux's ``madvise`` mode of
+    transparent huge pages); where the advice is refused the map works as ordinary memory.
+    """
+    if size < HUGE_PAGE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return np.empty(size, dtype=np.uint8)
+    # Private, not the default shared map: shared anonymous memory is shmem, which huge pages
+    # follow under another setting.
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with contextlib.suppress(OSError):  # only advice
+        region.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(region, dtype=np.uint8)
 
 
 def checked_size(path: str, limit: int, what: str) -> int:

@@ -15,7 +15,8 @@ framework          gives
                    rebuilt as torch's own
 ``jax``/``flax``   ``jax.Array`` on the CPU (bfloat16 and float8 kept; JAX copies only what
                    it cannot alias)
-``mlx``            ``mlx.core.array``
+``mlx``            ``mlx.core.array`` (a copy; bfloat16 and float64 kept; complex128,
+                   complex32 and float8, which MLX lacks, refused)
 =================  ===================================================================
 
 Containers are rebuilt around the converted tensors with their own types
@@ -126,7 +127,9 @@ class _TorchTensors:
         if storage is None or offset % itemsize or any(s < 0 or s % itemsize for s in array.strides):
             return self._copy(array, dtype)
         strides = tuple([s // itemsize for s in array.strides])
-        return storage.typed(dtype, itemsize).as_strided(array.shape, strides, offset // itemsize)
+        # One call places the view on the root's storage: cheaper, for 20,000 small tensors, than
+        # a typed view of the whole storage followed by as_strided.  torch checks the bounds again.
+        return self.torch.empty(0, dtype=dtype).set_(storage.untyped, offset // itemsize, array.shape, strides)
 
     def _storage_of(self, root: np.ndarray) -> _Storage | None:
         """One torch storage per root buffer, so every view of it shares it; None where torch cannot view it."""
@@ -197,23 +200,14 @@ class _TorchTensors:
 
 
 class _Storage:
-    """A root buffer as one torch storage: its bytes as a uint8 tensor, and typed views of them."""
+    """A root buffer as one torch storage, which every tensor viewing the root is placed on."""
 
-    __slots__ = ("root", "bytes", "address", "_typed")
+    __slots__ = ("root", "untyped", "address")
 
     def __init__(self, root: np.ndarray, data: Any, address: int) -> None:
         self.root = root  # held: its id is the key of this entry
-        self.bytes = data
+        self.untyped = data.untyped_storage()  # torch.from_numpy's storage holds the numpy memory alive
         self.address = address
-        self._typed: dict[Any, Any] = {}
-
-    def typed(self, dtype: Any, itemsize: int) -> Any:
-        """The storage's whole elements of ``dtype``, one view per dtype."""
-        view = self._typed.get(dtype)
-        if view is None:
-            data = self.bytes
-            view = self._typed[dtype] = data[: data.numel() // itemsize * itemsize].view(dtype)
-        return view
 
 
 def _writable_if_private(root: np.ndarray) -> None:
@@ -282,7 +276,21 @@ class _JaxArrays:
         return cast
 
 
+#: numpy dtypes MLX holds, by name, and MLX's name for each.  MLX would read float64 and
+#: complex128 arrays too, but narrowed to 32 bits without a word; float64 is asked for by name
+#: (MLX keeps it on the CPU), and what is missing here (complex128, complex32, float8) is refused.
+MLX_DTYPES = {
+    "bool": "bool_",
+    "uint8": "uint8", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
+    "int8": "int8", "int16": "int16", "int32": "int32", "int64": "int64",
+    "float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "float64": "float64",
+    "complex64": "complex64",
+}
+
+
 class _MlxArrays:
+    """numpy arrays to ``mlx.core.array`` (MLX copies them), in the same dtype or refused."""
+
     def __init__(self, device: Any = None) -> None:
         self.mx = import_framework("mlx")
 
@@ -292,12 +300,13 @@ class _MlxArrays:
         if not isinstance(value, np.ndarray):
             return value
         plain = value.view(np.ndarray)
-        if plain.dtype.name == "bfloat16":  # MLX reads no ml_dtypes array: its bits, then MLX's bfloat16
-            return self.mx.array(plain.view(np.uint16)).view(self.mx.bfloat16)
-        try:
-            return self.mx.array(plain)
-        except (TypeError, ValueError) as exc:
-            raise UnsupportedFormatError(f"MLX has no array of dtype {value.dtype}: {exc}") from None
+        name = MLX_DTYPES.get(plain.dtype.name)
+        if name is None:
+            raise UnsupportedFormatError(f"MLX has no {plain.dtype} arrays; read them with framework='numpy' or 'pt'")
+        dtype = getattr(self.mx, name)
+        if name == "bfloat16":  # MLX reads no ml_dtypes array: its bits, then MLX's bfloat16
+            return self.mx.array(plain.view(np.uint16), dtype=self.mx.uint16).view(dtype)
+        return self.mx.array(plain, dtype=dtype)
 
 
 # -- trees ----------------------------------------------------------------------------
