@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import ptfile
 from ptfile.containers import zipwriter
 from ptfile.io import source
+from ptfile.io.open import open_source
 from ptfile.pickle import engine, pickler
 
 
@@ -170,7 +171,7 @@ def test_a_whole_file_read_lands_in_memory_advised_huge_pages(tmp_path: Path) ->
     data = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
     path = tmp_path / "x.bin"
     path.write_bytes(data)
-    whole = source.read_whole(source.open_source(path, mmap_file=False))
+    whole = source.read_whole(open_source(path, mmap_file=False))
     buffer = whole.array(0, size, "all", copy=True)
     assert "hg" in _advice_of(buffer)  # MADV_HUGEPAGE was given for this very mapping
     assert buffer.flags.writeable and buffer.tobytes() == data

@@ -575,7 +575,7 @@ def _mlx_bits(array) -> bytes:
 def test_mlx_arrays_of_every_golden_tensor(name: str) -> None:
     """Every tensor in a dtype MLX holds comes back in that dtype with the same bits; the rest are refused."""
     mx = _mlx()
-    from ptfile.frameworks import MLX_DTYPES
+    from ptfile.tensors.frameworks import MLX_DTYPES
 
     path = FIXTURES / name
     refused = set()
