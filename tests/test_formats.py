@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import ptfile
-from ptfile.formats.loader import Checkpoint
+from ptfile.formats.loader import CheckpointReader
 from ptfile.io.open import open_source
 from ptfile.policy import allowlist
 
@@ -365,7 +365,7 @@ def test_calling_a_builtin_type_is_still_dangerous():
 def test_protocol1_reconstructor_is_a_new_use():
     got = ptfile.load(fixture("protocol1.pt"))
     assert vars(got["args"]) == {"lr": 0.1, "name": "x"}
-    checkpoint = Checkpoint(open_source(fixture("protocol1.pt"), mmap_file=False), copy=True, records=False)
+    checkpoint = CheckpointReader(open_source(fixture("protocol1.pt"), mmap_file=False), copy=True, records=False)
     checkpoint.run(materialize=True)
     uses = {(u.path, u.use) for u in checkpoint.inventory}
     assert ("argparse.Namespace", "new") in uses

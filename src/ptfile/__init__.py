@@ -13,22 +13,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import IO, Any, Union
+from typing import IO, TYPE_CHECKING, Any, Union
 
 from .errors import (
     CheckpointNotFoundError,
     CorruptFileError,
+    FrameworkMissingError,
     LimitExceededError,
     PtfileError,
+    RemoteReadError,
     UnsafeGlobalError,
     UnsupportedFormatError,
 )
-from .formats.handle import Handle
-from .formats.loader import TensorInfo
+from .formats.handle import Handle, TensorInfo
 from .pickle.values import Global, Parameter, Record
 from .policy.allowlist import as_allow
 from .tensors.metadata import AttributeDict
 from .tensors.special import MetaTensor, NestedTensor, QuantizedTensor, SparseTensor, TensorSubclass
+
+if TYPE_CHECKING:
+    from .scanning.scanner import ScanResult
 
 __version__ = "0.1.0"
 
@@ -42,6 +46,7 @@ __all__ = [
     "Checkpoint",
     "Handle",
     "TensorInfo",
+    "ScanResult",
     "Record",
     "Global",
     "Parameter",
@@ -57,6 +62,8 @@ __all__ = [
     "UnsafeGlobalError",
     "LimitExceededError",
     "CheckpointNotFoundError",
+    "FrameworkMissingError",
+    "RemoteReadError",
 ]
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
@@ -178,7 +185,7 @@ def save(obj: Any, dst: Union[str, os.PathLike[str], IO[bytes]], *, progress: Pr
 
 
 def save_sharded(state_dict: Any, folder: Union[str, os.PathLike[str]], max_shard_size: Union[int, str] = "5GB", *,
-                 progress: Progress = None) -> list:
+                 progress: Progress = None) -> list[str]:
     """Write a ``name -> array`` state dict as Hugging Face ``pytorch_model-0000k-of-0000N.bin`` shards.
 
     Shards are filled greedily in key order up to ``max_shard_size`` (bytes, or a string
@@ -193,10 +200,10 @@ def save_sharded(state_dict: Any, folder: Union[str, os.PathLike[str]], max_shar
     return _save_sharded(state_dict, folder, max_shard_size, progress=progress)
 
 
-def scan(src: Source, *, strict: bool = False, allow: Allow = None, verify: bool = False) -> Any:
+def scan(src: Source, *, strict: bool = False, allow: Allow = None, verify: bool = False) -> ScanResult:
     """Look for malicious content with the loader's own parser, without loading anything.
 
-    Returns a :class:`ptfile.scanning.scanner.ScanResult` whose ``verdict`` is, worst first,
+    Returns a :class:`ScanResult` whose ``verdict`` is, worst first,
     ``dangerous`` (a known code-execution gadget is named or called), ``unknown-call``
     (a global outside the allowlist is called: ``torch.load(weights_only=False)`` would
     run third-party code), ``invalid`` (could not be parsed to the end), ``unknown-class``
@@ -212,3 +219,12 @@ def scan(src: Source, *, strict: bool = False, allow: Allow = None, verify: bool
     from .scanning.scanner import scan as _scan  # lazy: scanning only, kept off `import ptfile`
 
     return _scan(src, strict=strict, allow=as_allow(allow), verify=verify)
+
+
+def __getattr__(name: str) -> Any:
+    """``ptfile.ScanResult``, imported on first use: the scanner is kept off ``import ptfile``."""
+    if name == "ScanResult":
+        from .scanning.scanner import ScanResult  # lazy: the scanner, kept off `import ptfile`
+
+        return ScanResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,9 @@ already catch ``ValueError`` or ``FileNotFoundError`` keep working.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 __all__ = [
     "PtfileError",
     "CorruptFileError",
@@ -46,7 +49,7 @@ class UnsafeGlobalError(PtfileError, ValueError):
     so callers can see each module, name, how it was used and where.
     """
 
-    def __init__(self, message: str, findings: tuple = ()) -> None:
+    def __init__(self, message: str, findings: Iterable[Any] = ()) -> None:
         super().__init__(message)
         self.findings = tuple(findings)
 

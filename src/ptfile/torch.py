@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import IO, Any, Union
+from typing import IO, TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -46,7 +46,10 @@ torch = import_framework("torch")
 
 __all__ = ["load", "save"]
 
-MapLocation = Union[None, str, "torch.device", dict, Callable[..., Any]]
+if TYPE_CHECKING:  # the name only: torch itself is imported through ptfile's framework layer below
+    from torch import device as TorchDevice
+
+MapLocation = Union[None, str, "TorchDevice", dict, Callable[..., Any]]
 
 
 def load(
@@ -141,9 +144,10 @@ class _NumpyViews:
             array = np.ndarray(tuple(tensor.shape), info.numpy, buffer=root, offset=tensor.storage_offset() * itemsize,
                                strides=strides)
         if isinstance(tensor, torch.nn.Parameter):
-            array = array.view(Parameter)
-            array.requires_grad = tensor.requires_grad
-            array.attributes = dict(vars(tensor)) or None
+            parameter = array.view(Parameter)
+            parameter.requires_grad = tensor.requires_grad
+            parameter.attributes = dict(vars(tensor)) or None
+            return parameter
         return array
 
     def _root(self, storage: Any) -> np.ndarray:

@@ -502,7 +502,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line, as every other error of the command."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         self.exit(EXIT_ERROR, f"{self.prog}: error: {safe(message)} (see {self.prog} --help)\n")
 
 

@@ -55,7 +55,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
-from ..io.source import Source
+from ..io.source import ByteSource
 
 __all__ = ["zipfile_directory", "ZipEntry", "ZipArchive", "LOCAL_MAGIC", "is_zip"]
 
@@ -140,7 +140,7 @@ class ZipArchive:
         folder: torch's layout, every record under one archive folder (an ``.npz`` has none).
     """
 
-    def __init__(self, source: Source, *, folder: bool = True) -> None:
+    def __init__(self, source: ByteSource, *, folder: bool = True) -> None:
         self.source = source
         self.name = source.name
         self.anomalies: list[str] = []
@@ -578,7 +578,7 @@ def _zipfile_end(tail: bytes, tail_start: int, size: int) -> int | None:
     return tail_start + pos
 
 
-def zipfile_directory(source: Source) -> tuple[int, int] | None:
+def zipfile_directory(source: ByteSource) -> tuple[int, int] | None:
     """``(offset, size)`` of the central directory Python's zipfile reads in the file, or None.
 
     ``zipfile._EndRecData`` finds the end record (:func:`_zipfile_end`); a ZIP64 end record

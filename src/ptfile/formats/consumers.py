@@ -56,7 +56,7 @@ from typing import Any
 
 from ..containers.ziparchive import is_zip, zipfile_directory
 from ..errors import PtfileError
-from ..io.source import Source, SourceFile
+from ..io.source import ByteSource, SourceFile
 from ..policy.allowlist import new_engine
 from ..tensors.context import Context
 from .legacy import pickle_end
@@ -107,7 +107,7 @@ def fails_at_once(head: bytes) -> bool:
     return not head or head[0] in _FAILS_AT_ONCE
 
 
-def other_readings(source: Source, fmt: str | None, inventory: list, context: Any = None) -> list[str]:
+def other_readings(source: ByteSource, fmt: str | None, inventory: list, context: Any = None) -> list[str]:
     """Judge what consumers other than the container's own read: globals into ``inventory``.
 
     Args:
@@ -128,7 +128,7 @@ def other_readings(source: Source, fmt: str | None, inventory: list, context: An
     return faults
 
 
-def byte0_reading(source: Source, inventory: list, context: Any) -> list[str]:
+def byte0_reading(source: ByteSource, inventory: list, context: Any) -> list[str]:
     """``pickle.load`` from byte 0 (torch's legacy fallback, any script): the first pickle, run dry.
 
     Only the pickle's own bytes are read: its end is found by walking opcode lengths first.
@@ -159,7 +159,7 @@ def byte0_reading(source: Source, inventory: list, context: Any) -> list[str]:
             f"ptfile cannot follow to its end: {fault}"]
 
 
-def appended_zip_reading(source: Source, inventory: list, context: Any) -> list[str]:
+def appended_zip_reading(source: ByteSource, inventory: list, context: Any) -> list[str]:
     """``zipfile`` + ``pickle`` on a file that is not a zip at byte 0: every pickle-like member, run dry.
 
     A file with a zip directory at its end is a zip to ``zipfile`` (and to a script that

@@ -65,14 +65,14 @@ from ..errors import (
 from ..io.folders import folders_for
 from ..io.open import open_source
 from ..io.slicing import Placement
-from ..io.source import MappedSource, SliceSource, Source
+from ..io.source import ByteSource, MappedSource, SliceSource
 from ..pickle.values import Global, Record
 from ..policy import allowlist
 from ..tensors.dtypes import DtypeInfo
 from ..tensors.rebuild import TorchDtype
 from ..tensors.special import Layout
 from .handle import Handle
-from .loader import Checkpoint, RawPickle, TensorInfo
+from .loader import CheckpointReader, RawPickle, TensorInfo
 from .sharded import is_plain_file_name
 
 __all__ = ["DcpCheckpoint", "SliceSource", "MetadataPickle", "is_dcp",
@@ -371,12 +371,12 @@ def parse_layout(tree: Any) -> DcpLayout:
                      list(dict.fromkeys(items.values())), version if type(version) is str else None)
 
 
-def metadata_checkpoint(folder: str, *, records: bool, allow: allowlist.Allow | None = None) -> Checkpoint:
+def metadata_checkpoint(folder: str, *, records: bool, allow: allowlist.Allow | None = None) -> CheckpointReader:
     """``.metadata`` opened as a checkpoint of one plain pickle (its bytes are read at once)."""
     folders = folders_for(folder)
     path = folders.join(folder, METADATA_FILE)
     source = MappedSource(folders.read_small(path, MAX_METADATA_BYTES, "DCP .metadata file"), path)
-    return Checkpoint(source, copy=True, records=records, container=MetadataPickle(source), allow=allow)
+    return CheckpointReader(source, copy=True, records=records, container=MetadataPickle(source), allow=allow)
 
 
 def read_metadata(folder: str, *, records: bool = False, allow: allowlist.Allow | None = None) -> Any:
@@ -409,7 +409,7 @@ class DcpCheckpoint(Handle):
         self._mmap = mmap
         self._records = records
         self._allow = allow
-        self._sources: dict[str, Source] = {}
+        self._sources: dict[str, ByteSource] = {}
         self._placements: dict[str, Placement | None] = {}
         self.layout = parse_layout(read_metadata(self.folder, records=records, allow=allow))
         try:
@@ -427,7 +427,7 @@ class DcpCheckpoint(Handle):
         """
         for item in self.layout.values.values():
             blob = SliceSource(self._file(item.file), item.offset, item.length, self._folders.join(self.folder, str(item)))
-            Checkpoint(blob, copy=False, records=self._records, allow=self._allow).run(materialize=False)
+            CheckpointReader(blob, copy=False, records=self._records, allow=self._allow).run(materialize=False)
 
     def _check_items(self) -> None:
         """Every item inside an existing file of the folder."""
@@ -516,9 +516,9 @@ class DcpCheckpoint(Handle):
         """What one item's ``torch.save`` blob holds, read as any checkpoint is."""
         return self._item_checkpoint(item).run(materialize=True)
 
-    def _item_checkpoint(self, item: Item) -> Checkpoint:
+    def _item_checkpoint(self, item: Item) -> CheckpointReader:
         blob = SliceSource(self._file(item.file), item.offset, item.length, self._folders.join(self.folder, str(item)))
-        return Checkpoint(blob, copy=not self._mmap, records=self._records, allow=self._allow)
+        return CheckpointReader(blob, copy=not self._mmap, records=self._records, allow=self._allow)
 
     def _placement(self, key: str) -> Placement | None:
         """A tensor saved as one chunk: where its item's storage lies; one of several chunks is assembled whole."""
@@ -535,7 +535,7 @@ class DcpCheckpoint(Handle):
         self._placements[key] = place  # the item's pickle runs once, not once per slice
         return place
 
-    def _file(self, name: str) -> Source:
+    def _file(self, name: str) -> ByteSource:
         source = self._sources.get(name)
         if source is None:
             source = self._sources[name] = open_source(self._folders.join(self.folder, name), mmap_file=self._mmap)
@@ -561,9 +561,6 @@ class DcpCheckpoint(Handle):
         for source in self._sources.values():
             source.close()
         self._sources.clear()
-
-    def __enter__(self) -> DcpCheckpoint:
-        return self
 
 
 def set_element(root: dict, path: tuple, value: Any, fqn: str) -> None:

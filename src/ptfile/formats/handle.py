@@ -3,7 +3,7 @@
 A :class:`Handle` is a read-only ``Mapping[str, ndarray]`` over the checkpoint's tensors
 (``keys``, ``items``, ``values``, ``get``, ``len``, ``in``, iteration), plus:
 
-* ``info(key)``: a :class:`~ptfile.formats.loader.TensorInfo` (dtype, shape, strides, storage)
+* ``info(key)``: a :class:`TensorInfo` (dtype, shape, strides, storage)
   without reading the tensor;
 * ``get_slice(key)[...]``: a basic slice of a tensor, reading only the bytes it covers
   (tensors are views of the mapped file; over a URL or an unmapped file the format's
@@ -25,15 +25,54 @@ Each format supplies five small methods (``_names``, ``_info``, ``_tensor``, ``_
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import PtfileError
 from ..io.slicing import Placement, is_basic_index, read_slice
 from ..tensors.frameworks import converter, framework_name
+from ..tensors.views import TensorSpec
 
-__all__ = ["Handle", "TensorSlice"]
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
+
+__all__ = ["Handle", "TensorInfo", "TensorSlice"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a lazy handle knows about a tensor without reading its bytes."""
+
+    dtype: str  # numpy dtype name (``bfloat16``); torch's name when numpy has none
+    torch_dtype: str  # torch's name: ``float16``
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]  # in elements
+    offset: int  # in elements, from the start of the storage
+    nbytes: int  # bytes of the tensor's own elements
+    storage: str  # storage key; tensors with the same key share memory
+    storage_nbytes: int
+    location: str
+    parameter: bool
+    is_contiguous: bool
+
+    @classmethod
+    def of(cls, spec: TensorSpec) -> TensorInfo:
+        storage = spec.storage
+        return cls(
+            dtype=spec.dtype.numpy_name,
+            torch_dtype=spec.dtype.torch_name,
+            shape=spec.shape,
+            strides=spec.strides,
+            offset=spec.offset,
+            nbytes=spec.nbytes,
+            storage=storage.key if storage else "",
+            storage_nbytes=storage.nbytes if storage else 0,
+            location=storage.location if storage else "meta",
+            parameter=spec.parameter,
+            is_contiguous=spec.is_contiguous,
+        )
 
 
 class Handle(Mapping[str, Any]):
@@ -45,7 +84,7 @@ class Handle(Mapping[str, Any]):
     device: Any = None
     private = False  # tensors' memory is a copy-on-write map of this handle's alone
     _closed = False
-    _converters: dict | None = None
+    _converters: dict[str, Any] | None = None
 
     # -- what a format supplies -------------------------------------------------------
 
@@ -53,7 +92,7 @@ class Handle(Mapping[str, Any]):
         """The tensor names in order, with a fast ``in`` (a dict's keys)."""
         raise NotImplementedError
 
-    def _info(self, key: str) -> Any:
+    def _info(self, key: str) -> TensorInfo:
         raise NotImplementedError
 
     def _tensor(self, key: str) -> Any:
@@ -99,7 +138,7 @@ class Handle(Mapping[str, Any]):
         """The tensor in the handle's framework (numpy: quantized and sparse tensors as ptfile values)."""
         return self.get_tensor(key)
 
-    def use_framework(self, framework: str, device: Any = None) -> Handle:
+    def use_framework(self, framework: str, device: Any = None) -> Self:
         """Make ``framework`` the handle's default for tensors, on ``device``; importing it now."""
         self.device = device
         self._converters = None
@@ -133,7 +172,7 @@ class Handle(Mapping[str, Any]):
             return self._tensor(key)
         return self._converter(framework).tensor(self._tensor(key))
 
-    def info(self, key: str) -> Any:
+    def info(self, key: str) -> TensorInfo:
         """dtype, shape, strides, sizes and storage of one tensor, without reading it."""
         self._check_open()
         if key not in self._names():
@@ -173,7 +212,7 @@ class Handle(Mapping[str, Any]):
             self._converters = None  # a torch converter holds one storage per storage it handed out
             self._closed = True
 
-    def __enter__(self) -> Handle:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: Any) -> None:

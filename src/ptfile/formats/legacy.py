@@ -23,7 +23,7 @@ The byte layout of the storage section depends on each storage's element size,
 which only the object pickle says.  So this module runs the object pickle once
 itself (with the same restricted engine, building nothing but tensor specs) to
 learn every storage, checks the key list and the section against it, and then the
-:class:`~ptfile.formats.loader.Checkpoint` runs it again to build the tree.
+:class:`~ptfile.formats.loader.CheckpointReader` runs it again to build the tree.
 
 Tar archive (torch <= 0.3)
 --------------------------
@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptFileError, LimitExceededError, PtfileError, UnsafeGlobalError
-from ..io.source import Source
+from ..io.source import ByteSource
 from ..pickle.engine import GlobalRef
 from ..pickle.inventory import GlobalUse
 from ..pickle.values import brief
@@ -153,7 +153,7 @@ _STOP = ord(".")
 class _Window:
     """Bytes of ``[.., limit)`` of a source, read a window at a time."""
 
-    def __init__(self, source: Source, limit: int, what: str) -> None:
+    def __init__(self, source: ByteSource, limit: int, what: str) -> None:
         self.source = source
         self.limit = limit
         self.what = what
@@ -190,7 +190,7 @@ class _Window:
             self._load(pos, need)
 
 
-def pickle_end(source: Source, start: int, limit: int, what: str, seen: set[int] | None = None) -> int:
+def pickle_end(source: ByteSource, start: int, limit: int, what: str, seen: set[int] | None = None) -> int:
     """The offset just after the STOP of the pickle at ``start``, found by walking its opcodes.
 
     Only opcode lengths are read (the restricted engine interprets the bytes later and
@@ -251,7 +251,7 @@ def _run(data: bytes, record: str, inventory: list, persistent_load: Any, contex
     return value
 
 
-def _scan_for_danger(source: Source, start: int, limit: int, count: int, name: str) -> None:
+def _scan_for_danger(source: ByteSource, start: int, limit: int, count: int, name: str) -> None:
     """Best effort after a failure: refuse if the next pickles name dangerous globals.
 
     A file that is both unsafe and broken is reported as unsafe, as the checkpoint
@@ -274,7 +274,7 @@ def _scan_for_danger(source: Source, start: int, limit: int, count: int, name: s
 class _Cursor:
     """Sequential reads over ``[pos, end)`` of a source, each length checked first."""
 
-    def __init__(self, source: Source, pos: int, end: int, part: str, inventory: list) -> None:
+    def __init__(self, source: ByteSource, pos: int, end: int, part: str, inventory: list) -> None:
         self.source = source
         self.pos = pos
         self.end = end
@@ -426,7 +426,7 @@ class _Container:
     byteorder = "little"  # legacy writers swapped big-endian data on write
     format = ""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: ByteSource) -> None:
         self.source = source
         self.name = source.name
         self.inventory_extra: list[GlobalUse] = []
@@ -481,7 +481,7 @@ def looks_like_pickle_stream(head: bytes) -> bool:
     return head[:1] in (b"\x80", b"\x8a", b"\x8b", b"L", b"I", b"c")
 
 
-def open_stream(source: Source, head: bytes) -> LegacyStream | None:
+def open_stream(source: ByteSource, head: bytes) -> LegacyStream | None:
     """A :class:`LegacyStream` if the file's first pickle is the magic number, else None.
 
     The first pickle runs through the engine like every other; a dangerous one is
@@ -492,7 +492,7 @@ def open_stream(source: Source, head: bytes) -> LegacyStream | None:
     return None if cursor is None else LegacyStream(source, cursor, inventory)
 
 
-def has_magic_number(source: Source, head: bytes) -> bool:
+def has_magic_number(source: ByteSource, head: bytes) -> bool:
     """Whether the file starts with the legacy magic number, so torch reads it as a legacy stream."""
     try:
         return _magic_cursor(source, head, []) is not None
@@ -500,7 +500,7 @@ def has_magic_number(source: Source, head: bytes) -> bool:
         return False
 
 
-def _magic_cursor(source: Source, head: bytes, inventory: list[GlobalUse]) -> _Cursor | None:
+def _magic_cursor(source: ByteSource, head: bytes, inventory: list[GlobalUse]) -> _Cursor | None:
     """A cursor just past the magic-number pickle, or None if the file does not start with one."""
     if not looks_like_pickle_stream(head):
         return None
@@ -523,7 +523,7 @@ class LegacyStream(_Container):
 
     format = "legacy"
 
-    def __init__(self, source: Source, cursor: _Cursor, inventory: list[GlobalUse]) -> None:
+    def __init__(self, source: ByteSource, cursor: _Cursor, inventory: list[GlobalUse]) -> None:
         super().__init__(source)
         self.inventory_extra = inventory
         after_magic = cursor.pos
@@ -811,7 +811,7 @@ class TarMember:
 class _TarWalk:
     """The headers of a tar from byte 0, as ``TarFile.next`` meets them, every length checked."""
 
-    def __init__(self, source: Source, max_headers: int | None) -> None:
+    def __init__(self, source: ByteSource, max_headers: int | None) -> None:
         self.source = source
         self.name = source.name
         self.max_headers = max_headers
@@ -867,7 +867,7 @@ class _TarWalk:
                     raise CorruptFileError(f"{self.name}: global PAX header at byte {start} renames or resizes members")
                 after = "global PAX header"
                 continue
-            records: dict[str, str] = {}
+            records = {}
             if header.type in _PAX_LOCAL_TYPES:
                 records, pos = self._pax(pos, header)
                 header = self._header(pos, "PAX header")
@@ -891,12 +891,12 @@ class _TarWalk:
             yield member
 
 
-def walk_tar(source: Source, max_headers: int | None = None) -> Iterator[TarMember]:
+def walk_tar(source: ByteSource, max_headers: int | None = None) -> Iterator[TarMember]:
     """Every member of a tar as tarfile lists it; a header tarfile would read another way is refused."""
     return _TarWalk(source, max_headers).members()
 
 
-def tar_members(source: Source) -> dict[str, tuple[int, int]]:
+def tar_members(source: ByteSource) -> dict[str, tuple[int, int]]:
     """``member name -> (data offset, size)`` for a torch tar, every header and range checked."""
     name = source.name
     members: dict[str, tuple[int, int]] = {}
@@ -924,7 +924,7 @@ def tar_members(source: Source) -> dict[str, tuple[int, int]]:
     return members
 
 
-def _check_tar_trailer(source: Source, pos: int) -> None:
+def _check_tar_trailer(source: ByteSource, pos: int) -> None:
     left = source.size - pos
     if left > MAX_TAR_TRAILER or source.read(pos, left, "tar trailer") != bytes(left):
         raise CorruptFileError(f"{source.name}: {left} bytes after the end of the tar archive are not its zero padding")
@@ -935,7 +935,7 @@ class LegacyTar(_Container):
 
     format = "tar"
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: ByteSource) -> None:
         super().__init__(source)
         self.members = tar_members(source)
         self.tensors: dict[str, TensorSpec] = {}

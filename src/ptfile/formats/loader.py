@@ -1,6 +1,6 @@
 """From a source to an object tree: container, pickle engine, storages, tensors.
 
-``bytes -> container -> engine -> tree``: a :class:`Checkpoint` opens the
+``bytes -> container -> engine -> tree``: a :class:`CheckpointReader` opens the
 container, runs its pickle through the restricted engine once, judges the
 inventory, and then serves tensors, either all at once (:func:`load`) or one by
 one (:func:`open_checkpoint`, the lazy handle behind ``ptfile.open``).
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from ..containers.ziparchive import is_zip
 from ..errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from ..io.open import open_source
 from ..io.slicing import Placement
-from ..io.source import Source, read_whole
+from ..io.source import ByteSource, read_whole
 from ..pickle.engine import gc_paused
 from ..pickle.inventory import GlobalUse
 from ..pickle.tree import walk
@@ -30,11 +30,14 @@ from ..tensors.context import Context
 from ..tensors.special import NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
 from ..tensors.views import StorageRef, TensorSpec, view_array
 from . import consumers, legacy
-from .handle import Handle
+from .handle import Handle, TensorInfo
 from .torchscript import open_zip
 from .torchzip import detached_storage
 
-__all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint", "refusal", "refuse_unsafe"]
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
+
+__all__ = ["CheckpointReader", "TensorInfo", "load", "open_checkpoint", "refusal", "refuse_unsafe"]
 
 #: The byte order of numpy's native dtypes, which every tensor is read as.
 NATIVE_BYTEORDER = "little" if np.little_endian else "big"
@@ -69,41 +72,7 @@ def refuse_unsafe(judgement: allowlist.Judgement, *, records: bool, name: str) -
     raise UnsafeGlobalError(f"{name}: {refusal(judgement)}", judgement.findings)
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """What a lazy handle knows about a tensor without reading its bytes."""
-
-    dtype: str  # numpy dtype name (``bfloat16``); torch's name when numpy has none
-    torch_dtype: str  # torch's name: ``float16``
-    shape: tuple[int, ...]
-    strides: tuple[int, ...]  # in elements
-    offset: int  # in elements, from the start of the storage
-    nbytes: int  # bytes of the tensor's own elements
-    storage: str  # storage key; tensors with the same key share memory
-    storage_nbytes: int
-    location: str
-    parameter: bool
-    is_contiguous: bool
-
-    @classmethod
-    def of(cls, spec: TensorSpec) -> TensorInfo:
-        storage = spec.storage
-        return cls(
-            dtype=spec.dtype.numpy_name,
-            torch_dtype=spec.dtype.torch_name,
-            shape=spec.shape,
-            strides=spec.strides,
-            offset=spec.offset,
-            nbytes=spec.nbytes,
-            storage=storage.key if storage else "",
-            storage_nbytes=storage.nbytes if storage else 0,
-            location=storage.location if storage else "meta",
-            parameter=spec.parameter,
-            is_contiguous=spec.is_contiguous,
-        )
-
-
-class Checkpoint:
+class CheckpointReader:
     """An opened checkpoint: its container, its object tree, and its tensors on demand.
 
     A container (see :mod:`ptfile.formats.torchzip`) offers ``format``, ``byteorder``,
@@ -116,7 +85,7 @@ class Checkpoint:
     offset reported is a file offset).
     """
 
-    def __init__(self, source: Source, *, copy: bool, records: bool, container: Any = None,
+    def __init__(self, source: ByteSource, *, copy: bool, records: bool, container: Any = None,
                  allow: allowlist.Allow | None = None) -> None:
         self.source = source
         self.copy = copy
@@ -250,17 +219,17 @@ class Checkpoint:
     def close(self) -> None:
         self.source.close()
 
-    def __enter__(self) -> Checkpoint:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
 
-class LazyCheckpoint(Checkpoint, Handle):
+class LazyCheckpoint(CheckpointReader, Handle):
     """The handle ``ptfile.open`` returns for torch's formats: the tree of tensor specs, tensors read on demand."""
 
-    def __init__(self, source: Source, *, copy: bool, records: bool, allow: allowlist.Allow | None = None) -> None:
+    def __init__(self, source: ByteSource, *, copy: bool, records: bool, allow: allowlist.Allow | None = None) -> None:
         super().__init__(source, copy=copy, records=records, allow=allow)
         self.name = source.name
         self._tree_of_specs = self.run(materialize=False)
@@ -301,13 +270,10 @@ class LazyCheckpoint(Checkpoint, Handle):
         return {str(k): repr(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
     def _close(self) -> None:
-        Checkpoint.close(self)
+        CheckpointReader.close(self)
 
     def close(self) -> None:
         Handle.close(self)
-
-    def __enter__(self) -> LazyCheckpoint:
-        return self
 
     def spec(self, key: str) -> TensorSpec | SpecialTensor:
         """How a tensor is laid out in its storage (the tools read storages through it)."""
@@ -355,7 +321,7 @@ def looks_like_pickle(head: bytes) -> bool:
     return _PICKLE_START.match(head) is not None
 
 
-def open_container(source: Source) -> Any:
+def open_container(source: ByteSource) -> Any:
     """The container reader for the source's format, chosen as torch chooses it."""
     head = source.read(0, min(source.size, legacy.TAR_BLOCK), "file header")
     if is_zip(head):  # torch.load tests for a zip first, then tries the tar reader, then the pickle stream
@@ -376,7 +342,7 @@ class RawPickle:
     format = "pickle"
     byteorder = "little"
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: ByteSource) -> None:
         self.source = source
 
     def pickles(self) -> list[tuple[str, bytes]]:
@@ -417,7 +383,7 @@ def load(src: Any, *, mmap: bool = True, records: bool = False, allow: allowlist
     return load_source(open_source(src, mmap_file=mmap), mmap=mmap, records=records, allow=allow)
 
 
-def load_source(source: Source, *, mmap: bool, records: bool, allow: allowlist.Allow | None = None) -> Any:
+def load_source(source: ByteSource, *, mmap: bool, records: bool, allow: allowlist.Allow | None = None) -> Any:
     """The object tree of a torch checkpoint; the source is closed when done."""
     if not mmap:
         # Everything gets read anyway: one readinto of the file beats one read per storage,
@@ -429,6 +395,6 @@ def load_source(source: Source, *, mmap: bool, records: bool, allow: allowlist.A
             raise
     try:
         with gc_paused():
-            return Checkpoint(source, copy=not mmap, records=records, allow=allow).run(materialize=True)
+            return CheckpointReader(source, copy=not mmap, records=records, allow=allow).run(materialize=True)
     finally:
         source.close()

@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import zipfile
 from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
@@ -34,7 +35,7 @@ from numpy.lib import format as npy
 from ..containers.ziparchive import ZipArchive, is_zip
 from ..errors import CorruptFileError, UnsupportedFormatError
 from ..io.slicing import Placement
-from ..io.source import MappedSource, SliceSource, Source
+from ..io.source import ByteSource, MappedSource, SliceSource
 from .handle import Handle
 from .loader import TensorInfo
 
@@ -65,7 +66,7 @@ def is_npz(head: bytes) -> bool:
 class _Array(NamedTuple):
     """One array of the file: its header and where its data lies in ``source``."""
 
-    source: Source
+    source: ByteSource
     dtype: np.dtype
     shape: tuple[int, ...]
     fortran: bool
@@ -73,7 +74,7 @@ class _Array(NamedTuple):
     nbytes: int
 
 
-def read_npy_header(source: Source, what: str) -> _Array:
+def read_npy_header(source: ByteSource, what: str) -> _Array:
     """The header of the ``.npy`` bytes of ``source``, its data range checked to end the bytes exactly."""
     head = source.read(0, min(source.size, MAX_NPY_HEADER + 12), f"{what}: npy header")
     stream = io.BytesIO(head)
@@ -95,7 +96,7 @@ def read_npy_header(source: Source, what: str) -> _Array:
     return _Array(source, dtype, tuple(shape), fortran, offset, nbytes)
 
 
-def read_arrays(source: Source) -> dict[str, _Array]:
+def read_arrays(source: ByteSource) -> dict[str, _Array]:
     """Every array of an ``.npz`` (by member name less ``.npy``) or ``.npy`` file (by the file's stem)."""
     if is_npy(source.read(0, min(source.size, len(NPY_MAGIC)), "file header")):
         return {_stem(source.name): read_npy_header(source, source.name)}
@@ -112,7 +113,7 @@ def read_arrays(source: Source) -> dict[str, _Array]:
     return arrays
 
 
-def object_pickles(source: Source) -> list[tuple[str, bytes]]:
+def object_pickles(source: ByteSource) -> list[tuple[str, bytes]]:
     """``(where, pickle)`` of every object array: its data is ``pickle.dump(array)``, for the scanner to judge."""
     return [(array.source.name, array.source.read(array.offset, array.source.size - array.offset, "object array"))
             for array in read_arrays(source).values() if array.dtype.hasobject]
@@ -121,7 +122,7 @@ def object_pickles(source: Source) -> list[tuple[str, bytes]]:
 class NumpyCheckpoint(Handle):
     """An ``.npz`` file (a tensor per member) or an ``.npy`` file (one tensor, named by the file's stem) as a Handle."""
 
-    def __init__(self, source: Source, *, copy: bool = False) -> None:
+    def __init__(self, source: ByteSource, *, copy: bool = False) -> None:
         self.source = source
         self.name = source.name
         self._copy = copy
@@ -191,9 +192,6 @@ class NumpyCheckpoint(Handle):
     def _close(self) -> None:
         self.source.close()
 
-    def __enter__(self) -> NumpyCheckpoint:
-        return self
-
 
 def _stem(name: str) -> str:
     base = os.path.basename(name)
@@ -214,4 +212,13 @@ def write_npz(tensors: Mapping[str, np.ndarray], path: str) -> None:
     if special:
         arrays[NPZ_DTYPES_ENTRY] = np.array(json.dumps(special))
     with atomic_write(path) as out:
-        np.savez(out, **arrays)
+        _savez(out, arrays)
+
+
+def _savez(out: Any, arrays: Mapping[str, np.ndarray]) -> None:
+    """The archive ``np.savez`` writes, member by member as it writes them: never through its keyword
+    arguments, where a tensor named ``file`` or ``allow_pickle`` would be taken for an option."""
+    with zipfile.ZipFile(out, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, array in arrays.items():
+            with archive.open(key + _NPY_SUFFIX, "w", force_zip64=True) as member:
+                npy.write_array(member, np.asanyarray(array), allow_pickle=False)

@@ -34,7 +34,7 @@ from ..containers.ziparchive import is_zip
 from ..errors import CheckpointNotFoundError, CorruptFileError
 from ..io.folders import folders_for
 from ..io.open import open_source
-from ..io.source import Source, private_map
+from ..io.source import ByteSource, private_map
 from ..pickle.engine import gc_paused
 from ..policy import allowlist
 from ..policy.allowlist import as_allow
@@ -58,18 +58,18 @@ class Format(NamedTuple):
 
     name: str
     sniff: Callable[[bytes, int], bool]  # (first SNIFF_BYTES bytes, file size) -> is it this format
-    open: Callable[[Source, bool, bool, Any], Handle]  # (source, copy, records, allow) -> handle
+    open: Callable[[ByteSource, bool, bool, Any], Handle]  # (source, copy, records, allow) -> handle
 
 
-def _open_safetensors(source: Source, copy: bool, records: bool, allow: Any) -> Handle:
+def _open_safetensors(source: ByteSource, copy: bool, records: bool, allow: Any) -> Handle:
     return SafetensorsCheckpoint(source, copy=copy)
 
 
-def _open_numpy(source: Source, copy: bool, records: bool, allow: Any) -> Handle:
+def _open_numpy(source: ByteSource, copy: bool, records: bool, allow: Any) -> Handle:
     return NumpyCheckpoint(source, copy=copy)
 
 
-def _open_torch(source: Source, copy: bool, records: bool, allow: Any) -> Handle:
+def _open_torch(source: ByteSource, copy: bool, records: bool, allow: Any) -> Handle:
     with gc_paused():  # the engine only builds objects that stay reachable: a collection frees nothing
         return LazyCheckpoint(source, copy=copy, records=records, allow=allow)
 
@@ -145,7 +145,7 @@ def is_readable(head: bytes, size: int) -> bool:
             or any(f.sniff(head, size) for f in FORMATS[:-1]))
 
 
-def detect(source: Source) -> Format:
+def detect(source: ByteSource) -> Format:
     """The format of a single file's bytes."""
     head = source.read(0, min(source.size, SNIFF_BYTES), "file header")
     return next(f for f in FORMATS if f.sniff(head, source.size))
@@ -183,10 +183,10 @@ def _open_handle(src: Any, *, mmap: bool, records: bool, allow: Any, private: bo
         raise
 
 
-def open_file(source: Source, fmt: Format, *, copy: bool, records: bool, allow: Any = None) -> Handle:
+def open_file(source: ByteSource, fmt: Format, *, copy: bool, records: bool, allow: Any = None) -> Handle:
     """The handle of one file of a known format, once every other consumer's reading of it is judged.
 
-    torch's containers judge those readings themselves (:class:`ptfile.formats.loader.Checkpoint`);
+    torch's containers judge those readings themselves (:class:`ptfile.formats.loader.CheckpointReader`);
     for the other formats it is done here, so that a safetensors or numpy file that is also
     something else (a pickle at byte 0, a zip appended) is refused as the scanner reports it.
     """
@@ -196,7 +196,7 @@ def open_file(source: Source, fmt: Format, *, copy: bool, records: bool, allow: 
     return handle
 
 
-def refuse_other_readings(source: Source, fmt: str, *, records: bool = False, allow: Any = None) -> None:
+def refuse_other_readings(source: ByteSource, fmt: str, *, records: bool = False, allow: Any = None) -> None:
     """Raise when a consumer other than the format's own reader would run, or might run, something."""
     inventory: list = []
     faults = consumers.other_readings(source, fmt, inventory)
@@ -213,7 +213,7 @@ def load_tree(src: Any, *, mmap: bool = True, records: bool = False, allow: Any 
     return convert.tree(_load_tree(src, mmap=mmap, records=records, allow=allow, private=private))
 
 
-def _file_source(target: Any, *, mmap: bool, private: bool) -> Source:
+def _file_source(target: Any, *, mmap: bool, private: bool) -> ByteSource:
     """The source of one file; for torch tensors over a mapped path, a private (copy-on-write) map.
 
     torch tensors are writable: over a read-only map a write would crash the process, and over

@@ -288,7 +288,9 @@ def _parse(record: str, text: str) -> tuple[ast.Module, list[int]]:
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         raise CorruptFileError(f"code record {record!r} does not parse as TorchScript source: "
                                f"{type(exc).__name__}: {exc}") from None
-    typed = next((node for node in ast.walk(tree) if getattr(node, "type_comment", None)), None) or next(
+    # only statements and arguments carry a type_comment
+    typed = next((node for node in ast.walk(tree)
+                  if isinstance(node, (ast.stmt, ast.arg)) and getattr(node, "type_comment", None)), None) or next(
         iter(tree.type_ignores), None)
     if typed is not None:
         # a comment to Python, a type annotation token to torch's lexer
@@ -328,8 +330,10 @@ class _RecordJudge:
     def _bind(self) -> None:
         chains: list[tuple[str, ast.expr]] = []
         for node in ast.walk(self.tree):
-            if _is_alias_binding(node):
-                chains.extend((target.id, node.value) for target in _targets(node))  # type: ignore[union-attr]
+            binding = _alias_binding(node)
+            if binding is not None:
+                names, chain = binding
+                chains.extend((name, chain) for name in names)
             elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
                 self.locals.add(node.id)
             elif isinstance(node, ast.arg):
@@ -397,7 +401,7 @@ class _RecordJudge:
                 # a class body's __annotations__["0"] = T: the type of an attribute that is not a name
                 stack.extend(((node.targets[0].slice, False), (node.value, True)))  # type: ignore[attr-defined]
                 continue
-            if _is_alias_binding(node) and not isinstance(node, ast.NamedExpr):  # (x := chain) is also a value
+            if _alias_binding(node) is not None and not isinstance(node, ast.NamedExpr):  # (x := chain) is also a value
                 # judged where the alias is called or passed on
                 if isinstance(node, ast.AnnAssign):
                     stack.append((node.annotation, True))
@@ -464,14 +468,13 @@ class _RecordJudge:
             yield child, is_type
 
 
-def _targets(node: ast.AST) -> list[ast.expr]:
-    return node.targets if isinstance(node, ast.Assign) else [node.target]  # type: ignore[attr-defined]
-
-
-def _is_alias_binding(node: ast.AST) -> bool:
-    """``name = chain`` (or ``name: T = chain``): the name becomes an alias of the chain's paths."""
-    return (isinstance(node, _BINDINGS) and node.value is not None and _is_chain(node.value)
-            and all(isinstance(target, ast.Name) for target in _targets(node)))
+def _alias_binding(node: ast.AST) -> tuple[list[str], ast.expr] | None:
+    """``name = chain`` (or ``name: T = chain``): the names that become aliases of the chain's paths, and the chain."""
+    if not isinstance(node, _BINDINGS) or node.value is None or not _is_chain(node.value):
+        return None
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    names = [target.id for target in targets if isinstance(target, ast.Name)]
+    return (names, node.value) if len(names) == len(targets) else None
 
 
 def _is_annotation_entry(node: ast.AST) -> bool:
@@ -487,7 +490,7 @@ def _chain_root(node: ast.expr) -> ast.expr:
 
 def _is_chain(node: ast.AST) -> bool:
     """A name, or attributes of a name: what may stand for a namespace path."""
-    return isinstance(node, (ast.Name, ast.Attribute)) and isinstance(_chain_root(node), ast.Name)  # type: ignore[arg-type]
+    return isinstance(node, (ast.Name, ast.Attribute)) and isinstance(_chain_root(node), ast.Name)
 
 
 def _is_plain_value(path: str) -> bool:

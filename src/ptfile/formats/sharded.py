@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Collection
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -38,7 +38,7 @@ MAX_INDEX_BYTES = 256 << 20
 _BAD_NAME_CHARS = ("\\", "\0")
 
 
-def is_plain_file_name(name: Any) -> bool:
+def is_plain_file_name(name: Any) -> TypeGuard[str]:
     """A file name in the folder itself: not empty, no separator, not ``.`` or ``..``."""
     if not isinstance(name, str) or not name or name in (".", ".."):
         return False
@@ -136,6 +136,3 @@ class ShardedCheckpoint(Handle):
     def _close(self) -> None:
         for shard in self._open.values():
             shard.close()
-
-    def __enter__(self) -> ShardedCheckpoint:
-        return self

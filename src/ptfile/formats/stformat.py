@@ -34,7 +34,7 @@ from numpy.lib.array_utils import byte_bounds
 from ..errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from ..io.open import open_source
 from ..io.slicing import Placement
-from ..io.source import Source
+from ..io.source import ByteSource
 from ..tensors.views import root_of
 from .handle import Handle
 from .loader import TensorInfo
@@ -85,7 +85,7 @@ def is_safetensors(head: bytes, size: int) -> bool:
     return 8 + length <= size
 
 
-def read_header(source: Source) -> tuple[dict[str, _Entry], dict[str, str]]:
+def read_header(source: ByteSource) -> tuple[dict[str, _Entry], dict[str, str]]:
     """The header of a safetensors file, every tensor's range checked: ``name -> entry``, and its metadata."""
     (size,) = struct.unpack("<Q", source.read(0, 8, "safetensors header size"))
     if size > MAX_HEADER_SIZE:
@@ -102,7 +102,7 @@ def read_header(source: Source) -> tuple[dict[str, _Entry], dict[str, str]]:
     return _entries(source, header, 8 + size), dict(metadata)
 
 
-def _entries(source: Source, header: dict, start: int) -> dict[str, _Entry]:
+def _entries(source: ByteSource, header: dict, start: int) -> dict[str, _Entry]:
     spans = []
     result = {}
     for name, spec in header.items():
@@ -141,7 +141,7 @@ class SafetensorsCheckpoint(Handle):
 
     format = "safetensors"
 
-    def __init__(self, source: Source, *, copy: bool = False, aliases: bool = True) -> None:
+    def __init__(self, source: ByteSource, *, copy: bool = False, aliases: bool = True) -> None:
         self.source = source
         self.name = source.name
         self._copy = copy
@@ -198,9 +198,6 @@ class SafetensorsCheckpoint(Handle):
     def _close(self) -> None:
         self._arrays.clear()
         self.source.close()
-
-    def __enter__(self) -> SafetensorsCheckpoint:
-        return self
 
 
 def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -309,7 +306,7 @@ def _write_tensor(out: Any, array: np.ndarray) -> None:
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     # ml_dtypes types cannot export a buffer; their bytes can, through a uint8 view
-    out.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
+    out.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
 
 
 def _fetched(fetch: Callable[[str], np.ndarray], name: str, described: np.ndarray) -> np.ndarray:

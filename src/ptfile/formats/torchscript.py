@@ -41,7 +41,7 @@ from typing import Any
 
 from ..containers.ziparchive import ZipArchive, ZipEntry
 from ..errors import CorruptFileError, LimitExceededError
-from ..io.source import Source
+from ..io.source import ByteSource
 from ..pickle.values import Record
 from ..tensors.views import StorageRef
 from .scriptcode import CUSTOM_CLASSES, ascii_lower, is_code_record, judge_code
@@ -133,7 +133,7 @@ class TorchScriptArchive(TorchZip):
     format = "torchscript"
     torchscript = True
 
-    def __init__(self, source: Source, archive: ZipArchive | None = None) -> None:
+    def __init__(self, source: ByteSource, archive: ZipArchive | None = None) -> None:
         super().__init__(source, archive=archive)
         self.constants_entry = self.archive.get("constants.pkl")
         self._running = "data"
@@ -238,7 +238,7 @@ class TorchScriptArchive(TorchZip):
         return is_torchscript_class(record.cls.module, record.cls.name)
 
 
-def open_zip(source: Source) -> TorchZip:
+def open_zip(source: ByteSource) -> TorchZip:
     """The reader of a zip checkpoint: a TorchScript archive when it holds ``constants.pkl``."""
     archive = ZipArchive(source)
     if archive.lists("constants.pkl"):  # torch.load's own test, exact: see ZipArchive.lists

@@ -19,13 +19,14 @@ record (CVE-2026-24747).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from ..containers.ziparchive import STORED, ZipArchive, ZipEntry
 from ..errors import CorruptFileError, PtfileError, UnsupportedFormatError
-from ..io.source import Source
+from ..io.source import ByteSource
 from ..pickle.values import brief
 from ..tensors.views import StorageRef, StorageType
 
@@ -73,7 +74,7 @@ class TorchZip:
     #: A subclass reading TorchScript archives sets this; a plain reader refuses them.
     torchscript = False
 
-    def __init__(self, source: Source, archive: ZipArchive | None = None) -> None:
+    def __init__(self, source: ByteSource, archive: ZipArchive | None = None) -> None:
         self.source = source
         self.name = source.name
         self.archive = archive = archive if archive is not None else ZipArchive(source)
@@ -81,9 +82,10 @@ class TorchZip:
         if archive.lists("constants.pkl") and not self.torchscript:
             # torch.load hands such files to torch.jit.load; they need the TorchScript reader.
             raise UnsupportedFormatError(f"{self.name}: a TorchScript archive; open it with ptfile.formats.torchscript")
-        self.pickle_entry = archive.get("data.pkl")
-        if self.pickle_entry is None:
+        pickle_entry = archive.get("data.pkl")
+        if pickle_entry is None:
             raise CorruptFileError(f"{self.name}: zip archive has no {archive.prefix}/data.pkl record")
+        self.pickle_entry = pickle_entry
         self.version = self._read_version()
         self.byteorder = self._read_byteorder()
         self._read_other_layout_records()
@@ -136,13 +138,13 @@ class TorchZip:
             self.archive.check_readable(entry)
 
     #: Folders whose records are raw storage bytes, never pickles.
-    storage_folders = ("data/",)
+    storage_folders: tuple[str, ...] = ("data/",)
 
     def object_entries(self) -> list[ZipEntry]:
         """The records torch unpickles, the object pickle first."""
         return [self.pickle_entry]
 
-    def pickles(self) -> list[tuple[str, bytes]]:
+    def pickles(self) -> Iterable[tuple[str, bytes]]:
         """The object pickle: ``[(record name, bytes)]``."""
         return [(self.pickle_entry.name, self.archive.read(self.pickle_entry))]
 

@@ -123,12 +123,15 @@ class Storage:
         return self.nbytes // self.dtype.itemsize if self.typed else self.nbytes
 
     def storage_type(self) -> GlobalName:
-        return GlobalName("torch", self.dtype.legacy_storage) if self.typed else _UNTYPED_STORAGE
+        if not self.typed:
+            return _UNTYPED_STORAGE
+        assert self.dtype.legacy_storage is not None  # a storage is typed only where torch has a typed class
+        return GlobalName("torch", self.dtype.legacy_storage)
 
     def chunks(self) -> list[memoryview]:
         if not self.nbytes:
             return []
-        return [memoryview(np.asarray(_Span(self.start, self.nbytes, self.root)))]
+        return [np.asarray(_Span(self.start, self.nbytes, self.root)).data]
 
 
 def _address(array: np.ndarray) -> int:
@@ -305,10 +308,12 @@ class TreePickler(Pickler):
         dtype = obj if isinstance(obj, np.dtype) else obj.dtype
         if dtype.kind not in _NUMPY_SCALAR_KINDS or dtype.type.__module__ != "numpy" or dtypes.by_numpy(dtype) is None:
             raise self.fail(f"cannot save a numpy {'dtype' if obj is dtype else 'scalar'} of type {dtype.name}")
-        func, args, *rest = obj.__reduce__()
+        reduced = obj.__reduce__()
+        if not isinstance(reduced, tuple):  # numpy reduces its scalars and dtypes to calls, never to a global's name
+            raise self.fail(f"cannot save a numpy value that reduces to the name {reduced!r}")
+        func, args, *rest = reduced
         state = rest[0] if rest else None
-        name = func.__name__ if isinstance(func, type) else func.__name__
-        self.save_reduce(GlobalName(func.__module__, name), args, obj, state=state)
+        self.save_reduce(GlobalName(func.__module__, func.__name__), args, obj, state=state)
 
     # -- records ------------------------------------------------------------------
 

@@ -13,18 +13,18 @@ from typing import Any
 
 from ..errors import CheckpointNotFoundError, PtfileError
 from .remote import is_url, open_remote
-from .source import FileSource, MappedSource, Source
+from .source import ByteSource, FileSource, MappedSource
 
 __all__ = ["open_source"]
 
 
-def open_source(src: Any, *, mmap_file: bool) -> Source:
+def open_source(src: Any, *, mmap_file: bool) -> ByteSource:
     """A source for a path, a binary file object, or a bytes-like object.
 
     Files are memory-mapped when ``mmap_file`` is true and read with positioned reads
     otherwise; bytes-like objects are always used in place.
     """
-    if isinstance(src, Source):
+    if isinstance(src, ByteSource):
         return src
     if isinstance(src, (bytes, bytearray, memoryview)):
         return MappedSource(src, "<bytes>")
@@ -46,7 +46,7 @@ def open_source(src: Any, *, mmap_file: bool) -> Source:
     raise TypeError(f"expected a path, a binary file or bytes, got {type(src).__name__}")
 
 
-def _from_file(file: Any, name: Any, *, owned: bool, mmap_file: bool) -> Source:
+def _from_file(file: Any, name: Any, *, owned: bool, mmap_file: bool) -> ByteSource:
     name = str(name)
     if isinstance(file, io.TextIOBase):
         if owned:

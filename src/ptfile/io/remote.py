@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointNotFoundError, PtfileError, RemoteReadError
-from .source import Source
+from .source import ByteSource
 
 __all__ = ["RemoteSource", "is_url", "open_remote", "url_to_fs"]
 
@@ -38,7 +38,7 @@ def is_url(src: Any) -> bool:
     return isinstance(src, str) and _URL.match(src) is not None
 
 
-class RemoteSource(Source):
+class RemoteSource(ByteSource):
     """A file on an fsspec file system, read by exact byte ranges."""
 
     def __init__(self, fs: Any, path: str, name: str) -> None:

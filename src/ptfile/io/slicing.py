@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptFileError, LimitExceededError
-from .source import Source
+from .source import ByteSource
 
 __all__ = ["Placement", "read_slice", "is_basic_index"]
 
@@ -52,7 +52,7 @@ MAX_SLICE_RUNS = 1 << 20
 class Placement:
     """Where a tensor's elements lie in a source, for reading a slice of it by range."""
 
-    source: Source
+    source: ByteSource
     start: int  # source offset of the storage's first byte
     nbytes: int  # bytes of the storage
     dtype: np.dtype  # the elements as the format's reader gives them

@@ -22,16 +22,16 @@ import contextlib
 import io
 import mmap
 import os
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import CheckpointNotFoundError, CorruptFileError, LimitExceededError
+from ..errors import CheckpointNotFoundError, CorruptFileError, LimitExceededError, PtfileError
 
-__all__ = ["Source", "MappedSource", "FileSource", "BufferSource", "read_whole"]
+__all__ = ["ByteSource", "MappedSource", "FileSource", "BufferSource", "read_whole"]
 
 
-class Source:
+class ByteSource:
     """Bytes by offset and length, with every range checked against the real size."""
 
     size: int
@@ -67,7 +67,7 @@ class Source:
         pass
 
 
-class MappedSource(Source):
+class MappedSource(ByteSource):
     """A memory map of a file, or any bytes-like object held in memory."""
 
     #: Set on the read-only maps :func:`open_source` makes, whose pages :meth:`release` may drop.
@@ -115,15 +115,28 @@ class MappedSource(Source):
                 self._buffer.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
-class FileSource(Source):
+class SeekableFile(Protocol):
+    """A binary file object ptfile reads by position: ``readinto`` and ``fileno`` are used when it has them."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class FileSource(ByteSource):
     """An open binary file read with positioned reads; never mapped."""
 
-    def __init__(self, file: BinaryIO, name: str, owned: bool) -> None:
+    def __init__(self, file: SeekableFile, name: str, owned: bool) -> None:
         self._file = file
         self._owned = owned
         self.name = name
+        fileno = getattr(file, "fileno", None)  # in-memory file objects have none, or one that raises
         try:
-            self._fd: int | None = file.fileno()
+            self._fd: int | None = fileno() if fileno is not None else None
         except (OSError, AttributeError, io.UnsupportedOperation):
             self._fd = None
         file.seek(0, os.SEEK_END)
@@ -137,7 +150,7 @@ class FileSource(Source):
                 n = os.preadv(self._fd, [view[done:]], offset + done)
             else:
                 self._file.seek(offset + done)
-                n = self._file.readinto(view[done:])
+                n = _read_into(self._file, view[done:])
             if not n:
                 raise CorruptFileError(f"{self.name}: file shrank while it was read (at byte {offset + done})")
             done += n
@@ -158,6 +171,19 @@ class FileSource(Source):
     def close(self) -> None:
         if self._owned:
             self._file.close()
+
+
+def _read_into(file: SeekableFile, view: memoryview) -> int:
+    """Bytes read into ``view`` from the file's position: by ``readinto``, or by ``read`` where it has none."""
+    readinto = getattr(file, "readinto", None)
+    if readinto is not None:
+        return int(readinto(view) or 0)
+    data = file.read(len(view))
+    if not isinstance(data, (bytes, bytearray)):
+        raise PtfileError("the file object must be opened in binary mode")
+    data = data[:len(view)]  # a read never fills more than it was asked for
+    view[:len(data)] = data
+    return len(data)
 
 
 class BufferSource(MappedSource):
@@ -193,14 +219,14 @@ class BufferSource(MappedSource):
         return True
 
 
-class SliceSource(Source):
+class SliceSource(ByteSource):
     """The bytes ``[offset, offset + length)`` of another source, as a source of their own.
 
     Ranges are checked against the slice, so a zip inside it can never reach the bytes
     of its neighbours.  The parent stays open and owned by whoever opened it.
     """
 
-    def __init__(self, parent: Source, offset: int, length: int, name: str) -> None:
+    def __init__(self, parent: ByteSource, offset: int, length: int, name: str) -> None:
         parent.check(offset, length, name)
         self.parent = parent
         self.start = offset
@@ -230,9 +256,9 @@ class SliceSource(Source):
 
 
 class SourceFile(io.RawIOBase):
-    """A read-only file object over a :class:`Source`, for the standard library's archive readers."""
+    """A read-only file object over a :class:`ByteSource`, for the standard library's archive readers."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: ByteSource) -> None:
         self.source = source
         self.pos = 0
 
@@ -257,7 +283,7 @@ class SourceFile(io.RawIOBase):
         return count
 
 
-def read_whole(source: Source) -> Source:
+def read_whole(source: ByteSource) -> ByteSource:
     """A positioned-read source as one buffer read with a single ``readinto``; others as they are."""
     if type(source) is not FileSource:
         return source
@@ -307,7 +333,7 @@ def refuse_over(path: str, size: int, limit: int, what: str) -> int:
     return size
 
 
-def private_map(path: str) -> Source | None:
+def private_map(path: str) -> ByteSource | None:
     """A copy-on-write map of a file, as ``torch.load(mmap=True)`` maps it (``MAP_PRIVATE``).
 
     Arrays over it are read-only as from any source; a consumer that needs writable tensors

@@ -384,10 +384,10 @@ class Engine:
                     stack = []
                     append = stack.append
                 elif op == 0x74:  # TUPLE
-                    items = tuple(stack)
+                    made = tuple(stack)
                     stack = metastack.pop()
                     append = stack.append
-                    append(items)
+                    append(made)
                 elif op == 0x52:  # REDUCE
                     args = stack.pop()
                     stack[-1] = self.call(stack[-1], args, start)

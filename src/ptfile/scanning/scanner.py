@@ -70,13 +70,13 @@ from ..formats.dcp import (
     parse_layout,
 )
 from ..formats.legacy import TAR_BLOCK, has_magic_number, is_tar, walk_tar
-from ..formats.loader import Checkpoint, Context, detached_storage, looks_like_pickle, new_engine
+from ..formats.loader import CheckpointReader, Context, detached_storage, looks_like_pickle, new_engine
 from ..formats.npformat import object_pickles
 from ..formats.opener import SNIFF_BYTES, Format, detect, is_readable, resolve
 from ..formats.sharded import ShardedCheckpoint, index_of, read_index
 from ..io.folders import folders_for
 from ..io.open import open_source
-from ..io.source import MappedSource, SliceSource, Source, SourceFile
+from ..io.source import ByteSource, MappedSource, SliceSource, SourceFile
 from ..pickle.engine import gc_paused
 from ..pickle.inventory import GlobalUse
 from ..policy import allowlist
@@ -289,7 +289,7 @@ def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None
         source.close()
 
 
-def scan_opened(checkpoint: Checkpoint, *, strict: bool = False, allow: allowlist.Allow | None = None) -> ScanResult:
+def scan_opened(checkpoint: CheckpointReader, *, strict: bool = False, allow: allowlist.Allow | None = None) -> ScanResult:
     """The scan of a torch checkpoint ``ptfile.open`` has already opened (what ``inspect`` reports).
 
     Its pickles ran when the handle opened, under the same engine and into the same inventory a
@@ -304,8 +304,8 @@ def scan_opened(checkpoint: Checkpoint, *, strict: bool = False, allow: allowlis
         return _scan_source(checkpoint.source, strict, allow, opened=opened)
 
 
-def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: int = 0, *,
-                 verify: bool = False, opened: Checkpoint | None = None) -> ScanResult:
+def _scan_source(source: ByteSource, strict: bool, allow: allowlist.Allow, depth: int = 0, *,
+                 verify: bool = False, opened: CheckpointReader | None = None) -> ScanResult:
     head = source.read(0, min(source.size, TAR_BLOCK), "file header")
     inventory: list[GlobalUse] = []
     notes: list[str] = []
@@ -336,7 +336,7 @@ def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: in
     return _with_nested(result, nested)
 
 
-def _examine_unread_records(source: Source, archive: ZipArchive | None, inventory: list[GlobalUse], notes: list[str],
+def _examine_unread_records(source: ByteSource, archive: ZipArchive | None, inventory: list[GlobalUse], notes: list[str],
                             strict: bool, allow: allowlist.Allow, depth: int) -> list[ScanResult]:
     """Records of a checkpoint zip the loader could not read as pickles, examined anyway.
 
@@ -379,7 +379,7 @@ def _examine_unread_records(source: Source, archive: ZipArchive | None, inventor
 
 def _run_dry(data: bytes, record: str, inventory: list[GlobalUse]) -> None:
     """Every pickle in ``data`` run through the engine for its globals; faults are the caller's to report."""
-    engine = new_engine(data, record, inventory, Context(None, False), detached_storage)  # type: ignore[arg-type]
+    engine = new_engine(data, record, inventory, Context(None, False), detached_storage)
     pos = 0
     try:
         while pos < len(data):
@@ -406,7 +406,7 @@ def _with_nested(result: ScanResult, nested: list[ScanResult]) -> ScanResult:
     return result
 
 
-def _scan_tensor_file(source: Source, fmt: Format, strict: bool, allow: allowlist.Allow) -> ScanResult:
+def _scan_tensor_file(source: ByteSource, fmt: Format, strict: bool, allow: allowlist.Allow) -> ScanResult:
     """A safetensors or numpy file: clean when its header holds (ranges inside the file, no overlap
     or hole) and no other consumer would read anything else; an object array's pickle is judged."""
     inventory: list[GlobalUse] = []
@@ -421,7 +421,7 @@ def _scan_tensor_file(source: Source, fmt: Format, strict: bool, allow: allowlis
     return scan_result(source.name, fmt.name, judgement, faults, [], inventory, strict=strict)
 
 
-def _judge_object_arrays(source: Source, inventory: list[GlobalUse]) -> list[str]:
+def _judge_object_arrays(source: ByteSource, inventory: list[GlobalUse]) -> list[str]:
     """Run the pickle of every object array dry (``numpy.load(allow_pickle=True)`` would unpickle it)."""
     try:
         pickles = object_pickles(source)
@@ -430,7 +430,7 @@ def _judge_object_arrays(source: Source, inventory: list[GlobalUse]) -> list[str
     return [fault for record, data in pickles for fault in consumers.run_dry(data, record, inventory, Context())]
 
 
-def _other_readings(source: Source, strict: bool, allow: allowlist.Allow) -> ScanResult:
+def _other_readings(source: ByteSource, strict: bool, allow: allowlist.Allow) -> ScanResult:
     """The readings of consumers other than the loader's container (see :mod:`ptfile.formats.consumers`)."""
     inventory: list[GlobalUse] = []
     faults = consumers.other_readings(source, None, inventory)
@@ -450,7 +450,7 @@ def scan_result(name: str, fmt: str, judgement: allowlist.Judgement, faults: lis
     return ScanResult(name, verdict, fmt, list(judgement.findings), faults, notes, inventory)
 
 
-def examine_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[str], *,
+def examine_checkpoint(source: ByteSource, inventory: list[GlobalUse], notes: list[str], *,
                        zip_file: bool = True, verify: bool = False) -> tuple[str, list[str], Any]:
     """Run a file's pickles dry with the loader's own containers into ``inventory``.
 
@@ -463,8 +463,8 @@ def examine_checkpoint(source: Source, inventory: list[GlobalUse], notes: list[s
     return fmt, faults, inert
 
 
-def _examine(source: Source, inventory: list[GlobalUse], notes: list[str], verify: bool = False,
-             opened: Checkpoint | None = None) -> tuple[str | None, list[str], Any, ZipArchive | None]:
+def _examine(source: ByteSource, inventory: list[GlobalUse], notes: list[str], verify: bool = False,
+             opened: CheckpointReader | None = None) -> tuple[str | None, list[str], Any, ZipArchive | None]:
     """:func:`examine_checkpoint`, with the format None when no container of the loader opens the file,
     and the zip directory the container read, if any.
 
@@ -475,7 +475,7 @@ def _examine(source: Source, inventory: list[GlobalUse], notes: list[str], verif
         inventory.extend(opened.inventory)
         return _examined(opened, inventory, notes, verify, [])
     try:
-        checkpoint = Checkpoint(source, copy=False, records=True)
+        checkpoint = CheckpointReader(source, copy=False, records=True)
     except UnsafeGlobalError as exc:  # refused while opening (a legacy file's first pickles)
         inventory.extend(use for finding in exc.findings for use in finding.uses)
         return "pickle stream", [], None, None
@@ -495,7 +495,7 @@ def _examine(source: Source, inventory: list[GlobalUse], notes: list[str], verif
     return _examined(checkpoint, inventory, notes, verify, faults)
 
 
-def _examined(checkpoint: Checkpoint, inventory: list[GlobalUse], notes: list[str], verify: bool,
+def _examined(checkpoint: CheckpointReader, inventory: list[GlobalUse], notes: list[str], verify: bool,
               faults: list[str]) -> tuple[str, list[str], Any, ZipArchive | None]:
     """What a scan adds to a checkpoint's run pickles: its code records, its records' form and CRCs."""
     notes.extend(_code_notes(checkpoint.container))
@@ -546,10 +546,10 @@ def _code_notes(container: Any) -> list[str]:
     return notes
 
 
-def _scan_stream(source: Source, inventory: list[GlobalUse], notes: list[str]) -> tuple[str, list[str]]:
+def _scan_stream(source: ByteSource, inventory: list[GlobalUse], notes: list[str]) -> tuple[str, list[str]]:
     """Pickles back to back from byte 0: torch's non-zip path runs the first, other loaders the rest."""
     data = source.read(0, source.size, "pickle stream")
-    engine = new_engine(data, "", inventory, Context(None, False), detached_storage)  # type: ignore[arg-type]
+    engine = new_engine(data, "", inventory, Context(None, False), detached_storage)
     faults: list[str] = []
     pos = 0
     count = 0
@@ -626,7 +626,7 @@ def _zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
                     yield _bounded(info.filename, info.file_size, member.read, budget)
 
 
-def _tar_members(source: Source, budget: list[int]) -> Iterator[Member]:
+def _tar_members(source: ByteSource, budget: list[int]) -> Iterator[Member]:
     """Members as tarfile lists them, walked by ptfile's own bounded header parser.
 
     The standard library's reader is never handed the archive: its PAX parser is quadratic
@@ -640,7 +640,7 @@ def _tar_members(source: Source, budget: list[int]) -> Iterator[Member]:
 class _TarMemberReader:
     """``read(limit)`` over one tar member's bytes, in order, as a file's read would give them."""
 
-    def __init__(self, source: Source, member: Any) -> None:
+    def __init__(self, source: ByteSource, member: Any) -> None:
         self.source = source
         self.member = member
         self.pos = 0
@@ -680,7 +680,7 @@ def _seven_zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
             yield _bounded(name, 0, product.read, budget)
 
 
-def _archive_members(source: Source, kind: str) -> Iterator[Member]:
+def _archive_members(source: ByteSource, kind: str) -> Iterator[Member]:
     """Every member of a zip, tar, 7z or compressed stream, read within the size limits."""
     budget = [MAX_ARCHIVE_BYTES]
     file = SourceFile(source)
@@ -702,7 +702,7 @@ def _archive_members(source: Source, kind: str) -> Iterator[Member]:
         yield "", None, f"the {kind} reader stopped: {type(exc).__name__}: {str(exc)[:200]}"
 
 
-def _scan_archive(source: Source, kind: str, strict: bool, allow: allowlist.Allow, depth: int,
+def _scan_archive(source: ByteSource, kind: str, strict: bool, allow: allowlist.Allow, depth: int,
                   faults: list[str] | None = None, readings: ScanResult | None = None) -> ScanResult:
     """A zip, tar, 7z or compressed file load does not read: never clean, dangerous if a member is.
 
@@ -823,7 +823,7 @@ def _scan_metadata(folder: str, inventory: list[GlobalUse], faults: list[str]) -
 def _scan_items(folder: str, layout: DcpLayout, inventory: list[GlobalUse], faults: list[str],
                 notes: list[str]) -> None:
     folders = folders_for(folder)
-    sources: dict[str, Source] = {}
+    sources: dict[str, ByteSource] = {}
     used: dict[str, list[tuple[int, int]]] = {}
     try:
         for item in layout.items:

@@ -23,7 +23,7 @@ __all__ = ["Context"]
 class Context:
     """What the engine hands every constructor: how to make tensors, what BUILD may touch.
 
-    ``checkpoint`` (a :class:`ptfile.formats.loader.Checkpoint`, or None for a dry run) turns a tensor
+    ``checkpoint`` (a :class:`ptfile.formats.loader.CheckpointReader`, or None for a dry run) turns a tensor
     spec into an array when ``materialize`` is set; without one, constructors build specs only.
     """
 

@@ -177,7 +177,8 @@ def _from_state(kind: type, state: Any, *tz: Any) -> Any:
     if type(state) is not bytes or len(state) != _STATE_BYTES[kind] or len(tz) > 1:
         raise CorruptFileError(f"{kind.__name__} state must be {_STATE_BYTES[kind]} bytes")
     try:
-        return kind(state, *(_tzinfo(t) for t in tz)) if kind is not datetime.date else kind(state)
+        # typeshed lists date's public constructor only, not the pickled-state form CPython's unpickler calls
+        return kind(state, *(_tzinfo(t) for t in tz)) if kind is not datetime.date else kind(state)  # type: ignore[call-arg, arg-type]
     except (TypeError, ValueError) as exc:
         raise CorruptFileError(f"{kind.__name__} state {brief(state)} is invalid: {exc}") from None
 

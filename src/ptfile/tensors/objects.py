@@ -162,7 +162,8 @@ def build_numpy_dtype(context: Any, dtype: np.dtype, state: Any) -> None:
                            if got != want)
         raise CorruptFileError(f"numpy dtype state for {spec} is not the one numpy writes: "
                                f"{differ or f'{len(state)} fields, numpy writes {len(expected)}'}")
-    dtype.__setstate__(expected)  # numpy's own state, not the file's objects that compared equal to it
+    # numpy's stubs do not list dtype.__setstate__, which pickle calls on every dtype
+    dtype.__setstate__(expected)  # type: ignore[attr-defined]  # numpy's own state, not the file's objects that compared equal to it
 
 
 def _dtype_spec(dtype: np.dtype, state: tuple) -> str:

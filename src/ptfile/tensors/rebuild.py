@@ -69,7 +69,11 @@ def _make(context: Any, storage: StorageRef, dtype: DtypeInfo, offset: Any, size
 
 def _storage_dtype(storage: StorageRef) -> DtypeInfo:
     # An untyped storage read by a v1/v2 rebuild holds bytes: torch gives a uint8 tensor.
-    return storage.dtype if storage.dtype is not None else dtypes.by_torch_name("uint8")
+    if storage.dtype is not None:
+        return storage.dtype
+    uint8 = dtypes.by_torch_name("uint8")
+    assert uint8 is not None  # a row of dtypes' table
+    return uint8
 
 
 def rebuild_tensor(context: Any, storage: Any, offset: Any, size: Any, stride: Any) -> Any:

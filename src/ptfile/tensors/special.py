@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -205,6 +205,7 @@ class QuantizedTensor(SpecialTensor):
             zp = np.array(self.zero_point, np.int64).astype(np.int32)
             diff = (q.astype(np.int64) - zp).astype(np.int32)
             return diff.astype(np.float32) * np.float32(self.scale)
+        assert self.axis is not None  # a per-channel scheme always has its axis (see _per_channel)
         shape = [1] * q.ndim
         shape[self.axis] = -1
         scales = self.scales.reshape(shape)
@@ -226,6 +227,7 @@ class QuantizedTensor(SpecialTensor):
 
 def _channel_params(qscheme: str, scales: Any, zero_points: Any) -> tuple[np.ndarray, np.ndarray]:
     """Scales and zero points in the types torch's quantizer keeps them."""
+    want: tuple[type[np.generic], type[np.generic], str, str]
     if qscheme == "per_channel_affine":
         want = (np.float64, np.int64, "fiV", "iu")
     else:
@@ -323,7 +325,10 @@ def rebuild_qtensor(context: Any, storage: Any, offset: Any, size: Any, stride: 
     raise CorruptFileError(f"torch cannot deserialize quantized tensors with qscheme {scheme}")
 
 
-def _checked(context: Any, value: SpecialTensor) -> SpecialTensor:
+_Special = TypeVar("_Special", bound=SpecialTensor)
+
+
+def _checked(context: Any, value: _Special) -> _Special:
     """The value, after the checks its parts' values need when they are still specs (a scan, a lazy listing).
 
     Loading checks the values of these parts (a nested tensor's sizes and offsets, a quantizer's

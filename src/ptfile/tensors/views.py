@@ -208,9 +208,10 @@ def view_array(spec: TensorSpec, buffer: np.ndarray) -> np.ndarray:
     except ValueError as exc:  # numpy's own limits, should a view pass ours
         raise LimitExceededError(f"a tensor of size {shape} cannot be represented as a numpy array: {exc}") from None
     if spec.parameter:
-        arr = arr.view(Parameter)
-        arr.requires_grad = spec.requires_grad
-        arr.attributes = spec.attributes
+        parameter = arr.view(Parameter)
+        parameter.requires_grad = spec.requires_grad
+        parameter.attributes = spec.attributes
+        return parameter
     return arr
 
 

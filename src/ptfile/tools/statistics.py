@@ -85,7 +85,8 @@ def tensor_stats(name: str, array: np.ndarray, progress: Callable[[int], None] |
     running = _Running()
     work = _working_type(array.dtype)
     size = min(STATS_CHUNK_ELEMENTS, int(array.size))
-    buffer, scratch = np.empty(size, work), np.empty(size, np.float64)
+    buffer: np.ndarray = np.empty(size, work)
+    scratch = np.empty(size, np.float64)
     for chunk in chunks(array, STATS_CHUNK_ELEMENTS):
         values = _widen(chunk, buffer[: chunk.size])
         running.zeros += chunk.size - int(np.count_nonzero(values))
