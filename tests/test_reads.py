@@ -119,6 +119,37 @@ def test_inspect_reads_no_tensor_byte() -> None:
     assert_no_tensor_byte_read(source, data)
 
 
+class ReadSeekFile:
+    """A binary file object with read, seek and tell only: no readinto, no fileno."""
+
+    def __init__(self, data: bytes) -> None:
+        self._file = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_a_file_object_without_readinto_is_read_by_read(mmap: bool) -> None:
+    data = saved(BIG)
+    with ptfile.open(ReadSeekFile(data), mmap=mmap) as ckpt:
+        assert ckpt.keys() == list(BIG)
+        for key, array in BIG.items():
+            assert ckpt[key].tobytes() == array.tobytes()
+            assert ckpt.get_slice(key)[1:3].tobytes() == array[1:3].tobytes()
+    loaded = ptfile.load(ReadSeekFile(data), mmap=mmap)
+    assert all(loaded[key].tobytes() == array.tobytes() for key, array in BIG.items())
+
+
 def test_verify_streams_every_record_in_views(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ziparchive, "CRC_CHUNK_BYTES", 4096)
     data = saved(BIG)

@@ -106,6 +106,18 @@ def test_npz_keeps_ml_dtypes(tmp_path):
     assert back["i"].tolist() == [0, 1, 2]
 
 
+def test_npz_tensor_names_are_never_taken_for_savez_options(tmp_path):
+    # np.savez(out, **arrays) would drop a tensor named allow_pickle and refuse one named file
+    tensors = {"file": np.arange(3, dtype=np.int32), "allow_pickle": np.ones((2, 2), np.float32), "x": np.zeros(1)}
+    write_npz(tensors, str(tmp_path / "t.npz"))
+    with np.load(tmp_path / "t.npz", allow_pickle=False) as npz:  # numpy itself reads every tensor back
+        assert sorted(npz.files) == sorted(tensors)
+        for key, array in tensors.items():
+            assert npz[key].dtype == array.dtype and npz[key].tolist() == array.tolist()
+    back = ptfile.load(tmp_path / "t.npz")
+    assert {key: value.tolist() for key, value in back.items()} == {k: v.tolist() for k, v in tensors.items()}
+
+
 def test_cast_only_floats():
     out = cast({"f": np.ones(2, ml_dtypes.bfloat16), "i": np.ones(2, np.int64)}, "float32")
     assert out["f"].dtype == np.float32 and out["i"].dtype == np.int64
