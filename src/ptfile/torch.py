@@ -49,7 +49,7 @@ __all__ = ["load", "save"]
 if TYPE_CHECKING:  # the name only: torch itself is imported through ptfile's framework layer below
     from torch import device as TorchDevice
 
-MapLocation = Union[None, str, "TorchDevice", dict, Callable[..., Any]]
+MapLocation = Union[None, str, "TorchDevice", dict[str, Any], Callable[..., Any]]
 
 
 def load(
@@ -104,7 +104,7 @@ def _target_device(map_location: MapLocation) -> Any:
     raise PtfileError(f"map_location must be a device, a string, a dict or a callable, not {type(map_location).__name__}")
 
 
-def save(obj: Any, f: Union[str, os.PathLike, IO[bytes]]) -> None:
+def save(obj: Any, f: Union[str, os.PathLike[str], IO[bytes]]) -> None:
     """``torch.save(obj, f)``: torch tensors, parameters and state dicts written as torch writes them.
 
     Tensors are handed to ptfile's writer as numpy views of their own storages (nothing is
@@ -138,6 +138,7 @@ class _NumpyViews:
         root = self._root(tensor.untyped_storage())
         itemsize = info.itemsize
         strides = tuple(s * itemsize for s in tensor.stride())
+        array: np.ndarray
         if 0 in tensor.shape:
             array = np.ndarray(tuple(tensor.shape), info.numpy, buffer=root[:0], offset=0, strides=strides)
         else:

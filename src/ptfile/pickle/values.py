@@ -54,12 +54,12 @@ class Record:
 
     __slots__ = ("cls", "args", "state", "items", "listitems", "__weakref__")
 
-    def __init__(self, cls: Global, args: tuple = (), state: Any = None) -> None:
+    def __init__(self, cls: Global, args: tuple[Any, ...] = (), state: Any = None) -> None:
         self.cls = cls
         self.args = args
         self.state = state
-        self.items: dict = {}
-        self.listitems: list = []
+        self.items: dict[Any, Any] = {}
+        self.listitems: list[Any] = []
 
     @property
     def classname(self) -> str:
@@ -85,7 +85,7 @@ class Parameter(np.ndarray):
     """
 
     requires_grad: bool = True
-    attributes: dict | None = None
+    attributes: dict[str, Any] | None = None
 
     def __array_finalize__(self, obj: Any) -> None:  # views and results of operations
         if obj is not None:

@@ -30,6 +30,7 @@ accepts a dangerous one.
 
 from __future__ import annotations
 
+import pathlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -182,10 +183,10 @@ for _module in ("lightning_fabric.utilities.data", "lightning.fabric.utilities.d
 
 # Standard-library values.
 for _module in ("pathlib", "pathlib._local"):
-    for _name, _flavour in (("PosixPath", metadata.pathlib.PurePosixPath),
-                            ("PurePosixPath", metadata.pathlib.PurePosixPath),
-                            ("WindowsPath", metadata.pathlib.PureWindowsPath),
-                            ("PureWindowsPath", metadata.pathlib.PureWindowsPath)):
+    for _name, _flavour in (("PosixPath", pathlib.PurePosixPath),
+                            ("PurePosixPath", pathlib.PurePosixPath),
+                            ("WindowsPath", pathlib.PureWindowsPath),
+                            ("PureWindowsPath", pathlib.PureWindowsPath)):
         _add(_module, _name, "metadata", "a path, kept as a pure path that never touches the disk",
              call=metadata.pure_path(_flavour))
 _add("datetime", "datetime", "metadata", "timestamp from its validated byte state", call=metadata.make_datetime)
@@ -214,7 +215,7 @@ for _name, _how in objects.PICKLE_BUILDERS.items():
          call=_how)
 
 
-def new_engine(data: bytes, record: str, inventory: list, context: Any, persistent_load: Any,
+def new_engine(data: bytes, record: str, inventory: list[GlobalUse], context: Any, persistent_load: Any,
                origin: int = 0) -> Engine:
     """The one restricted engine, wired to this one table; ``origin`` is where ``data`` starts in the file."""
     return Engine(data, lookup=lookup, persistent_load=persistent_load, context=context, record=record,

@@ -70,16 +70,19 @@ from ..formats.dcp import (
     parse_layout,
 )
 from ..formats.legacy import TAR_BLOCK, has_magic_number, is_tar, walk_tar
-from ..formats.loader import CheckpointReader, Context, detached_storage, looks_like_pickle, new_engine
+from ..formats.loader import CheckpointReader, looks_like_pickle
 from ..formats.npformat import object_pickles
 from ..formats.opener import SNIFF_BYTES, Format, detect, is_readable, resolve
 from ..formats.sharded import ShardedCheckpoint, index_of, read_index
+from ..formats.torchzip import detached_storage
 from ..io.folders import folders_for
 from ..io.open import open_source
 from ..io.source import ByteSource, MappedSource, SliceSource, SourceFile
 from ..pickle.engine import gc_paused
 from ..pickle.inventory import GlobalUse
 from ..policy import allowlist
+from ..policy.allowlist import new_engine
+from ..tensors.context import Context
 
 __all__ = ["ScanResult", "scan", "scan_opened", "VERDICTS", "FolderWalk", "PassedOver", "walk_for_scan"]
 
@@ -779,7 +782,7 @@ def _worst(*judgements: allowlist.Judgement) -> allowlist.Judgement:
                                tuple(f for j in judgements for f in j.allowed))
 
 
-def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | None = None) -> Any:
+def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | None = None) -> ScanResult:
     """Scan a DCP folder: ``.metadata`` and every item, each run dry through the engine.
 
     The DCP dataclasses are vouched for in ``.metadata`` only; the items are judged as
