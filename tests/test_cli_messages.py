@@ -16,6 +16,7 @@ import pytest
 
 import ptfile
 from ptfile.cli import main as cli
+from ptfile.cli import output as cli_output
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 STATE_DICT = FIXTURES / "state_dict.pt"
@@ -268,7 +269,7 @@ class Recorder:
 @pytest.fixture
 def recorder(monkeypatch):
     Recorder.made = []
-    monkeypatch.setattr(cli, "_Progress", Recorder)
+    monkeypatch.setattr(cli_output, "Progress", Recorder)
     return Recorder
 
 
@@ -307,7 +308,7 @@ def test_the_bar_is_drawn_on_a_terminal_only_after_the_delay(monkeypatch):
     terminal = Terminal()
     monkeypatch.setattr("sys.stderr", terminal)
     clock = iter([0.5, 2.0])
-    quick = cli._Progress("writing", True)
+    quick = cli_output.Progress("writing", True)
     quick._start, quick._clock = 0.0, lambda: next(clock)
     quick(1, 10)  # 0.5 s in: nothing yet
     assert quick._bar is None
@@ -317,7 +318,7 @@ def test_the_bar_is_drawn_on_a_terminal_only_after_the_delay(monkeypatch):
     assert "writing" in terminal.getvalue()
     piped = io.StringIO()
     monkeypatch.setattr("sys.stderr", piped)
-    silent = cli._Progress("writing", True)
+    silent = cli_output.Progress("writing", True)
     silent._start, silent._clock = 0.0, lambda: 100.0
     silent(1, 2)
     silent.close()
