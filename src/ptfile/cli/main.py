@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ptfile", description="Read, inspect and scan PyTorch checkpoints without torch.")
     parser.add_argument("--version", action="version", version=f"ptfile {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do (ptfile COMMAND --help for its options)")
     for group in COMMAND_GROUPS:
         group.register(commands)
     return parser
