@@ -260,8 +260,9 @@ def _container(handle: Any) -> dict[str, Any]:
 
 # -- folding long listings ----------------------------------------------------------
 
-#: A whole dotted component that is a number: a layer, block or expert index.
-_INDEX = re.compile(r"(?<![^.])\d+(?![^.])")
+#: A whole dotted component that is a number (a layer, block or expert index), captured so that
+#: ``split`` gives a name's text and its numbers in one pass: ``[text, number, text, ...]``.
+_INDEX = re.compile(r"(?<![^.])(\d+)(?![^.])")
 #: Names of sharing partners listed in a folded row before the rest are counted.
 MAX_SHARED_LISTED = 3
 
@@ -276,26 +277,35 @@ def fold_rows(rows: list[dict]) -> list[dict]:
     the names its members share storage with (outside the fold), up to :data:`MAX_SHARED_LISTED`.
     Rows come in the order of the first member of each fold.
     """
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, tuple[list[str], list[dict], list[list[str]]]] = {}
     for row in rows:
-        key = (_INDEX.sub("#", row["name"]), row["dtype"], tuple(row["shape"]), tuple(row["strides"]))
-        groups.setdefault(key, []).append(row)
-    return [_folded(members) if len(members) > 1 else {**members[0], "count": 1} for members in groups.values()]
+        parts = _INDEX.split(row["name"])
+        texts = parts[::2]
+        key = (tuple(texts), row["dtype"], tuple(row["shape"]), tuple(row["strides"]))
+        group = groups.get(key)
+        if group is None:
+            groups[key] = (texts, [row], [parts[1::2]])
+        else:
+            group[1].append(row)
+            group[2].append(parts[1::2])
+    return [_folded(*group) if len(group[1]) > 1 else {**group[1][0], "count": 1} for group in groups.values()]
 
 
-def _folded(members: list[dict]) -> dict:
-    indices = [[int(m.group()) for m in _INDEX.finditer(row["name"])] for row in members]
-    parts = _INDEX.split(members[0]["name"])
-    name = parts[0]
-    for position, text in enumerate(parts[1:]):
-        name += _index_set(sorted({found[position] for found in indices})) + text
-    inside = {row["name"] for row in members}
-    partners = list(dict.fromkeys(other for row in members for other in row.get("shared_with", [])
-                                  if other not in inside))
-    if len(partners) > MAX_SHARED_LISTED:
-        partners = [*partners[:MAX_SHARED_LISTED], f"and {len(partners) - MAX_SHARED_LISTED} more"]
+def _folded(texts: list[str], members: list[dict], numbers: list[list[str]]) -> dict:
+    """One row for ``members``: names made of the same ``texts`` around their ``numbers``."""
+    name = texts[0]
+    for position, text in enumerate(texts[1:]):
+        name += _index_set(sorted({int(found[position]) for found in numbers})) + text
+    partners: dict[str, None] = {}
+    if any(row.get("shared_with") for row in members):
+        inside = {row["name"] for row in members}
+        partners = dict.fromkeys(other for row in members for other in row.get("shared_with", [])
+                                 if other not in inside)
+    listed = list(partners)
+    if len(listed) > MAX_SHARED_LISTED:
+        listed = [*listed[:MAX_SHARED_LISTED], f"and {len(listed) - MAX_SHARED_LISTED} more"]
     return {**members[0], "name": name, "count": len(members), "nbytes": sum(row["nbytes"] for row in members),
-            "shared_with": partners}
+            "shared_with": listed}
 
 
 def _index_set(values: list[int]) -> str:

@@ -18,6 +18,7 @@ and everything they print goes through :mod:`ptfile.cli.output`.
 from __future__ import annotations
 
 import argparse
+import gc
 import re
 import sys
 from collections.abc import Sequence
@@ -60,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_ERROR
+    # Everything imported so far lives until the command ends: out of the cyclic collector's way, its
+    # full collections walk only what the command builds (a third of `inspect`'s time on 20,000 tensors).
+    gc.freeze()
     try:
         return args.func(args)
     except (PtfileError, OSError, KeyError, ValueError, argparse.ArgumentTypeError, re.error) as exc:
@@ -69,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    finally:
+        gc.unfreeze()  # a caller that goes on (a test calling main) gets its collector back as it was
 
 
 if __name__ == "__main__":  # pragma: no cover
