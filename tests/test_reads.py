@@ -20,7 +20,7 @@ import pytest
 import ptfile
 from builders import DEFLATED, build_zip, program, state_dict, storage_pid, tensor_v2, torch_members
 from ptfile import ziparchive
-from ptfile.inspection import describe, fold_rows
+from ptfile.inspection import MAX_SHARED_WITH, describe, fold_rows
 from ptfile.loader import LazyCheckpoint
 from ptfile.opener import open_handle
 from ptfile.scanner import scan, scan_opened
@@ -279,6 +279,26 @@ def test_marked_parameters_are_the_parameters() -> None:
     marked = [row for row in report["tensors"] if row["parameter"]]
     assert marked and len(marked) < len(report["tensors"])
     assert report["totals"]["parameters"] == sum(int(np.prod(row["shape"])) for row in marked)
+
+
+def test_views_of_one_storage_list_a_bounded_number_of_partners(tmp_path: Path, run_cli) -> None:
+    """Every row of 3,000 views of one storage names at most MAX_SHARED_WITH partners and counts them all."""
+    torch = pytest.importorskip("torch")
+    base = torch.arange(3000, dtype=torch.float32)
+    views = {f"t{i}": base[i:i + 1] for i in range(3000)}
+    path = tmp_path / "views.pt"
+    torch.save(views, path)
+    report = describe(path)
+    assert [r["name"] for r in report["tensors"]] == list(views)
+    for record in report["tensors"]:
+        assert record["shared_count"] == 2999  # torch's views of one storage: every other tensor
+        assert len(record["shared_with"]) == MAX_SHARED_WITH and record["name"] not in record["shared_with"]
+        assert all(views[other].untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
+                   for other in record["shared_with"])
+    assert report["totals"]["bytes"] == base.nbytes and report["totals"]["parameters"] == 3000
+    code, out, err = run_cli("inspect", path)
+    assert code == 0, err
+    assert f"and {2999 - MAX_SHARED_WITH:,} more" in out
 
 
 # -- folding -----------------------------------------------------------------------------------

@@ -20,11 +20,17 @@ Totals count what the file holds, each byte once:
   - ``buffers``: every other tensor (running statistics, integer ids, masks, RNG states).
 
   ``parameters`` (the top-level count) is ``elements["parameters"]``.
+
+A tensor row names the other tensors over its storage in ``shared_with``, at most
+:data:`MAX_SHARED_WITH` of them, and counts them all in ``shared_count``: listing every partner
+of every row would grow with the square of the tensors (a file of 5,000 views of one storage
+would list 25 million names).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import re
 from typing import Any
@@ -52,6 +58,8 @@ KINDS = ("parameters", "buffers", "optimizer")
 _OPTIMIZER_STATE = re.compile(r"(?:^|\.)state\.\d+\.")
 #: Longest string given whole as a JSON value; longer ones are only summarized.
 MAX_JSON_STRING = 4096
+#: Names of other tensors over the same storage a tensor row lists; ``shared_count`` counts them all.
+MAX_SHARED_WITH = 16
 
 
 def summarize(value: Any) -> str:
@@ -94,6 +102,8 @@ def _tensor_rows(infos: dict[str, TensorInfo]) -> list[dict]:
 
 
 def _tensor_row(key: str, info: TensorInfo, group: list[str]) -> dict:
+    """A tensor's row; ``group``: every name over its storage, ``key`` among them."""
+    partners = list(itertools.islice((other for other in group if other != key), MAX_SHARED_WITH))
     return {
         "name": key,
         "dtype": info.dtype,
@@ -105,7 +115,8 @@ def _tensor_row(key: str, info: TensorInfo, group: list[str]) -> dict:
         "nbytes": info.nbytes,
         "storage": info.storage,
         "parameter": info.parameter,
-        "shared_with": [other for other in group if other != key],
+        "shared_with": partners,
+        "shared_count": max(len(group) - 1, 0),
     }
 
 
@@ -274,7 +285,8 @@ def fold_rows(rows: list[dict]) -> list[dict]:
     and that agree in dtype, shape and strides become one row named
     ``layers.{0..31}.attn.q_proj.weight`` with ``count`` 32 and ``nbytes`` their sum.  A row that
     differs (layer 0 of another shape) stays apart, so no shape is hidden.  A folded row keeps
-    the names its members share storage with (outside the fold), up to :data:`MAX_SHARED_LISTED`.
+    the names its members share storage with (outside the fold), up to :data:`MAX_SHARED_LISTED`,
+    and their number in ``shared_count`` (partners beyond each member's listed ones are not known here).
     Rows come in the order of the first member of each fold.
     """
     groups: dict[tuple, tuple[list[str], list[dict], list[list[str]]]] = {}
@@ -301,11 +313,8 @@ def _folded(texts: list[str], members: list[dict], numbers: list[list[str]]) -> 
         inside = {row["name"] for row in members}
         partners = dict.fromkeys(other for row in members for other in row.get("shared_with", [])
                                  if other not in inside)
-    listed = list(partners)
-    if len(listed) > MAX_SHARED_LISTED:
-        listed = [*listed[:MAX_SHARED_LISTED], f"and {len(listed) - MAX_SHARED_LISTED} more"]
     return {**members[0], "name": name, "count": len(members), "nbytes": sum(row["nbytes"] for row in members),
-            "shared_with": listed}
+            "shared_with": list(partners)[:MAX_SHARED_LISTED], "shared_count": len(partners)}
 
 
 def _index_set(values: list[int]) -> str:

@@ -94,5 +94,12 @@ def _tensor_cells(row: dict) -> list[str]:
         str(tuple(row["shape"])),
         "" if row.get("contiguous", True) else str(tuple(row["strides"])),
         human_bytes(row["nbytes"]),
-        safe(", ".join(row.get("shared_with", []))),
+        _shared_cell(row),
     ]
+
+
+def _shared_cell(row: dict) -> str:
+    """The names a row shares storage with, and how many more there are than it lists."""
+    names = row.get("shared_with", [])
+    more = row.get("shared_count", len(names)) - len(names)
+    return safe(", ".join([*names, f"and {more:,} more"] if more > 0 else names))
