@@ -8,7 +8,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import pickle
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -416,3 +420,44 @@ def test_edit_with_a_cast_reports_the_cast_then_the_write(run_cli, tmp_path, rec
     done = [d for d, _ in bar.calls]
     assert done == sorted(done) and bar.calls[-1][0] == bar.calls[-1][1] == 2000 + 4080
     assert ptfile.load(tmp_path / "f.pt")["a"].dtype == np.float32
+
+
+# -- the output layer: plain text off a terminal, rich on one ----------------------------------------
+
+
+def test_human_output_off_a_terminal_never_imports_rich(tmp_path):
+    """Piped output has no styles: inspect and scan print it without importing (or laying out with) rich."""
+    script = ("import sys\nfrom ptfile.cli.main import main\n"
+              f"codes = main(['inspect', {str(STATE_DICT)!r}, '--collapse']), main(['scan', {str(STATE_DICT)!r}])\n"
+              "assert codes == (0, 0), codes\n"
+              "assert not [m for m in sys.modules if m.split('.')[0] == 'rich'], 'rich was imported'\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(ptfile.__file__).resolve().parent.parent)})
+    assert done.returncode == 0, done.stderr
+    assert "blocks.{0..1}.conv.weight  x2" in done.stdout and "clean (zip)" in done.stdout
+
+
+def test_a_terminal_gets_the_same_table_styled(monkeypatch):
+    cells = [["a.weight", "float32", "(2, 3)"], ["b\\x1bname", "int64", "()"]]
+    piped = io.StringIO()
+    monkeypatch.setattr("sys.stdout", piped)
+    cli_output.Human().table(("name", "dtype", "shape"), cells, right=("shape",))
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stdout", terminal)
+    styled = cli_output.Human()
+    styled.table(("name", "dtype", "shape"), cells, right=("shape",))
+    styled.line("scan: ", ("clean", "green"))
+    assert "\x1b[" in terminal.getvalue() and "\x1b[" not in piped.getvalue()
+    plain_lines = piped.getvalue().splitlines()
+    assert plain_lines == ["name       dtype     shape", "a.weight   float32  (2, 3)",
+                           "b\\x1bname  int64        ()"]  # shape aligned right
+    styled_words = [line.split() for line in re.sub(r"\x1b\[[0-9;]*m", "", terminal.getvalue()).splitlines()]
+    assert styled_words[:3] == [line.split() for line in plain_lines] and styled_words[3] == ["scan:", "clean"]
+
+
+def test_an_empty_table_prints_its_header(run_cli, tmp_path):
+    path = tmp_path / "values.pt"
+    ptfile.save({"epoch": 3}, path)
+    code, out, err = run_cli("stats", path)
+    assert code == 0, err
+    assert out.split() == ["name", "dtype", "count", "min", "max", "mean", "std", "nan", "inf", "zeros"]

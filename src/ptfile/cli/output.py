@@ -133,7 +133,7 @@ class Human:
 
     def _plain_table(self, columns: Sequence[str], cells: list[list[str]], right: Sequence[str]) -> None:
         """Columns padded to their widest cell, one write: linear in the rows, whatever their number."""
-        widths = [max(len(column), *(len(row[i]) for row in cells)) for i, column in enumerate(columns)]
+        widths = [max([len(column), *(len(row[i]) for row in cells)]) for i, column in enumerate(columns)]
         aligns = [str.rjust if column in right else str.ljust for column in columns]
         gap = " " * COLUMN_GAP
         lines = [gap.join(align(cell, width) for cell, width, align in zip(row, widths, aligns, strict=True)).rstrip()
