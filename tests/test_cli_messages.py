@@ -461,3 +461,71 @@ def test_an_empty_table_prints_its_header(run_cli, tmp_path):
     code, out, err = run_cli("stats", path)
     assert code == 0, err
     assert out.split() == ["name", "dtype", "count", "min", "max", "mean", "std", "nan", "inf", "zeros"]
+
+
+# -- human views of diff, stats, match and inspect -----------------------------------------------------
+
+
+def test_diff_human_view_names_each_change(run_cli, tmp_path):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    ptfile.save({"same": np.ones(3, np.float32), "grown": np.ones(2, np.float32), "moved": np.zeros(4, np.float32),
+                 "gone": np.ones(1, np.float32)}, a)
+    ptfile.save({"same": np.ones(3, np.float32), "grown": np.ones(5, np.float32),
+                 "moved": np.array([0, 0, 0.5, 0], np.float32), "new": np.ones(1, np.float32)}, b)
+    code, out, err = run_cli("diff", a, b)
+    assert code == 1, err
+    lines = out.splitlines()
+    assert "- gone" in lines and "+ new" in lines and "! grown: shape [2] -> [5]" in lines
+    assert "! moved: max abs diff 0.5, max rel diff" in out and "1 elements differ" in out
+    assert lines[-1] == "1 only in A, 1 only in B, 2 changed, 1 equal, 0 equal within tolerance"
+
+
+def test_stats_human_view_matches_numpy(run_cli, tmp_path):
+    path = tmp_path / "s.pt"
+    values = np.array([1.0, -2.0, 0.0, np.nan, np.inf], np.float32)
+    ptfile.save({"w": values}, path)
+    code, out, err = run_cli("stats", path)
+    assert code == 0, err
+    header, row = (line.split() for line in out.splitlines())
+    finite = values[np.isfinite(values)].astype(np.float64)
+    expected = ["w", "float32", "5", f"{finite.min():.6g}", f"{finite.max():.6g}", f"{finite.mean():.6g}",
+                f"{finite.std():.6g}", "1", "1", "1"]
+    assert header[0] == "name" and row == expected
+
+
+def test_match_human_view_lists_missing_keys_then_counts_the_rest(run_cli, tmp_path):
+    model, reference = tmp_path / "m.pt", tmp_path / "ref.pt"
+    ptfile.save({"kept": np.ones(2, np.float32)}, model)
+    ptfile.save({"kept": np.ones(2, np.float32), **{f"extra{i}": np.ones(1, np.float32) for i in range(60)}},
+                reference)
+    code, out, _ = run_cli("match", model, "--against", reference)
+    assert code == 1
+    assert "missing keys (60):" in out and "  ... and 10 more" in out and out.count("  extra") == 50
+    assert out.splitlines()[-1] == "does not match"
+
+
+def test_inspect_human_view_lists_fifty_values_then_counts(run_cli, tmp_path):
+    path = tmp_path / "values.pt"
+    ptfile.save({"w": np.ones(2, np.float32), "epoch": 7, "history": {f"step{i}": i * 0.5 for i in range(50)}}, path)
+    code, out, err = run_cli("inspect", path)
+    assert code == 0, err
+    assert "other values:" in out and "  epoch = 7" in out and "  ... and 1 more" in out
+    assert "history.step48" in out and "history.step49" not in out
+    code, tree, _ = run_cli("inspect", path, "--tree")
+    assert code == 0 and "history" in tree and "step49 = 24.5" in tree and "... and" not in tree
+
+
+def test_bad_allow_pattern_and_rename_regex_are_usage_errors(run_cli, tmp_path):
+    code, _, err = run_cli("scan", STATE_DICT, "--allow", "os system")
+    assert "argument --allow" in one_line_error(code, err)
+    code, _, err = run_cli("edit", STATE_DICT, tmp_path / "o.pt", "--rename-regex", "abc")
+    assert "argument --rename-regex" in one_line_error(code, err) and "PATTERN=REPLACEMENT" in err
+
+
+def test_interrupt_exits_130_without_a_traceback(run_cli, monkeypatch):
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ptfile.inspection.describe", interrupted)
+    code, out, err = run_cli("inspect", STATE_DICT)
+    assert code == 130 and not out and "Traceback" not in err
