@@ -103,7 +103,8 @@ def _tensor_rows(infos: dict[str, TensorInfo]) -> list[dict]:
 
 def _tensor_row(key: str, info: TensorInfo, group: list[str]) -> dict:
     """A tensor's row; ``group``: every name over its storage, ``key`` among them."""
-    partners = list(itertools.islice((other for other in group if other != key), MAX_SHARED_WITH))
+    partners = list(itertools.islice((other for other in group if other != key), MAX_SHARED_WITH)) \
+        if len(group) > 1 else []
     return {
         "name": key,
         "dtype": info.dtype,
