@@ -135,7 +135,7 @@ def test_inspect_human(run_cli, tmp_path):
 def test_inspect_json_matches_library(run_json):
     code, doc = run_json("inspect", STATE_DICT)
     assert code == 0
-    assert doc["schema"] == 1 and doc["command"] == "inspect" and doc["format"] == "zip"
+    assert doc["schema"] == 2 and doc["command"] == "inspect" and doc["format"] == "zip"
     with ptfile.open(STATE_DICT) as ckpt:
         assert [t["name"] for t in doc["tensors"]] == ckpt.keys()
         for row in doc["tensors"]:

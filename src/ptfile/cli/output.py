@@ -22,7 +22,7 @@ EXIT_OK = 0
 EXIT_FOUND = 1
 EXIT_ERROR = 2
 #: Version of the JSON documents printed with --json; bumped when a field changes meaning.
-JSON_SCHEMA_VERSION = 1
+JSON_SCHEMA_VERSION = 2  # 2: a tensor lists at most 16 storage partners in shared_with, all counted in shared_count
 #: Width of rich output that is not on a terminal: wide enough never to truncate numbers or names.
 PIPE_WIDTH = 200
 #: Tables longer than this are printed as plain aligned text even on a terminal: rich lays out
