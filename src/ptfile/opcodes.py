@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["Opcode", "OPCODES", "BY_CODE", "BY_NAME", "NO_ARG", "FIXED", "LINES", "COUNTED", "code_of", "codes"]
+__all__ = ["Opcode", "OPCODES", "BY_CODE", "BY_NAME", "NO_ARG", "FIXED", "LINES", "COUNTED", "byte_of", "code_of",
+           "codes"]
 
 NO_ARG, FIXED, LINES, COUNTED = 0, 1, 2, 3
 
@@ -143,3 +144,8 @@ def code_of(name: str) -> int:
 def codes(*names: str) -> frozenset[int]:
     """The bytes of the opcodes called ``names``."""
     return frozenset(BY_NAME[name].code for name in names)
+
+
+def byte_of(name: str) -> bytes:
+    """The opcode called ``name`` as it is written in a pickle."""
+    return BY_NAME[name].byte
