@@ -212,7 +212,10 @@ class Engine:
 
     Like CPython's ``pickle._Unpickler``, one small handler per opcode (or family of
     opcodes) reads its argument at the position after the opcode byte and returns the
-    position after the argument; :data:`_DISPATCH` maps every byte to its handler.
+    position after the argument; :data:`_DISPATCH` maps every byte to its handler.  The
+    opcodes that make up nearly all of a torch checkpoint (:data:`_HOT`) are interpreted
+    inline by :meth:`run` instead, on local variables: a call per opcode would cost a
+    fifth of the engine's time.
     The stack of the innermost MARK is :attr:`stack` (its ``append`` bound once in
     :attr:`append`), the stacks under the open MARKs are :attr:`metastack`.
     """
@@ -346,12 +349,7 @@ class Engine:
     # -- the dispatch loop -------------------------------------------------------
 
     def run(self, pos: int = 0) -> tuple[Any, int]:  # noqa: C901 - the fast path is one flat loop
-        """Interpret the pickle starting at ``pos``; return the value and the offset after STOP.
-
-        The opcodes that make up nearly all of a torch checkpoint (:data:`_HOT`) run inline on
-        local variables, which saves a call per opcode (a fifth of the engine's time on a
-        20,000-tensor file); every other opcode goes to its handler in :data:`_DISPATCH`.
-        """
+        """Interpret the pickle starting at ``pos``; return the value and the offset after STOP."""
         self._start_run(pos)
         data = self.data
         stack = self.stack
@@ -381,12 +379,14 @@ class Engine:
                     if len(metastack) >= MAX_MARK_DEPTH:
                         raise CorruptFileError(f"{self.record}: more than {MAX_MARK_DEPTH} nested MARKs")
                     metastack.append(stack)
-                    self.stack = stack = []
-                    self.append = append = stack.append
+                    stack = []
+                    append = stack.append
                 elif op == BINUNICODE:
                     (n,) = _unpack_I(data, pos)
-                    append(str(self._take(n, pos + 4), "utf-8", "surrogatepass"))
-                    pos += 4 + n
+                    pos += 4
+                    self._need(n, pos)
+                    append(str(data[pos : pos + n], "utf-8", "surrogatepass"))
+                    pos += n
                 elif op == REDUCE:
                     args = stack.pop()
                     stack[-1] = self.call(stack[-1], args, start)
@@ -395,8 +395,8 @@ class Engine:
                     pos += 2
                 elif op == TUPLE:
                     items = tuple(stack)
-                    self.stack = stack = metastack.pop()
-                    self.append = append = stack.append
+                    stack = metastack.pop()
+                    append = stack.append
                     append(items)
                 elif op == BININT1:
                     append(data[pos])
@@ -433,12 +433,14 @@ class Engine:
                     append({})
                 elif op == SETITEMS:
                     items = stack
-                    self.stack = stack = metastack.pop()
-                    self.append = append = stack.append
+                    stack = metastack.pop()
+                    append = stack.append
                     self.setitems(stack[-1], items, start)
-                else:
+                else:  # the handlers work on the engine's copy of the loop's state
+                    self.stack = stack
+                    self.append = append
                     pos = dispatch[op](self, pos)
-                    stack = self.stack  # a handler may have closed a MARK or opened a frame
+                    stack = self.stack  # the handler may have closed a MARK or opened a frame
                     append = self.append
                     frame_end = self._frame_end
         except _Stop as stop:
@@ -477,10 +479,14 @@ class Engine:
             raise CorruptFileError(f"{self.record}: opcode before byte {pos} straddles the end of its frame")
         self._frame_end = _NO_FRAME
 
-    def _take(self, n: int, at: int) -> bytes:
-        """The ``n`` bytes at ``at``, once the declared length ``n`` is checked against the pickle."""
+    def _need(self, n: int, at: int) -> None:
+        """Refuse a declared length ``n`` at ``at`` that runs past the end of the pickle."""
         if n < 0 or at + n > len(self.data):
             raise CorruptFileError(f"{self.record}: length {n} at byte {at} runs past the end of the pickle")
+
+    def _take(self, n: int, at: int) -> bytes:
+        """The ``n`` bytes at ``at``, once the declared length ``n`` is checked against the pickle."""
+        self._need(n, at)
         return self.data[at : at + n]
 
     def _line(self, at: int) -> tuple[bytes, int]:
@@ -519,7 +525,7 @@ class Engine:
         if self._frame_end != _NO_FRAME:
             raise CorruptFileError(f"{self.record}: FRAME at byte {pos - 9} inside another frame")
         self._frame_end = pos + n
-        self._take(n, pos)
+        self._need(n, pos)
         return pos
 
     # -- constants and numbers ---------------------------------------------------
