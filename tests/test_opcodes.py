@@ -127,3 +127,9 @@ def test_first_opcode_failures_follow_cpython() -> None:
     assert not consumers.fails_at_once(opcodes.byte_of("GLOBAL"))
     assert consumers.fails_at_once(opcodes.byte_of("PERSID"))
     assert {opcodes.BY_CODE[code].name for code in consumers._EFFECT_OPCODES} == _IMPORTS
+
+
+def test_run_names_the_hot_opcodes_in_their_table_order() -> None:
+    """run() unpacks _HOT into local names; each name must be the opcode it stands for."""
+    local_names = [name for name in engine.Engine.run.__code__.co_varnames if name.isupper()]
+    assert local_names == [opcodes.BY_CODE[code].name for code in engine._HOT]
