@@ -93,6 +93,20 @@ def test_readme_usage_runs_with_the_types_it_declares(tmp_path: Path) -> None:
     assert shard_tensors["embed.weight"].tolist() == np.ones((8, 2)).tolist()
 
 
+def test_public_names_the_types_name() -> None:
+    # ScanResult is imported on first use, so that `import ptfile` leaves the scanner unloaded
+    code = ("import sys, ptfile; assert 'ptfile.scanning.scanner' not in sys.modules; "
+            "from ptfile.scanning.scanner import ScanResult; assert ptfile.ScanResult is ScanResult; "
+            "from ptfile import *; assert ScanResult is ptfile.ScanResult")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                   timeout=120)
+    assert isinstance(ptfile.scan(b"\x80\x02}q\x00."), ptfile.ScanResult)
+    assert ptfile.RemoteReadError is ptfile.errors.RemoteReadError and issubclass(ptfile.RemoteReadError, OSError)
+    assert ptfile.Checkpoint is ptfile.Handle and ptfile.TensorInfo is ptfile.formats.loader.TensorInfo
+    with pytest.raises(AttributeError, match="no attribute 'Scanresult'"):
+        ptfile.Scanresult  # noqa: B018
+
+
 def test_readme_torch_usage_matches_torch_load(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     api = usage()
