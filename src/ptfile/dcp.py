@@ -37,19 +37,48 @@ file and is large enough for its chunk's bytes; items written through stream tra
 (DCP's compression extensions) are refused as unsupported.  When read, a chunk's item
 must hold one tensor of the chunk's shape and the tensor's dtype.
 
-**Limits.**  :data:`MAX_METADATA_BYTES` bounds ``.metadata``; :data:`MAX_GRID_CELLS` bounds
+**Per-rank metadata.**  ``dcp.save(..., use_collectives=False)`` has each rank plan alone
+and write ``__{rank}.metadata`` listing only its own items (``__{rank}_{n}.distcp``).
+torch's loader never merges them: it reads ``.metadata`` when there is one, else the
+reading rank's own ``__{rank}.metadata`` (rank 0 in a single process, which is what
+``dcp.load`` without a process group and ``dcp_to_torch_save`` read).  ptfile reads what a
+single process reads: ``.metadata``, else ``__0.metadata``.  As any rank may read its own
+file, every rank's metadata is read and checked too (its chunks, its items, its pickled
+values run dry), and a name two ranks describe as different things (a tensor and a value,
+or two dtypes or global shapes) is refused: what the checkpoint holds would depend on who
+reads it.  Two ranks may store different values under one name (each saved its own
+state); ptfile gives rank 0's.  A rank whose chunks do not cover its tensors (a DTensor
+saved without coordination holds only its own shard) is refused, where torch would leave
+the rest of the tensor as it was.
+
+**Safetensors storage.**  ``FileSystemWriter(serialization_format=SAFETENSORS)`` writes each
+``.distcp`` file as its non-tensor items followed by one safetensors blob, while ``.metadata``
+places every tensor at the blob's start with the tensor's byte count as length.
+torch's ``FileSystemReader`` hands that range to ``torch.load``, which fails, so such folders
+have no reading to match: their tensor items are refused (``invalid`` in a scan), the values
+before them still judged.  ``HuggingFaceStorageWriter(save_distributed=True)`` writes one
+``shard-{rank}-model-{i}-of-{n}.safetensors`` per rank and no metadata; each file's header
+metadata ``DCP_SHARDING_INFO`` (JSON ``{fqn: {"saved_offsets": [...]}}``) places its tensors
+in the global tensor.  ``HuggingFaceStorageReader`` merges every ``*.safetensors`` file of
+the folder into chunks; ptfile does the same (a tensor's global shape reaches the end of its
+farthest chunk), reading each header with :func:`ptfile.stformat.read_header`.  A folder
+of such files without a ``.metadata`` or a shard index opens this way; its chunks must
+agree on the dtype (torch would cast them to whichever file it listed first) and cover the
+tensor exactly once, like a ``.metadata``'s.
+
+**Limits.**  :data:`MAX_METADATA_BYTES` bounds each metadata file, :data:`MAX_RANK_FILES` the
+number of per-rank metadata files and of safetensors files; :data:`MAX_GRID_CELLS` bounds
 the coverage check (the grid a tensor's chunk boundaries cut it into), :data:`MAX_DIMS` a
-tensor's dimensions.  Per-rank metadata written
-without coordination (``__{rank}.metadata``) is not read, nor are DCP folders written
-with the safetensors serialization format (their items are not ``torch.save`` blobs);
-the Hugging Face storage writer leaves an index, so such folders open as shards.
+tensor's dimensions.  Items written through stream transforms are not read.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -80,6 +109,16 @@ __all__ = ["DcpCheckpoint", "SliceSource", "MetadataPickle", "is_dcp", "consolid
 
 #: The metadata file a DCP folder is recognized by (``filesystem._metadata_fn``).
 METADATA_FILE = ".metadata"
+#: Per-rank metadata of a save without coordination (``FileSystemWriter._get_metadata_path(rank)``).
+RANK_METADATA_FILE = re.compile(r"__(0|[1-9][0-9]*)\.metadata")
+#: What a single process reads when there is no ``.metadata`` (``_DistWrapper.rank`` without a group).
+FIRST_RANK_METADATA = "__0.metadata"
+#: Suffix of the files ``HuggingFaceStorageReader`` merges (``_hf_utils.SUFFIX``).
+SAFETENSORS_SUFFIX = ".safetensors"
+#: Header metadata key placing a safetensors file's tensors in the global ones (``_hf_utils.CUSTOM_METADATA_KEY``).
+SHARDING_INFO_KEY = "DCP_SHARDING_INFO"
+#: Where a chunk starts, per tensor in ``DCP_SHARDING_INFO`` (``_hf_utils.SAVED_OFFSETS_KEY``).
+SAVED_OFFSETS_KEY = "saved_offsets"
 #: Suffix of the item files torch's FileSystemWriter writes.
 ITEM_SUFFIX = ".distcp"
 #: ``.metadata`` lists every chunk of every rank, ~250 bytes each: 1 GiB is millions of chunks.
@@ -89,6 +128,8 @@ MAX_METADATA_BYTES = 1 << 30
 MAX_GRID_CELLS = 1 << 24
 #: numpy's limit on dimensions (NPY_MAXDIMS in numpy 2): an array of more cannot be made.
 MAX_DIMS = 64
+#: One per-rank metadata file (or safetensors file) per rank: far more ranks than any job runs.
+MAX_RANK_FILES = 1 << 16
 
 METADATA_MODULE = "torch.distributed.checkpoint.metadata"
 FILESYSTEM_MODULE = "torch.distributed.checkpoint.filesystem"
@@ -104,8 +145,59 @@ STRIDED = Layout("strided")
 
 
 def is_dcp(src: Any) -> bool:
-    """A folder holding a DCP ``.metadata`` file."""
-    return isinstance(src, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(src), METADATA_FILE))
+    """A folder holding a DCP ``.metadata`` file, per-rank metadata, or DCP's safetensors shards."""
+    if not isinstance(src, (str, os.PathLike)) or not os.path.isdir(src):
+        return False
+    folder = os.fspath(src)
+    return bool(metadata_files(folder)) or is_safetensors_dcp(folder)
+
+
+def is_member(name: str) -> bool:
+    """Whether a file of a DCP folder is one its scan covers, by the names torch's writers give them."""
+    return (name == METADATA_FILE or RANK_METADATA_FILE.fullmatch(name) is not None
+            or name.endswith((ITEM_SUFFIX, SAFETENSORS_SUFFIX)))
+
+
+def metadata_files(folder: str) -> list[str]:
+    """The metadata files torch's loader may read: ``.metadata`` alone if present (it takes
+    precedence), else every ``__{rank}.metadata`` by rank, rank 0's first."""
+    if os.path.isfile(os.path.join(folder, METADATA_FILE)):
+        return [METADATA_FILE]
+    ranks = sorted((int(match[1]), name) for name in os.listdir(folder)
+                   if (match := RANK_METADATA_FILE.fullmatch(name)) and os.path.isfile(os.path.join(folder, name)))
+    if len(ranks) > MAX_RANK_FILES:
+        raise LimitExceededError(f"{folder}: {len(ranks)} per-rank metadata files, over the limit of {MAX_RANK_FILES}")
+    return [name for _, name in ranks]
+
+
+def is_safetensors_dcp(folder: str) -> bool:
+    """A folder without metadata or shard index where a safetensors file carries ``DCP_SHARDING_INFO``."""
+    names = os.listdir(folder)
+    if any(name.endswith(".index.json") for name in names):
+        return False  # the writer's index (model.safetensors.index.json) opens it as shards
+    return any(_has_sharding_info(os.path.join(folder, name)) for name in sorted(names)[:MAX_RANK_FILES]
+               if name.endswith(SAFETENSORS_SUFFIX))
+
+
+def _has_sharding_info(path: str) -> bool:
+    """Whether a file's checked safetensors header has ``DCP_SHARDING_INFO`` (False if it has no valid header)."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        return SHARDING_INFO_KEY in _header(path)[1]
+    except PtfileError:
+        return False
+
+
+def _header(path: str) -> tuple[dict, dict[str, str]]:
+    """A safetensors file's checked header (:func:`ptfile.stformat.read_header`): entries and metadata."""
+    from .stformat import read_header
+
+    source = open_source(path, mmap_file=False)
+    try:
+        return read_header(source)
+    finally:
+        source.close()
 
 
 def is_data_class(module: str, name: str) -> bool:
@@ -186,6 +278,7 @@ class DcpLayout:
     paths: dict[str, tuple]  # fqn -> path in the nested state dict (planner_data)
     items: list[Item]  # every item storage_data lists, used or not
     version: str | None
+    raw: bool = False  # items hold a chunk's bytes (safetensors data), not torch.save blobs
 
 
 def _what(value: Any) -> str:
@@ -368,18 +461,145 @@ def parse_layout(tree: Any) -> DcpLayout:
                      list(dict.fromkeys(items.values())), version if type(version) is str else None)
 
 
-def metadata_checkpoint(folder: str, *, records: bool, allow: allowlist.Allow | None = None) -> Checkpoint:
-    """``.metadata`` opened as a checkpoint of one plain pickle (its bytes are read at once)."""
-    path = os.path.join(folder, METADATA_FILE)
-    checked_size(path, MAX_METADATA_BYTES, "DCP .metadata file")
+def metadata_checkpoint(folder: str, *, records: bool, allow: allowlist.Allow | None = None,
+                        name: str = METADATA_FILE) -> Checkpoint:
+    """A metadata file opened as a checkpoint of one plain pickle (its bytes are read at once)."""
+    path = os.path.join(folder, name)
+    checked_size(path, MAX_METADATA_BYTES, f"DCP {name} file")
     source = open_source(path, mmap_file=False)
     return Checkpoint(source, copy=True, records=records, container=MetadataPickle(source), allow=allow)
 
 
-def read_metadata(folder: str, *, records: bool = False, allow: allowlist.Allow | None = None) -> Any:
+def read_metadata(folder: str, *, records: bool = False, allow: allowlist.Allow | None = None,
+                  name: str = METADATA_FILE) -> Any:
     """The ``Metadata`` record of a DCP folder, run through the engine and judged (raises if unsafe)."""
-    with metadata_checkpoint(folder, records=records, allow=allow) as checkpoint:
+    with metadata_checkpoint(folder, records=records, allow=allow, name=name) as checkpoint:
         return checkpoint.run(materialize=False)
+
+
+def read_layouts(folder: str, *, records: bool = False, allow: allowlist.Allow | None = None) -> list[DcpLayout]:
+    """Every layout a reader of the folder may see, the one a single process reads first.
+
+    ``.metadata`` alone; else each ``__{rank}.metadata``, checked to agree with each other.
+    """
+    names = metadata_files(folder)
+    if not names:
+        return [safetensors_layout(folder)]
+    if names[0] != METADATA_FILE and names[0] != FIRST_RANK_METADATA:
+        raise CorruptFileError(f"{folder}: per-rank metadata without {FIRST_RANK_METADATA} (found {names[0]}); "
+                               "a single process reads that file and fails")
+    layouts = [_parse_named(folder, name, records, allow) for name in names]
+    for name, layout in zip(names[1:], layouts[1:], strict=True):
+        check_ranks_agree(layouts[0], layout, names[0], name)
+    return layouts
+
+
+def _parse_named(folder: str, name: str, records: bool, allow: allowlist.Allow | None) -> DcpLayout:
+    tree = read_metadata(folder, records=records, allow=allow, name=name)
+    try:
+        return parse_layout(tree)
+    except CorruptFileError as exc:
+        if name == METADATA_FILE:
+            raise
+        raise CorruptFileError(f"{name}: {exc}") from None
+
+
+def check_ranks_agree(first: DcpLayout, other: DcpLayout, first_name: str, other_name: str) -> None:
+    """Two ranks' metadata describe each name they share as the same thing: kind, dtype, global shape."""
+    for fqn in other.order:
+        if fqn in first.tensors and fqn in other.tensors:
+            a, b = first.tensors[fqn], other.tensors[fqn]
+            if (a.dtype, a.shape) != (b.dtype, b.shape):
+                raise CorruptFileError(f"{fqn}: {first_name} describes a {a.dtype.torch_name} {a.shape} tensor, "
+                                       f"{other_name} a {b.dtype.torch_name} {b.shape}; which one is read depends "
+                                       "on the reading rank")
+        elif (fqn in first.tensors and fqn in other.values) or (fqn in first.values and fqn in other.tensors):
+            raise CorruptFileError(f"{fqn}: a tensor in one of {first_name} and {other_name}, a value in the other; "
+                                   "which one is read depends on the reading rank")
+        if fqn in first.paths and fqn in other.paths and first.paths[fqn] != other.paths[fqn]:
+            raise CorruptFileError(f"{fqn}: {first_name} and {other_name} place it at different paths "
+                                   f"{first.paths[fqn]!r:.40} and {other.paths[fqn]!r:.40}")
+
+
+# -- safetensors storage ---------------------------------------------------------
+
+
+def safetensors_files(folder: str) -> list[str]:
+    """The files ``HuggingFaceStorageReader.read_metadata`` merges: every ``*.safetensors`` of the folder."""
+    names = sorted(name for name in os.listdir(folder) if name.endswith(SAFETENSORS_SUFFIX))
+    if len(names) > MAX_RANK_FILES:
+        raise LimitExceededError(f"{folder}: {len(names)} safetensors files, over the limit of {MAX_RANK_FILES}")
+    for name in names:
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise CorruptFileError(f"{folder}: {name!r} is not a plain file, and torch would open it as one")
+    return names
+
+
+def safetensors_layout(folder: str) -> DcpLayout:
+    """The layout ``HuggingFaceStorageReader`` builds: each file's tensors, placed by ``DCP_SHARDING_INFO``."""
+    names = safetensors_files(folder)
+    if not names:
+        raise CorruptFileError(f"{folder}: no {METADATA_FILE}, per-rank metadata or safetensors files")
+    parts: dict[str, list[tuple[np.dtype, Chunk]]] = {}
+    for name in names:
+        for fqn, dtype, chunk in _safetensors_chunks(folder, name):
+            parts.setdefault(fqn, []).append((dtype, chunk))
+    tensors = {fqn: _merged_tensor(fqn, found) for fqn, found in parts.items()}
+    items = [chunk.item for entry in tensors.values() for chunk in entry.chunks]
+    return DcpLayout(tensors, {}, list(tensors), {}, items, None, raw=True)
+
+
+def _safetensors_chunks(folder: str, name: str) -> list[tuple[str, np.dtype, Chunk]]:
+    entries, metadata = _header(os.path.join(folder, name))
+    info = _sharding_info(metadata, name)
+    found = []
+    for fqn, entry in entries.items():
+        if info is None:
+            offsets = (0,) * len(entry.shape)
+        else:
+            saved = info.get(fqn)
+            offsets = saved.get(SAVED_OFFSETS_KEY) if type(saved) is dict else None
+            if type(offsets) is not list or not all(type(o) is int and o >= 0 for o in offsets):
+                raise CorruptFileError(f"{name}: {SHARDING_INFO_KEY} gives {fqn!r} no list of saved offsets")
+            if len(offsets) != len(entry.shape):
+                raise CorruptFileError(f"{name}: {fqn!r} has {len(entry.shape)} dimensions but "
+                                       f"{len(offsets)} saved offsets")
+        found.append((fqn, entry.dtype, Chunk(tuple(offsets), entry.shape, Item(name, entry.offset, entry.nbytes))))
+    return found
+
+
+def _sharding_info(metadata: dict[str, str], name: str) -> dict | None:
+    """``DCP_SHARDING_INFO`` as torch reads it: only when present and non-empty."""
+    text = metadata.get(SHARDING_INFO_KEY)
+    if not text:
+        return None
+    try:
+        info = json.loads(text)
+    except ValueError as exc:
+        raise CorruptFileError(f"{name}: {SHARDING_INFO_KEY} is not valid JSON: {exc}") from None
+    if type(info) is not dict:
+        raise CorruptFileError(f"{name}: {SHARDING_INFO_KEY} is not a JSON object")
+    return info
+
+
+def _merged_tensor(fqn: str, found: list[tuple[np.dtype, Chunk]]) -> TensorEntry:
+    """One tensor from its chunks in every file: one dtype, a global shape reaching the farthest chunk."""
+    from .dtypes import by_numpy
+
+    dtypes = {dtype for dtype, _ in found}
+    if len(dtypes) > 1:
+        raise CorruptFileError(f"{fqn}: its chunks are stored as {sorted(d.name for d in dtypes)}; torch casts them "
+                               "all to the dtype of whichever file it lists first")
+    info = by_numpy(found[0][0])
+    if info is None:
+        raise UnsupportedFormatError(f"{fqn}: no torch dtype for {found[0][0].name}")
+    chunks = tuple(chunk for _, chunk in found)
+    if len({len(c.sizes) for c in chunks}) > 1:
+        raise CorruptFileError(f"{fqn}: its chunks have different numbers of dimensions")
+    shape = tuple(max(c.offsets[d] + c.sizes[d] for c in chunks) for d in range(len(chunks[0].sizes)))
+    entry = TensorEntry(info, shape, chunks, requires_grad=False)
+    check_chunks(fqn, entry)
+    return entry
 
 
 # -- the lazy handle -------------------------------------------------------------
@@ -406,28 +626,30 @@ class DcpCheckpoint(Handle):
         self._records = records
         self._allow = allow
         self._sources: dict[str, Source] = {}
-        self.layout = parse_layout(read_metadata(self.folder, records=records, allow=allow))
-        self._check_items()
+        layouts = read_layouts(self.folder, records=records, allow=allow)
+        self.layout = layouts[0]
+        self._check_items([item for layout in layouts for item in layout.items])
         try:
-            self._judge_values()
+            for layout in layouts:
+                self._judge_values(layout)
         except BaseException:
             self.close()
             raise
 
-    def _judge_values(self) -> None:
+    def _judge_values(self, layout: DcpLayout) -> None:
         """Run every non-tensor item dry now: DCP's loader unpickles them with ``torch.load(weights_only=False)``.
 
         Tensors are read (and judged) when asked for, as DCP reads them with ``weights_only=True``;
         a value is judged at once, so that a handle that opens is one whose every reader is safe.
         """
-        for item in self.layout.values.values():
+        for item in layout.values.values():
             blob = SliceSource(self._file(item.file), item.offset, item.length, os.path.join(self.folder, str(item)))
             Checkpoint(blob, copy=False, records=self._records, allow=self._allow).run(materialize=False)
 
-    def _check_items(self) -> None:
+    def _check_items(self, items: list[Item]) -> None:
         """Every item inside an existing file of the folder."""
         sizes: dict[str, int] = {}
-        for item in self.layout.items:
+        for item in items:
             if item.file not in sizes:
                 try:
                     sizes[item.file] = os.path.getsize(os.path.join(self.folder, item.file))
@@ -498,6 +720,10 @@ class DcpCheckpoint(Handle):
         return out
 
     def _chunk(self, key: str, entry: TensorEntry, chunk: Chunk) -> np.ndarray:
+        if self.layout.raw:  # safetensors data: the header gave its dtype and shape, checked against the file
+            raw = self._file(chunk.item.file).array(chunk.item.offset, chunk.item.length, f"{key} at {chunk.offsets}",
+                                                    copy=not self._mmap)
+            return raw.view(entry.numpy).reshape(chunk.sizes)
         value = self.read_item(chunk.item)
         if not isinstance(value, np.ndarray):
             raise CorruptFileError(f"{key}: item {chunk.item} of the chunk at {chunk.offsets} holds a "
@@ -673,12 +899,13 @@ def _worst(*judgements: allowlist.Judgement) -> allowlist.Judgement:
 
 
 def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | None = None) -> Any:
-    """Scan a DCP folder: ``.metadata`` and every item, each run dry through the engine.
+    """Scan a DCP folder: every metadata file a reader may read and every item, each run dry through the engine.
 
-    The DCP dataclasses are vouched for in ``.metadata`` only; the items are judged as
-    ordinary checkpoints.  If ``.metadata`` cannot be read, each ``.distcp`` file is
-    examined as a whole instead (which finds less, and is never clean).
-    Returns a :class:`ptfile.scanner.ScanResult` for the folder.
+    The DCP dataclasses are vouched for in the metadata files only; the items are judged as
+    ordinary checkpoints.  If a metadata file cannot be read, each ``.distcp`` file is
+    examined as a whole instead (which finds less, and is never clean).  A folder of DCP's
+    safetensors shards has no pickle: each file's header is checked and the chunks merged
+    as when it is opened.  Returns a :class:`ptfile.scanner.ScanResult` for the folder.
     """
     from .scanner import scan_result
 
@@ -687,19 +914,44 @@ def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | N
     item_inventory: list[GlobalUse] = []
     faults: list[str] = []
     notes: list[str] = []
-    layout = _scan_metadata(path, meta_inventory, faults)
-    if layout is not None:
-        _scan_items(path, layout, item_inventory, faults, notes)
-    else:
-        _scan_whole_files(path, item_inventory, faults, notes)
+    try:
+        names = metadata_files(path)
+    except PtfileError as exc:
+        faults.append(str(exc))
+        names = []
+    if names:
+        layouts = _scan_metadata_files(path, names, meta_inventory, faults)
+        if layouts is not None:
+            _scan_items(path, layouts, names, item_inventory, faults, notes)
+        else:
+            _scan_whole_files(path, item_inventory, faults, notes)
+    elif not faults:
+        _scan_safetensors(path, faults, notes)
     judgement = _worst(allowlist.judge(meta_inventory, inert_classes=is_data_class, allow=allow),
                        allowlist.judge(item_inventory, allow=allow))
     return scan_result(path, "dcp", judgement, faults, notes, meta_inventory + item_inventory, strict=strict)
 
 
-def _scan_metadata(folder: str, inventory: list[GlobalUse], faults: list[str]) -> DcpLayout | None:
+def _scan_metadata_files(folder: str, names: list[str], inventory: list[GlobalUse],
+                         faults: list[str]) -> list[DcpLayout] | None:
+    """Every metadata file run dry into ``inventory``; their layouts if all parse and agree."""
+    layouts = [_scan_metadata(folder, name, inventory, faults) for name in names]
+    if any(layout is None for layout in layouts):
+        return None
+    found = [layout for layout in layouts if layout is not None]
+    if names[0] not in (METADATA_FILE, FIRST_RANK_METADATA):
+        faults.append(f"{folder}: per-rank metadata without {FIRST_RANK_METADATA}; a single process fails to read it")
+    for name, layout in zip(names[1:], found[1:], strict=True):
+        try:
+            check_ranks_agree(found[0], layout, names[0], name)
+        except PtfileError as exc:
+            faults.append(str(exc))
+    return found
+
+
+def _scan_metadata(folder: str, name: str, inventory: list[GlobalUse], faults: list[str]) -> DcpLayout | None:
     try:
-        checkpoint = metadata_checkpoint(folder, records=True)
+        checkpoint = metadata_checkpoint(folder, records=True, name=name)
     except PtfileError as exc:
         faults.append(str(exc))
         return None
@@ -709,20 +961,34 @@ def _scan_metadata(folder: str, inventory: list[GlobalUse], faults: list[str]) -
     except UnsafeGlobalError:
         return None  # graded from the inventory
     except PtfileError as exc:
-        faults.append(str(exc))
+        faults.append(f"{name}: {exc}" if name != METADATA_FILE else str(exc))
         return None
     finally:
         checkpoint.close()
 
 
-def _scan_items(folder: str, layout: DcpLayout, inventory: list[GlobalUse], faults: list[str],
-                notes: list[str]) -> None:
+def _scan_safetensors(folder: str, faults: list[str], notes: list[str]) -> None:
+    """DCP's safetensors shards: every header checked and the chunks merged, as opening them does."""
+    try:
+        layout = safetensors_layout(folder)
+    except PtfileError as exc:
+        faults.append(str(exc))
+        return
+    notes.append(f"{len({item.file for item in layout.items})} safetensors files merged by {SHARDING_INFO_KEY}; "
+                 "no pickle")
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(SAFETENSORS_SUFFIX) and os.path.isfile(os.path.join(folder, name)):
+            notes.append(f"file {name!r} is not part of the checkpoint (scan it on its own)")
+
+
+def _scan_items(folder: str, layouts: list[DcpLayout], names: list[str], inventory: list[GlobalUse],
+                faults: list[str], notes: list[str]) -> None:
     from .scanner import examine_checkpoint
 
     sources: dict[str, Source] = {}
     used: dict[str, list[tuple[int, int]]] = {}
     try:
-        for item in layout.items:
+        for item in dict.fromkeys(item for layout in layouts for item in layout.items):
             try:
                 if item.file not in sources:
                     sources[item.file] = open_source(os.path.join(folder, item.file), mmap_file=True)
@@ -737,10 +1003,13 @@ def _scan_items(folder: str, layout: DcpLayout, inventory: list[GlobalUse], faul
     finally:
         for source in sources.values():
             source.close()
-    if layout.values:
-        notes.append(f"{len(layout.values)} non-tensor items: torch.distributed.checkpoint.load unpickles "
+    values = sum(len(layout.values) for layout in layouts)
+    if values:
+        notes.append(f"{values} non-tensor items: torch.distributed.checkpoint.load unpickles "
                      "them with weights_only=False")
-    listed = set(used) | {METADATA_FILE}
+    if len(names) > 1:
+        notes.append(f"{len(names)} per-rank metadata files: each rank reads its own; ptfile reads {names[0]}")
+    listed = set(used) | set(names)
     for name in sorted(os.listdir(folder)):
         if name not in listed and os.path.isfile(os.path.join(folder, name)):
             notes.append(f"file {name!r} is not part of the checkpoint (scan it on its own)")

@@ -188,7 +188,7 @@ def _candidates(paths: Sequence[str], include: list[str], exclude: list[str], re
 
     A DCP folder (``.metadata`` + ``*.distcp``) is scanned as one checkpoint; other files in it on their own.
     """
-    from ..dcp import ITEM_SUFFIX, METADATA_FILE, is_dcp
+    from ..dcp import is_dcp, is_member
     from ..scanner import is_scannable
 
     found: list[str] = []
@@ -199,7 +199,7 @@ def _candidates(paths: Sequence[str], include: list[str], exclude: list[str], re
                 dirs.sort()
                 if is_dcp(folder):
                     found.append(folder)
-                    files = [f for f in files if f != METADATA_FILE and not f.endswith(ITEM_SUFFIX)]
+                    files = [f for f in files if not is_member(f)]
                 paths = (os.path.join(folder, f) for f in sorted(files))
                 found.extend(p for p in paths if os.path.isfile(p) and is_scannable(p))
         else:
