@@ -1030,7 +1030,7 @@ def _unread_bytes(used: dict[str, list[tuple[int, int]]], sizes: dict[str, int])
 def _scan_whole_files(folder: str, inventory: list[GlobalUse], faults: list[str], notes: list[str]) -> None:
     from .scanner import examine_checkpoint
 
-    faults.append(f"{folder}: items not located, as {METADATA_FILE} could not be read; "
+    faults.append(f"{folder}: items not located, as its metadata could not be read; "
                   f"each {ITEM_SUFFIX} file is examined whole")
     for name in sorted(os.listdir(folder)):
         if not name.endswith(ITEM_SUFFIX):
