@@ -105,7 +105,7 @@ from .special import Layout
 from .values import Global, Record
 
 __all__ = ["DcpCheckpoint", "SliceSource", "MetadataPickle", "is_dcp", "consolidate", "scan_folder",
-           "METADATA_FILE", "MAX_METADATA_BYTES"]
+           "METADATA_FILE", "MAX_METADATA_BYTES", "MAX_RANK_FILES", "metadata_files", "is_member"]
 
 #: The metadata file a DCP folder is recognized by (``filesystem._metadata_fn``).
 METADATA_FILE = ".metadata"
@@ -149,7 +149,10 @@ def is_dcp(src: Any) -> bool:
     if not isinstance(src, (str, os.PathLike)) or not os.path.isdir(src):
         return False
     folder = os.fspath(src)
-    return bool(metadata_files(folder)) or is_safetensors_dcp(folder)
+    try:
+        return bool(metadata_files(folder)) or is_safetensors_dcp(folder)
+    except LimitExceededError:
+        return True  # opening or scanning it reports the limit
 
 
 def is_member(name: str) -> bool:
