@@ -299,3 +299,13 @@ def test_safetensors_shards_merge_and_an_index_wins(tmp_path: Path) -> None:
     assert ptfile.scan(tmp_path).verdict == "clean"
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "a.safetensors"}}))
     assert not dcp.is_dcp(tmp_path)
+
+
+def test_scan_command_takes_each_layout_as_one_checkpoint(written: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Walking a tree, a per-rank folder and a folder of safetensors shards are each one checkpoint."""
+    copy(written, "ranks", tmp_path)
+    copy(written, "hf", tmp_path)
+    assert cli(["scan", "-r", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "scanned 2 files" in out and "ranks: clean (dcp)" in out and "hf: clean (dcp)" in out

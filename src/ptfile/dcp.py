@@ -178,8 +178,8 @@ def is_safetensors_dcp(folder: str) -> bool:
     names = os.listdir(folder)
     if any(name.endswith(".index.json") for name in names):
         return False  # the writer's index (model.safetensors.index.json) opens it as shards
-    return any(_has_sharding_info(os.path.join(folder, name)) for name in sorted(names)[:MAX_RANK_FILES]
-               if name.endswith(SAFETENSORS_SUFFIX))
+    files = sorted(name for name in names if name.endswith(SAFETENSORS_SUFFIX))
+    return any(_has_sharding_info(os.path.join(folder, name)) for name in files[:MAX_RANK_FILES])
 
 
 def _has_sharding_info(path: str) -> bool:
