@@ -223,6 +223,16 @@ def test_global_metadata_takes_precedence(written: Path, tmp_path: Path) -> None
     (folder / "__1.metadata").write_bytes(b"not a pickle")
     assert dcp.metadata_files(str(folder)) == [".metadata"]
     check_same(ptfile.load(folder), torch_read(written, "ranks"))
+    result = ptfile.scan(folder)
+    assert result.verdict == "clean" and any("__1.metadata is read only if" in note for note in result.notes)
+
+
+def test_per_rank_metadata_beside_global_metadata_is_judged(written: Path, tmp_path: Path) -> None:
+    """torch's loader falls back to the rank's own file when ``.metadata`` fails: a payload there is found."""
+    folder = copy(written, "ranks", tmp_path)
+    shutil.copy(folder / "__0.metadata", folder / ".metadata")
+    (folder / "__1.metadata").write_bytes(b"cos\nsystem\n(S'true'\ntR.")  # os.system('true'), never run
+    assert ptfile.scan(folder).verdict == "dangerous"
 
 
 # -- safetensors storage -------------------------------------------------------------------------

@@ -166,6 +166,11 @@ def metadata_files(folder: str) -> list[str]:
     precedence), else every ``__{rank}.metadata`` by rank, rank 0's first."""
     if os.path.isfile(os.path.join(folder, METADATA_FILE)):
         return [METADATA_FILE]
+    return rank_metadata_files(folder)
+
+
+def rank_metadata_files(folder: str) -> list[str]:
+    """Every ``__{rank}.metadata`` of the folder, by rank."""
     ranks = sorted((int(match[1]), name) for name in os.listdir(folder)
                    if (match := RANK_METADATA_FILE.fullmatch(name)) and os.path.isfile(os.path.join(folder, name)))
     if len(ranks) > MAX_RANK_FILES:
@@ -922,6 +927,8 @@ def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | N
     except PtfileError as exc:
         faults.append(str(exc))
         names = []
+    if names == [METADATA_FILE]:
+        _scan_fallback_metadata(path, meta_inventory, notes)
     if names:
         layouts = _scan_metadata_files(path, names, meta_inventory, faults)
         if layouts is not None:
@@ -950,6 +957,21 @@ def _scan_metadata_files(folder: str, names: list[str], inventory: list[GlobalUs
         except PtfileError as exc:
             faults.append(str(exc))
     return found
+
+
+def _scan_fallback_metadata(folder: str, inventory: list[GlobalUse], notes: list[str]) -> None:
+    """Per-rank metadata beside ``.metadata``: torch's loader unpickles its rank's file when ``.metadata``
+    fails to load, so each is judged too; what is wrong in them only matters then, and is noted."""
+    try:
+        names = rank_metadata_files(folder)
+    except PtfileError as exc:
+        notes.append(str(exc))
+        return
+    for name in names:
+        problems: list[str] = []
+        _scan_metadata(folder, name, inventory, problems)
+        notes.append(f"{name} is read only if {METADATA_FILE} fails to load"
+                     + (f"; {problems[0]}" if problems else ""))
 
 
 def _scan_metadata(folder: str, name: str, inventory: list[GlobalUse], faults: list[str]) -> DcpLayout | None:
@@ -1012,7 +1034,7 @@ def _scan_items(folder: str, layouts: list[DcpLayout], names: list[str], invento
                      "them with weights_only=False")
     if len(names) > 1:
         notes.append(f"{len(names)} per-rank metadata files: each rank reads its own; ptfile reads {names[0]}")
-    listed = set(used) | set(names)
+    listed = set(used) | set(names) | {name for name in os.listdir(folder) if RANK_METADATA_FILE.fullmatch(name)}
     for name in sorted(os.listdir(folder)):
         if name not in listed and os.path.isfile(os.path.join(folder, name)):
             notes.append(f"file {name!r} is not part of the checkpoint (scan it on its own)")
