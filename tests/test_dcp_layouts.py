@@ -319,3 +319,13 @@ def test_scan_command_takes_each_layout_as_one_checkpoint(written: Path, tmp_pat
     assert cli(["scan", "-r", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "scanned 2 files" in out and "ranks: clean (dcp)" in out and "hf: clean (dcp)" in out
+
+
+def test_scan_command_scans_other_files_of_a_dcp_folder_on_their_own(written: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A safetensors file beside per-rank metadata is not part of that checkpoint, so it is scanned alone."""
+    folder = copy(written, "ranks", tmp_path)
+    shutil.copy(written / "hf" / "shard-00001-model-00001-of-00001.safetensors", folder / "stray.safetensors")
+    assert cli(["scan", "-r", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "scanned 2 files" in out and "stray.safetensors: clean" in out

@@ -155,10 +155,12 @@ def is_dcp(src: Any) -> bool:
         return True  # opening or scanning it reports the limit
 
 
-def is_member(name: str) -> bool:
-    """Whether a file of a DCP folder is one its scan covers, by the names torch's writers give them."""
-    return (name == METADATA_FILE or RANK_METADATA_FILE.fullmatch(name) is not None
-            or name.endswith((ITEM_SUFFIX, SAFETENSORS_SUFFIX)))
+def is_member(folder: str, name: str) -> bool:
+    """Whether a file of a DCP folder is one :func:`scan_folder` covers, by the names torch's writers give them:
+    metadata and ``.distcp`` files beside metadata, else the safetensors shards."""
+    if name == METADATA_FILE or RANK_METADATA_FILE.fullmatch(name):
+        return True
+    return name.endswith(ITEM_SUFFIX if metadata_files(folder) else SAFETENSORS_SUFFIX)
 
 
 def metadata_files(folder: str) -> list[str]:

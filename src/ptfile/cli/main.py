@@ -199,7 +199,7 @@ def _candidates(paths: Sequence[str], include: list[str], exclude: list[str], re
                 dirs.sort()
                 if is_dcp(folder):
                     found.append(folder)
-                    files = [f for f in files if not is_member(f)]
+                    files = [f for f in files if not is_member(folder, f)]
                 paths = (os.path.join(folder, f) for f in sorted(files))
                 found.extend(p for p in paths if os.path.isfile(p) and is_scannable(p))
         else:
