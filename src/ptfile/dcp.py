@@ -49,7 +49,8 @@ or two dtypes or global shapes) is refused: what the checkpoint holds would depe
 reads it.  Two ranks may store different values under one name (each saved its own
 state); ptfile gives rank 0's.  A rank whose chunks do not cover its tensors (a DTensor
 saved without coordination holds only its own shard) is refused, where torch would leave
-the rest of the tensor as it was.
+the rest of the tensor as it was.  Per-rank files beside ``.metadata`` are read by torch only
+if ``.metadata`` fails to load; a scan judges their pickles anyway.
 
 **Safetensors storage.**  ``FileSystemWriter(serialization_format=SAFETENSORS)`` writes each
 ``.distcp`` file as its non-tensor items followed by one safetensors blob, while ``.metadata``
