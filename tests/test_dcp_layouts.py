@@ -329,3 +329,75 @@ def test_scan_command_scans_other_files_of_a_dcp_folder_on_their_own(written: Pa
     assert cli(["scan", "-r", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "scanned 2 files" in out and "stray.safetensors: clean" in out
+
+
+# -- the same layouts behind a URL ---------------------------------------------------------------
+
+
+def _url_copy(folder: Path, name: str) -> str:
+    """``folder`` copied into fsspec's memory file system, as a URL (a stand-in for an object store)."""
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    for path in folder.iterdir():
+        memory.pipe(f"/dcp-layouts/{name}/{path.name}", path.read_bytes())
+    return f"memory://dcp-layouts/{name}"
+
+
+def test_per_rank_folder_behind_a_url_reads_and_scans_as_its_local_copy(written: Path) -> None:
+    url = _url_copy(written / "ranks", "ranks")
+    assert dcp.metadata_files(url) == ["__0.metadata", "__1.metadata"]
+    check_same(ptfile.load(url), torch_read(written, "ranks"))
+    result = ptfile.scan(url)
+    assert result.verdict == "clean", result.faults
+    assert any("2 per-rank metadata files" in note for note in result.notes)
+    assert not any("not part of the checkpoint" in note for note in result.notes)
+
+
+def test_hostile_per_rank_folders_behind_a_url_are_refused(written: Path) -> None:
+    conflict = _url_copy(written / "ranks_conflict", "ranks_conflict")
+    with pytest.raises(ptfile.CorruptFileError, match="depends on the reading rank"):
+        ptfile.load(conflict)
+    assert ptfile.scan(conflict).verdict == "invalid"
+    payload = _url_copy(written / "ranks_payload", "ranks_payload")
+    with pytest.raises(ptfile.UnsafeGlobalError, match="fractions"):
+        ptfile.load(payload)
+    assert ptfile.scan(payload).verdict not in ("clean", "invalid")
+
+
+def test_safetensors_shards_behind_a_url_read_and_scan_as_their_local_copy(written: Path) -> None:
+    url = _url_copy(written / "hf", "hf")
+    assert dcp.is_dcp(url)
+    loaded = ptfile.load(url)
+    for key, node in torch_read(written, "hf")["dict"]:
+        check_same(loaded[key], node, key)
+    with ptfile.open(url) as remote, ptfile.open(written / "hf") as local:
+        assert (remote.format, list(remote.keys())) == (local.format, list(local.keys()))
+        assert remote.entry("w1").chunks == local.entry("w1").chunks
+    result = ptfile.scan(url)
+    assert result.verdict == "clean", result.faults
+    assert any("2 safetensors files merged" in note for note in result.notes)
+
+
+def test_hostile_safetensors_shards_behind_a_url_are_refused(tmp_path: Path) -> None:
+    _shard(tmp_path, "shard-00001-model-00001-of-00001.safetensors", HALVES, {"w": {"saved_offsets": [0]}})
+    _shard(tmp_path, "shard-00002-model-00001-of-00001.safetensors", HALVES, {"w": {"saved_offsets": [2]}})
+    url = _url_copy(tmp_path, "hf-overlap")
+    with pytest.raises(ptfile.CorruptFileError, match="overlap"):
+        ptfile.load(url)
+    assert ptfile.scan(url).verdict == "invalid"
+
+
+def test_one_row_of_a_safetensors_shard_behind_a_url_moves_one_row(tmp_path: Path) -> None:
+    """A tensor stored whole in one shard is sliced by byte range; one split over shards is assembled."""
+    matrix = np.arange(1000 * 256, dtype=np.float32).reshape(1000, 256)
+    _shard(tmp_path, "shard-00001-model-00001-of-00001.safetensors", {"m": matrix, "w": HALVES["w"]},
+           {"m": {"saved_offsets": [0, 0]}, "w": {"saved_offsets": [0]}})
+    _shard(tmp_path, "shard-00002-model-00001-of-00001.safetensors", {"w": HALVES["w"] + 4},
+           {"w": {"saved_offsets": [4]}})
+    with ptfile.open(_url_copy(tmp_path, "hf-rows")) as handle:
+        source = handle._file(handle.entry("m").chunks[0].item.file)
+        before, requests = source.bytes_read, source.requests
+        np.testing.assert_array_equal(handle.get_slice("m")[517], matrix[517])
+        assert (source.bytes_read - before, source.requests - requests) == (256 * 4, 1)
+        np.testing.assert_array_equal(handle.get_slice("m")[::-3, 5:9], matrix[::-3, 5:9])
+        assert handle.get_slice("w")[2:6].tolist() == [2, 3, 4, 5]

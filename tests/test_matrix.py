@@ -242,7 +242,8 @@ def test_url_load_open_and_scan(url_samples: dict[str, str], fmt: str) -> None:
     assert cli(["scan", url]) == 0
 
 
-@pytest.mark.parametrize("fmt", ["bin-shards", "safetensors-shards", "single-file-folder", "dcp"])
+@pytest.mark.parametrize("fmt", ["bin-shards", "safetensors-shards", "single-file-folder", "dcp", "dcp-rank",
+                                 "dcp-safetensors"])
 def test_url_folder_is_what_its_local_copy_is(samples: dict[str, Path], url_samples: dict[str, str],
                                               fmt: str) -> None:
     with ptfile.open(samples[fmt]) as local, ptfile.open(url_samples[fmt]) as remote:
