@@ -34,6 +34,7 @@ import ptfile
 from ptfile.cli.main import main as cli
 from ptfile.formats import dcp
 from ptfile.formats.stformat import write_safetensors
+from ptfile.scanning.scanner import walk_for_scan
 
 GENERATOR = textwrap.dedent('''
     import fractions, json, os, socket, sys
@@ -401,3 +402,15 @@ def test_one_row_of_a_safetensors_shard_behind_a_url_moves_one_row(tmp_path: Pat
         assert (source.bytes_read - before, source.requests - requests) == (256 * 4, 1)
         np.testing.assert_array_equal(handle.get_slice("m")[::-3, 5:9], matrix[::-3, 5:9])
         assert handle.get_slice("w")[2:6].tolist() == [2, 3, 4, 5]
+
+
+def test_a_walk_over_a_folder_past_the_rank_file_limit_names_the_limit(written: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Too many per-rank files: the folder's scan is invalid and names the limit, its files are judged alone."""
+    folder = copy(written, "ranks", tmp_path)
+    monkeypatch.setattr(dcp, "MAX_RANK_FILES", 1)
+    assert dcp.is_dcp(folder)
+    walk = walk_for_scan([str(tmp_path)], recursive=True)
+    assert str(folder) in walk.files and str(folder / "__1_0.distcp") in walk.files
+    result = ptfile.scan(folder)
+    assert result.verdict == "invalid" and any("over the limit of 1" in fault for fault in result.faults)

@@ -83,7 +83,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +111,7 @@ from .sharded import is_plain_file_name
 from .stformat import read_header
 
 __all__ = ["DcpCheckpoint", "SliceSource", "MetadataPickle", "is_dcp",
-           "METADATA_FILE", "MAX_METADATA_BYTES", "MAX_RANK_FILES", "metadata_files", "is_member"]
+           "METADATA_FILE", "MAX_METADATA_BYTES", "MAX_RANK_FILES", "metadata_files", "members"]
 
 #: The metadata file a DCP folder is recognized by (``filesystem._metadata_fn``).
 METADATA_FILE = ".metadata"
@@ -164,12 +164,13 @@ def is_dcp(src: Any) -> bool:
         return True  # opening or scanning it reports the limit
 
 
-def is_member(folder: str, name: str) -> bool:
-    """Whether a file of a DCP folder is one a scan of the folder covers, by the names torch's writers
-    give them: metadata and ``.distcp`` files beside metadata, else the safetensors shards."""
-    if name == METADATA_FILE or RANK_METADATA_FILE.fullmatch(name):
-        return True
-    return name.endswith(ITEM_SUFFIX if metadata_files(folder) else SAFETENSORS_SUFFIX)
+def members(folder: str, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` (files of a DCP folder) a scan of the folder covers, by the names torch's
+    writers give them: metadata and ``.distcp`` files beside metadata, else the safetensors shards.
+    The folder's metadata is looked for once, however many names are asked about."""
+    suffix = ITEM_SUFFIX if metadata_files(folder) else SAFETENSORS_SUFFIX
+    return {name for name in names
+            if name == METADATA_FILE or RANK_METADATA_FILE.fullmatch(name) or name.endswith(suffix)}
 
 
 def metadata_files(folder: str) -> list[str]:

@@ -50,6 +50,7 @@ opened (no py7zr, a member over a limit, encryption) is a fault.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -71,7 +72,7 @@ from ..formats.dcp import (
     check_ranks_agree,
     is_data_class,
     is_dcp,
-    is_member,
+    members,
     metadata_checkpoint,
     metadata_files,
     parse_layout,
@@ -221,12 +222,14 @@ def walk_for_scan(paths: list[str], *, recursive: bool = False, include: list[An
                     walk.passed_over.append(PassedOver(inside, "a folder inside the folder: scanned only with recursion"))
             if not recursive:
                 dirs.clear()
-            dcp = is_dcp(folder)
-            if dcp:
+            covered: set[str] = set()  # the files a DCP folder's own scan judges
+            if is_dcp(folder):
                 found.append(folder)
+                with contextlib.suppress(PtfileError):  # over a limit: the folder's scan says so, its files are judged alone
+                    covered = members(folder, files)
             for name in sorted(files):
                 file = os.path.join(folder, name)
-                if dcp and is_member(folder, name):
+                if name in covered:
                     walk.passed_over.append(PassedOver(file, f"part of the DCP checkpoint {folder}, judged with it"))
                     continue
                 why = _why_passed_over(file)
