@@ -365,6 +365,18 @@ def test_hostile_per_rank_folders_behind_a_url_are_refused(written: Path) -> Non
     assert ptfile.scan(payload).verdict not in ("clean", "invalid")
 
 
+def test_per_rank_metadata_beside_global_metadata_behind_a_url_is_judged(written: Path, tmp_path: Path) -> None:
+    """The per-rank files torch falls back to are listed and judged behind a URL as on disk."""
+    folder = copy(written, "ranks", tmp_path)
+    shutil.copy(folder / "__0.metadata", folder / ".metadata")
+    url = _url_copy(folder, "ranks-fallback")
+    assert dcp.metadata_files(url) == [".metadata"]
+    result = ptfile.scan(url)
+    assert result.verdict == "clean" and any("__1.metadata is read only if" in note for note in result.notes)
+    (folder / "__1.metadata").write_bytes(b"cos\nsystem\n(S'true'\ntR.")  # os.system('true'), never run
+    assert ptfile.scan(_url_copy(folder, "ranks-fallback-payload")).verdict == "dangerous"
+
+
 def test_safetensors_shards_behind_a_url_read_and_scan_as_their_local_copy(written: Path) -> None:
     url = _url_copy(written / "hf", "hf")
     assert dcp.is_dcp(url)
