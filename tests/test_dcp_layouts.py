@@ -232,8 +232,17 @@ def test_per_rank_metadata_beside_global_metadata_is_judged(written: Path, tmp_p
     """torch's loader falls back to the rank's own file when ``.metadata`` fails: a payload there is found."""
     folder = copy(written, "ranks", tmp_path)
     shutil.copy(folder / "__0.metadata", folder / ".metadata")
+    assert ptfile.scan(folder).verdict == "clean"
+    clean = ptfile.load(folder)
     (folder / "__1.metadata").write_bytes(b"cos\nsystem\n(S'true'\ntR.")  # os.system('true'), never run
     assert ptfile.scan(folder).verdict == "dangerous"
+    # load refuses what scan does not call clean, though .metadata itself is clean
+    with pytest.raises(ptfile.UnsafeGlobalError):
+        ptfile.load(folder)
+    with pytest.raises(ptfile.UnsafeGlobalError):
+        ptfile.open(folder)
+    (folder / "__1.metadata").write_bytes(b"\x80\x02}q\x00(")  # only damaged: read only if .metadata fails
+    assert sorted(ptfile.load(folder)) == sorted(clean)
 
 
 # -- safetensors storage -------------------------------------------------------------------------

@@ -506,6 +506,8 @@ def read_layouts(folder: str, *, records: bool = False, allow: allowlist.Allow |
     names = metadata_files(folder)
     if not names:
         return [safetensors_layout(folder)]
+    if names == [METADATA_FILE]:
+        _judge_fallback_metadata(folder, records, allow)
     if names[0] != METADATA_FILE and names[0] != FIRST_RANK_METADATA:
         raise CorruptFileError(f"{folder}: per-rank metadata without {FIRST_RANK_METADATA} (found {names[0]}); "
                                "a single process reads that file and fails")
@@ -513,6 +515,21 @@ def read_layouts(folder: str, *, records: bool = False, allow: allowlist.Allow |
     for name, layout in zip(names[1:], layouts[1:], strict=True):
         check_ranks_agree(layouts[0], layout, names[0], name)
     return layouts
+
+
+def _judge_fallback_metadata(folder: str, records: bool, allow: allowlist.Allow | None) -> None:
+    """Run dry the per-rank metadata beside ``.metadata``: torch's loader unpickles its rank's file
+    when ``.metadata`` fails to load, so a folder whose fallback names an unsafe global is refused
+    (as its scan is not clean).  A file that is only damaged matters only then, and is let be."""
+    try:
+        names = rank_metadata_files(folder)
+    except LimitExceededError:
+        return  # the scan notes it; torch reads these files only if .metadata fails
+    for name in names:
+        try:
+            read_metadata(folder, records=records, allow=allow, name=name)
+        except (CorruptFileError, LimitExceededError):
+            continue
 
 
 def _parse_named(folder: str, name: str, records: bool, allow: allowlist.Allow | None) -> DcpLayout:
