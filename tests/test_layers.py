@@ -21,7 +21,7 @@ PACKAGE = ROOT / "src" / "ptfile"
 
 #: The layers, bottom first: each may import only from itself and the layers before it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("errors", ("ptfile.errors",)),
+    ("errors", ("ptfile.errors", "ptfile.constants")),
     ("io", ("ptfile.io",)),
     ("containers", ("ptfile.containers",)),
     ("pickle", ("ptfile.pickle",)),
