@@ -44,6 +44,8 @@ STORAGE_ALIGNMENT_RECORD = ".storage_alignment"
 SERIALIZATION_ID_RECORD = ".data/serialization_id"
 #: The folder of storage records (``data/0``, ``data/1``, ...).
 STORAGE_FOLDER = "data/"
+#: The folder of the storages ``constants.pkl`` refers to, in a TorchScript archive.
+CONSTANTS_FOLDER = "constants/"
 #: The layout records torch writes or reads beside the pickle and the storages.
 LAYOUT_RECORDS = (VERSION_RECORD, DATA_VERSION_RECORD, BYTEORDER_RECORD, FORMAT_VERSION_RECORD,
                   STORAGE_ALIGNMENT_RECORD, SERIALIZATION_ID_RECORD)

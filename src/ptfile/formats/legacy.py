@@ -71,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION
 from ..errors import CorruptFileError, LimitExceededError, PtfileError, UnsafeGlobalError
 from ..io.source import Source
 from ..pickle.engine import GlobalRef
@@ -81,11 +82,8 @@ from ..tensors.context import Context
 from ..tensors.views import MAX_NDIM, StorageRef, StorageType, TensorSpec, check_view
 from .torchzip import check_storage_key
 
-__all__ = ["LegacyStream", "LegacyTar", "open_stream", "is_tar", "tar_members", "walk_tar", "TarMember", "pickle_end", "MAGIC_NUMBER",
-           "PROTOCOL_VERSION"]
+__all__ = ["LegacyStream", "LegacyTar", "open_stream", "is_tar", "tar_members", "walk_tar", "TarMember", "pickle_end"]
 
-MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
-PROTOCOL_VERSION = 1001
 
 #: The magic, version and sys_info pickles are a few dozen bytes; anything longer is not one.
 MAX_HEADER_PICKLE_BYTES = 64 * 1024
@@ -513,8 +511,8 @@ def _magic_cursor(source: Source, head: bytes, inventory: list[GlobalUse]) -> _C
         return None  # not a pickle this short: another kind of file
     if type(magic) is not int:
         return None
-    if magic != MAGIC_NUMBER:
-        raise CorruptFileError(f"{source.name}: legacy magic number is 0x{magic:X}, expected 0x{MAGIC_NUMBER:X}")
+    if magic != LEGACY_MAGIC_NUMBER:
+        raise CorruptFileError(f"{source.name}: legacy magic number is 0x{magic:X}, expected 0x{LEGACY_MAGIC_NUMBER:X}")
     return cursor
 
 
@@ -538,8 +536,8 @@ class LegacyStream(_Container):
     def _read(self, cursor: _Cursor) -> None:
         cursor.part = "protocol version"
         version = cursor.pickle("protocol version", MAX_HEADER_PICKLE_BYTES)
-        if type(version) is not int or version != PROTOCOL_VERSION:
-            raise CorruptFileError(f"{self.name}: legacy protocol version {brief(version)}, expected {PROTOCOL_VERSION}")
+        if type(version) is not int or version != LEGACY_PROTOCOL_VERSION:
+            raise CorruptFileError(f"{self.name}: legacy protocol version {brief(version)}, expected {LEGACY_PROTOCOL_VERSION}")
         cursor.part = "sys_info"
         sys_info = cursor.pickle("sys_info", MAX_HEADER_PICKLE_BYTES)
         if not isinstance(sys_info, dict):
