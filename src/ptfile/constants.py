@@ -86,14 +86,6 @@ class Verdict(str, enum.Enum):
     __str__ = str.__str__
     __format__ = str.__format__
 
-    @property
-    def rank(self) -> int:
-        """0 for the worst verdict; ``min(verdicts, key=...rank)`` is the worst of several."""
-        return _VERDICT_RANKS[self]
-
-
-_VERDICT_RANKS = {verdict: rank for rank, verdict in enumerate(Verdict)}
-
 
 # -- limits --------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__, load, save
+from ..constants import Verdict
 from ..errors import PtfileError
 from ..policy.allowlist import Allow
 
@@ -181,9 +182,13 @@ def _print_plain_table(columns: Sequence[str], cells: list[list[str]]) -> None:
     sys.stdout.flush()
 
 
+#: How each verdict is shown in a terminal.
+_VERDICT_STYLES = {Verdict.CLEAN: "green", Verdict.UNKNOWN_CLASS: "yellow", Verdict.INVALID: "magenta",
+                   Verdict.UNKNOWN_CALL: "red", Verdict.DANGEROUS: "bold red"}
+
+
 def _verdict_style(verdict: str) -> str:
-    return {"clean": "green", "unknown-class": "yellow", "invalid": "magenta", "unknown-call": "red",
-            "dangerous": "bold red"}.get(verdict, "")
+    return _VERDICT_STYLES[Verdict(verdict)]  # also the word itself, as a JSON report holds it
 
 
 # -- scan ----------------------------------------------------------------------
@@ -192,7 +197,6 @@ def _verdict_style(verdict: str) -> str:
 def cmd_scan(args: argparse.Namespace) -> int:
     from ..scanning.scanner import (  # lazy: each command imports only the modules it runs
         FAILING,
-        INVALID,
         VERDICTS,
         walk_for_scan,
     )
@@ -218,7 +222,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         results = _scan_serially(files, args.strict, Allow(args.allow), args.verify,
                                  show_progress=len(files) > 1 and _shows_progress(args))
     if args.json:
-        counts = {v: sum(r.verdict == v for r in results) for v in reversed(VERDICTS)}
+        counts = {v.value: sum(r.verdict == v for r in results) for v in reversed(VERDICTS)}
         _print_json({"schema": JSON_SCHEMA_VERSION, "command": "scan", "summary": counts,
                      "files": [r.to_dict() for r in results],
                      "passed_over": [p.to_dict() for p in walk.passed_over]})
@@ -227,7 +231,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         _render_passed_over(walk.passed_over, verbose=args.verbose)
     if any(r.verdict in FAILING for r in results):
         return EXIT_FOUND
-    if any(r.verdict == INVALID for r in results):
+    if any(r.verdict == Verdict.INVALID for r in results):
         return EXIT_ERROR
     return EXIT_OK
 
@@ -258,11 +262,11 @@ def _render_scan(results: list) -> None:
             console.print(Text(f"  fault: {safe(fault)}"))
         for note in result.notes:
             console.print(Text(f"  note: {safe(note)}"))
-    dangerous = sum(r.verdict == "dangerous" for r in results)
-    console.print(Text(f"scanned {_count(len(results), 'file')}: {dangerous} dangerous, "
-                       f"{sum(r.verdict == 'unknown-call' for r in results)} calling unknown globals, "
-                       f"{sum(r.verdict == 'invalid' for r in results)} invalid, "
-                       f"{sum(r.verdict == 'unknown-class' for r in results)} with unknown classes"))
+    counts = {v: sum(r.verdict == v for r in results) for v in Verdict}
+    console.print(Text(f"scanned {_count(len(results), 'file')}: {counts[Verdict.DANGEROUS]} dangerous, "
+                       f"{counts[Verdict.UNKNOWN_CALL]} calling unknown globals, "
+                       f"{counts[Verdict.INVALID]} invalid, "
+                       f"{counts[Verdict.UNKNOWN_CLASS]} with unknown classes"))
 
 
 def _render_passed_over(passed_over: list, *, verbose: bool) -> None:

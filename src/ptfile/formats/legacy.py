@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 
-from ..constants import LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION
+from ..constants import LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, Verdict
 from ..errors import CorruptFileError, LimitExceededError, PtfileError, UnsafeGlobalError
 from ..io.source import Source
 from ..pickle.engine import GlobalRef
@@ -233,9 +233,9 @@ def _inert_context() -> Any:
 def _refuse_dangerous(inventory: list[GlobalUse], name: str) -> None:
     """Refuse a file whose pickles would call or name code; unknown classes are the checkpoint's call."""
     judgement = allowlist.judge(inventory)
-    if judgement.verdict != allowlist.DANGEROUS:
+    if judgement.verdict != Verdict.DANGEROUS:
         return
-    findings = [f for f in judgement.findings if f.severity == allowlist.DANGEROUS]
+    findings = [f for f in judgement.findings if f.severity == Verdict.DANGEROUS]
     listed = "; ".join(f.describe() for f in findings[:8])
     raise UnsafeGlobalError(f"{name}: refused dangerous globals: {listed}", findings)
 

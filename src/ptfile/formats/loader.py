@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import Verdict
 from ..containers.ziparchive import is_zip
 from ..errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from ..io.open import open_source
@@ -41,7 +42,7 @@ NATIVE_BYTEORDER = "little" if np.little_endian else "big"
 #: How pickles start: PROTO (protocol 2+), or the protocol 0/1 containers and GLOBAL line.
 _PICKLE_START = re.compile(rb"\x80[\x00-\x05]|[(}\])]|c[\w.]+\n\w+\n")
 #: Levels ``records=True`` reads as inert records; ``dangerous`` is refused in every mode.
-RECORDED_LEVELS = (allowlist.UNKNOWN_CLASS, allowlist.UNKNOWN_CALL)
+RECORDED_LEVELS = (Verdict.UNKNOWN_CLASS, Verdict.UNKNOWN_CALL)
 #: Findings listed per level in a refusal; the rest are counted.
 MAX_LISTED_FINDINGS = 8
 
@@ -64,7 +65,7 @@ def refusal(judgement: allowlist.Judgement) -> str:
 
 def refuse_unsafe(judgement: allowlist.Judgement, *, records: bool, name: str) -> None:
     """Raise unless the judgement is clean, or only holds what ``records=True`` reads as records."""
-    if judgement.verdict == allowlist.CLEAN or (judgement.verdict in RECORDED_LEVELS and records):
+    if judgement.verdict == Verdict.CLEAN or (judgement.verdict in RECORDED_LEVELS and records):
         return
     raise UnsafeGlobalError(f"{name}: {refusal(judgement)}", judgement.findings)
 

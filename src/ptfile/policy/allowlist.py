@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..constants import Verdict
 from ..pickle.engine import Engine
 from ..pickle.inventory import GlobalUse
 from ..pickle.values import Global
@@ -43,11 +44,6 @@ from ..tensors.views import StorageType
 
 __all__ = ["Entry", "lookup", "entries", "judge", "Judgement", "Finding", "Allow", "is_code_execution",
            "gadget_reason", "gadgets", "LEVELS"]
-
-CLEAN = "clean"
-UNKNOWN_CLASS = "unknown-class"
-UNKNOWN_CALL = "unknown-call"
-DANGEROUS = "dangerous"
 
 
 @dataclass(frozen=True)
@@ -370,7 +366,7 @@ class Finding:
 
     module: str
     name: str
-    severity: str  # DANGEROUS, UNKNOWN_CALL or UNKNOWN_CLASS
+    severity: Verdict  # DANGEROUS, UNKNOWN_CALL or UNKNOWN_CLASS
     uses: tuple[GlobalUse, ...]
     reason: str = ""  # why a dangerous global is a gadget
 
@@ -393,7 +389,7 @@ class Finding:
         where = ", ".join(u.action() for u in self.uses[:4])
         more = f" and {len(self.uses) - 4} more" if len(self.uses) > 4 else ""
         detail = f"; {self.reason}" if self.reason else ""
-        if self.severity == UNKNOWN_CALL:
+        if self.severity == Verdict.UNKNOWN_CALL:
             times = "once" if self.calls == 1 else f"{self.calls} times"
             detail = f"; called {times} with {', '.join(self.arguments)}"
         return f"{self.path} [{self.severity}]: {where}{more}{detail}"
@@ -401,15 +397,16 @@ class Finding:
 
 @dataclass(frozen=True)
 class Judgement:
-    verdict: str  # CLEAN, UNKNOWN_CLASS, UNKNOWN_CALL or DANGEROUS
+    verdict: Verdict  # CLEAN, UNKNOWN_CLASS, UNKNOWN_CALL or DANGEROUS
     findings: tuple[Finding, ...]
     allowed: tuple[Finding, ...] = ()  # findings the caller's Allow accepted
 
 
 #: Uses of a class that create or describe an instance without calling anything.
 _INERT_USES = frozenset({"new", "build", "reference"})
-#: Levels from worst to best; a finding takes the worst level of its uses.
-LEVELS = (DANGEROUS, UNKNOWN_CALL, UNKNOWN_CLASS, CLEAN)
+#: Levels the judge grades, worst to best (every verdict but ``invalid``, which only a reading's
+#: faults give); a finding takes the worst level of its uses.
+LEVELS = tuple(verdict for verdict in Verdict if verdict is not Verdict.INVALID)
 
 
 def _plain_name(name: str) -> bool:
@@ -437,13 +434,13 @@ def _severity(use: GlobalUse, inert_classes: Callable[[str, str], bool] | None =
         if entry is not None and entry.call is not None:
             return None
         if _gadget_row(use.module, use.name) is not None or _container_code(use.module, use.name, inert_classes):
-            return DANGEROUS
-        return UNKNOWN_CALL
+            return Verdict.DANGEROUS
+        return Verdict.UNKNOWN_CALL
     if is_code_execution(use.module, use.name):
-        return DANGEROUS
+        return Verdict.DANGEROUS
     if use.use == "new":
-        return None if entry is not None and entry.new is not None else UNKNOWN_CLASS
-    return None if entry is not None else UNKNOWN_CLASS
+        return None if entry is not None and entry.new is not None else Verdict.UNKNOWN_CLASS
+    return None if entry is not None else Verdict.UNKNOWN_CLASS
 
 
 def judge(inventory: Iterable[GlobalUse], *, inert_classes: Callable[[str, str], bool] | None = None,
@@ -478,10 +475,10 @@ def judge(inventory: Iterable[GlobalUse], *, inert_classes: Callable[[str, str],
     allowed: list[Finding] = []
     for (module, name), grade in grades.items():
         reason = ""
-        if grade == DANGEROUS:
+        if grade == Verdict.DANGEROUS:
             reason = _gadget_row(module, name) or (_CONTAINER_CODE if _container_code(module, name, inert_classes) else "")
         finding = Finding(module, name, grade, tuple(uses[(module, name)]), reason)
-        accepted = allow is not None and grade != DANGEROUS and allow.covers(module, name)
+        accepted = allow is not None and grade != Verdict.DANGEROUS and allow.covers(module, name)
         (allowed if accepted else findings).append(finding)
-    verdict = min((f.severity for f in findings), key=LEVELS.index, default=CLEAN)
+    verdict = min((f.severity for f in findings), key=LEVELS.index, default=Verdict.CLEAN)
     return Judgement(verdict, tuple(findings), tuple(allowed))

@@ -57,6 +57,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..constants import Verdict
 from ..containers.ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
 from ..errors import PtfileError, UnsafeGlobalError
 from ..formats import consumers
@@ -83,11 +84,10 @@ from ..policy import allowlist
 
 __all__ = ["ScanResult", "scan", "scan_opened", "VERDICTS", "FolderWalk", "PassedOver", "walk_for_scan"]
 
-INVALID = "invalid"
 #: Verdicts from worst to best; the CLI's exit code and sorting follow this order.
-VERDICTS = (allowlist.DANGEROUS, allowlist.UNKNOWN_CALL, INVALID, allowlist.UNKNOWN_CLASS, allowlist.CLEAN)
+VERDICTS = tuple(Verdict)
 #: Verdicts that fail a scan: code would run under ``torch.load(weights_only=False)``.
-FAILING = (allowlist.DANGEROUS, allowlist.UNKNOWN_CALL)
+FAILING = (Verdict.DANGEROUS, Verdict.UNKNOWN_CALL)
 #: Archives ``load`` does not read; the scanner opens them and scans their members.
 _COMPRESSED_MAGICS = {b"7z\xbc\xaf\x27\x1c": "7z", b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 #: Archives inside archives are opened this many levels down (a checkpoint in a tar.gz is two).
@@ -113,7 +113,7 @@ class ScanResult:
     """What a scan found in one file."""
 
     path: str
-    verdict: str
+    verdict: Verdict
     format: str
     findings: list[allowlist.Finding] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)  # why parsing stopped early
@@ -122,13 +122,13 @@ class ScanResult:
 
     @property
     def clean(self) -> bool:
-        return self.verdict == allowlist.CLEAN
+        return self.verdict == Verdict.CLEAN
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description; its shape is stable (see the README)."""
         return {
             "path": self.path,
-            "verdict": self.verdict,
+            "verdict": str(self.verdict),  # the word, in a JSON-ready dict
             "format": self.format,
             "findings": [_finding_dict(f) for f in self.findings],
             "faults": list(self.faults),
@@ -143,7 +143,7 @@ def _finding_dict(finding: allowlist.Finding) -> dict[str, Any]:
         "severity": finding.severity,
         "uses": [{"use": u.use, "record": u.record, "offset": u.offset} for u in finding.uses],
     }
-    if finding.severity == allowlist.DANGEROUS:
+    if finding.severity == Verdict.DANGEROUS:
         found["reason"] = finding.reason
     if finding.calls:
         found["calls"] = finding.calls
@@ -273,7 +273,7 @@ def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None
     try:
         kind, target = resolve(src)
     except PtfileError as exc:
-        return ScanResult(str(name), INVALID, "unreadable", faults=[str(exc)])
+        return ScanResult(str(name), Verdict.INVALID, "unreadable", faults=[str(exc)])
     if kind == "dcp":  # a DCP folder is one checkpoint: its .metadata and every item in it
         return scan_folder(target, strict=strict, allow=allow)
     if kind == "sharded":  # a shard folder or index is the shards its index names, as load reads them
@@ -281,7 +281,7 @@ def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None
     try:
         source = open_source(target, mmap_file=True)
     except PtfileError as exc:
-        return ScanResult(str(name), INVALID, "unreadable", faults=[str(exc)])
+        return ScanResult(str(name), Verdict.INVALID, "unreadable", faults=[str(exc)])
     try:
         with gc_paused():  # the engine only builds objects that stay reachable: a collection frees nothing
             return _scan_source(source, strict, allow, verify=verify)
@@ -310,7 +310,7 @@ def _scan_source(source: Source, strict: bool, allow: allowlist.Allow, depth: in
     inventory: list[GlobalUse] = []
     notes: list[str] = []
     if not head:
-        return ScanResult(source.name, INVALID, "empty", faults=[f"{source.name}: the file is empty"])
+        return ScanResult(source.name, Verdict.INVALID, "empty", faults=[f"{source.name}: the file is empty"])
     for magic, kind in _COMPRESSED_MAGICS.items():
         if head.startswith(magic):
             return _scan_archive(source, kind, strict, allow, depth)
@@ -402,7 +402,7 @@ def _with_nested(result: ScanResult, nested: list[ScanResult]) -> ScanResult:
         result.globals.extend(inner.globals)
         result.verdict = min(result.verdict, inner.verdict, key=VERDICTS.index)
     if result.faults and result.verdict not in FAILING:
-        result.verdict = INVALID
+        result.verdict = Verdict.INVALID
     return result
 
 
@@ -442,10 +442,10 @@ def scan_result(name: str, fmt: str, judgement: allowlist.Judgement, faults: lis
                 inventory: list[GlobalUse], *, strict: bool) -> ScanResult:
     """The verdict from a judgement and the faults met: a fault makes anything short of a failing verdict invalid."""
     verdict = judgement.verdict
-    if strict and verdict in (allowlist.UNKNOWN_CALL, allowlist.UNKNOWN_CLASS):
-        verdict = allowlist.DANGEROUS
+    if strict and verdict in (Verdict.UNKNOWN_CALL, Verdict.UNKNOWN_CLASS):
+        verdict = Verdict.DANGEROUS
     if faults and verdict not in FAILING:
-        verdict = INVALID
+        verdict = Verdict.INVALID
     notes = [*notes, *(f"allowed: {f.describe()}" for f in judgement.allowed)]
     return ScanResult(name, verdict, fmt, list(judgement.findings), faults, notes, inventory)
 
@@ -729,7 +729,7 @@ def _scan_archive(source: Source, kind: str, strict: bool, allow: allowlist.Allo
 def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list[str],
                     notes: list[str]) -> ScanResult:
     """One result for several parts (archive members, shards): the worst verdict, everything found."""
-    verdict = min((r.verdict for r in results), key=VERDICTS.index, default=allowlist.CLEAN)
+    verdict = min((r.verdict for r in results), key=VERDICTS.index, default=Verdict.CLEAN)
     faults = list(faults)
     notes = list(notes)
     findings: list[allowlist.Finding] = []
@@ -741,7 +741,7 @@ def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list
         findings.extend(result.findings)
         inventory.extend(result.globals)
     if faults and verdict not in FAILING:
-        verdict = INVALID
+        verdict = Verdict.INVALID
     return ScanResult(name, verdict, fmt, findings, faults, notes, inventory)
 
 
@@ -754,12 +754,12 @@ def _scan_shards(path: str, strict: bool, allow: allowlist.Allow, verify: bool) 
         index, folder = index_of(path)
         weight_map = read_index(index)
     except PtfileError as exc:
-        return ScanResult(path, INVALID, "sharded", faults=[str(exc)])
+        return ScanResult(path, Verdict.INVALID, "sharded", faults=[str(exc)])
     shards = list(dict.fromkeys(weight_map.values()))
     folders = folders_for(folder)
     results = [scan(folders.join(folder, shard), strict=strict, allow=allow, verify=verify) for shard in shards]
     faults: list[str] = []
-    if all(r.verdict not in (*FAILING, INVALID) for r in results):
+    if all(r.verdict not in (*FAILING, Verdict.INVALID) for r in results):
         # every name the index places in a shard must be there: load refuses the folder otherwise
         with ShardedCheckpoint(index, records=True) as handle:
             for shard in shards:
