@@ -233,20 +233,8 @@ def _inert_context() -> Any:
 def _refuse_dangerous(inventory: list[GlobalUse], name: str) -> None:
     """Refuse a file whose pickles would call or name code; unknown classes are the checkpoint's call."""
     judgement = allowlist.judge(inventory)
-    if judgement.verdict != Verdict.DANGEROUS:
-        return
-    findings = [f for f in judgement.findings if f.severity == Verdict.DANGEROUS]
-    listed = "; ".join(f.describe() for f in findings[:8])
-    raise UnsafeGlobalError(f"{name}: refused dangerous globals: {listed}", findings)
-
-
-def _run(data: bytes, record: str, inventory: list, persistent_load: Any, context: Any, origin: int = 0) -> Any:
-    """Run one whole pickle (at file offset ``origin``) through the engine; it must end exactly at its end."""
-    engine = allowlist.new_engine(data, record, inventory, context, persistent_load, origin)
-    value, end = engine.run()
-    if end != len(data):
-        raise CorruptFileError(f"{record}: {len(data) - end} bytes follow the pickle's STOP")
-    return value
+    if judgement.verdict == Verdict.DANGEROUS:
+        allowlist.refuse(judgement, name, levels=(Verdict.DANGEROUS,))
 
 
 def _scan_for_danger(source: Source, start: int, limit: int, count: int, name: str) -> None:
@@ -263,8 +251,8 @@ def _scan_for_danger(source: Source, start: int, limit: int, count: int, name: s
         except PtfileError:
             break
         with contextlib.suppress(PtfileError):  # the globals seen before a failure stay in the inventory
-            _run(source.read(pos, end - pos, name), f"pickle {index}", inventory, lambda pid: None, _inert_context(),
-                 pos)
+            allowlist.run_whole_pickle(source.read(pos, end - pos, name), f"pickle {index}", inventory,
+                                       _inert_context(), lambda pid: None, pos)
         pos = end
     _refuse_dangerous(inventory, name)
 
@@ -320,7 +308,7 @@ class _Cursor:
         data = self.pickle_bytes(what, max_bytes)
         seen = len(self.inventory)  # earlier uses were judged already: judging only new ones keeps this linear
         try:
-            value = _run(data, record, self.inventory, None, _inert_context(), origin)
+            value = allowlist.run_whole_pickle(data, record, self.inventory, _inert_context(), None, origin)
         except PtfileError:
             _refuse_dangerous(self.inventory[seen:], self.source.name)
             raise
@@ -554,7 +542,8 @@ class LegacyStream(_Container):
         """Run the object pickle once to learn every storage it names; refuse it if dangerous."""
         inventory: list[GlobalUse] = []
         try:
-            _run(self.pickle_data, "pickle", inventory, self._storage_of, _inert_context(), self.pickle_offset)
+            allowlist.run_whole_pickle(self.pickle_data, "pickle", inventory, _inert_context(), self._storage_of,
+                                       self.pickle_offset)
         except PtfileError:
             _refuse_dangerous(inventory, self.name)
             raise

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..constants import Verdict
 from ..containers.ziparchive import is_zip
-from ..errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
+from ..errors import CorruptFileError, PtfileError, UnsupportedFormatError
 from ..io.open import open_source
 from ..io.slicing import Placement
 from ..io.source import Source, read_whole
@@ -35,39 +35,17 @@ from .handle import Handle
 from .torchscript import open_zip
 from .torchzip import detached_storage
 
-__all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint", "refusal", "refuse_unsafe"]
+__all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint", "refuse_unsafe"]
 
 #: The byte order of numpy's native dtypes, which every tensor is read as.
 NATIVE_BYTEORDER = "little" if np.little_endian else "big"
 #: How pickles start: PROTO (protocol 2+), or the protocol 0/1 containers and GLOBAL line.
 _PICKLE_START = re.compile(rb"\x80[\x00-\x05]|[(}\])]|c[\w.]+\n\w+\n")
-#: Levels ``records=True`` reads as inert records; ``dangerous`` is refused in every mode.
-RECORDED_LEVELS = (Verdict.UNKNOWN_CLASS, Verdict.UNKNOWN_CALL)
-#: Findings listed per level in a refusal; the rest are counted.
-MAX_LISTED_FINDINGS = 8
-
-
-def refusal(judgement: allowlist.Judgement) -> str:
-    """Why a judgement refuses a file: its findings listed under their real level, worst first."""
-    parts = []
-    for level in allowlist.LEVELS:
-        found = [f for f in judgement.findings if f.severity == level]
-        if not found:
-            continue
-        listed = "; ".join(f.describe() for f in found[:MAX_LISTED_FINDINGS])
-        more = f"; and {len(found) - MAX_LISTED_FINDINGS} more" if len(found) > MAX_LISTED_FINDINGS else ""
-        parts.append(f"refused {level} globals: {listed}{more}")
-    hint = ""
-    if judgement.verdict in RECORDED_LEVELS:
-        hint = " (pass records=True to read them as inert records, or allow the globals you trust)"
-    return " | ".join(parts) + hint
-
-
 def refuse_unsafe(judgement: allowlist.Judgement, *, records: bool, name: str) -> None:
     """Raise unless the judgement is clean, or only holds what ``records=True`` reads as records."""
-    if judgement.verdict == Verdict.CLEAN or (judgement.verdict in RECORDED_LEVELS and records):
+    if judgement.verdict == Verdict.CLEAN or (judgement.verdict in allowlist.RECORDED_LEVELS and records):
         return
-    raise UnsafeGlobalError(f"{name}: {refusal(judgement)}", judgement.findings)
+    allowlist.refuse(judgement, name)
 
 
 @dataclass(frozen=True)
@@ -182,13 +160,8 @@ class Checkpoint:
         return trees[0] if len(trees) == 1 else self.container.combine(trees)
 
     def _run_object(self, record: str, data: bytes, context: Context) -> Any:
-        origin = self._origin(record)
-        engine = new_engine(data, record, self.inventory, context, lambda pid: self.container.persistent_load(pid, context),
-                            origin)
-        tree, end = engine.run()
-        if end != len(data):
-            raise CorruptFileError(f"{record}: {len(data) - end} bytes follow the pickle's STOP")
-        return tree
+        return allowlist.run_whole_pickle(data, record, self.inventory, context,
+                                          lambda pid: self.container.persistent_load(pid, context), self._origin(record))
 
     def _origin(self, record: str) -> int:
         """The file offset of a pickle the container cut out of the file (0 when it has none)."""

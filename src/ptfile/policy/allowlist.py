@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..constants import Verdict
+from ..errors import CorruptFileError, UnsafeGlobalError
 from ..pickle.engine import Engine
 from ..pickle.inventory import GlobalUse
 from ..pickle.values import Global
@@ -215,6 +216,19 @@ def new_engine(data: bytes, record: str, inventory: list, context: Any, persiste
     """The one restricted engine, wired to this one table; ``origin`` is where ``data`` starts in the file."""
     return Engine(data, lookup=lookup, persistent_load=persistent_load, context=context, record=record,
                   inventory=inventory, use_factory=GlobalUse, origin=origin)
+
+
+def run_whole_pickle(data: bytes, record: str, inventory: list, context: Any, persistent_load: Any,
+                     origin: int = 0) -> Any:
+    """Run a pickle that is the whole of ``data`` and return its value.
+
+    Bytes after its STOP are refused: ``pickle.load`` stops there and never sees them, so they
+    could hold a second pickle that some other reader of the record runs.
+    """
+    value, end = new_engine(data, record, inventory, context, persistent_load, origin).run()
+    if end != len(data):
+        raise CorruptFileError(f"{record}: {len(data) - end} bytes follow the pickle's STOP")
+    return value
 
 
 def lookup(module: str, name: str) -> Entry | None:
@@ -482,3 +496,34 @@ def judge(inventory: Iterable[GlobalUse], *, inert_classes: Callable[[str, str],
         (allowed if accepted else findings).append(finding)
     verdict = min((f.severity for f in findings), key=LEVELS.index, default=Verdict.CLEAN)
     return Judgement(verdict, tuple(findings), tuple(allowed))
+
+
+# -- refusing ------------------------------------------------------------------------
+
+#: Levels ``records=True`` reads as inert records; ``dangerous`` is refused in every mode.
+RECORDED_LEVELS = (Verdict.UNKNOWN_CLASS, Verdict.UNKNOWN_CALL)
+#: Findings listed per level in a refusal; the rest are counted.
+MAX_LISTED_FINDINGS = 8
+
+
+def refusal(judgement: Judgement, levels: Iterable[Verdict] = LEVELS) -> str:
+    """Why a judgement refuses a file: its findings at ``levels`` listed under their level, worst first."""
+    parts = []
+    for level in levels:
+        found = [f for f in judgement.findings if f.severity == level]
+        if not found:
+            continue
+        listed = "; ".join(f.describe() for f in found[:MAX_LISTED_FINDINGS])
+        more = f"; and {len(found) - MAX_LISTED_FINDINGS} more" if len(found) > MAX_LISTED_FINDINGS else ""
+        parts.append(f"refused {level} globals: {listed}{more}")
+    hint = ""
+    if judgement.verdict in RECORDED_LEVELS:
+        hint = " (pass records=True to read them as inert records, or allow the globals you trust)"
+    return " | ".join(parts) + hint
+
+
+def refuse(judgement: Judgement, name: str, levels: Iterable[Verdict] = LEVELS) -> None:
+    """Raise the one refusal of file ``name`` for its findings at ``levels``."""
+    levels = tuple(levels)
+    findings = tuple(f for f in judgement.findings if f.severity in levels)
+    raise UnsafeGlobalError(f"{name}: {refusal(judgement, levels)}", findings)
