@@ -1073,7 +1073,9 @@ def test_e3_declared_lengths_past_the_end(tmp_path: Path, opcode: bytes, width: 
 
 def test_e4_deep_nesting(tmp_path: Path) -> None:
     marks = proto(2) + pickle.MARK * 10**5 + pickle.NONE + pickle.STOP
-    assert_refused(tmp_path, in_zip(marks), CorruptFileError, r"more than 10000 nested MARKs")
+    assert_refused(tmp_path, in_zip(marks), LimitExceededError,
+                   r"MARKs nested more than 10000 deep, over max_pickle_nesting \(10000\); "
+                   r"pass limits=ptfile\.Limits\(max_pickle_nesting=\.\.\.\) to raise it")
     cyclic_list = proto(2) + pickle.EMPTY_LIST + pickle.BINPUT + b"\0" + pickle.BINGET + b"\0" + pickle.APPEND \
         + pickle.STOP
     tree = assert_loads(tmp_path, in_zip(cyclic_list))

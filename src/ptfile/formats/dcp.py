@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import applying, limits_in_force
 from ..errors import (
     CheckpointNotFoundError,
     CorruptFileError,
@@ -76,14 +77,12 @@ from .loader import Checkpoint, RawPickle, TensorInfo
 from .sharded import is_plain_file_name
 
 __all__ = ["DcpCheckpoint", "SliceSource", "MetadataPickle", "is_dcp",
-           "METADATA_FILE", "MAX_METADATA_BYTES"]
+           "METADATA_FILE"]
 
 #: The metadata file a DCP folder is recognized by (``filesystem._metadata_fn``).
 METADATA_FILE = ".metadata"
 #: Suffix of the item files torch's FileSystemWriter writes.
 ITEM_SUFFIX = ".distcp"
-#: ``.metadata`` lists every chunk of every rank, ~250 bytes each: 1 GiB is millions of chunks.
-MAX_METADATA_BYTES = 1 << 30
 #: Coverage is checked on the grid the chunk boundaries cut a tensor into (one byte per cell);
 #: a grid partition has one cell per chunk, so only scattered hostile chunks come near this.
 MAX_GRID_CELLS = 1 << 24
@@ -375,7 +374,7 @@ def metadata_checkpoint(folder: str, *, records: bool, allow: allowlist.Allow | 
     """``.metadata`` opened as a checkpoint of one plain pickle (its bytes are read at once)."""
     folders = folders_for(folder)
     path = folders.join(folder, METADATA_FILE)
-    source = MappedSource(folders.read_small(path, MAX_METADATA_BYTES, "DCP .metadata file"), path)
+    source = MappedSource(folders.read_small(path, "max_dcp_metadata_bytes", "DCP .metadata file"), path)
     return Checkpoint(source, copy=True, records=records, container=MetadataPickle(source), allow=allow)
 
 
@@ -409,6 +408,7 @@ class DcpCheckpoint(Handle):
         self._mmap = mmap
         self._records = records
         self._allow = allow
+        self._limits = limits_in_force()  # items are read on first use, after open returns
         self._sources: dict[str, Source] = {}
         self._placements: dict[str, Placement | None] = {}
         self.layout = parse_layout(read_metadata(self.folder, records=records, allow=allow))
@@ -518,7 +518,8 @@ class DcpCheckpoint(Handle):
 
     def _item_checkpoint(self, item: Item) -> Checkpoint:
         blob = SliceSource(self._file(item.file), item.offset, item.length, self._folders.join(self.folder, str(item)))
-        return Checkpoint(blob, copy=not self._mmap, records=self._records, allow=self._allow)
+        with applying(self._limits):
+            return Checkpoint(blob, copy=not self._mmap, records=self._records, allow=self._allow)
 
     def _placement(self, key: str) -> Placement | None:
         """A tensor saved as one chunk: where its item's storage lies; one of several chunks is assembled whole."""

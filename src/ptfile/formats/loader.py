@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..constants import Verdict
+from ..constants import Verdict, applying, limits_in_force
 from ..containers.ziparchive import is_zip
 from ..errors import CorruptFileError, PtfileError, UnsupportedFormatError
 from ..io.open import open_source
@@ -101,6 +101,7 @@ class Checkpoint:
         self.copy = copy
         self.records = records
         self.allow = allow  # third-party globals the caller accepts (never a dangerous one)
+        self.limits = limits_in_force()  # kept for the pickles a lazy handle runs after open returns
         self.inventory: list[GlobalUse] = []
         self._buffers: dict[str, np.ndarray] = {}
         # A caller that knows what the bytes are (a DCP .metadata) brings its own container.
@@ -116,6 +117,10 @@ class Checkpoint:
 
     def run(self, *, materialize: bool) -> Any:
         """Run every pickle of the container, judge them together, return the object tree."""
+        with applying(self.limits):
+            return self._run_judged(materialize)
+
+    def _run_judged(self, materialize: bool) -> Any:
         try:
             tree = self._run_objects(materialize)
             for record, data in self.container.side_pickles():

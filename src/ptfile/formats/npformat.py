@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import struct
 from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
@@ -31,8 +32,9 @@ import ml_dtypes
 import numpy as np
 from numpy.lib import format as npy
 
+from ..constants import limits_in_force, over_limit
 from ..containers.ziparchive import ZipArchive, is_zip
-from ..errors import CorruptFileError, UnsupportedFormatError
+from ..errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from ..io.slicing import Placement
 from ..io.source import MappedSource, SliceSource, Source
 from .handle import Handle
@@ -44,8 +46,6 @@ __all__ = ["NPY_MAGIC", "NPZ_DTYPES_ENTRY", "NumpyCheckpoint", "is_npy", "is_npz
 NPY_MAGIC = b"\x93NUMPY"
 #: The member of ptfile's ``.npz`` files naming the real dtype of members stored as integers.
 NPZ_DTYPES_ENTRY = "__ptfile_dtypes__"
-#: numpy's own default bound on an ``.npy`` header (``max_header_size``).
-MAX_NPY_HEADER = 10_000
 _NPY_SUFFIX = ".npy"
 
 
@@ -73,16 +73,28 @@ class _Array(NamedTuple):
     nbytes: int
 
 
+def _check_header_length(head: bytes, version: tuple[int, int], limit: int, what: str) -> None:
+    """Refuse a header declared longer than the limit, before numpy reads past the bytes read."""
+    length_format = {(1, 0): "<H", (2, 0): "<I"}.get(version)
+    if length_format is None or len(head) < 8 + struct.calcsize(length_format):
+        return  # numpy refuses these itself
+    (length,) = struct.unpack_from(length_format, head, 8)
+    if length > limit:
+        raise LimitExceededError(f"{what}: npy header of {length} bytes, {over_limit('max_npy_header_bytes')}")
+
+
 def read_npy_header(source: Source, what: str) -> _Array:
     """The header of the ``.npy`` bytes of ``source``, its data range checked to end the bytes exactly."""
-    head = source.read(0, min(source.size, MAX_NPY_HEADER + 12), f"{what}: npy header")
+    limit = limits_in_force().max_npy_header_bytes  # numpy's own max_header_size
+    head = source.read(0, min(source.size, limit + 12), f"{what}: npy header")
     stream = io.BytesIO(head)
     try:
         version = npy.read_magic(stream)
+        _check_header_length(head, version, limit, what)
         if version == (1, 0):
-            shape, fortran, dtype = npy.read_array_header_1_0(stream, max_header_size=MAX_NPY_HEADER)
+            shape, fortran, dtype = npy.read_array_header_1_0(stream, max_header_size=limit)
         elif version == (2, 0):
-            shape, fortran, dtype = npy.read_array_header_2_0(stream, max_header_size=MAX_NPY_HEADER)
+            shape, fortran, dtype = npy.read_array_header_2_0(stream, max_header_size=limit)
         else:
             raise UnsupportedFormatError(f"{what}: npy format version {version[0]}.{version[1]} is not read")
     except (ValueError, TypeError, SyntaxError, OverflowError) as exc:

@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..constants import limits_in_force, over_limit
 from ..errors import CorruptFileError, LimitExceededError, PtfileError
 from .values import Global, Record, brief
 
@@ -55,8 +56,6 @@ __all__ = ["GlobalRef", "Engine", "brief", "check_key", "check_keys", "count_has
 
 #: Hashing recurses in C without a depth check; keys nested deeper than this are refused.
 MAX_KEY_DEPTH = 32
-#: MARK nesting deeper than any real checkpoint needs; bounds the metastack.
-MAX_MARK_DEPTH = 10_000
 #: CPython keeps memo indices in a Py_ssize_t and refuses negative ones; so does ptfile.
 MAX_MEMO_INDEX = sys.maxsize
 #: Distinct keys with one hash value that one dict or set may receive.  CPython's dicts and sets
@@ -221,6 +220,8 @@ class Engine:
         self.inventory = inventory
         self._use = use_factory
         self.origin = origin
+        #: MARKs open at once; bounds the metastack (Limits.max_pickle_nesting).
+        self.max_nesting = limits_in_force().max_pickle_nesting
         self.protocol = 0
         self._fresh: dict[int, Any] = {}
         # Keys by hash per dict or set that got a non-str key, by id; the container is held so
@@ -337,6 +338,7 @@ class Engine:
         frame_end = -1
         first = pos
         record = self.record
+        max_nesting = self.max_nesting
 
         def need(n: int, at: int) -> None:
             if n < 0 or at + n > end:
@@ -378,8 +380,9 @@ class Engine:
                     append(value)
                     pos += 2
                 elif op == 0x28:  # MARK
-                    if len(metastack) >= MAX_MARK_DEPTH:
-                        raise CorruptFileError(f"{record}: more than {MAX_MARK_DEPTH} nested MARKs")
+                    if len(metastack) >= max_nesting:
+                        raise LimitExceededError(f"{record}: MARKs nested more than {max_nesting} deep, "
+                                                 f"{over_limit('max_pickle_nesting')}")
                     metastack.append(stack)
                     stack = []
                     append = stack.append

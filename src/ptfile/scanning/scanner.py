@@ -31,7 +31,7 @@ note, not a verdict.  A compressed storage (torch never writes one) is inflated 
 Files that are not checkpoints are read as what they are: a torch zip is examined
 record by record (pickles under any name, anomalies such as wrong CRCs or
 mismatched local names); anything else is read as a stream of pickles from byte 0
-(at most :data:`MAX_STREAM_PICKLES` of them; more is a fault), which is what ``torch.load``
+(at most ``Limits.max_stream_pickles`` of them; more is a fault), which is what ``torch.load``
 does with a file that does not start with a zip header;
 a zip archive appended after such a pickle (a polyglot) is examined too.  A
 ``torch.distributed.checkpoint`` folder is scanned as one checkpoint by
@@ -43,7 +43,7 @@ bzip2, xz: a checkpoint recompressed to slip past scanners) are opened with the 
 library (7z with ``py7zr``, the optional ``ptfile[archives]`` extra; a tar with ptfile's own
 bounded header parser, :func:`ptfile.formats.legacy.walk_tar`) and every member that looks like a
 pickle or an archive is scanned in turn, down to :data:`MAX_ARCHIVE_DEPTH` levels and within
-:data:`MAX_MEMBER_BYTES` / :data:`MAX_ARCHIVE_BYTES`.  Such a file is never clean, since
+``Limits.max_member_bytes`` / ``Limits.max_archive_bytes``.  Such a file is never clean, since
 ``load`` refuses it: it is ``dangerous`` when a member is, else ``invalid``.  What cannot be
 opened (no py7zr, a member over a limit, encryption) is a fault.
 """
@@ -57,7 +57,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..constants import Verdict
+from ..constants import Limits, Verdict, applying, limits_in_force, over_limit
 from ..containers.ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
 from ..errors import PtfileError, UnsafeGlobalError
 from ..formats import consumers
@@ -92,20 +92,19 @@ FAILING = (Verdict.DANGEROUS, Verdict.UNKNOWN_CALL)
 _COMPRESSED_MAGICS = {b"7z\xbc\xaf\x27\x1c": "7z", b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 #: Archives inside archives are opened this many levels down (a checkpoint in a tar.gz is two).
 MAX_ARCHIVE_DEPTH = 4
-#: A member of such an archive is read into memory up to this size; a larger one is not examined.  A
-#: megabyte of gzip inflates to a gigabyte, and the member is then parsed in memory: the limit keeps
-#: both the bytes and the time to run them through the engine small (the verdict is never clean anyway).
-MAX_MEMBER_BYTES = 32 << 20
-#: All members of one archive together: a decompression bomb stops here.  7z members are extracted
-#: all at once, so this is also what one 7z archive may hold in memory.
-MAX_ARCHIVE_BYTES = 64 << 20
+# Limits.max_member_bytes: a member of such an archive is read into memory up to this size; a larger
+# one is not examined.  A megabyte of gzip inflates to a gigabyte, and the member is then parsed in
+# memory: the limit keeps both the bytes and the time to run them through the engine small (the
+# verdict is never clean anyway).  Limits.max_archive_bytes: all members of one archive together, where
+# a decompression bomb stops.  7z members are extracted all at once, so this is also what one 7z
+# archive may hold in memory.
 #: Members are decompressed in pieces of this size, so a bomb is stopped one piece past the limit.
 READ_CHUNK_BYTES = 1 << 20
 #: Members of one archive examined; the rest are reported as not examined.
 MAX_ARCHIVE_MEMBERS = 10_000
-#: Pickles back to back in a non-checkpoint file that are run; past this the rest is a fault.  A legacy
-#: checkpoint holds five; millions of tiny ones would otherwise cost a full engine start each.
-MAX_STREAM_PICKLES = 1_000
+# Limits.max_stream_pickles: pickles back to back in a non-checkpoint file that are run; past it the
+# rest is a fault.  A legacy checkpoint holds five; millions of tiny ones would otherwise cost a full
+# engine start each.
 
 
 @dataclass
@@ -258,7 +257,7 @@ def _worth_scanning(head: bytes, size: int) -> bool:
 
 
 def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None,
-         verify: bool = False) -> ScanResult:
+         verify: bool = False, limits: Limits | None = None) -> ScanResult:
     """Scan one checkpoint (path, file object, bytes, DCP or shard folder) without loading anything from it.
 
     Args:
@@ -266,7 +265,13 @@ def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None
         strict: treat unknown calls and instances of unknown classes as dangerous.
         allow: third-party globals to accept (see :class:`ptfile.policy.allowlist.Allow`).
         verify: also read every storage record and check its CRC-32 (reads the whole file).
+        limits: the limits to scan under (:class:`ptfile.Limits`; None keeps those in force).
     """
+    with applying(limits):
+        return _scan(src, strict=strict, allow=allow, verify=verify)
+
+
+def _scan(src: Any, *, strict: bool, allow: allowlist.Allow | None, verify: bool) -> ScanResult:
     allow = allowlist.as_allow(allow)
     name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<bytes>")
 
@@ -354,7 +359,8 @@ def _examine_unread_records(source: Source, archive: ZipArchive | None, inventor
             return []  # the loader's reading already reported why
     nested = []
     for name, entry in archive.entries.items():
-        if entry.method != STORED or entry.size != entry.compressed_size or entry.size > MAX_MEMBER_BYTES:
+        if (entry.method != STORED or entry.size != entry.compressed_size
+                or entry.size > limits_in_force().max_member_bytes):
             continue  # compressed, inconsistent or oversized records: the loader's reading reported them
         if entry.flags & FLAG_ENCRYPTED:
             try:
@@ -553,10 +559,11 @@ def _scan_stream(source: Source, inventory: list[GlobalUse], notes: list[str]) -
     faults: list[str] = []
     pos = 0
     count = 0
+    most = limits_in_force().max_stream_pickles
     while pos < len(data):
-        if count == MAX_STREAM_PICKLES:
-            faults.append(f"{source.name}: more than {MAX_STREAM_PICKLES} pickles back to back (limit "
-                          f"MAX_STREAM_PICKLES); the rest, from byte {pos}, were not examined")
+        if count == most:
+            faults.append(f"{source.name}: more than {most} pickles back to back, {over_limit('max_stream_pickles')}; "
+                          f"the rest, from byte {pos}, were not examined")
             break
         try:
             _, pos = engine.run(pos)
@@ -578,14 +585,16 @@ Member = tuple[str, "bytes | None", str]
 
 def _bounded(name: str, size: int, read: Any, budget: list[int]) -> Member:
     """Read one member through ``read(limit)`` unless it is, or turns out to be, over a limit."""
-    if size > MAX_MEMBER_BYTES:
-        return name, None, f"declares {size} bytes, over the {MAX_MEMBER_BYTES}-byte limit MAX_MEMBER_BYTES; not examined"
+    member_limit = limits_in_force().max_member_bytes
+    if size > member_limit:
+        return name, None, f"declares {size} bytes, {over_limit('max_member_bytes')}; not examined"
     if size > budget[0]:
-        return name, None, f"members inflate past the {MAX_ARCHIVE_BYTES}-byte limit of one archive, MAX_ARCHIVE_BYTES; not examined"
-    limit, which = min((MAX_MEMBER_BYTES, "MAX_MEMBER_BYTES"), (budget[0], "MAX_ARCHIVE_BYTES (what is left of it)"))
+        return name, None, f"members inflate past what is left of one archive's limit, {over_limit('max_archive_bytes')}; not examined"
+    limit, which = min((member_limit, "max_member_bytes"), (budget[0], "max_archive_bytes"))
     data = _read_up_to(read, limit + 1)
     if data is None:
-        return name, None, f"inflates past the {limit}-byte limit {which}; not examined"
+        left = " (what is left of it)" if which == "max_archive_bytes" else ""
+        return name, None, f"inflates past {limit} bytes{left}, {over_limit(which)}; not examined"
     budget[0] -= len(data)
     return name, data, ""
 
@@ -661,15 +670,17 @@ def _seven_zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
         return
     with py7zr.SevenZipFile(file, "r") as archive:
         infos = [info for info in archive.list() if not info.is_directory]
-        wanted, budget_left = [], budget[0]
+        wanted, budget_left, member_limit = [], budget[0], limits_in_force().max_member_bytes
         for info in infos:
             size = info.uncompressed or 0
-            if size > MAX_MEMBER_BYTES or size > budget_left:
-                yield info.filename, None, f"declares {size} bytes, over MAX_MEMBER_BYTES or MAX_ARCHIVE_BYTES; not examined"
+            if size > member_limit:
+                yield info.filename, None, f"declares {size} bytes, {over_limit('max_member_bytes')}; not examined"
+            elif size > budget_left:
+                yield info.filename, None, f"declares {size} bytes, {over_limit('max_archive_bytes')}; not examined"
             else:
                 wanted.append(info.filename)
                 budget_left -= size
-        factory = BytesIOFactory(MAX_MEMBER_BYTES + 1)  # writes past the limit are dropped, then caught below
+        factory = BytesIOFactory(member_limit + 1)  # writes past the limit are dropped, then caught below
         archive.extract(targets=wanted, factory=factory)
         for name in wanted:
             product = factory.products.get(name)
@@ -682,7 +693,7 @@ def _seven_zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
 
 def _archive_members(source: Source, kind: str) -> Iterator[Member]:
     """Every member of a zip, tar, 7z or compressed stream, read within the size limits."""
-    budget = [MAX_ARCHIVE_BYTES]
+    budget = [limits_in_force().max_archive_bytes]
     file = SourceFile(source)
     readers = {"zip": lambda: _zip_members(file, budget), "tar": lambda: _tar_members(source, budget),
                "7z": lambda: _seven_zip_members(file, budget)}
