@@ -65,6 +65,7 @@ from ptfile import (
     UnsafeGlobalError,
     UnsupportedFormatError,
 )
+from ptfile.constants import Limits, applying
 from ptfile.containers import ziparchive
 
 #: A tiny hostile input may cost at most this much memory to refuse.
@@ -726,10 +727,10 @@ def test_c10_deflate_bomb_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyP
     members[2].method = ziparchive.DEFLATED
     blob = build_zip(members)
     assert len(blob) < (1 << 20)
-    monkeypatch.setattr(ziparchive, "MAX_INFLATED_RECORD", 1 << 20)
-    assert_refused(tmp_path, blob, LimitExceededError, r"inflates to 67108864 bytes, over the 1048576-byte limit")
+    with applying(Limits(max_inflated_record_bytes=1 << 20)):
+        assert_refused(tmp_path, blob, LimitExceededError, r"inflates to 67108864 bytes, over max_inflated_record_bytes "
+                       r"\(1 MiB\); pass limits=ptfile\.Limits\(max_inflated_record_bytes=\.\.\.\) to raise it")
     # A record that inflates to more than it declares stops at the declared size.
-    monkeypatch.setattr(ziparchive, "MAX_INFLATED_RECORD", 1 << 30)
     members[2].central_size = 4
     small = torch_members(program(tensor_v2(storage_pid("0", 4, "ByteStorage"), 0, (4,), (1,)), 2))
     blob = build_zip([*small[:2], members[2], *small[2:]])

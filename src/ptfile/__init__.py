@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import IO, Any, Optional, Union
+from typing import IO, Any, Union
 
 from .constants import Limits, Verdict, applying
 from .errors import (

@@ -97,6 +97,8 @@ def read_npy_header(source: Source, what: str) -> _Array:
             shape, fortran, dtype = npy.read_array_header_2_0(stream, max_header_size=limit)
         else:
             raise UnsupportedFormatError(f"{what}: npy format version {version[0]}.{version[1]} is not read")
+    except LimitExceededError:
+        raise
     except (ValueError, TypeError, SyntaxError, OverflowError) as exc:
         raise CorruptFileError(f"{what}: not a valid npy header: {exc}") from None
     offset = stream.tell()
