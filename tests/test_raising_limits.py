@@ -8,8 +8,11 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import pickle
 import re
+import subprocess
+import sys
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -198,3 +201,29 @@ def test_a_scan_limit_below_the_file_leaves_it_unexamined(tmp_path: Path, field:
     assert ptfile.scan(blob, limits=ptfile.Limits(**{field: needed})).verdict == "dangerous"
     assert ptfile.scan(blob).verdict == "dangerous"
     assert not (tmp_path / "ran").exists()
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def _ptfile(*args: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    return subprocess.run([sys.executable, "-m", "ptfile", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_the_command_takes_limits_and_names_them(tmp_path: Path) -> None:
+    path, needed = _nested(tmp_path)
+    refused = _ptfile("--limit", f"max_pickle_nesting={needed - 1}", "inspect", path)
+    assert refused.returncode == 2, refused
+    assert f"over max_pickle_nesting ({needed - 1})" in refused.stderr
+    assert "--limit max_pickle_nesting=N" in refused.stderr
+    assert _ptfile("--limit", f"max_pickle_nesting={needed}", "inspect", path).returncode == 0
+    blob, needed = _stream(tmp_path)
+    (tmp_path / "stream.bin").write_bytes(blob)
+    for jobs in ("1", "2"):  # in this process, and sent to worker processes
+        scanned = _ptfile("--limit", f"max_stream_pickles={needed - 1}", "scan", "-j", jobs, tmp_path / "stream.bin",
+                          tmp_path / "stream.bin")
+        assert scanned.returncode == 2 and "over max_stream_pickles" in scanned.stdout, scanned
+    wrong = _ptfile("--limit", "max_everything=3", "inspect", path)
+    assert wrong.returncode == 2 and "NAME one of max_inflated_record_bytes" in wrong.stderr

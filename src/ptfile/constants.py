@@ -149,7 +149,8 @@ def over_limit(field: str, limits: Limits | None = None) -> str:
     ``limits`` are those the check ran under (by default, those in force).
     """
     value = getattr(limits if limits is not None else limits_in_force(), field)
-    return f"over {field} ({_size(value)}); pass limits=ptfile.Limits({field}=...) to raise it"
+    return (f"over {field} ({_size(value)}); pass limits=ptfile.Limits({field}=...) to raise it "
+            f"(ptfile --limit {field}=N on the command line)")
 
 
 def _size(value: int) -> str:

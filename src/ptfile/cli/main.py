@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__, load, save
-from ..constants import Verdict
+from ..constants import Limits, Verdict, applying, limits_in_force
 from ..errors import PtfileError
 from ..policy.allowlist import Allow
 
@@ -214,7 +214,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         client = connect(args.scheduler) if args.scheduler else None
         try:
             results = scan_many(files, strict=args.strict, jobs=args.jobs, client=client, allow=args.allow,
-                                verify=args.verify)
+                                verify=args.verify, limits=limits_in_force())
         finally:
             if client is not None:
                 client.close()
@@ -585,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ptfile", description="Read, inspect and scan PyTorch checkpoints without torch.")
     parser.add_argument("--version", action="version", version=f"ptfile {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--limit", action="append", default=[], type=_limit, metavar="NAME=N",
+                        help="set one of ptfile's limits for this command, e.g. max_safetensors_header_bytes=200000000 "
+                             f"(repeatable; NAME is one of {', '.join(Limits._fields)})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     inspect = commands.add_parser("inspect", help="what is in a checkpoint (reads no tensor bytes)")
@@ -672,6 +675,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _limit(text: str) -> tuple[str, int]:
+    """``NAME=N`` of --limit: a field of :class:`ptfile.Limits` and its value in bytes (or count)."""
+    name, sep, value = text.partition("=")
+    if not sep or name not in Limits._fields:
+        raise argparse.ArgumentTypeError(f"takes NAME=N with NAME one of {', '.join(Limits._fields)}, got {text!r}")
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{name} takes a whole number, got {value!r}")
+    return name, int(value)
+
+
 def _allow_pattern(text: str) -> str:
     """An --allow pattern, checked as the library checks it (a usage error otherwise)."""
     try:
@@ -688,7 +701,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_ERROR
     try:
-        return args.func(args)
+        with applying(Limits(**dict(args.limit))):
+            return args.func(args)
     except (PtfileError, OSError, KeyError, ValueError, argparse.ArgumentTypeError, re.error) as exc:
         if args.debug:
             raise
