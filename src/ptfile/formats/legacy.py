@@ -972,13 +972,17 @@ class LegacyTar(_Container):
             raise CorruptFileError(f"{self.name}: key {key} names two objects")
         return key
 
+    def _header(self, cursor: _Cursor, what: str, fields: str) -> tuple:
+        """The next pickle of ``cursor``: a record's header, a tuple of the three ``fields``."""
+        header = cursor.pickle(f"{what} header")
+        if type(header) is not tuple or len(header) != 3:
+            raise CorruptFileError(f"{self.name}: tar {what} header {brief(header)} is not ({fields})")
+        return header
+
     def _read_storages(self) -> None:
         cursor = self._cursor("storages")
         for _ in range(self._count(cursor, MIN_TAR_STORAGE_RECORD)):
-            header = cursor.pickle("storage header")
-            if type(header) is not tuple or len(header) != 3:
-                raise CorruptFileError(f"{self.name}: tar storage header {brief(header)} is not (key, location, type)")
-            key, location, storage_type = header
+            key, location, storage_type = self._header(cursor, "storage", "key, location, type")
             key = self._key(key, "tar storage key")
             if type(location) is not str or type(storage_type) is not StorageType:
                 raise CorruptFileError(f"{self.name}: tar storage {key} has a bad location or storage type")
@@ -1005,9 +1009,7 @@ class LegacyTar(_Container):
     def _read_tensors(self) -> None:
         cursor = self._cursor("tensors")
         for _ in range(self._count(cursor, MIN_TAR_TENSOR_RECORD)):
-            header = cursor.pickle("tensor header")
-            if type(header) is not tuple or len(header) != 3:
-                raise CorruptFileError(f"{self.name}: tar tensor header {brief(header)} is not (key, storage, type)")
+            header = self._header(cursor, "tensor", "key, storage, type")
             key = self._key(header[0], "tar tensor key")
             storage = self.storages.refs.get(str(_int(header[1], "tar tensor storage key")))
             if storage is None:
