@@ -37,7 +37,7 @@ file and is large enough for its chunk's bytes; items written through stream tra
 (DCP's compression extensions) are refused as unsupported.  When read, a chunk's item
 must hold one tensor of the chunk's shape and the tensor's dtype.
 
-**Limits.**  :data:`MAX_METADATA_BYTES` bounds ``.metadata``; :data:`MAX_GRID_CELLS` bounds
+**Limits.**  ``Limits.max_dcp_metadata_bytes`` bounds ``.metadata``; :data:`MAX_GRID_CELLS` bounds
 the coverage check (the grid a tensor's chunk boundaries cut it into), :data:`MAX_DIMS` a
 tensor's dimensions.  Per-rank metadata written
 without coordination (``__{rank}.metadata``) is not read, nor are DCP folders written
