@@ -57,6 +57,11 @@ FORMAT_VERSION = 1
 #: Record data starts on a multiple of this (torch's ``kFieldAlignment`` default).
 STORAGE_ALIGNMENT = 64
 
+# -- arrays ----------------------------------------------------------------------
+
+#: numpy cannot hold more dimensions than this (NPY_MAXDIMS in numpy 2); neither does any real tensor.
+MAX_NDIM = 64
+
 # -- magic numbers ---------------------------------------------------------------
 
 ZIP_LOCAL_MAGIC = b"PK\x03\x04"

@@ -38,7 +38,7 @@ file and is large enough for its chunk's bytes; items written through stream tra
 must hold one tensor of the chunk's shape and the tensor's dtype.
 
 **Limits.**  ``Limits.max_dcp_metadata_bytes`` bounds ``.metadata``; :data:`MAX_GRID_CELLS` bounds
-the coverage check (the grid a tensor's chunk boundaries cut it into), :data:`MAX_DIMS` a
+the coverage check (the grid a tensor's chunk boundaries cut it into), :data:`~ptfile.constants.MAX_NDIM` a
 tensor's dimensions.  Per-rank metadata written
 without coordination (``__{rank}.metadata``) is not read, nor are DCP folders written
 with the safetensors serialization format (their items are not ``torch.save`` blobs);
@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from ..constants import applying, limits_in_force
+from ..constants import MAX_NDIM, applying, limits_in_force
 from ..errors import (
     CheckpointNotFoundError,
     CorruptFileError,
@@ -86,8 +86,6 @@ ITEM_SUFFIX = ".distcp"
 #: Coverage is checked on the grid the chunk boundaries cut a tensor into (one byte per cell);
 #: a grid partition has one cell per chunk, so only scattered hostile chunks come near this.
 MAX_GRID_CELLS = 1 << 24
-#: numpy's limit on dimensions (NPY_MAXDIMS in numpy 2): an array of more cannot be made.
-MAX_DIMS = 64
 
 METADATA_MODULE = "torch.distributed.checkpoint.metadata"
 FILESYSTEM_MODULE = "torch.distributed.checkpoint.filesystem"
@@ -287,8 +285,8 @@ def _tensor(fqn: str, value: Any, items: dict) -> TensorEntry:
 def check_chunks(fqn: str, entry: TensorEntry) -> None:
     """Every chunk inside the shape, no two overlapping, all of them covering every element once."""
     shape = entry.shape
-    if len(shape) > MAX_DIMS:
-        raise LimitExceededError(f"{fqn}: {len(shape)} dimensions, over the limit of {MAX_DIMS}")
+    if len(shape) > MAX_NDIM:
+        raise LimitExceededError(f"{fqn}: {len(shape)} dimensions, over the limit of {MAX_NDIM} (MAX_NDIM)")
     for chunk in entry.chunks:
         if len(chunk.offsets) != len(shape) or len(chunk.sizes) != len(shape):
             raise CorruptFileError(f"{fqn}: chunk at {chunk.offsets} of size {chunk.sizes} does not have "

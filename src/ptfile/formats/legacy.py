@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 
-from ..constants import LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, Verdict
+from ..constants import LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, MAX_NDIM, Verdict
 from ..errors import CorruptFileError, LimitExceededError, PtfileError, UnsafeGlobalError
 from ..io.source import Source
 from ..pickle.engine import GlobalRef
@@ -79,7 +79,7 @@ from ..pickle.inventory import GlobalUse
 from ..pickle.values import brief
 from ..policy import allowlist
 from ..tensors.context import Context
-from ..tensors.views import MAX_NDIM, StorageRef, StorageType, TensorSpec, check_view
+from ..tensors.views import StorageRef, StorageType, TensorSpec, check_view
 from .torchzip import check_storage_key
 
 __all__ = ["LegacyStream", "LegacyTar", "open_stream", "is_tar", "tar_members", "walk_tar", "TarMember", "pickle_end"]

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import MAX_NDIM
 from ..errors import CorruptFileError, UnsupportedFormatError
 from ..pickle.engine import check_keys
 from ..pickle.values import Global, Record, brief
@@ -209,7 +210,7 @@ def build_numpy_array(context: Any, array: np.ndarray, state: Any) -> None:
     if not isinstance(dtype, np.dtype) or type(fortran) is not bool:
         raise CorruptFileError("numpy array state has no valid dtype")
     _refuse_objects(dtype)
-    if type(shape) is not tuple or len(shape) > 64 or not all(type(d) is int and d >= 0 for d in shape):
+    if type(shape) is not tuple or len(shape) > MAX_NDIM or not all(type(d) is int and d >= 0 for d in shape):
         raise CorruptFileError(f"numpy array shape {brief(shape)} is not a tuple of sizes")
     if type(raw) is not bytes:
         raise UnsupportedFormatError("numpy arrays of Python objects are not supported")
