@@ -139,7 +139,7 @@ class ScanResult:
 def _finding_dict(finding: allowlist.Finding) -> dict[str, Any]:
     found: dict[str, Any] = {
         "global": finding.path,
-        "severity": finding.severity,
+        "severity": str(finding.severity),  # the word, in a JSON-ready dict
         "uses": [{"use": u.use, "record": u.record, "offset": u.offset} for u in finding.uses],
     }
     if finding.severity == Verdict.DANGEROUS:
