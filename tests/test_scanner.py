@@ -160,8 +160,8 @@ def test_members_over_the_size_limit_are_faults(tmp_path: Path) -> None:
     assert ptfile.scan(blob).verdict == "dangerous"  # within the default limit, the member is examined
     result = ptfile.scan(blob, limits=ptfile.Limits(max_member_bytes=64))
     assert result.verdict == "invalid"
-    hint = "over max_member_bytes (64); pass limits=ptfile.Limits(max_member_bytes=...) to raise it; not examined"
-    assert any(hint in fault for fault in result.faults), result.faults
+    hint = "over max_member_bytes (64); pass limits=ptfile.Limits(max_member_bytes=...) to raise it"
+    assert any(hint in fault and fault.endswith("not examined") for fault in result.faults), result.faults
 
 
 def test_a_decompression_bomb_stops_at_the_archive_limit() -> None:
