@@ -219,7 +219,7 @@ class Engine:
     :attr:`append`), the stacks under the open MARKs are :attr:`metastack`.
     """
 
-    __slots__ = ("data", "lookup", "persistent_load", "context", "record", "inventory", "_use", "origin",
+    __slots__ = ("data", "lookup", "persistent_load", "context", "record", "inventory", "_use", "origin", "max_nesting",
                  "protocol", "_key_hashes", "stack", "append", "metastack", "memo", "_first", "_frame_end")
 
     def __init__(
