@@ -182,10 +182,8 @@ for _module in ("lightning_fabric.utilities.data", "lightning.fabric.utilities.d
 
 # Standard-library values.
 for _module in ("pathlib", "pathlib._local"):
-    for _name, _flavour in (("PosixPath", metadata.pathlib.PurePosixPath),
-                            ("PurePosixPath", metadata.pathlib.PurePosixPath),
-                            ("WindowsPath", metadata.pathlib.PureWindowsPath),
-                            ("PureWindowsPath", metadata.pathlib.PureWindowsPath)):
+    for _name, _flavour in (("PosixPath", "PurePosixPath"), ("PurePosixPath", "PurePosixPath"),
+                            ("WindowsPath", "PureWindowsPath"), ("PureWindowsPath", "PureWindowsPath")):
         _add(_module, _name, "metadata", "a path, kept as a pure path that never touches the disk",
              call=metadata.pure_path(_flavour))
 _add("datetime", "datetime", "metadata", "timestamp from its validated byte state", call=metadata.make_datetime)
