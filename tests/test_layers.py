@@ -46,6 +46,7 @@ LAZY_IMPORTS = {
     "bz2": "a codec for rare compressed wrappers",
     "gzip": "a codec for rare compressed wrappers",
     "lzma": "a codec for rare compressed wrappers",
+    "ml_dtypes": "only its own element types need it (bfloat16, float8, complex32)",
     "argparse": "only a checkpoint holding an argparse.Namespace needs it",
     "pathlib": "only a checkpoint holding a path needs it",
     "zipfile": "Python's zip reader, only for files that also read as a zip",
