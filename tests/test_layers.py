@@ -52,6 +52,8 @@ LAZY_IMPORTS = {
     "zipfile": "Python's zip reader, only for files that also read as a zip",
     "ptfile.io.atomic": "writing only (imports tempfile)",
     "ptfile.formats.dcp": "DCP folders only",
+    "ptfile.formats.legacy": "the pre-1.6 formats only; a zip checkpoint never needs them",
+    "ptfile.formats.torchscript": "TorchScript archives only; a zip checkpoint never needs it",
     "ptfile.formats.stformat": "a format reader, imported for files of its format",
     "ptfile.formats.npformat": "a format reader, imported for files of its format",
     "ptfile.formats.sharded": "a format reader, imported for files of its format",

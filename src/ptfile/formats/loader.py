@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..containers.ziparchive import is_zip
+from ..containers.ziparchive import LOCAL_MAGIC, ZipArchive, is_zip
 from ..errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from ..io.open import open_source
 from ..io.slicing import Placement
@@ -29,12 +29,11 @@ from ..policy.allowlist import new_engine
 from ..tensors.context import Context
 from ..tensors.special import NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
 from ..tensors.views import StorageRef, TensorSpec, view_array
-from . import consumers, legacy
+from . import consumers
 from .handle import Handle
-from .torchscript import open_zip
-from .torchzip import detached_storage
+from .torchzip import TorchZip, detached_storage
 
-__all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint", "refusal", "refuse_unsafe"]
+__all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint", "open_zip", "refusal", "refuse_unsafe"]
 
 #: The byte order of numpy's native dtypes, which every tensor is read as.
 NATIVE_BYTEORDER = "little" if np.little_endian else "big"
@@ -355,11 +354,24 @@ def looks_like_pickle(head: bytes) -> bool:
     return _PICKLE_START.match(head) is not None
 
 
+def open_zip(source: Source) -> TorchZip:
+    """The reader of a zip checkpoint: a TorchScript archive when it holds ``constants.pkl``."""
+    archive = ZipArchive(source)
+    if archive.lists("constants.pkl"):  # torch.load's own test, exact: see ZipArchive.lists
+        from .torchscript import TorchScriptArchive  # lazy: TorchScript archives only; a zip checkpoint never needs it
+
+        return TorchScriptArchive(source, archive=archive)
+    return TorchZip(source, archive=archive)
+
+
 def open_container(source: Source) -> Any:
     """The container reader for the source's format, chosen as torch chooses it."""
-    head = source.read(0, min(source.size, legacy.TAR_BLOCK), "file header")
-    if is_zip(head):  # torch.load tests for a zip first, then tries the tar reader, then the pickle stream
+    # torch.load tests for a zip first, then tries the tar reader, then the pickle stream
+    if is_zip(source.read(0, min(source.size, len(LOCAL_MAGIC)), "file header")):
         return open_zip(source)
+    from . import legacy  # lazy: the pre-1.6 formats only; a zip checkpoint never needs them
+
+    head = source.read(0, min(source.size, legacy.TAR_BLOCK), "file header")
     if legacy.is_tar(head):
         return legacy.LegacyTar(source)
     stream = legacy.open_stream(source, head)

@@ -41,7 +41,6 @@ from ..policy.allowlist import as_allow
 from ..tensors.frameworks import converter, framework_name
 from . import consumers
 from .handle import Handle
-from .legacy import is_tar
 from .loader import LazyCheckpoint, load_source, looks_like_pickle, refuse_unsafe
 from .sniff import INDEX_SUFFIX, is_npy, is_npz, is_safetensors
 
@@ -143,6 +142,8 @@ def _is_checkpoint_file(folders: Any, path: str) -> bool:
 
 def is_readable(head: bytes, size: int) -> bool:
     """Whether bytes start like a format ptfile reads: torch's containers, a pickle, or a tensor file."""
+    from .legacy import is_tar  # lazy: the pre-1.6 formats only; a zip checkpoint never needs them
+
     return (is_zip(head) or is_tar(head) or looks_like_pickle(head)
             or any(f.sniff(head, size) for f in FORMATS[:-1]))
 
