@@ -55,31 +55,23 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..containers.ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
 from ..errors import PtfileError, UnsafeGlobalError
 from ..formats import consumers
-from ..formats.dcp import (
-    ITEM_SUFFIX,
-    METADATA_FILE,
-    DcpLayout,
-    is_data_class,
-    is_dcp,
-    metadata_checkpoint,
-    parse_layout,
-)
 from ..formats.legacy import TAR_BLOCK, has_magic_number, is_tar, walk_tar
 from ..formats.loader import Checkpoint, Context, detached_storage, looks_like_pickle, new_engine
-from ..formats.npformat import object_pickles
 from ..formats.opener import SNIFF_BYTES, Format, detect, is_readable, resolve
-from ..formats.sharded import ShardedCheckpoint, index_of, read_index
 from ..io.folders import folders_for
 from ..io.open import open_source
 from ..io.source import MappedSource, SliceSource, Source, SourceFile
 from ..pickle.engine import gc_paused
 from ..pickle.inventory import GlobalUse
 from ..policy import allowlist
+
+if TYPE_CHECKING:
+    from ..formats.dcp import DcpLayout
 
 __all__ = ["ScanResult", "scan", "scan_opened", "VERDICTS", "FolderWalk", "PassedOver", "walk_for_scan"]
 
@@ -195,6 +187,8 @@ def walk_for_scan(paths: list[str], *, recursive: bool = False, include: list[An
     with ``recursive`` only, and links to folders are never followed.  ``include`` and
     ``exclude`` are regular expressions searched in each path found; excludes win.
     """
+
+    from ..formats.dcp import ITEM_SUFFIX, METADATA_FILE, is_dcp  # lazy: DCP folders only; a folder may be one
 
     walk = FolderWalk()
     found: list[str] = []
@@ -423,6 +417,8 @@ def _scan_tensor_file(source: Source, fmt: Format, strict: bool, allow: allowlis
 
 def _judge_object_arrays(source: Source, inventory: list[GlobalUse]) -> list[str]:
     """Run the pickle of every object array dry (``numpy.load(allow_pickle=True)`` would unpickle it)."""
+    from ..formats.npformat import object_pickles  # lazy: a format reader, imported for files of its format
+
     try:
         pickles = object_pickles(source)
     except PtfileError as exc:
@@ -750,6 +746,12 @@ def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list
 
 def _scan_shards(path: str, strict: bool, allow: allowlist.Allow, verify: bool) -> ScanResult:
     """The shards a Hugging Face index names, each scanned; the index's own checks as load makes them."""
+    from ..formats.sharded import (  # lazy: a format reader, imported for files of its format
+        ShardedCheckpoint,
+        index_of,
+        read_index,
+    )
+
     try:
         index, folder = index_of(path)
         weight_map = read_index(index)
@@ -787,6 +789,8 @@ def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | N
     examined as a whole instead (which finds less, and is never clean).
     Returns a :class:`ScanResult` for the folder.
     """
+    from ..formats.dcp import is_data_class  # lazy: DCP folders only
+
     path = os.fspath(folder)
     meta_inventory: list[GlobalUse] = []
     item_inventory: list[GlobalUse] = []
@@ -803,6 +807,8 @@ def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | N
 
 
 def _scan_metadata(folder: str, inventory: list[GlobalUse], faults: list[str]) -> DcpLayout | None:
+    from ..formats.dcp import metadata_checkpoint, parse_layout  # lazy: DCP folders only
+
     try:
         checkpoint = metadata_checkpoint(folder, records=True)
     except PtfileError as exc:
@@ -822,6 +828,8 @@ def _scan_metadata(folder: str, inventory: list[GlobalUse], faults: list[str]) -
 
 def _scan_items(folder: str, layout: DcpLayout, inventory: list[GlobalUse], faults: list[str],
                 notes: list[str]) -> None:
+    from ..formats.dcp import METADATA_FILE  # lazy: DCP folders only
+
     folders = folders_for(folder)
     sources: dict[str, Source] = {}
     used: dict[str, list[tuple[int, int]]] = {}
@@ -863,6 +871,8 @@ def _unread_bytes(used: dict[str, list[tuple[int, int]]], sizes: dict[str, int])
 
 
 def _scan_whole_files(folder: str, inventory: list[GlobalUse], faults: list[str], notes: list[str]) -> None:
+    from ..formats.dcp import ITEM_SUFFIX, METADATA_FILE  # lazy: DCP folders only
+
     faults.append(f"{folder}: items not located, as {METADATA_FILE} could not be read; "
                   f"each {ITEM_SUFFIX} file is examined whole")
     folders = folders_for(folder)

@@ -18,7 +18,6 @@ unpacked or widened (``raw_bits`` marks them).  Types are identified by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -27,19 +26,27 @@ import numpy as np
 __all__ = ["DtypeInfo", "by_torch_name", "by_storage_name", "by_numpy"]
 
 
-@dataclass(frozen=True)
 class DtypeInfo:
-    """One element type, as torch and numpy know it."""
+    """One element type, as torch and numpy know it: one instance per type, in :data:`_TABLE`.
 
-    torch_name: str  # attribute of the torch module: "float16"
-    scalar_type: str  # c10 ScalarType name: "Half"
-    itemsize: int  # bytes per element as stored
-    # numpy's scalar type, or the name of an ml_dtypes type (imported when first needed); None
-    # when numpy cannot represent it exactly
-    numpy_type: type | str | None
-    legacy_storage: str | None = None  # "HalfStorage" when a typed storage class exists
-    quantized_base: str | None = None  # torch_name of the integer type a quantized type stores
-    raw_bits: bool = False  # held as unsigned integers of its width: torch's bits* and packed x2 types
+    A plain class, not a dataclass: building a dataclass costs about a millisecond at import.
+    """
+
+    def __init__(self, torch_name: str, scalar_type: str, itemsize: int, numpy_type: type | str | None,
+                 legacy_storage: str | None = None, quantized_base: str | None = None,
+                 raw_bits: bool = False) -> None:
+        self.torch_name = torch_name  # attribute of the torch module: "float16"
+        self.scalar_type = scalar_type  # c10 ScalarType name: "Half"
+        self.itemsize = itemsize  # bytes per element as stored
+        # numpy's scalar type, or the name of an ml_dtypes type (imported when first needed); None
+        # when numpy cannot represent it exactly
+        self.numpy_type = numpy_type
+        self.legacy_storage = legacy_storage  # "HalfStorage" when a typed storage class exists
+        self.quantized_base = quantized_base  # torch_name of the integer type a quantized type stores
+        self.raw_bits = raw_bits  # held as unsigned integers of its width: torch's bits* and packed x2 types
+
+    def __repr__(self) -> str:
+        return f"DtypeInfo({self.torch_name!r}, {self.scalar_type!r}, {self.itemsize}, {self.numpy_type!r})"
 
     @cached_property
     def numpy(self) -> np.dtype | None:
