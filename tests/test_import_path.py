@@ -165,3 +165,21 @@ def test_inspect_of_a_zip_file_imports_no_other_reader(json_flag: bool) -> None:
     assert sorted(added & NOT_FOR_INSPECT) == []
     if json_flag:
         assert [m for m in added if m == "rich" or m.startswith("rich.")] == []
+
+
+def test_global_use_is_a_value_as_the_frozen_record_it_replaces() -> None:
+    """GlobalUse is a plain class now (cheaper to import): equal by value, hashable, immutable, picklable."""
+    import copy
+    import pickle
+
+    from ptfile.pickle.inventory import GlobalUse
+
+    use = GlobalUse("os", "system", "call", 7, "archive/data.pkl", "('id',)")
+    same = GlobalUse("os", "system", "call", 7, "archive/data.pkl", "('id',)")
+    assert use == same and hash(use) == hash(same) and len({use, same}) == 1
+    assert use != GlobalUse("os", "system", "call", 8, "archive/data.pkl", "('id',)")
+    assert use != ("os", "system", "call", 7, "archive/data.pkl", "('id',)")
+    assert pickle.loads(pickle.dumps(use)) == use and copy.deepcopy(use) == use
+    with pytest.raises(AttributeError):
+        use.offset = 0
+    assert "os" in repr(use) and use.describe() == "os.system (called at byte 7 (archive/data.pkl))"

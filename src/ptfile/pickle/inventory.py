@@ -53,6 +53,11 @@ class GlobalUse:
     def __hash__(self) -> int:
         return hash(self._key())
 
+    def __reduce__(self) -> tuple:
+        # pickled by its constructor (scan results cross process boundaries): the default
+        # reduction of a slotted class would set the fields one by one, which this class refuses
+        return (GlobalUse, self._key())
+
     def __repr__(self) -> str:
         return (f"GlobalUse(module={self.module!r}, name={self.name!r}, use={self.use!r}, offset={self.offset!r}, "
                 f"record={self.record!r}, args={self.args!r})")
