@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -46,3 +47,23 @@ def scan_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
 
     folder = tmp_path_factory.mktemp("corpus")
     return folder, write_corpus(folder)
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """``ptfile ARGS`` run in this process: ``run_cli(*args) -> (exit code, stdout, stderr)``.
+
+    Usage errors and ``--help`` (argparse's SystemExit) give their exit code as the command would.
+    """
+    from ptfile.cli.main import main
+
+    def run(*args: object) -> tuple[int, str, str]:
+        capsys.readouterr()  # only what this command prints
+        try:
+            code = main([str(arg) for arg in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

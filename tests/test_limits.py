@@ -11,7 +11,6 @@ import gzip
 import io
 import json
 import lzma
-import os
 import pickle
 import subprocess
 import sys
@@ -75,17 +74,17 @@ def test_damaged_7z_is_a_fault_not_a_traceback(error: str) -> None:
     assert any(f"7z reader stopped: {error}" in fault for fault in result.faults), result.faults
 
 
-def test_the_scan_command_reports_damaged_archives_without_a_traceback(tmp_path: Path) -> None:
-    """The finding as reported: ``ptfile scan`` on these files printed a traceback."""
+def test_the_scan_command_reports_damaged_archives_without_a_traceback(
+        tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finding as reported: ``ptfile scan`` on these files printed a traceback (raised out of the command)."""
     files = {"corrupt.xz": corrupt_xz(), **{f"damaged-{error}.7z": data for error, data in damaged_seven_zips().items()}}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    env = {**os.environ, "PYTHONPATH": str(Path(ptfile.__file__).resolve().parent.parent)}
-    done = subprocess.run([sys.executable, "-m", "ptfile", "scan", "--json", *sorted(files)], cwd=tmp_path,
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert "Traceback" not in done.stderr, done.stderr
-    assert done.returncode == 2  # a file could not be scanned; nothing dangerous
-    verdicts = {Path(entry["path"]).name: entry["verdict"] for entry in json.loads(done.stdout)["files"]}
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("scan", "--json", *sorted(files))
+    assert "Traceback" not in err, err
+    assert code == 2  # a file could not be scanned; nothing dangerous
+    verdicts = {Path(entry["path"]).name: entry["verdict"] for entry in json.loads(out)["files"]}
     assert verdicts == dict.fromkeys(files, "invalid")
 
 

@@ -24,7 +24,7 @@ from ptfile.formats.loader import LazyCheckpoint
 from ptfile.formats.opener import open_handle
 from ptfile.io.source import MappedSource
 from ptfile.scanning.scanner import scan, scan_opened
-from ptfile.tools.inspection import describe, fold_rows
+from ptfile.tools.inspection import MAX_SHARED_WITH, describe, fold_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -281,6 +281,26 @@ def test_marked_parameters_are_the_parameters() -> None:
     assert report["totals"]["parameters"] == sum(int(np.prod(row["shape"])) for row in marked)
 
 
+def test_views_of_one_storage_list_a_bounded_number_of_partners(tmp_path: Path, run_cli) -> None:
+    """Every row of 3,000 views of one storage names at most MAX_SHARED_WITH partners and counts them all."""
+    torch = pytest.importorskip("torch")
+    base = torch.arange(3000, dtype=torch.float32)
+    views = {f"t{i}": base[i:i + 1] for i in range(3000)}
+    path = tmp_path / "views.pt"
+    torch.save(views, path)
+    report = describe(path)
+    assert [r["name"] for r in report["tensors"]] == list(views)
+    for record in report["tensors"]:
+        assert record["shared_count"] == 2999  # torch's views of one storage: every other tensor
+        assert len(record["shared_with"]) == MAX_SHARED_WITH and record["name"] not in record["shared_with"]
+        assert all(views[other].untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
+                   for other in record["shared_with"])
+    assert report["totals"]["bytes"] == base.nbytes and report["totals"]["parameters"] == 3000
+    code, out, err = run_cli("inspect", path)
+    assert code == 0, err
+    assert f"and {2999 - MAX_SHARED_WITH:,} more" in out
+
+
 # -- folding -----------------------------------------------------------------------------------
 
 
@@ -310,39 +330,33 @@ def test_fold_rows_names_runs_as_ranges() -> None:
     assert [(r["name"], r["count"]) for r in folded] == [("model.layers.{0..2}.mlp.{0..1}.weight", 6)]
 
 
-def run_cli(*args: object) -> subprocess.CompletedProcess:
-    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "ptfile", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=120)
-
-
-def test_inspect_folds_a_long_listing(tmp_path: Path) -> None:
+def test_inspect_folds_a_long_listing(tmp_path: Path, run_cli) -> None:
     path = tmp_path / "layers.pt"
     ptfile.save({f"layers.{i}.{part}": np.zeros((3, 2), np.float32) for i in range(300) for part in ("a", "b")},
                 path)
-    folded = run_cli("inspect", path)
-    assert folded.returncode == 0, folded.stderr
-    assert "layers.{0..299}.a  x300" in folded.stdout and "layers.{0..299}.b  x300" in folded.stdout
-    assert "layers.7.a" not in folded.stdout
-    every = run_cli("inspect", path, "--all")
-    assert every.returncode == 0 and all(f"layers.{i}.b " in every.stdout for i in range(300))
-    assert "600 tensors" in every.stdout and "600 tensors" in folded.stdout
+    code, folded, err = run_cli("inspect", path)
+    assert code == 0, err
+    assert "layers.{0..299}.a  x300" in folded and "layers.{0..299}.b  x300" in folded
+    assert "layers.7.a" not in folded
+    code, every, _ = run_cli("inspect", path, "--all")
+    assert code == 0 and all(f"layers.{i}.b " in every for i in range(300))
+    assert "600 tensors" in every and "600 tensors" in folded
 
 
-def test_inspect_keeps_a_short_listing_unless_asked(tmp_path: Path) -> None:
+def test_inspect_keeps_a_short_listing_unless_asked(tmp_path: Path, run_cli) -> None:
     path = tmp_path / "short.pt"
     ptfile.save({f"blocks.{i}.w": np.zeros(2, np.float32) for i in range(3)}, path)
-    plain = run_cli("inspect", path)
-    assert "blocks.1.w" in plain.stdout and "{0..2}" not in plain.stdout
-    assert "blocks.{0..2}.w  x3" in run_cli("inspect", path, "--collapse").stdout
+    _, plain, _ = run_cli("inspect", path)
+    assert "blocks.1.w" in plain and "{0..2}" not in plain
+    assert "blocks.{0..2}.w  x3" in run_cli("inspect", path, "--collapse")[1]
 
 
-def test_cli_scan_verify(tmp_path: Path) -> None:
+def test_cli_scan_verify(tmp_path: Path, run_cli) -> None:
     path = tmp_path / "crc.pt"
     path.write_bytes(built(np.arange(256, dtype=np.float32).tobytes(), crc=1))
-    quick, full = run_cli("scan", path), run_cli("scan", path, "--verify")
-    assert quick.returncode == full.returncode == 0
-    assert "CRC" not in quick.stdout and "CRC 0x00000001" in full.stdout
+    (quick_code, quick, _), (full_code, full, _) = run_cli("scan", path), run_cli("scan", path, "--verify")
+    assert quick_code == full_code == 0
+    assert "CRC" not in quick and "CRC 0x00000001" in full
 
 
 def test_verify_gives_back_the_pages_it_streamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

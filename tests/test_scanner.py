@@ -234,7 +234,7 @@ def test_command_json_and_exit_codes(corpus) -> None:
     result = run("scan", "-r", folder, "--json")
     assert result.returncode == 1, result.stderr
     document = json.loads(result.stdout)
-    assert document["schema"] == 1 and document["command"] == "scan"
+    assert document["schema"] == 2 and document["command"] == "scan"
     assert set(document["summary"]) == {"clean", "unknown-class", "invalid", "unknown-call", "dangerous"}
     assert sum(document["summary"].values()) == len(document["files"])
     for entry in document["files"]:

@@ -51,12 +51,12 @@ unpickler might go on), the file is reported with a fault, so its verdict is at 
 
 from __future__ import annotations
 
-import pickletools
 from typing import Any
 
 from ..containers.ziparchive import is_zip, zipfile_directory
 from ..errors import PtfileError
 from ..io.source import Source, SourceFile
+from ..pickle.opcodes import OPCODES
 from ..policy.allowlist import new_engine
 from ..tensors.context import Context
 from .torchzip import detached_storage
@@ -80,25 +80,21 @@ MAX_POLYGLOT_MEMBER_BYTES = 64 << 20
 def _first_opcode_fails() -> frozenset[int]:
     """Bytes on which CPython's unpickler fails at once, before it can import or call anything.
 
-    From pickletools' opcode table: a byte that is no opcode ("invalid load key"), an opcode
-    that pops from the stack or needs a MARK (the stack starts empty: "stack underflow",
-    "could not find MARK"), and PERSID, which ``pickle.load`` refuses without a
-    ``persistent_load``.
+    From the opcode table (CPython's, see :mod:`ptfile.pickle.opcodes`): a byte that is no opcode
+    ("invalid load key"), an opcode that pops from the stack or needs a MARK (the stack starts
+    empty: "stack underflow", "could not find MARK"), and PERSID, which ``pickle.load`` refuses
+    without a ``persistent_load``.
     """
     failing = set(range(256))
-    for info in pickletools.opcodes:
-        code = info.code.encode("latin-1")[0]
-        if not info.stack_before and info.name != "PERSID":
-            failing.discard(code)
+    for op in OPCODES:
+        if not op.reads_stack and op.name != "PERSID":
+            failing.discard(op.code)
     return frozenset(failing)
 
 
 _FAILS_AT_ONCE = _first_opcode_fails()
-#: Opcodes through which a pickle imports or calls anything: without one, nothing on the stack is callable.
-_EFFECT_OPCODES = frozenset(
-    info.code.encode("latin-1")[0] for info in pickletools.opcodes
-    if info.name in ("GLOBAL", "STACK_GLOBAL", "INST", "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID")
-)
+#: Opcodes through which a pickle imports anything: without one, nothing on the stack is callable.
+_EFFECT_OPCODES = frozenset(op.code for op in OPCODES if op.imports)
 
 
 def fails_at_once(head: bytes) -> bool:

@@ -62,7 +62,6 @@ anything past it.  Storages are little-endian on every host, so both containers 
 from __future__ import annotations
 
 import contextlib
-import pickletools
 import re
 import struct
 from collections.abc import Iterator
@@ -75,6 +74,7 @@ from ..errors import CorruptFileError, LimitExceededError, PtfileError, UnsafeGl
 from ..io.source import Source
 from ..pickle.engine import GlobalRef
 from ..pickle.inventory import GlobalUse
+from ..pickle.opcodes import BY_CODE, COUNTED, LINES, byte_of, code_of
 from ..pickle.values import brief
 from ..policy import allowlist
 from ..tensors.context import Context
@@ -119,35 +119,7 @@ _int32 = struct.Struct("<i")
 
 # -- where a pickle ends -------------------------------------------------------
 
-_FIXED, _LINES, _COUNTED = 0, 1, 2
-
-
-def _opcode_args() -> dict[int, tuple[int, int, bool]]:
-    """opcode byte -> (kind, n, signed): the length of each opcode's argument, from pickletools."""
-    table: dict[int, tuple[int, int, bool]] = {}
-    counted = {
-        pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
-        pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
-        pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
-        pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
-    }
-    for info in pickletools.opcodes:
-        code = info.code.encode("latin-1")[0]
-        arg = info.arg
-        if arg is None:
-            table[code] = (_FIXED, 0, False)
-        elif arg.n >= 0:
-            table[code] = (_FIXED, arg.n, False)
-        elif arg.n == pickletools.UP_TO_NEWLINE:
-            table[code] = (_LINES, 2 if arg.name.endswith("_pair") else 1, False)
-        else:
-            size, signed = counted[arg.n]
-            table[code] = (_COUNTED, size, signed)
-    return table
-
-
-_OPCODE_ARGS = _opcode_args()
-_STOP = ord(".")
+_STOP = code_of("STOP")
 
 
 class _Window:
@@ -203,23 +175,23 @@ def pickle_end(source: Source, start: int, limit: int, what: str, seen: set[int]
         op = window.get(pos, 1)[0]
         if seen is not None:
             seen.add(op)
-        spec = _OPCODE_ARGS.get(op)
+        spec = BY_CODE.get(op)
         if spec is None:
             raise CorruptFileError(f"{what}: unknown pickle opcode 0x{op:02x} at byte {pos}")
         pos += 1
         if op == _STOP:
             return pos
-        kind, n, signed = spec
-        if kind == _FIXED:
-            pos += n
-        elif kind == _LINES:
-            for _ in range(n):
+        if spec.arg == LINES:
+            for _ in range(spec.size):
                 pos = window.newline(pos) + 1
-        else:
-            length = int.from_bytes(window.get(pos, n), "little", signed=signed)
+        elif spec.arg == COUNTED:
+            n = spec.size
+            length = int.from_bytes(window.get(pos, n), "little", signed=spec.signed)
             if length < 0:
                 raise CorruptFileError(f"{what}: negative length {length} at byte {pos}")
             pos += n + length
+        else:  # no argument, or one of a fixed size
+            pos += spec.size
         if pos > limit:
             raise CorruptFileError(f"{what}: the pickle runs past byte {limit} without a STOP")
 
@@ -475,10 +447,13 @@ def _container_class(cls: Any, source_file: Any, source: Any) -> GlobalRef:
 # -- the legacy stream -----------------------------------------------------------
 
 
+_STREAM_STARTS = tuple(byte_of(name) for name in ("PROTO", "LONG1", "LONG4", "LONG", "INT", "GLOBAL"))
+
+
 def looks_like_pickle_stream(head: bytes) -> bool:
     """Could the file start with the magic-number pickle: PROTO, LONG1/LONG4 without it, a protocol 0/1
     LONG or INT (``pickle.load`` reads a plain INT of any size), or GLOBAL."""
-    return head[:1] in (b"\x80", b"\x8a", b"\x8b", b"L", b"I", b"c")
+    return head[:1] in _STREAM_STARTS
 
 
 def open_stream(source: Source, head: bytes) -> LegacyStream | None:

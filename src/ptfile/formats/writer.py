@@ -59,7 +59,7 @@ from ..containers.zipwriter import STORAGE_ALIGNMENT, ZipRecordWriter, archive_p
 from ..errors import PtfileError
 from ..io.atomic import atomic_write
 from ..pickle.engine import GlobalRef, gc_paused
-from ..pickle.pickler import GlobalName, Pickler
+from ..pickle.pickler import BINPERSID, EMPTY_TUPLE, MARK, NEWFALSE, REDUCE, TUPLE, TUPLE3, GlobalName, Pickler
 from ..pickle.tree import MODULE_SLOTS
 from ..pickle.values import Global, Parameter, Record
 from ..tensors import dtypes
@@ -343,17 +343,17 @@ class TreePickler(Pickler):
         self.save_global(_REBUILD_PARAMETER_STATE if param.attributes else _REBUILD_PARAMETER)
         # the argument tuple, written by hand: its first item is the tensor, not a Python value
         count = 4 if param.attributes else 3
-        self.out += b"(" if count > 3 else b""
+        self.out += MARK if count > 3 else b""
         self.save_tensor(param.view(np.ndarray), info, data)
         self.save(bool(getattr(param, "requires_grad", True)))
         self.save_reduce(_ORDERED_DICT, (), OrderedDict())
         if param.attributes:
             self.save_child("attributes", dict(param.attributes))
-            self.out += b"t"
+            self.out += TUPLE
         else:
-            self.out += b"\x87"  # TUPLE3
+            self.out += TUPLE3
         self.memoize(object())  # the argument tuple is a fresh object torch memoizes
-        self.out += b"R"
+        self.out += REDUCE
         self.memoize(param)
 
     def save_tensor(self, array: np.ndarray, info: DtypeInfo, memo_obj: Any) -> None:
@@ -363,27 +363,27 @@ class TreePickler(Pickler):
         storage = view.storage
         out = self.out
         self.save_global(_REBUILD_V2 if storage.typed else _REBUILD_V3)
-        out += b"(("  # MARK: the argument tuple has 6 or 7 items; MARK: the persistent id
+        out += MARK + MARK  # the argument tuple has 6 or 7 items; the persistent id
         self.save_str_memoized(STORAGE_TAG)
         self.save_global(storage.storage_type())
         self.save_str_memoized(storage.key)
         self.save_str_memoized(LOCATION)
         self.save_int(storage.numel)
-        out += b"t"
+        out += TUPLE
         self.memoize(object())  # the persistent id tuple
-        out += b"Q"  # BINPERSID
+        out += BINPERSID
         self.save_int(view.offset)
         self.save_int_tuple(view.shape)
         self.save_int_tuple(view.strides)
-        out += b"\x89"  # NEWFALSE: requires_grad of the tensor itself
+        out += NEWFALSE  # requires_grad of the tensor itself
         self.save_global(_ORDERED_DICT)  # backward hooks: always an empty OrderedDict
-        out += b")R"  # EMPTY_TUPLE REDUCE
+        out += EMPTY_TUPLE + REDUCE
         self.memoize(object())  # the fresh OrderedDict
         if not storage.typed:
             self.save_global(GlobalName("torch", info.torch_name))
-        out += b"t"
+        out += TUPLE
         self.memoize(object())  # the argument tuple
-        out += b"R"
+        out += REDUCE
         self.memoize(memo_obj)
 
 

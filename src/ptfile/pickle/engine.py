@@ -49,6 +49,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import CorruptFileError, LimitExceededError, PtfileError
+from .opcodes import OPCODES, code_of
 from .values import Global, Record, brief
 
 __all__ = ["GlobalRef", "Engine", "brief", "check_key", "check_keys", "count_hash", "gc_paused"]
@@ -137,10 +138,6 @@ class GlobalRef:
         return f"<global {self.module}.{self.name}>"
 
 
-class _Mark:
-    """Sentinel type: never a value, so a stray MARK can be told from data."""
-
-
 def check_key(key: Any) -> None:
     """Refuse a dict or set key whose hash could crash or mislead the interpreter."""
     if type(key) in _HASHABLE_SCALARS:
@@ -187,6 +184,19 @@ def check_keys(keys: Any) -> None:
             count_hash(key, seen)
 
 
+#: :attr:`Engine._frame_end` while no FRAME is open: beyond every position.
+_NO_FRAME = sys.maxsize
+
+
+class _Stop(Exception):  # noqa: N818 - not an error: how STOP leaves the dispatch loop, as in pickle.py
+    """Raised by STOP with the pickle's value and the offset after it."""
+
+    def __init__(self, value: Any, end: int) -> None:
+        super().__init__()
+        self.value = value
+        self.end = end
+
+
 class Engine:
     """Runs one pickle.
 
@@ -199,7 +209,19 @@ class Engine:
         inventory: list to append :class:`~ptfile.pickle.inventory.GlobalUse` events to.
         origin: where ``data`` starts in the file, for a pickle cut out of a stream (the
             legacy format): every offset in the inventory and in messages is a file offset.
+
+    Like CPython's ``pickle._Unpickler``, one small handler per opcode (or family of
+    opcodes) reads its argument at the position after the opcode byte and returns the
+    position after the argument; :data:`_DISPATCH` maps every byte to its handler.  The
+    opcodes that make up nearly all of a torch checkpoint (:data:`_HOT`) are interpreted
+    inline by :meth:`run` instead, on local variables: a call per opcode would cost a
+    fifth of the engine's time.
+    The stack of the innermost MARK is :attr:`stack` (its ``append`` bound once in
+    :attr:`append`), the stacks under the open MARKs are :attr:`metastack`.
     """
+
+    __slots__ = ("data", "lookup", "persistent_load", "context", "record", "inventory", "_use", "origin",
+                 "protocol", "_key_hashes", "stack", "append", "metastack", "memo", "_first", "_frame_end")
 
     def __init__(
         self,
@@ -222,10 +244,10 @@ class Engine:
         self._use = use_factory
         self.origin = origin
         self.protocol = 0
-        self._fresh: dict[int, Any] = {}
         # Keys by hash per dict or set that got a non-str key, by id; the container is held so
         # that its id cannot be reused by another while this engine runs.
         self._key_hashes: dict[int, tuple[Any, dict[int, list]]] = {}
+        self._start_run(0)
 
     # -- helpers used by the dispatch loop ---------------------------------------
 
@@ -326,359 +348,457 @@ class Engine:
 
     # -- the dispatch loop -------------------------------------------------------
 
-    def run(self, pos: int = 0) -> tuple[Any, int]:  # noqa: C901 - one flat loop is the fast path
+    def run(self, pos: int = 0) -> tuple[Any, int]:  # noqa: C901 - the fast path is one flat loop
         """Interpret the pickle starting at ``pos``; return the value and the offset after STOP."""
+        self._start_run(pos)
         data = self.data
-        end = len(data)
-        stack: list = []
-        append = stack.append
-        metastack: list = []
-        memo: dict = {}
-        frame_end = -1
-        first = pos
-        record = self.record
-
-        def need(n: int, at: int) -> None:
-            if n < 0 or at + n > end:
-                raise CorruptFileError(f"{record}: length {n} at byte {at} runs past the end of the pickle")
-
+        stack = self.stack
+        append = self.append
+        metastack = self.metastack
+        memo = self.memo
+        dispatch = _DISPATCH
+        frame_end = _NO_FRAME
+        (LONG_BINPUT, BINGET, MARK, BINUNICODE, REDUCE, BININT2, TUPLE, BININT1, TUPLE1, EMPTY_TUPLE, BINPERSID,
+         NEWFALSE, BINPUT, TUPLE2, TUPLE3, NEWTRUE, BININT, LONG_BINGET, EMPTY_DICT, SETITEMS) = _HOT  # noqa: N806 - in _HOT's order
         start = pos
         try:
             while True:
-                if frame_end >= 0 and pos >= frame_end:
-                    if pos > frame_end:
-                        raise CorruptFileError(f"{record}: opcode before byte {pos} straddles the end of its frame")
-                    frame_end = -1
                 start = pos
+                if pos >= frame_end:
+                    self._leave_frame(pos)
+                    frame_end = _NO_FRAME
                 op = data[pos]  # past the end: IndexError, reported below as a missing STOP
                 pos += 1
-                # The most frequent opcodes of torch checkpoints come first (LONG_BINPUT is a
-                # quarter of all opcodes once a file has more than 256 memo entries).
-                if op == 0x72:  # LONG_BINPUT
-                    (idx,) = _unpack_I(data, pos)
-                    memo[idx] = stack[-1]
+                if op == LONG_BINPUT:
+                    memo[_unpack_I(data, pos)[0]] = stack[-1]
                     pos += 4
-                elif op == 0x71:  # BINPUT
-                    memo[data[pos]] = stack[-1]
-                    pos += 1
-                elif op == 0x68:  # BINGET
+                elif op == BINGET:
                     append(memo[data[pos]])
                     pos += 1
-                elif op == 0x58:  # BINUNICODE
-                    (n,) = _unpack_I(data, pos)
-                    pos += 4
-                    need(n, pos)
-                    append(str(data[pos : pos + n], "utf-8", "surrogatepass"))
-                    pos += n
-                elif op == 0x4B:  # BININT1
-                    append(data[pos])
-                    pos += 1
-                elif op == 0x4D:  # BININT2
-                    (value,) = _unpack_H(data, pos)
-                    append(value)
-                    pos += 2
-                elif op == 0x28:  # MARK
+                elif op == MARK:
                     if len(metastack) >= MAX_MARK_DEPTH:
-                        raise CorruptFileError(f"{record}: more than {MAX_MARK_DEPTH} nested MARKs")
+                        raise CorruptFileError(f"{self.record}: more than {MAX_MARK_DEPTH} nested MARKs")
                     metastack.append(stack)
                     stack = []
                     append = stack.append
-                elif op == 0x74:  # TUPLE
+                elif op == BINUNICODE:
+                    (n,) = _unpack_I(data, pos)
+                    pos += 4
+                    self._need(n, pos)
+                    append(str(data[pos : pos + n], "utf-8", "surrogatepass"))
+                    pos += n
+                elif op == REDUCE:
+                    args = stack.pop()
+                    stack[-1] = self.call(stack[-1], args, start)
+                elif op == BININT2:
+                    append(_unpack_H(data, pos)[0])
+                    pos += 2
+                elif op == TUPLE:
                     items = tuple(stack)
                     stack = metastack.pop()
                     append = stack.append
                     append(items)
-                elif op == 0x52:  # REDUCE
-                    args = stack.pop()
-                    stack[-1] = self.call(stack[-1], args, start)
-                elif op == 0x86:  # TUPLE2
+                elif op == BININT1:
+                    append(data[pos])
+                    pos += 1
+                elif op == TUPLE1:
+                    stack[-1] = (stack[-1],)
+                elif op == EMPTY_TUPLE:
+                    append(())
+                elif op == BINPERSID:
+                    if self.persistent_load is None:
+                        raise CorruptFileError(f"{self.record}: persistent id at byte {start} where none is allowed")
+                    stack[-1] = self.persistent_load(stack[-1])
+                elif op == NEWFALSE:
+                    append(False)
+                elif op == BINPUT:
+                    memo[data[pos]] = stack[-1]
+                    pos += 1
+                elif op == TUPLE2:
                     second = stack.pop()
                     stack[-1] = (stack[-1], second)
-                elif op == 0x85:  # TUPLE1
-                    stack[-1] = (stack[-1],)
-                elif op == 0x51:  # BINPERSID
-                    if self.persistent_load is None:
-                        raise CorruptFileError(f"{record}: persistent id at byte {start} where none is allowed")
-                    stack[-1] = self.persistent_load(stack[-1])
-                elif op == 0x29:  # EMPTY_TUPLE
-                    append(())
-                elif op == 0x89:  # NEWFALSE
-                    append(False)
-                elif op == 0x88:  # NEWTRUE
+                elif op == TUPLE3:
+                    third = stack.pop()
+                    second = stack.pop()
+                    stack[-1] = (stack[-1], second, third)
+                elif op == NEWTRUE:
                     append(True)
-                elif op == 0x6A:  # LONG_BINGET
-                    (idx,) = _unpack_I(data, pos)
-                    append(memo[idx])
+                elif op == BININT:
+                    append(_unpack_i(data, pos)[0])
                     pos += 4
-                elif op == 0x4A:  # BININT
-                    (value,) = _unpack_i(data, pos)
-                    append(value)
+                elif op == LONG_BINGET:
+                    append(memo[_unpack_I(data, pos)[0]])
                     pos += 4
-                elif op == 0x75:  # SETITEMS
+                elif op == EMPTY_DICT:
+                    append({})
+                elif op == SETITEMS:
                     items = stack
                     stack = metastack.pop()
                     append = stack.append
                     self.setitems(stack[-1], items, start)
-                elif op == 0x73:  # SETITEM
-                    value = stack.pop()
-                    key = stack.pop()
-                    self.setitems(stack[-1], [key, value], start)
-                elif op == 0x87:  # TUPLE3
-                    third = stack.pop()
-                    second = stack.pop()
-                    stack[-1] = (stack[-1], second, third)
-                elif op == 0x7D:  # EMPTY_DICT
-                    append({})
-                elif op == 0x5D:  # EMPTY_LIST
-                    append([])
-                elif op == 0x65:  # APPENDS
-                    items = stack
-                    stack = metastack.pop()
-                    append = stack.append
-                    self.extend(stack[-1], items, start)
-                elif op == 0x61:  # APPEND
-                    value = stack.pop()
-                    self.extend(stack[-1], [value], start)
-                elif op == 0x63:  # GLOBAL
-                    nl1 = data.index(b"\n", pos)
-                    nl2 = data.index(b"\n", nl1 + 1)
-                    module = str(data[pos:nl1], "utf-8")
-                    name = str(data[nl1 + 1 : nl2], "utf-8")
-                    pos = nl2 + 1
-                    append(self.find_global(module, name, start))
-                elif op == 0x47:  # BINFLOAT
-                    append(_unpack_d(data, pos)[0])
-                    pos += 8
-                elif op == 0x4E:  # NONE
-                    append(None)
-                elif op == 0x62:  # BUILD
-                    state = stack.pop()
-                    self.build(stack[-1], state, start)
-                elif op == 0x81:  # NEWOBJ
-                    args = stack.pop()
-                    stack[-1] = self.new(stack[-1], args, start)
-                elif op == 0x2E:  # STOP
-                    if metastack or len(stack) != 1:
-                        raise CorruptFileError(
-                            f"{record}: STOP at byte {start} leaves {len(stack)} values and {len(metastack)} open MARKs"
-                        )
-                    return stack[0], pos
-                elif op == 0x80:  # PROTO
-                    if start != first:
-                        raise CorruptFileError(f"{record}: PROTO at byte {start} is not the first opcode")
-                    self.protocol = data[pos]
-                    pos += 1
-                    if self.protocol > 5:
-                        raise CorruptFileError(f"{record}: unsupported pickle protocol {self.protocol}")
-                else:
-                    pos = self._rare(op, start, pos, stack, metastack, memo)
-                    if type(pos) is tuple:  # MARK-consuming rare opcodes swap the stack
-                        pos, stack = pos
-                        append = stack.append
-                    elif pos < 0:  # FRAME
-                        pos = -pos
-                        if frame_end >= 0 and start < frame_end:
-                            raise CorruptFileError(f"{record}: FRAME at byte {start} inside another frame")
-                        frame_end = pos + self._frame_len
-                        need(self._frame_len, pos)
+                else:  # the handlers work on the engine's copy of the loop's state
+                    self.stack = stack
+                    self.append = append
+                    pos = dispatch[op](self, pos)
+                    stack = self.stack  # the handler may have closed a MARK or opened a frame
+                    append = self.append
+                    frame_end = self._frame_end
+        except _Stop as stop:
+            return stop.value, stop.end
         except PtfileError as exc:
-            _locate(exc, record, start, self.origin)
+            _locate(exc, self.record, start, self.origin)
             raise
         except RecursionError:  # pragma: no cover - defensive; the loop itself never recurses
-            raise CorruptFileError(f"{record}: pickle nested too deeply at byte {self.origin + start}") from None
+            raise CorruptFileError(f"{self.record}: pickle nested too deeply at byte {self.origin + start}") from None
         except MemoryError:
-            raise LimitExceededError(
-                f"{record}: pickle at byte {self.origin + start} asks for more memory than is available") from None
+            raise LimitExceededError(f"{self.record}: pickle at byte {self.origin + start} asks for more memory "
+                                     f"than is available") from None
         except IndexError as exc:
-            if start >= end:  # the opcode itself could not be read
-                raise CorruptFileError(f"{record}: pickle ends at byte {self.origin + start} without STOP") from None
-            raise CorruptFileError(
-                f"{record}: malformed pickle at byte {self.origin + start}: {type(exc).__name__}: {exc}") from None
+            if start >= len(data):  # the opcode itself could not be read
+                raise CorruptFileError(
+                    f"{self.record}: pickle ends at byte {self.origin + start} without STOP") from None
+            raise self._malformed(exc, start) from None
         except (KeyError, TypeError, ValueError, OverflowError, struct.error, UnicodeError) as exc:
-            raise CorruptFileError(
-                f"{record}: malformed pickle at byte {self.origin + start}: {type(exc).__name__}: {exc}") from None
+            raise self._malformed(exc, start) from None
 
-    def _rare(self, op: int, start: int, pos: int, stack: list, metastack: list, memo: dict) -> Any:
-        """Opcodes that real checkpoints use rarely; returns the new position."""
-        data = self.data
-        record = self.record
-        need = self._need  # methods, not closures: making two closures per call slowed every rare opcode
-        line = self._line
-        append = stack.append
-        if op == 0x8C:  # SHORT_BINUNICODE
-            n = data[pos]
-            need(n, pos + 1)
-            append(str(data[pos + 1 : pos + 1 + n], "utf-8", "surrogatepass"))
-            return pos + 1 + n
-        if op == 0x8D:  # BINUNICODE8
-            (n,) = _unpack_Q(data, pos)
-            need(n, pos + 8)
-            append(str(data[pos + 8 : pos + 8 + n], "utf-8", "surrogatepass"))
-            return pos + 8 + n
-        if op == 0x43:  # SHORT_BINBYTES
-            n = data[pos]
-            need(n, pos + 1)
-            append(data[pos + 1 : pos + 1 + n])
-            return pos + 1 + n
-        if op == 0x42:  # BINBYTES
-            (n,) = _unpack_I(data, pos)
-            need(n, pos + 4)
-            append(data[pos + 4 : pos + 4 + n])
-            return pos + 4 + n
-        if op == 0x8E:  # BINBYTES8
-            (n,) = _unpack_Q(data, pos)
-            need(n, pos + 8)
-            append(data[pos + 8 : pos + 8 + n])
-            return pos + 8 + n
-        if op == 0x96:  # BYTEARRAY8
-            (n,) = _unpack_Q(data, pos)
-            need(n, pos + 8)
-            append(bytearray(data[pos + 8 : pos + 8 + n]))
-            return pos + 8 + n
-        if op == 0x55:  # SHORT_BINSTRING
-            n = data[pos]
-            need(n, pos + 1)
-            append(str(data[pos + 1 : pos + 1 + n], "utf-8"))
-            return pos + 1 + n
-        if op == 0x54:  # BINSTRING
-            (n,) = _unpack_i(data, pos)
-            need(n, pos + 4)
-            append(str(data[pos + 4 : pos + 4 + n], "utf-8"))
-            return pos + 4 + n
-        if op == 0x53:  # STRING
-            text, pos = line(pos)
-            if len(text) < 2 or text[:1] != text[-1:] or text[:1] not in (b"'", b'"'):
-                raise CorruptFileError(f"{record}: STRING at byte {start} is not quoted")
-            append(str(_unescape(text[1:-1]), "utf-8"))
-            return pos
-        if op == 0x56:  # UNICODE
-            text, pos = line(pos)
-            append(str(text, "raw-unicode-escape"))
-            return pos
-        if op == 0x49:  # INT
-            text, pos = line(pos)
-            append(int_operand(text))
-            return pos
-        if op == 0x4C:  # LONG: CPython reads the digits with int(text, 0), so 0x... is hex
-            text, pos = line(pos)
-            append(int(text[:-1] if text.endswith(b"L") else text, 0))
-            return pos
-        if op == 0x46:  # FLOAT
-            text, pos = line(pos)
-            append(float(text))
-            return pos
-        if op == 0x8A:  # LONG1
-            n = data[pos]
-            need(n, pos + 1)
-            append(int.from_bytes(data[pos + 1 : pos + 1 + n], "little", signed=True))
-            return pos + 1 + n
-        if op == 0x8B:  # LONG4
-            (n,) = _unpack_i(data, pos)
-            need(n, pos + 4)
-            append(int.from_bytes(data[pos + 4 : pos + 4 + n], "little", signed=True))
-            return pos + 4 + n
-        if op == 0x70:  # PUT
-            text, pos = line(pos)
-            index = int(text)
-            if not 0 <= index <= MAX_MEMO_INDEX:
-                raise CorruptFileError(f"{record}: PUT index at byte {start} is out of range (CPython refuses it too)")
-            memo[index] = stack[-1]
-            return pos
-        if op == 0x67:  # GET
-            text, pos = line(pos)
-            append(memo[int(text)])
-            return pos
-        if op == 0x94:  # MEMOIZE
-            memo[len(memo)] = stack[-1]
-            return pos
-        if op == 0x93:  # STACK_GLOBAL
-            name = stack.pop()
-            module = stack.pop()
-            append(self.find_global(module, name, start))
-            return pos
-        if op == 0x30:  # POP
-            if stack:
-                stack.pop()
-                return pos
-            return pos, metastack.pop()  # CPython: POP on an empty stack pops the mark
-        if op == 0x31:  # POP_MARK
-            return pos, metastack.pop()
-        if op == 0x32:  # DUP
-            append(stack[-1])
-            return pos
-        if op == 0x6C:  # LIST
-            items = stack
-            stack = metastack.pop()
-            stack.append(items)
-            return pos, stack
-        if op == 0x64:  # DICT
-            items = stack
-            stack = metastack.pop()
-            result: dict = {}
-            self.setitems(result, items, start)
-            stack.append(result)
-            return pos, stack
-        if op == 0x8F:  # EMPTY_SET
-            append(set())
-            return pos
-        if op == 0x90:  # ADDITEMS
-            items = stack
-            stack = metastack.pop()
-            self.additems(stack[-1], items, start)
-            return pos, stack
-        if op == 0x91:  # FROZENSET
-            items = stack
-            stack = metastack.pop()
-            check_keys(items)
-            stack.append(frozenset(items))
-            return pos, stack
-        if op == 0x69:  # INST
-            module, pos = line(pos)
-            name, pos = line(pos)
-            args = tuple(stack)
-            stack = metastack.pop()
-            cls = self.find_global(str(module, "utf-8"), str(name, "utf-8"), start)
-            if type(cls) is not GlobalRef:
-                raise CorruptFileError(f"{record}: INST of a value at byte {start}")
-            stack.append(self.call(cls, args, start))
-            return pos, stack
-        if op == 0x6F:  # OBJ
-            items = stack
-            stack = metastack.pop()
-            if not items:
-                raise CorruptFileError(f"{record}: OBJ without a class at byte {start}")
-            stack.append(self.call(items[0], tuple(items[1:]), start))
-            return pos, stack
-        if op == 0x92:  # NEWOBJ_EX
-            kwargs = stack.pop()
-            args = stack.pop()
-            cls = stack.pop()
-            if type(kwargs) is not dict:
-                raise CorruptFileError(f"{record}: NEWOBJ_EX keyword arguments at byte {start} are not a dict")
-            if kwargs:
-                args = (*args, kwargs) if type(args) is tuple else args
-            append(self.call(cls, args, start))
-            return pos
-        if op == 0x95:  # FRAME
-            (n,) = _unpack_Q(data, pos)
-            self._frame_len = n
-            return -(pos + 8)
-        if op == 0x50:  # PERSID
-            raise CorruptFileError(f"{record}: text persistent id (PERSID) at byte {start}; torch never writes one")
-        if op in (0x82, 0x83, 0x84):  # EXT1, EXT2, EXT4
-            raise CorruptFileError(f"{record}: extension-registry opcode at byte {start} is refused")
-        if op in (0x97, 0x98):  # NEXT_BUFFER, READONLY_BUFFER
-            raise CorruptFileError(f"{record}: out-of-band buffer opcode at byte {start} is refused")
-        raise CorruptFileError(f"{record}: unknown opcode 0x{op:02x} at byte {start}")
+    def _start_run(self, pos: int) -> None:
+        """A fresh stack, memo and frame for a pickle starting at ``pos`` (the protocol carries over)."""
+        self.stack: list = []
+        self.append = self.stack.append
+        self.metastack: list[list] = []
+        self.memo: dict[int, Any] = {}
+        self._first = pos
+        self._frame_end = _NO_FRAME
+
+    def _malformed(self, exc: Exception, start: int) -> CorruptFileError:
+        return CorruptFileError(
+            f"{self.record}: malformed pickle at byte {self.origin + start}: {type(exc).__name__}: {exc}")
+
+    def _leave_frame(self, pos: int) -> None:
+        if pos > self._frame_end:
+            raise CorruptFileError(f"{self.record}: opcode before byte {pos} straddles the end of its frame")
+        self._frame_end = _NO_FRAME
 
     def _need(self, n: int, at: int) -> None:
+        """Refuse a declared length ``n`` at ``at`` that runs past the end of the pickle."""
         if n < 0 or at + n > len(self.data):
             raise CorruptFileError(f"{self.record}: length {n} at byte {at} runs past the end of the pickle")
 
+    def _take(self, n: int, at: int) -> bytes:
+        """The ``n`` bytes at ``at``, once the declared length ``n`` is checked against the pickle."""
+        self._need(n, at)
+        return self.data[at : at + n]
+
     def _line(self, at: int) -> tuple[bytes, int]:
+        """The text from ``at`` up to the next newline, and the offset after the newline."""
         data = self.data
         nl = data.index(b"\n", at)
         return data[at:nl], nl + 1
+
+    def _pop_mark(self) -> list:
+        """The values pushed since the innermost MARK; the stack under it becomes the stack."""
+        items = self.stack
+        self.stack = stack = self.metastack.pop()
+        self.append = stack.append
+        return items
+
+    # -- control and framing -----------------------------------------------------
+
+    def _load_proto(self, pos: int) -> int:
+        if pos - 1 != self._first:
+            raise CorruptFileError(f"{self.record}: PROTO at byte {pos - 1} is not the first opcode")
+        self.protocol = self.data[pos]
+        if self.protocol > 5:
+            raise CorruptFileError(f"{self.record}: unsupported pickle protocol {self.protocol}")
+        return pos + 1
+
+    def _load_stop(self, pos: int) -> int:
+        stack = self.stack
+        if self.metastack or len(stack) != 1:
+            raise CorruptFileError(f"{self.record}: STOP at byte {pos - 1} leaves {len(stack)} values "
+                                   f"and {len(self.metastack)} open MARKs")
+        raise _Stop(stack[0], pos)
+
+    def _load_frame(self, pos: int) -> int:
+        (n,) = _unpack_Q(self.data, pos)
+        pos += 8
+        if self._frame_end != _NO_FRAME:
+            raise CorruptFileError(f"{self.record}: FRAME at byte {pos - 9} inside another frame")
+        self._frame_end = pos + n
+        self._need(n, pos)
+        return pos
+
+    # -- constants and numbers ---------------------------------------------------
+
+    def _load_none(self, pos: int) -> int:
+        self.append(None)
+        return pos
+
+    def _load_int(self, pos: int) -> int:
+        text, pos = self._line(pos)
+        self.append(int_operand(text))
+        return pos
+
+    def _load_long(self, pos: int) -> int:  # CPython reads the digits with int(text, 0), so 0x... is hex
+        text, pos = self._line(pos)
+        self.append(int(text[:-1] if text.endswith(b"L") else text, 0))
+        return pos
+
+    def _load_long1(self, pos: int) -> int:
+        n = self.data[pos]
+        self.append(int.from_bytes(self._take(n, pos + 1), "little", signed=True))
+        return pos + 1 + n
+
+    def _load_long4(self, pos: int) -> int:
+        (n,) = _unpack_i(self.data, pos)
+        self.append(int.from_bytes(self._take(n, pos + 4), "little", signed=True))
+        return pos + 4 + n
+
+    def _load_binfloat(self, pos: int) -> int:
+        self.append(_unpack_d(self.data, pos)[0])
+        return pos + 8
+
+    def _load_float(self, pos: int) -> int:
+        text, pos = self._line(pos)
+        self.append(float(text))
+        return pos
+
+    # -- text and bytes ----------------------------------------------------------
+
+    def _load_short_binunicode(self, pos: int) -> int:
+        n = self.data[pos]
+        self.append(str(self._take(n, pos + 1), "utf-8", "surrogatepass"))
+        return pos + 1 + n
+
+    def _load_binunicode8(self, pos: int) -> int:
+        (n,) = _unpack_Q(self.data, pos)
+        self.append(str(self._take(n, pos + 8), "utf-8", "surrogatepass"))
+        return pos + 8 + n
+
+    def _load_unicode(self, pos: int) -> int:
+        text, pos = self._line(pos)
+        self.append(str(text, "raw-unicode-escape"))
+        return pos
+
+    def _load_short_binbytes(self, pos: int) -> int:
+        n = self.data[pos]
+        self.append(self._take(n, pos + 1))
+        return pos + 1 + n
+
+    def _load_binbytes(self, pos: int) -> int:
+        (n,) = _unpack_I(self.data, pos)
+        self.append(self._take(n, pos + 4))
+        return pos + 4 + n
+
+    def _load_binbytes8(self, pos: int) -> int:
+        (n,) = _unpack_Q(self.data, pos)
+        self.append(self._take(n, pos + 8))
+        return pos + 8 + n
+
+    def _load_bytearray8(self, pos: int) -> int:
+        (n,) = _unpack_Q(self.data, pos)
+        self.append(bytearray(self._take(n, pos + 8)))
+        return pos + 8 + n
+
+    def _load_short_binstring(self, pos: int) -> int:
+        n = self.data[pos]
+        self.append(str(self._take(n, pos + 1), "utf-8"))
+        return pos + 1 + n
+
+    def _load_binstring(self, pos: int) -> int:
+        (n,) = _unpack_i(self.data, pos)
+        self.append(str(self._take(n, pos + 4), "utf-8"))
+        return pos + 4 + n
+
+    def _load_string(self, pos: int) -> int:
+        start = pos - 1
+        text, pos = self._line(pos)
+        if len(text) < 2 or text[:1] != text[-1:] or text[:1] not in (b"'", b'"'):
+            raise CorruptFileError(f"{self.record}: STRING at byte {start} is not quoted")
+        self.append(str(_unescape(text[1:-1]), "utf-8"))
+        return pos
+
+    # -- stack and memo ----------------------------------------------------------
+
+    def _load_pop(self, pos: int) -> int:
+        if self.stack:
+            self.stack.pop()
+        else:  # CPython: POP on an empty stack pops the mark
+            self._pop_mark()
+        return pos
+
+    def _load_pop_mark(self, pos: int) -> int:
+        self._pop_mark()
+        return pos
+
+    def _load_dup(self, pos: int) -> int:
+        self.append(self.stack[-1])
+        return pos
+
+    def _load_put(self, pos: int) -> int:
+        start = pos - 1
+        text, pos = self._line(pos)
+        index = int(text)
+        if not 0 <= index <= MAX_MEMO_INDEX:
+            raise CorruptFileError(f"{self.record}: PUT index at byte {start} is out of range (CPython refuses it too)")
+        self.memo[index] = self.stack[-1]
+        return pos
+
+    def _load_memoize(self, pos: int) -> int:
+        memo = self.memo
+        memo[len(memo)] = self.stack[-1]
+        return pos
+
+    def _load_get(self, pos: int) -> int:
+        text, pos = self._line(pos)
+        self.append(self.memo[int(text)])
+        return pos
+
+    # -- containers --------------------------------------------------------------
+
+    def _load_empty_list(self, pos: int) -> int:
+        self.append([])
+        return pos
+
+    def _load_list(self, pos: int) -> int:
+        items = self._pop_mark()
+        self.append(items)
+        return pos
+
+    def _load_append(self, pos: int) -> int:
+        value = self.stack.pop()
+        self.extend(self.stack[-1], [value], pos - 1)
+        return pos
+
+    def _load_appends(self, pos: int) -> int:
+        items = self._pop_mark()
+        self.extend(self.stack[-1], items, pos - 1)
+        return pos
+
+    def _load_dict(self, pos: int) -> int:
+        items = self._pop_mark()
+        result: dict = {}
+        self.setitems(result, items, pos - 1)
+        self.append(result)
+        return pos
+
+    def _load_setitem(self, pos: int) -> int:
+        stack = self.stack
+        value = stack.pop()
+        key = stack.pop()
+        self.setitems(stack[-1], [key, value], pos - 1)
+        return pos
+
+    def _load_empty_set(self, pos: int) -> int:
+        self.append(set())
+        return pos
+
+    def _load_additems(self, pos: int) -> int:
+        items = self._pop_mark()
+        self.additems(self.stack[-1], items, pos - 1)
+        return pos
+
+    def _load_frozenset(self, pos: int) -> int:
+        items = self._pop_mark()
+        check_keys(items)
+        self.append(frozenset(items))
+        return pos
+
+    # -- globals, calls and persistent ids ---------------------------------------
+
+    def _load_global(self, pos: int) -> int:
+        start = pos - 1
+        module, pos = self._line(pos)
+        name, pos = self._line(pos)
+        self.append(self.find_global(str(module, "utf-8"), str(name, "utf-8"), start))
+        return pos
+
+    def _load_stack_global(self, pos: int) -> int:
+        stack = self.stack
+        name = stack.pop()
+        module = stack.pop()
+        self.append(self.find_global(module, name, pos - 1))
+        return pos
+
+    def _load_newobj(self, pos: int) -> int:
+        stack = self.stack
+        args = stack.pop()
+        stack[-1] = self.new(stack[-1], args, pos - 1)
+        return pos
+
+    def _load_newobj_ex(self, pos: int) -> int:
+        stack = self.stack
+        kwargs = stack.pop()
+        args = stack.pop()
+        cls = stack.pop()
+        if type(kwargs) is not dict:
+            raise CorruptFileError(f"{self.record}: NEWOBJ_EX keyword arguments at byte {pos - 1} are not a dict")
+        if kwargs:
+            args = (*args, kwargs) if type(args) is tuple else args
+        self.append(self.call(cls, args, pos - 1))
+        return pos
+
+    def _load_inst(self, pos: int) -> int:
+        start = pos - 1
+        module, pos = self._line(pos)
+        name, pos = self._line(pos)
+        args = tuple(self._pop_mark())
+        cls = self.find_global(str(module, "utf-8"), str(name, "utf-8"), start)
+        if type(cls) is not GlobalRef:
+            raise CorruptFileError(f"{self.record}: INST of a value at byte {start}")
+        self.append(self.call(cls, args, start))
+        return pos
+
+    def _load_obj(self, pos: int) -> int:
+        items = self._pop_mark()
+        if not items:
+            raise CorruptFileError(f"{self.record}: OBJ without a class at byte {pos - 1}")
+        self.append(self.call(items[0], tuple(items[1:]), pos - 1))
+        return pos
+
+    def _load_build(self, pos: int) -> int:
+        stack = self.stack
+        state = stack.pop()
+        self.build(stack[-1], state, pos - 1)
+        return pos
+
+    # -- refused opcodes ---------------------------------------------------------
+
+    def _load_persid(self, pos: int) -> int:
+        raise CorruptFileError(f"{self.record}: text persistent id (PERSID) at byte {pos - 1}; torch never writes one")
+
+    def _refuse_extension(self, pos: int) -> int:
+        raise CorruptFileError(f"{self.record}: extension-registry opcode at byte {pos - 1} is refused")
+
+    _load_ext1 = _load_ext2 = _load_ext4 = _refuse_extension
+
+    def _refuse_buffer(self, pos: int) -> int:
+        raise CorruptFileError(f"{self.record}: out-of-band buffer opcode at byte {pos - 1} is refused")
+
+    _load_next_buffer = _load_readonly_buffer = _refuse_buffer
+
+    def _load_unknown(self, pos: int) -> int:
+        raise CorruptFileError(f"{self.record}: unknown opcode 0x{self.data[pos - 1]:02x} at byte {pos - 1}")
+
+
+
+def _dispatch_table() -> list[Callable[[Engine, int], int]]:
+    """Every byte's handler: ``Engine._load_<name>`` for each opcode of the table not run inline, else
+    the refusal of an unknown opcode."""
+    handlers = {op.code: getattr(Engine, f"_load_{op.name.lower()}") for op in OPCODES if op.code not in _HOT}
+    return [handlers.get(code, Engine._load_unknown) for code in range(256)]
+
+
+#: The opcodes :meth:`Engine.run` interprets inline, most frequent in torch checkpoints first (LONG_BINPUT
+#: is a quarter of all opcodes once a file has more than 256 memo entries).
+_HOT = tuple(code_of(name) for name in (
+    "LONG_BINPUT", "BINGET", "MARK", "BINUNICODE", "REDUCE", "BININT2", "TUPLE", "BININT1", "TUPLE1",
+    "EMPTY_TUPLE", "BINPERSID", "NEWFALSE", "BINPUT", "TUPLE2", "TUPLE3", "NEWTRUE", "BININT", "LONG_BINGET",
+    "EMPTY_DICT", "SETITEMS"))
+
+
+#: Handlers by opcode byte, as plain functions: ``_DISPATCH[op](engine, pos)``.
+_DISPATCH = _dispatch_table()
 
 
 #: How the engine's own messages name a position in the pickle.

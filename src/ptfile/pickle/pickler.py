@@ -36,6 +36,8 @@ from collections.abc import Iterable, Iterator
 from pickle import encode_long
 from typing import Any
 
+from .opcodes import byte_of
+
 __all__ = ["Pickler", "GlobalName", "BATCHSIZE"]
 
 #: Items per APPENDS / SETITEMS batch, as CPython's pickler writes them.
@@ -43,41 +45,42 @@ BATCHSIZE = 1000
 #: Largest memo index BINPUT / BINGET can hold (one unsigned byte).
 _SHORT_MEMO_MAX = 0xFF
 
-PROTO = b"\x80"
-STOP = b"."
-NONE = b"N"
-NEWTRUE = b"\x88"
-NEWFALSE = b"\x89"
-BININT1 = b"K"
-BININT2 = b"M"
-BININT = b"J"
-LONG1 = b"\x8a"
-LONG4 = b"\x8b"
-BINFLOAT = b"G"
-BINUNICODE = b"X"
-EMPTY_TUPLE = b")"
-TUPLE1 = b"\x85"
-TUPLE2 = b"\x86"
-TUPLE3 = b"\x87"
-MARK = b"("
-TUPLE = b"t"
-POP = b"0"
-POP_MARK = b"1"
-EMPTY_LIST = b"]"
-APPEND = b"a"
-APPENDS = b"e"
-EMPTY_DICT = b"}"
-SETITEM = b"s"
-SETITEMS = b"u"
-GLOBAL = b"c"
-REDUCE = b"R"
-NEWOBJ = b"\x81"
-BUILD = b"b"
-BINPERSID = b"Q"
-BINPUT = b"q"
-LONG_BINPUT = b"r"
-BINGET = b"h"
-LONG_BINGET = b"j"
+# The opcodes the emitter writes, from the one table.
+PROTO = byte_of("PROTO")
+STOP = byte_of("STOP")
+NONE = byte_of("NONE")
+NEWTRUE = byte_of("NEWTRUE")
+NEWFALSE = byte_of("NEWFALSE")
+BININT1 = byte_of("BININT1")
+BININT2 = byte_of("BININT2")
+BININT = byte_of("BININT")
+LONG1 = byte_of("LONG1")
+LONG4 = byte_of("LONG4")
+BINFLOAT = byte_of("BINFLOAT")
+BINUNICODE = byte_of("BINUNICODE")
+EMPTY_TUPLE = byte_of("EMPTY_TUPLE")
+TUPLE1 = byte_of("TUPLE1")
+TUPLE2 = byte_of("TUPLE2")
+TUPLE3 = byte_of("TUPLE3")
+MARK = byte_of("MARK")
+TUPLE = byte_of("TUPLE")
+POP = byte_of("POP")
+POP_MARK = byte_of("POP_MARK")
+EMPTY_LIST = byte_of("EMPTY_LIST")
+APPEND = byte_of("APPEND")
+APPENDS = byte_of("APPENDS")
+EMPTY_DICT = byte_of("EMPTY_DICT")
+SETITEM = byte_of("SETITEM")
+SETITEMS = byte_of("SETITEMS")
+GLOBAL = byte_of("GLOBAL")
+REDUCE = byte_of("REDUCE")
+NEWOBJ = byte_of("NEWOBJ")
+BUILD = byte_of("BUILD")
+BINPERSID = byte_of("BINPERSID")
+BINPUT = byte_of("BINPUT")
+LONG_BINPUT = byte_of("LONG_BINPUT")
+BINGET = byte_of("BINGET")
+LONG_BINGET = byte_of("LONG_BINGET")
 
 _TUPLE_OPS = (EMPTY_TUPLE, TUPLE1, TUPLE2, TUPLE3)
 _pack_I = struct.Struct("<I").pack

@@ -15,6 +15,7 @@ bytes only when asked.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -75,10 +76,7 @@ class TensorSpec:
 
     @property
     def numel(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count
+        return math.prod(self.shape)  # exact: Python ints; 1 for a scalar's empty shape
 
     @property
     def nbytes(self) -> int:
@@ -135,9 +133,7 @@ def check_view(storage: StorageRef | None, dtype: DtypeInfo, offset: Any, shape:
                 f"tensor of size {shape}, stride {strides}, offset {offset} reaches element {last} "
                 f"of storage {storage.key!r}, which holds {capacity} {dtype.torch_name} elements"
             )
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel = math.prod(shape)
     if numel * dtype.itemsize > MAX_TENSOR_BYTES:  # in bounds only through stride 0, or a meta tensor
         raise LimitExceededError(
             f"tensor of size {shape} would hold {numel * dtype.itemsize} bytes, more than numpy can index"

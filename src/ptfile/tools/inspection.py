@@ -20,11 +20,17 @@ Totals count what the file holds, each byte once:
   - ``buffers``: every other tensor (running statistics, integer ids, masks, RNG states).
 
   ``parameters`` (the top-level count) is ``elements["parameters"]``.
+
+A tensor row names the other tensors over its storage in ``shared_with``, at most
+:data:`MAX_SHARED_WITH` of them, and counts them all in ``shared_count``: listing every partner
+of every row would grow with the square of the tensors (a file of 5,000 views of one storage
+would list 25 million names).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import re
 from typing import Any
@@ -54,6 +60,8 @@ KINDS = ("parameters", "buffers", "optimizer")
 _OPTIMIZER_STATE = re.compile(r"(?:^|\.)state\.\d+\.")
 #: Longest string given whole as a JSON value; longer ones are only summarized.
 MAX_JSON_STRING = 4096
+#: Names of other tensors over the same storage a tensor row lists; ``shared_count`` counts them all.
+MAX_SHARED_WITH = 16
 
 
 def summarize(value: Any) -> str:
@@ -96,6 +104,9 @@ def _tensor_rows(infos: dict[str, TensorInfo]) -> list[dict]:
 
 
 def _tensor_row(key: str, info: TensorInfo, group: list[str]) -> dict:
+    """A tensor's row; ``group``: every name over its storage, ``key`` among them."""
+    partners = list(itertools.islice((other for other in group if other != key), MAX_SHARED_WITH)) \
+        if len(group) > 1 else []
     return {
         "name": key,
         "dtype": info.dtype,
@@ -107,7 +118,8 @@ def _tensor_row(key: str, info: TensorInfo, group: list[str]) -> dict:
         "nbytes": info.nbytes,
         "storage": info.storage,
         "parameter": info.parameter,
-        "shared_with": [other for other in group if other != key],
+        "shared_with": partners,
+        "shared_count": max(len(group) - 1, 0),
     }
 
 
@@ -258,8 +270,9 @@ def _container(handle: Any) -> dict[str, Any]:
 
 # -- folding long listings ----------------------------------------------------------
 
-#: A whole dotted component that is a number: a layer, block or expert index.
-_INDEX = re.compile(r"(?<![^.])\d+(?![^.])")
+#: A whole dotted component that is a number (a layer, block or expert index), captured so that
+#: ``split`` gives a name's text and its numbers in one pass: ``[text, number, text, ...]``.
+_INDEX = re.compile(r"(?<![^.])(\d+)(?![^.])")
 #: Names of sharing partners listed in a folded row before the rest are counted.
 MAX_SHARED_LISTED = 3
 
@@ -271,29 +284,36 @@ def fold_rows(rows: list[dict]) -> list[dict]:
     and that agree in dtype, shape and strides become one row named
     ``layers.{0..31}.attn.q_proj.weight`` with ``count`` 32 and ``nbytes`` their sum.  A row that
     differs (layer 0 of another shape) stays apart, so no shape is hidden.  A folded row keeps
-    the names its members share storage with (outside the fold), up to :data:`MAX_SHARED_LISTED`.
+    the names its members share storage with (outside the fold), up to :data:`MAX_SHARED_LISTED`,
+    and their number in ``shared_count`` (partners beyond each member's listed ones are not known here).
     Rows come in the order of the first member of each fold.
     """
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, tuple[list[str], list[dict], list[list[str]]]] = {}
     for row in rows:
-        key = (_INDEX.sub("#", row["name"]), row["dtype"], tuple(row["shape"]), tuple(row["strides"]))
-        groups.setdefault(key, []).append(row)
-    return [_folded(members) if len(members) > 1 else {**members[0], "count": 1} for members in groups.values()]
+        parts = _INDEX.split(row["name"])
+        texts = parts[::2]
+        key = (tuple(texts), row["dtype"], tuple(row["shape"]), tuple(row["strides"]))
+        group = groups.get(key)
+        if group is None:
+            groups[key] = (texts, [row], [parts[1::2]])
+        else:
+            group[1].append(row)
+            group[2].append(parts[1::2])
+    return [_folded(*group) if len(group[1]) > 1 else {**group[1][0], "count": 1} for group in groups.values()]
 
 
-def _folded(members: list[dict]) -> dict:
-    indices = [[int(m.group()) for m in _INDEX.finditer(row["name"])] for row in members]
-    parts = _INDEX.split(members[0]["name"])
-    name = parts[0]
-    for position, text in enumerate(parts[1:]):
-        name += _index_set(sorted({found[position] for found in indices})) + text
-    inside = {row["name"] for row in members}
-    partners = list(dict.fromkeys(other for row in members for other in row.get("shared_with", [])
-                                  if other not in inside))
-    if len(partners) > MAX_SHARED_LISTED:
-        partners = [*partners[:MAX_SHARED_LISTED], f"and {len(partners) - MAX_SHARED_LISTED} more"]
+def _folded(texts: list[str], members: list[dict], numbers: list[list[str]]) -> dict:
+    """One row for ``members``: names made of the same ``texts`` around their ``numbers``."""
+    name = texts[0]
+    for position, text in enumerate(texts[1:]):
+        name += _index_set(sorted({int(found[position]) for found in numbers})) + text
+    partners: dict[str, None] = {}
+    if any(row.get("shared_with") for row in members):
+        inside = {row["name"] for row in members}
+        partners = dict.fromkeys(other for row in members for other in row.get("shared_with", [])
+                                 if other not in inside)
     return {**members[0], "name": name, "count": len(members), "nbytes": sum(row["nbytes"] for row in members),
-            "shared_with": partners}
+            "shared_with": list(partners)[:MAX_SHARED_LISTED], "shared_count": len(partners)}
 
 
 def _index_set(values: list[int]) -> str:
