@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..constants import Verdict, applying, limits_in_force
-from ..containers.ziparchive import is_zip
+from ..constants import CONSTANTS_RECORD, ZIP_LOCAL_MAGIC, Verdict, applying, limits_in_force
+from ..containers.ziparchive import ZipArchive, is_zip
 from ..errors import CorruptFileError, PtfileError, UnsupportedFormatError
 from ..io.open import open_source
 from ..io.slicing import Placement
@@ -31,12 +31,11 @@ from ..tensors.context import Context
 from ..tensors.dtypes import by_numpy
 from ..tensors.special import NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
 from ..tensors.views import StorageRef, TensorSpec, view_array
-from . import consumers, legacy
+from . import consumers
 from .handle import Handle
-from .torchscript import open_zip
-from .torchzip import detached_storage
+from .torchzip import TorchZip, detached_storage
 
-__all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint", "refuse_unsafe"]
+__all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint", "open_zip", "refuse_unsafe"]
 
 #: The byte order of numpy's native dtypes, which every tensor is read as.
 NATIVE_BYTEORDER = "little" if np.little_endian else "big"
@@ -371,11 +370,24 @@ def looks_like_pickle(head: bytes) -> bool:
     return _PICKLE_START.match(head) is not None
 
 
+def open_zip(source: Source) -> TorchZip:
+    """The reader of a zip checkpoint: a TorchScript archive when it holds ``constants.pkl``."""
+    archive = ZipArchive(source)
+    if archive.lists(CONSTANTS_RECORD):  # torch.load's own test, exact: see ZipArchive.lists
+        from .torchscript import TorchScriptArchive  # lazy: TorchScript archives only; a zip checkpoint never needs it
+
+        return TorchScriptArchive(source, archive=archive)
+    return TorchZip(source, archive=archive)
+
+
 def open_container(source: Source) -> Any:
     """The container reader for the source's format, chosen as torch chooses it."""
-    head = source.read(0, min(source.size, legacy.TAR_BLOCK), "file header")
-    if is_zip(head):  # torch.load tests for a zip first, then tries the tar reader, then the pickle stream
+    # torch.load tests for a zip first, then tries the tar reader, then the pickle stream
+    if is_zip(source.read(0, min(source.size, len(ZIP_LOCAL_MAGIC)), "file header")):
         return open_zip(source)
+    from . import legacy  # lazy: the pre-1.6 formats only; a zip checkpoint never needs them
+
+    head = source.read(0, min(source.size, legacy.TAR_BLOCK), "file header")
     if legacy.is_tar(head):
         return legacy.LegacyTar(source)
     stream = legacy.open_stream(source, head)
