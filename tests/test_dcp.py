@@ -243,10 +243,12 @@ def test_vouching_never_covers_dunder_or_dotted_names():
     assert allowlist.judge([use]).verdict == "dangerous"
 
 
-def test_metadata_over_the_size_limit_is_refused(monkeypatch):
-    monkeypatch.setattr(dcp, "MAX_METADATA_BYTES", 100)
-    with pytest.raises(ptfile.LimitExceededError, match="100-byte limit"):
-        ptfile.open(DCP_FIXTURES / "single")
+def test_metadata_over_the_size_limit_is_refused():
+    with pytest.raises(ptfile.LimitExceededError, match=r"over max_dcp_metadata_bytes \(100\); "
+                       r"pass limits=ptfile\.Limits\(max_dcp_metadata_bytes=\.\.\.\) to raise it"):
+        ptfile.open(DCP_FIXTURES / "single", limits=ptfile.Limits(max_dcp_metadata_bytes=100))
+    with ptfile.open(DCP_FIXTURES / "single") as handle:  # the default lets it through
+        assert len(handle) > 0
 
 
 def test_unknown_classes_in_value_items_need_records(tmp_path):

@@ -24,6 +24,7 @@ import pytest
 
 from builders import G, binunicode, emit, frame, glob, proto, sbu
 from ptfile import CorruptFileError
+from ptfile.constants import Verdict
 from ptfile.formats.loader import Context
 from ptfile.pickle.engine import Engine, brief
 from ptfile.pickle.inventory import GlobalUse
@@ -176,11 +177,11 @@ def test_engine_matches_cpython(value, protocol: int) -> None:
             _, inventory = run(data)
         except CorruptFileError:
             return
-        assert allowlist.judge(inventory).verdict != allowlist.CLEAN
+        assert allowlist.judge(inventory).verdict != Verdict.CLEAN
         return
     result, inventory = run(data)
     assert same(result, expected), f"engine gave {brief(result)}, CPython {brief(expected)}"
-    assert allowlist.judge(inventory).verdict == allowlist.CLEAN
+    assert allowlist.judge(inventory).verdict == Verdict.CLEAN
 
 
 def test_most_samples_are_compared() -> None:
@@ -300,7 +301,7 @@ def test_unknown_globals_become_inert_records() -> None:
     value, inventory = run(data)
     assert type(value) is Record and value.classname == "mymodels.Net" and value.state == {"depth": 3}
     assert [use.use for use in inventory] == ["reference", "new", "build"]
-    assert allowlist.judge(inventory).verdict == allowlist.UNKNOWN_CLASS
+    assert allowlist.judge(inventory).verdict == Verdict.UNKNOWN_CLASS
 
 
 def test_brief_is_bounded_for_shared_and_deep_values() -> None:
@@ -332,9 +333,9 @@ def test_numpy_dtype_generic_refusal() -> None:
 
 def test_stack_global_names_are_exact() -> None:
     value, inventory = run(proto(4) + sbu("collections") + sbu("OrderedDict") + b"\x93)R.")
-    assert value == OrderedDict() and allowlist.judge(inventory).verdict == allowlist.CLEAN
+    assert value == OrderedDict() and allowlist.judge(inventory).verdict == Verdict.CLEAN
     value, inventory = run(proto(4) + sbu("collections") + sbu("OrderedDict.fromkeys") + b"\x93)R.")
-    assert type(value) is Record and allowlist.judge(inventory).verdict == allowlist.DANGEROUS
+    assert type(value) is Record and allowlist.judge(inventory).verdict == Verdict.DANGEROUS
 
 
 def test_g_builder_emits_what_cpython_reads() -> None:

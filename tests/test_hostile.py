@@ -65,6 +65,7 @@ from ptfile import (
     UnsafeGlobalError,
     UnsupportedFormatError,
 )
+from ptfile.constants import Limits, applying
 from ptfile.containers import ziparchive
 
 #: A tiny hostile input may cost at most this much memory to refuse.
@@ -726,10 +727,10 @@ def test_c10_deflate_bomb_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyP
     members[2].method = ziparchive.DEFLATED
     blob = build_zip(members)
     assert len(blob) < (1 << 20)
-    monkeypatch.setattr(ziparchive, "MAX_INFLATED_RECORD", 1 << 20)
-    assert_refused(tmp_path, blob, LimitExceededError, r"inflates to 67108864 bytes, over the 1048576-byte limit")
+    with applying(Limits(max_inflated_record_bytes=1 << 20)):
+        assert_refused(tmp_path, blob, LimitExceededError, r"inflates to 67108864 bytes, over max_inflated_record_bytes "
+                       r"\(1 MiB\); pass limits=ptfile\.Limits\(max_inflated_record_bytes=\.\.\.\) to raise it")
     # A record that inflates to more than it declares stops at the declared size.
-    monkeypatch.setattr(ziparchive, "MAX_INFLATED_RECORD", 1 << 30)
     members[2].central_size = 4
     small = torch_members(program(tensor_v2(storage_pid("0", 4, "ByteStorage"), 0, (4,), (1,)), 2))
     blob = build_zip([*small[:2], members[2], *small[2:]])
@@ -1073,7 +1074,9 @@ def test_e3_declared_lengths_past_the_end(tmp_path: Path, opcode: bytes, width: 
 
 def test_e4_deep_nesting(tmp_path: Path) -> None:
     marks = proto(2) + pickle.MARK * 10**5 + pickle.NONE + pickle.STOP
-    assert_refused(tmp_path, in_zip(marks), CorruptFileError, r"more than 10000 nested MARKs")
+    assert_refused(tmp_path, in_zip(marks), LimitExceededError,
+                   r"MARKs nested more than 10000 deep, over max_pickle_nesting \(10000\); "
+                   r"pass limits=ptfile\.Limits\(max_pickle_nesting=\.\.\.\) to raise it")
     cyclic_list = proto(2) + pickle.EMPTY_LIST + pickle.BINPUT + b"\0" + pickle.BINGET + b"\0" + pickle.APPEND \
         + pickle.STOP
     tree = assert_loads(tmp_path, in_zip(cyclic_list))

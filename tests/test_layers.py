@@ -21,7 +21,7 @@ PACKAGE = ROOT / "src" / "ptfile"
 
 #: The layers, bottom first: each may import only from itself and the layers before it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("errors", ("ptfile.errors",)),
+    ("errors", ("ptfile.errors", "ptfile.constants")),
     ("io", ("ptfile.io",)),
     ("containers", ("ptfile.containers",)),
     ("pickle", ("ptfile.pickle",)),
@@ -46,9 +46,17 @@ LAZY_IMPORTS = {
     "bz2": "a codec for rare compressed wrappers",
     "gzip": "a codec for rare compressed wrappers",
     "lzma": "a codec for rare compressed wrappers",
+    "ml_dtypes": "only its own element types need it (bfloat16, float8, complex32)",
+    "argparse": "only a checkpoint holding an argparse.Namespace needs it",
+    "pathlib": "only a checkpoint holding a path needs it",
     "zipfile": "Python's zip reader, only for files that also read as a zip",
     "ptfile.io.atomic": "writing only (imports tempfile)",
     "ptfile.formats.dcp": "DCP folders only",
+    "ptfile.formats.legacy": "the pre-1.6 formats only; a zip checkpoint never needs them",
+    "ptfile.formats.torchscript": "TorchScript archives only; a zip checkpoint never needs it",
+    "ptfile.formats.stformat": "a format reader, imported for files of its format",
+    "ptfile.formats.npformat": "a format reader, imported for files of its format",
+    "ptfile.formats.sharded": "a format reader, imported for files of its format",
     "ptfile.formats.opener": "every format reader, kept off `import ptfile`",
     "ptfile.formats.writer": "saving only, kept off `import ptfile`",
     "ptfile.scanning.scanner": "scanning only, kept off `import ptfile`",

@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ptfile
+from ptfile.constants import Verdict
 from ptfile.errors import CorruptFileError, LimitExceededError, PtfileError, UnsafeGlobalError
 from ptfile.formats import legacy
 from ptfile.io import source
@@ -799,7 +800,7 @@ def test_tar_inventory_is_clean() -> None:
 
     with ptfile.open(PATHS["ancient_tar"]) as ckpt:
         assert {use.path for use in ckpt.container.inventory_extra} >= {"torch.FloatTensor", "torch.FloatStorage"}
-        assert allowlist.judge(ckpt.container.inventory_extra).verdict == allowlist.CLEAN
+        assert allowlist.judge(ckpt.container.inventory_extra).verdict == Verdict.CLEAN
 
 
 def test_tar_saved_from_gpu() -> None:

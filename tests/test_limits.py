@@ -39,7 +39,6 @@ from corpus_limits import (
     pickle_stream,
 )
 from ptfile.pickle.engine import MAX_EQUAL_HASHES
-from ptfile.scanning import scanner
 
 
 def _refused(data: bytes, error: type[Exception] = ptfile.PtfileError) -> ptfile.ScanResult:
@@ -115,15 +114,15 @@ def test_gzip_bomb_stops_at_the_member_limit_in_bounded_memory() -> None:
     finally:
         tracemalloc.stop()
     assert result.verdict == "invalid"
-    assert any("MAX_MEMBER_BYTES" in fault and "not examined" in fault for fault in result.faults), result.faults
+    assert any("max_member_bytes" in fault and "not examined" in fault for fault in result.faults), result.faults
     # one growing buffer up to the limit (BytesIO over-allocates by an eighth) and a piece or two;
     # it used to be the limit read at once, copied, then sliced again
-    assert peak < scanner.MAX_MEMBER_BYTES * 5 // 4, peak
+    assert peak < ptfile.Limits().max_member_bytes * 5 // 4, peak
 
 
 def test_member_just_under_the_limit_is_read_with_one_copy() -> None:
     """A member that fits is scanned, and the pickle in it is not copied again by the stream scan."""
-    size = scanner.MAX_MEMBER_BYTES - 64
+    size = ptfile.Limits().max_member_bytes - 64
     data = gzip_bomb(size - 14)  # PROTO(2) + BINBYTES8(9) + STOP(1) around the zeros, minus slack
     tracemalloc.start()
     try:
@@ -135,15 +134,14 @@ def test_member_just_under_the_limit_is_read_with_one_copy() -> None:
     assert not any("not examined" in fault for fault in result.faults), result.faults
     assert any("clean (pickle)" in note for note in result.notes), result.notes
     # the member once, and the BINBYTES8 value the engine slices out of it once
-    assert peak < scanner.MAX_MEMBER_BYTES * 9 // 4, peak
+    assert peak < ptfile.Limits().max_member_bytes * 9 // 4, peak
 
 
-def test_members_together_stop_at_the_archive_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each member under MAX_MEMBER_BYTES, together over MAX_ARCHIVE_BYTES (both lowered to keep the test small)."""
+def test_members_together_stop_at_the_archive_limit() -> None:
+    """Each member under max_member_bytes, together over max_archive_bytes (both lowered to keep the test small)."""
     import tarfile
 
-    monkeypatch.setattr(scanner, "MAX_MEMBER_BYTES", 2 << 20)
-    monkeypatch.setattr(scanner, "MAX_ARCHIVE_BYTES", 5 << 19)
+    limits = ptfile.Limits(max_member_bytes=2 << 20, max_archive_bytes=5 << 19)
     piece = pickle.dumps(bytes(1 << 20), 4)  # 1 MiB each: the first two fit in 2.5 MiB, the third does not
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as archive:
@@ -151,10 +149,12 @@ def test_members_together_stop_at_the_archive_limit(monkeypatch: pytest.MonkeyPa
             info = tarfile.TarInfo(f"part{i}.pkl")
             info.size = len(piece)
             archive.addfile(info, io.BytesIO(piece))
-    result = ptfile.scan(out.getvalue())
+    result = ptfile.scan(out.getvalue(), limits=limits)
     assert result.verdict == "invalid"
     assert sum("clean (pickle)" in note for note in result.notes) == 2, result.notes
-    assert any("part2.pkl" in fault and "MAX_ARCHIVE_BYTES" in fault for fault in result.faults), result.faults
+    assert any("part2.pkl" in fault and "max_archive_bytes" in fault for fault in result.faults), result.faults
+    raised = ptfile.scan(out.getvalue(), limits=limits._replace(max_archive_bytes=4 << 20))
+    assert sum("clean (pickle)" in note for note in raised.notes) == 3, raised.notes
 
 
 # -- 3. hash collisions ---------------------------------------------------------------------------
@@ -213,15 +213,15 @@ def test_str_keys_are_not_counted() -> None:
 
 def test_many_tiny_pickles_stop_at_the_limit() -> None:
     result = _refused(pickle_stream())
-    assert any("MAX_STREAM_PICKLES" in fault for fault in result.faults), result.faults
+    assert any("max_stream_pickles" in fault for fault in result.faults), result.faults
 
 
 def test_a_payload_past_the_pickle_limit_is_never_clean(tmp_path: Path) -> None:
-    benign = pickle.dumps(None, 2) * scanner.MAX_STREAM_PICKLES
+    benign = pickle.dumps(None, 2) * ptfile.Limits().max_stream_pickles
     result = ptfile.scan(benign + program(os_system(tmp_path / "ran"), 2))
     assert result.verdict == "invalid"  # not examined, so not dangerous either, but never clean
-    assert any("MAX_STREAM_PICKLES" in fault for fault in result.faults)
-    within = ptfile.scan(pickle.dumps(None, 2) * (scanner.MAX_STREAM_PICKLES - 1) + program(os_system(tmp_path / "ran"), 2))
+    assert any("max_stream_pickles" in fault for fault in result.faults)
+    within = ptfile.scan(pickle.dumps(None, 2) * (ptfile.Limits().max_stream_pickles - 1) + program(os_system(tmp_path / "ran"), 2))
     assert within.verdict == "dangerous"
 
 

@@ -155,20 +155,21 @@ def test_nesting_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert any("nested more than 2 deep" in fault for fault in result.faults)
 
 
-def test_members_over_the_size_limit_are_faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scanner, "MAX_MEMBER_BYTES", 64)
-    result = ptfile.scan(_tar_gz({"model.pt": _evil_zip(tmp_path)}))
+def test_members_over_the_size_limit_are_faults(tmp_path: Path) -> None:
+    blob = _tar_gz({"model.pt": _evil_zip(tmp_path)})
+    assert ptfile.scan(blob).verdict == "dangerous"  # within the default limit, the member is examined
+    result = ptfile.scan(blob, limits=ptfile.Limits(max_member_bytes=64))
     assert result.verdict == "invalid"
-    assert any("over the 64-byte limit" in fault or "past the 64-byte limit" in fault for fault in result.faults)
+    hint = "over max_member_bytes (64); pass limits=ptfile.Limits(max_member_bytes=...) to raise it"
+    assert any(hint in fault and fault.endswith("not examined") for fault in result.faults), result.faults
 
 
-def test_a_decompression_bomb_stops_at_the_archive_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_decompression_bomb_stops_at_the_archive_limit() -> None:
     import gzip
 
-    monkeypatch.setattr(scanner, "MAX_MEMBER_BYTES", 1 << 20)
-    result = ptfile.scan(gzip.compress(b"\0" * (8 << 20)))
+    result = ptfile.scan(gzip.compress(b"\0" * (8 << 20)), limits=ptfile.Limits(max_member_bytes=1 << 20))
     assert result.verdict == "invalid"
-    assert any("inflates past the 1048576-byte limit" in fault for fault in result.faults)
+    assert any("inflates past 1048576 bytes, over max_member_bytes (1 MiB)" in fault for fault in result.faults)
 
 
 def test_seven_zip_without_py7zr_is_never_clean(corpus, monkeypatch: pytest.MonkeyPatch) -> None:

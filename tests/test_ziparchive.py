@@ -23,6 +23,7 @@ from builders import DEFLATED, G, Member, build_zip, program, torch_zip
 from corpus_zip import LIVE
 from corpus_zip import samples as zip_samples
 from ptfile import CorruptFileError, LimitExceededError, PtfileError, UnsupportedFormatError
+from ptfile.constants import Limits, applying
 from ptfile.containers import ziparchive
 from ptfile.containers.ziparchive import ZipArchive
 from ptfile.io.open import open_source
@@ -138,12 +139,16 @@ def test_record_errors(open_archive, member: Member, error: type, match: str) ->
     assert archive.read(archive.entry("arc/b")) == b"after"
 
 
-def test_inflate_limit(open_archive, monkeypatch: pytest.MonkeyPatch) -> None:
-    archive = open_archive(build_zip([Member("arc/a", b"\0" * 5000, method=DEFLATED)]))
-    monkeypatch.setattr(ziparchive, "MAX_INFLATED_RECORD", 4999)
-    with pytest.raises(LimitExceededError, match=r"inflates to 5000 bytes, over the 4999-byte limit"):
+def test_inflate_limit(open_archive) -> None:
+    blob = build_zip([Member("arc/a", b"\0" * 5000, method=DEFLATED)])
+    with applying(Limits(max_inflated_record_bytes=4999)):
+        archive = open_archive(blob)
+    # the archive keeps the limits it was opened under: records are inflated on demand, later
+    with pytest.raises(LimitExceededError, match=r"inflates to 5000 bytes, over max_inflated_record_bytes \(4999\); "
+                       r"pass limits=ptfile\.Limits\(max_inflated_record_bytes=\.\.\.\) to raise it"):
         archive.read(archive.entry("arc/a"))
-    monkeypatch.setattr(ziparchive, "MAX_INFLATED_RECORD", 5000)
+    with applying(Limits(max_inflated_record_bytes=5000)):
+        archive = open_archive(blob)
     assert archive.read(archive.entry("arc/a")) == b"\0" * 5000
 
 
@@ -320,7 +325,7 @@ def test_a_lone_upper_case_data_pkl_is_the_pickle_torch_loads(tmp_path: Path) ->
 def test_torchscript_is_told_by_the_exact_name_constants_pkl(tmp_path: Path) -> None:
     """torch.load asks ``"constants.pkl" in get_all_records()``: CONSTANTS.PKL is a plain checkpoint to it."""
     import ptfile
-    from ptfile.formats.torchscript import open_zip
+    from ptfile.formats.loader import open_zip
 
     marker = tmp_path / "ran"
     constants = program(G("os", "system")(f"touch {marker}"), 0)

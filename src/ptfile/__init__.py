@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any, Union
 
+from .constants import Limits, Verdict, applying
 from .errors import (
     CheckpointNotFoundError,
     CorruptFileError,
@@ -56,6 +57,8 @@ __all__ = [
     "MetaTensor",
     "TensorSubclass",
     "AttributeDict",
+    "Limits",
+    "Verdict",
     "PtfileError",
     "CorruptFileError",
     "UnsupportedFormatError",
@@ -75,7 +78,7 @@ Checkpoint = Handle
 
 
 def load(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow = None,
-         framework: str = "numpy") -> Any:
+         framework: str = "numpy", limits: Limits | None = None) -> Any:
     """Read a whole checkpoint into Python objects and numpy arrays, running no code from it.
 
     Args:
@@ -99,6 +102,9 @@ def load(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
         framework: ``"numpy"``, ``"pt"``/``"torch"``, ``"jax"``/``"flax"`` or ``"mlx"``: the
             type tensors come back as (see :mod:`ptfile.tensors.frameworks`); torch tensors view the
             arrays' memory, with storages, strides and parameters kept.
+        limits: :class:`Limits` to read under, for a legitimate file past a default limit
+            (``Limits(max_safetensors_header_bytes=200_000_000)``); every error a limit
+            causes names the field to raise.  None keeps the defaults.
 
     Returns:
         The checkpoint's object tree: dicts (``OrderedDict`` with ``_metadata`` kept), lists,
@@ -110,11 +116,12 @@ def load(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
     """
     from .formats.opener import load_tree  # lazy: every format reader, kept off `import ptfile`
 
-    return load_tree(src, mmap=mmap, records=records, allow=allow, framework=framework)
+    with applying(limits):
+        return load_tree(src, mmap=mmap, records=records, allow=allow, framework=framework)
 
 
 def open(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow = None,  # noqa: A001
-         framework: str = "numpy") -> Handle:
+         framework: str = "numpy", limits: Limits | None = None) -> Handle:
     """Open a checkpoint lazily: parse its directory and pickle, read tensors when asked.
 
     Every format ptfile reads (torch's zip, legacy and TorchScript files, safetensors,
@@ -124,7 +131,8 @@ def open(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
     names to numpy arrays with ``info(key)`` (a :class:`TensorInfo`: dtype, shape, strides,
     sizes, storage, nothing read), ``get_slice(key)[...]``, ``metadata()``, ``tree`` and
     ``value(path)`` for non-tensor values, ``format`` and ``close()``/``with``.
-    ``records``, ``allow`` and ``framework`` mean what they mean for :func:`load`;
+    ``records``, ``allow``, ``framework`` and ``limits`` mean what they mean for :func:`load`
+    (the handle keeps its limits for what it reads later);
     ``get_tensor(key, framework=...)`` and ``get_slice(key, framework=...)`` choose per call.
 
     Example:
@@ -137,7 +145,8 @@ def open(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
     """
     from .formats.opener import open_handle  # lazy: every format reader, kept off `import ptfile`
 
-    return open_handle(src, mmap=mmap, records=records, allow=allow, framework=framework)
+    with applying(limits):
+        return open_handle(src, mmap=mmap, records=records, allow=allow, framework=framework)
 
 
 def safe_open(filename: Source, framework: str = "pt", device: Any = "cpu") -> Handle:
@@ -200,7 +209,8 @@ def save_sharded(state_dict: Any, folder: Union[str, os.PathLike[str]], max_shar
     return _save_sharded(state_dict, folder, max_shard_size, progress=progress)
 
 
-def scan(src: Source, *, strict: bool = False, allow: Allow = None, verify: bool = False) -> ScanResult:
+def scan(src: Source, *, strict: bool = False, allow: Allow = None, verify: bool = False,
+         limits: Limits | None = None) -> ScanResult:
     """Look for malicious content with the loader's own parser, without loading anything.
 
     Returns a :class:`ScanResult` whose ``verdict`` is, worst first,
@@ -215,10 +225,12 @@ def scan(src: Source, *, strict: bool = False, allow: Allow = None, verify: bool
     unknown classes and calls).  A scan reads the zip directory, the pickles and the small
     records beside them, never a tensor byte; ``verify=True`` also streams every storage
     record through a CRC-32 check (torch never checks one, so a mismatch is a note).
+    ``limits`` (:class:`Limits`) raises limits as for :func:`load`; a file over one is ``invalid``,
+    with a fault naming the field to raise.
     """
     from .scanning.scanner import scan as _scan  # lazy: scanning only, kept off `import ptfile`
 
-    return _scan(src, strict=strict, allow=as_allow(allow), verify=verify)
+    return _scan(src, strict=strict, allow=as_allow(allow), verify=verify, limits=limits)
 
 
 def __getattr__(name: str) -> Any:

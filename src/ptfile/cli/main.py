@@ -24,9 +24,10 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..constants import Limits, applying
 from ..errors import PtfileError
 from .commands import compare, inspect, scan, write
-from .options import Parser
+from .options import Parser, limit
 from .output import EXIT_ERROR, error
 
 #: The command modules, in the order of ``ptfile --help``.
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ptfile", description="Read, inspect and scan PyTorch checkpoints without torch.")
     parser.add_argument("--version", action="version", version=f"ptfile {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--limit", action="append", default=[], type=limit, metavar="NAME=N",
+                        help="set one of ptfile's limits for this command, e.g. max_safetensors_header_bytes=200000000 "
+                             f"(repeatable; NAME is one of {', '.join(Limits._fields)})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do (ptfile COMMAND --help for its options)")
     for group in COMMAND_GROUPS:
         group.register(commands)
@@ -61,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # full collections walk only what the command builds (about a fifth of `inspect`'s CPU time on 20,000 tensors).
     gc.freeze()
     try:
-        return args.func(args)
+        with applying(Limits(**dict(args.limit))):
+            return args.func(args)
     except (PtfileError, OSError, KeyError, ValueError, argparse.ArgumentTypeError, re.error) as exc:
         if args.debug:
             raise

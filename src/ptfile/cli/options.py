@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from ..constants import Limits
 from ..errors import PtfileError
 from ..policy.allowlist import Allow
 from .output import EXIT_ERROR, safe
@@ -94,6 +95,16 @@ def regex_pair(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"takes PATTERN=REPLACEMENT, got {text!r}")
     pattern, replacement = text.split("=", 1)
     return regex(pattern), replacement
+
+
+def limit(text: str) -> tuple[str, int]:
+    """``NAME=N`` of --limit: a field of :class:`ptfile.Limits` and its value (bytes, or a count)."""
+    name, sep, value = text.partition("=")
+    if not sep or name not in Limits._fields:
+        raise argparse.ArgumentTypeError(f"takes NAME=N with NAME one of {', '.join(Limits._fields)}, got {text!r}")
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{name} takes a whole number, got {value!r}")
+    return name, int(value)
 
 
 def allow_pattern(text: str) -> str:

@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ..constants import Verdict
+
 EXIT_OK = 0
 EXIT_FOUND = 1
 EXIT_ERROR = 2
@@ -53,9 +55,13 @@ def count(number: int, noun: str) -> str:
     return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
 
 
+#: How each verdict is shown in a terminal.
+_VERDICT_STYLES = {Verdict.CLEAN: "green", Verdict.UNKNOWN_CLASS: "yellow", Verdict.INVALID: "magenta",
+                   Verdict.UNKNOWN_CALL: "red", Verdict.DANGEROUS: "bold red"}
+
+
 def verdict_style(verdict: str) -> str:
-    return {"clean": "green", "unknown-class": "yellow", "invalid": "magenta", "unknown-call": "red",
-            "dangerous": "bold red"}.get(verdict, "")
+    return _VERDICT_STYLES[Verdict(verdict)]  # also the word itself, as a JSON report holds it
 
 
 def envelope(command: str, fields: dict[str, Any]) -> dict[str, Any]:

@@ -52,18 +52,22 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 
+from ..constants import (
+    ZIP64_END_MAGIC,
+    ZIP64_LOCATOR_MAGIC,
+    ZIP_CENTRAL_MAGIC,
+    ZIP_END_MAGIC,
+    ZIP_LOCAL_MAGIC,
+    Limits,
+    limits_in_force,
+    over_limit,
+)
 from ..errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from ..io.source import ByteSource
 
-__all__ = ["zipfile_directory", "ZipEntry", "ZipArchive", "LOCAL_MAGIC", "is_zip"]
+__all__ = ["zipfile_directory", "ZipEntry", "ZipArchive", "is_zip"]
 
-LOCAL_MAGIC = b"PK\x03\x04"
-CENTRAL_MAGIC = b"PK\x01\x02"
-END_MAGIC = b"PK\x05\x06"
-ZIP64_END_MAGIC = b"PK\x06\x06"
-ZIP64_LOCATOR_MAGIC = b"PK\x06\x07"
 
 END_SIZE = 22
 ZIP64_LOCATOR_SIZE = 20
@@ -80,9 +84,6 @@ MINIZ_SEARCH_STEP = MINIZ_SEARCH_BLOCK - 3
 MINIZ_SEARCH_REACH = 0xFFFF + END_SIZE
 #: Python's zipfile looks for the end record's signature in this many bytes at the end.
 ZIPFILE_END_SEARCH = (1 << 16) + END_SIZE
-#: Deflated records are inflated into memory.  Torch never compresses, so a large
-#: compressed record comes from some other tool or an attacker; this bounds the memory.
-MAX_INFLATED_RECORD = 1 << 30
 #: CRC verification reads a record in pieces of this size (views of a mapped file, no copies),
 #: so verifying a 2 GB storage costs one piece of memory, not 2 GB.
 CRC_CHUNK_BYTES = 1 << 22
@@ -109,23 +110,33 @@ _local = struct.Struct("<4sHHHHHIIIHH")
 
 def is_zip(head: bytes) -> bool:
     """True when the file starts with a local header, the test torch itself uses."""
-    return head[:4] == LOCAL_MAGIC
+    return head[:4] == ZIP_LOCAL_MAGIC
 
 
-@dataclass(slots=True)
 class ZipEntry:
-    """One record of the central directory."""
+    """One record of the central directory.
 
-    name: str
-    method: int
-    flags: int
-    crc: int
-    compressed_size: int
-    size: int
-    header_offset: int
-    central_offset: int
-    data_offset: int = -1  # resolved from the local header on first use
-    limit: int = -1  # where the next record (or the central directory) starts: the data must end before it
+    A plain class, not a dataclass: building a dataclass costs about a millisecond at import.
+    """
+
+    __slots__ = ("name", "method", "flags", "crc", "compressed_size", "size", "header_offset", "central_offset",
+                 "data_offset", "limit")
+
+    def __init__(self, name: str, method: int, flags: int, crc: int, compressed_size: int, size: int,
+                 header_offset: int, central_offset: int, data_offset: int = -1, limit: int = -1) -> None:
+        self.name = name
+        self.method = method
+        self.flags = flags
+        self.crc = crc
+        self.compressed_size = compressed_size
+        self.size = size
+        self.header_offset = header_offset
+        self.central_offset = central_offset
+        self.data_offset = data_offset  # resolved from the local header on first use
+        self.limit = limit  # where the next record (or the central directory) starts: the data must end before it
+
+    def __repr__(self) -> str:
+        return f"ZipEntry({self.name!r}, method={self.method}, size={self.size}, header_offset={self.header_offset})"
 
 
 class ZipArchive:
@@ -143,6 +154,8 @@ class ZipArchive:
     def __init__(self, source: ByteSource, *, folder: bool = True) -> None:
         self.source = source
         self.name = source.name
+        # Records are inflated on demand, also after the call that opened the archive returns.
+        self.limits: Limits = limits_in_force()
         self.anomalies: list[str] = []
         self.entries: dict[str, ZipEntry] = {}
         self.order: list[str] = []
@@ -293,7 +306,7 @@ class ZipArchive:
         (magic, _, _, flags, method, _, _, crc, csize, size, nlen, elen, clen, _, _, _, offset) = _central.unpack_from(
             directory, pos
         )
-        if magic != CENTRAL_MAGIC:
+        if magic != ZIP_CENTRAL_MAGIC:
             raise CorruptFileError(f"{self.name}: bad central directory signature at byte {cd_offset + pos}")
         name_at = pos + CENTRAL_SIZE
         after = name_at + nlen + elen + clen
@@ -392,7 +405,7 @@ class ZipArchive:
         ahead = expected if entry.header_offset + expected <= self.source.size else LOCAL_SIZE
         header = self.source.view(entry.header_offset, ahead, f"local header of {entry.name!r}")
         magic, _, _, _, _, _, _, _, _, nlen, elen = _local.unpack_from(header)
-        if magic != LOCAL_MAGIC:
+        if magic != ZIP_LOCAL_MAGIC:
             raise CorruptFileError(f"{self.name}: record {entry.name!r} points at byte {entry.header_offset}, not at a local header")
         if LOCAL_SIZE + nlen == len(header):
             raw_name = header[LOCAL_SIZE:]
@@ -445,10 +458,12 @@ class ZipArchive:
             raise UnsupportedFormatError(f"{self.name}: record {entry.name!r} uses compression method {entry.method}")
 
     def _check_inflated_size(self, entry: ZipEntry) -> None:
-        if entry.size > MAX_INFLATED_RECORD:
+        # Torch never compresses, so a large compressed record comes from some other tool or an
+        # attacker; it is inflated into memory, so its size is bounded first.
+        if entry.size > self.limits.max_inflated_record_bytes:
             raise LimitExceededError(
                 f"{self.name}: compressed record {entry.name!r} inflates to {entry.size} bytes, "
-                f"over the {MAX_INFLATED_RECORD}-byte limit MAX_INFLATED_RECORD for compressed records"
+                f"{over_limit('max_inflated_record_bytes', self.limits)}"
             )
 
     def _wrong_inflated_size(self, entry: ZipEntry, produced: int) -> CorruptFileError:
@@ -537,7 +552,7 @@ def _fold(raw_name: bytes) -> bytes:
 
 def _is_bare_end(tail: bytes) -> bool:
     """True when the last 22 bytes are an end record without a comment, as torch writes it."""
-    return tail[-END_SIZE : -END_SIZE + len(END_MAGIC)] == END_MAGIC and tail[-2:] == b"\0\0"
+    return tail[-END_SIZE : -END_SIZE + len(ZIP_END_MAGIC)] == ZIP_END_MAGIC and tail[-2:] == b"\0\0"
 
 
 def _miniz_search_start(size: int) -> int:
@@ -560,7 +575,7 @@ def _miniz_end(tail: bytes, tail_start: int, size: int) -> int | None:
     checked, so a record whose comment runs past the end of the file still wins.
     """
     low = max(_miniz_search_start(size) - tail_start, 0)
-    pos = tail.rfind(END_MAGIC, low, len(tail) - END_SIZE + len(END_MAGIC))
+    pos = tail.rfind(ZIP_END_MAGIC, low, len(tail) - END_SIZE + len(ZIP_END_MAGIC))
     return tail_start + pos if pos >= 0 else None
 
 
@@ -572,7 +587,7 @@ def _zipfile_end(tail: bytes, tail_start: int, size: int) -> int | None:
     """
     if _is_bare_end(tail):
         return size - END_SIZE
-    pos = tail.rfind(END_MAGIC, max(size - ZIPFILE_END_SEARCH - tail_start, 0))
+    pos = tail.rfind(ZIP_END_MAGIC, max(size - ZIPFILE_END_SEARCH - tail_start, 0))
     if pos < 0 or pos + END_SIZE > len(tail):
         return None
     return tail_start + pos
@@ -600,7 +615,7 @@ def zipfile_directory(source: ByteSource) -> tuple[int, int] | None:
         if record[0] == ZIP64_END_MAGIC:
             cd_size, directory_end = record[8], z64
     at = directory_end - cd_size
-    if cd_size <= 0 or at < 0 or source.read(at, 4, "central directory") != CENTRAL_MAGIC:
+    if cd_size <= 0 or at < 0 or source.read(at, 4, "central directory") != ZIP_CENTRAL_MAGIC:
         return None
     return at, cd_size
 

@@ -40,10 +40,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
-__all__ = ["ZipRecordWriter", "SerializationId", "archive_prefix", "STORAGE_ALIGNMENT"]
+from ..constants import (
+    DEFAULT_ARCHIVE_PREFIX,
+    SERIALIZATION_ID_RECORD,
+    STORAGE_ALIGNMENT,
+    ZIP64_END_MAGIC,
+    ZIP64_LOCATOR_MAGIC,
+    ZIP_CENTRAL_MAGIC,
+    ZIP_DESCRIPTOR_MAGIC,
+    ZIP_END_MAGIC,
+    ZIP_LOCAL_MAGIC,
+)
 
-#: Record data starts on a multiple of this (torch's ``kFieldAlignment`` default).
-STORAGE_ALIGNMENT = 64
+__all__ = ["ZipRecordWriter", "SerializationId", "archive_prefix"]
+
 #: Sizes and offsets at or above this need ZIP64 fields (miniz compares with >=).
 ZIP32_LIMIT = 0xFFFFFFFF
 #: Bytes written per call when streaming a record: large enough for full disk speed,
@@ -55,12 +65,13 @@ PARALLEL_CRC = 1 << 20
 #: Headers and small records are gathered up to this many bytes before one write.
 GATHER = 1 << 20
 
-_LOCAL_SIG = 0x04034B50
-_CENTRAL_SIG = 0x02014B50
-_DESCRIPTOR_SIG = 0x08074B50
-_ZIP64_END_SIG = 0x06064B50
-_ZIP64_LOCATOR_SIG = 0x07064B50
-_END_SIG = 0x06054B50
+# The signatures as the little-endian u32 the header structs pack.
+_LOCAL_SIG = int.from_bytes(ZIP_LOCAL_MAGIC, "little")
+_CENTRAL_SIG = int.from_bytes(ZIP_CENTRAL_MAGIC, "little")
+_DESCRIPTOR_SIG = int.from_bytes(ZIP_DESCRIPTOR_MAGIC, "little")
+_ZIP64_END_SIG = int.from_bytes(ZIP64_END_MAGIC, "little")
+_ZIP64_LOCATOR_SIG = int.from_bytes(ZIP64_LOCATOR_MAGIC, "little")
+_END_SIG = int.from_bytes(ZIP_END_MAGIC, "little")
 _FLAG_DESCRIPTOR = 0x0008  # sizes and crc follow the data
 _FLAG_UTF8 = 0x0800  # names are UTF-8
 _ZIP64_FIELD = 0x0001
@@ -81,11 +92,11 @@ def archive_prefix(filename: str | None) -> str:
     ``archive`` when writing to a stream or to a non-ASCII name.
     """
     if filename is None:
-        return "archive"
+        return DEFAULT_ARCHIVE_PREFIX
     try:
         filename.encode("ascii")
     except UnicodeEncodeError:
-        return "archive"
+        return DEFAULT_ARCHIVE_PREFIX
     base = filename.replace("\\", "/").rsplit("/", 1)[-1]
     dot = base.rfind(".")
     return base if dot < 0 else base[:dot]
@@ -212,7 +223,7 @@ class ZipRecordWriter:
 
     def finish(self) -> None:
         """Write ``.data/serialization_id``, the central directory and the end records."""
-        self.write_record(".data/serialization_id", self.serialization_id.value().encode())
+        self.write_record(SERIALIZATION_ID_RECORD, self.serialization_id.value().encode())
         central_start = self.cursor
         for entry in self._entries:
             self._write(_central_entry(entry))
@@ -384,7 +395,7 @@ class SerializationId:
         self._crc = 0
 
     def add(self, name: str, size: int, crc: int, head: bytes) -> None:
-        if len(head) >= 8 and head[:4] == struct.pack("<I", _DESCRIPTOR_SIG):
+        if len(head) >= 8 and head[:4] == ZIP_DESCRIPTOR_MAGIC:
             self._crc = hash_combine(self._crc, int.from_bytes(head[4:8], "little"))
         if size:
             self._crc = hash_combine(self._crc, crc)

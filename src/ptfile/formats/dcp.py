@@ -67,9 +67,9 @@ of such files without a ``.metadata`` or a shard index opens this way; its chunk
 agree on the dtype (torch would cast them to whichever file it listed first) and cover the
 tensor exactly once, like a ``.metadata``'s.
 
-**Limits.**  :data:`MAX_METADATA_BYTES` bounds each metadata file, :data:`MAX_RANK_FILES` the
+**Limits.**  ``Limits.max_dcp_metadata_bytes`` bounds each metadata file, :data:`MAX_RANK_FILES` the
 number of per-rank metadata files and of safetensors files; :data:`MAX_GRID_CELLS` bounds
-the coverage check (the grid a tensor's chunk boundaries cut it into), :data:`MAX_DIMS` a
+the coverage check (the grid a tensor's chunk boundaries cut it into), :data:`~ptfile.constants.MAX_NDIM` a
 tensor's dimensions.  Items written through stream transforms are not read.
 
 Every layout is listed and read through :func:`ptfile.io.folders.folders_for`, so a DCP
@@ -89,6 +89,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import MAX_NDIM, applying, limits_in_force
 from ..errors import (
     CheckpointNotFoundError,
     CorruptFileError,
@@ -111,7 +112,7 @@ from .sharded import is_plain_file_name
 from .stformat import read_header
 
 __all__ = ["DcpCheckpoint", "SliceSource", "MetadataPickle", "is_dcp",
-           "METADATA_FILE", "MAX_METADATA_BYTES", "MAX_RANK_FILES", "metadata_files", "members"]
+           "METADATA_FILE", "MAX_RANK_FILES", "metadata_files", "members"]
 
 #: The metadata file a DCP folder is recognized by (``filesystem._metadata_fn``).
 METADATA_FILE = ".metadata"
@@ -127,13 +128,9 @@ SHARDING_INFO_KEY = "DCP_SHARDING_INFO"
 SAVED_OFFSETS_KEY = "saved_offsets"
 #: Suffix of the item files torch's FileSystemWriter writes.
 ITEM_SUFFIX = ".distcp"
-#: ``.metadata`` lists every chunk of every rank, ~250 bytes each: 1 GiB is millions of chunks.
-MAX_METADATA_BYTES = 1 << 30
 #: Coverage is checked on the grid the chunk boundaries cut a tensor into (one byte per cell);
 #: a grid partition has one cell per chunk, so only scattered hostile chunks come near this.
 MAX_GRID_CELLS = 1 << 24
-#: numpy's limit on dimensions (NPY_MAXDIMS in numpy 2): an array of more cannot be made.
-MAX_DIMS = 64
 #: One per-rank metadata file (or safetensors file) per rank: far more ranks than any job runs.
 MAX_RANK_FILES = 1 << 16
 
@@ -399,8 +396,8 @@ def _tensor(fqn: str, value: Any, items: dict) -> TensorEntry:
 def check_chunks(fqn: str, entry: TensorEntry) -> None:
     """Every chunk inside the shape, no two overlapping, all of them covering every element once."""
     shape = entry.shape
-    if len(shape) > MAX_DIMS:
-        raise LimitExceededError(f"{fqn}: {len(shape)} dimensions, over the limit of {MAX_DIMS}")
+    if len(shape) > MAX_NDIM:
+        raise LimitExceededError(f"{fqn}: {len(shape)} dimensions, over the limit of {MAX_NDIM} (MAX_NDIM)")
     for chunk in entry.chunks:
         if len(chunk.offsets) != len(shape) or len(chunk.sizes) != len(shape):
             raise CorruptFileError(f"{fqn}: chunk at {chunk.offsets} of size {chunk.sizes} does not have "
@@ -487,7 +484,7 @@ def metadata_checkpoint(folder: str, *, records: bool, allow: allowlist.Allow | 
     """A metadata file opened as a checkpoint of one plain pickle (its bytes are read at once)."""
     folders = folders_for(folder)
     path = folders.join(folder, name)
-    source = MappedSource(folders.read_small(path, MAX_METADATA_BYTES, f"DCP {name} file"), path)
+    source = MappedSource(folders.read_small(path, "max_dcp_metadata_bytes", f"DCP {name} file"), path)
     return CheckpointReader(source, copy=True, records=records, container=MetadataPickle(source), allow=allow)
 
 
@@ -664,6 +661,7 @@ class DcpCheckpoint(Handle):
         self._mmap = mmap
         self._records = records
         self._allow = allow
+        self._limits = limits_in_force()  # items are read on first use, after open returns
         self._sources: dict[str, ByteSource] = {}
         self._placements: dict[str, Placement | None] = {}
         layouts = read_layouts(self.folder, records=records, allow=allow)
@@ -779,7 +777,8 @@ class DcpCheckpoint(Handle):
 
     def _item_checkpoint(self, item: Item) -> CheckpointReader:
         blob = SliceSource(self._file(item.file), item.offset, item.length, self._folders.join(self.folder, str(item)))
-        return CheckpointReader(blob, copy=not self._mmap, records=self._records, allow=self._allow)
+        with applying(self._limits):
+            return CheckpointReader(blob, copy=not self._mmap, records=self._records, allow=self._allow)
 
     def _placement(self, key: str) -> Placement | None:
         """A tensor saved as one chunk: where its item's storage lies; one of several chunks is assembled whole."""

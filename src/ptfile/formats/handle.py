@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import PtfileError
 from ..io.slicing import Placement, is_basic_index, read_slice
+from ..tensors.dtypes import by_numpy
 from ..tensors.frameworks import converter, framework_name
 from ..tensors.views import TensorSpec
 
@@ -56,6 +57,25 @@ class TensorInfo:
     location: str
     parameter: bool
     is_contiguous: bool
+
+    @classmethod
+    def of_array(cls, array: np.ndarray, storage: str) -> TensorInfo:
+        """A numpy array read from a plain pickle: its own storage, in memory."""
+        found = by_numpy(array.dtype)
+        itemsize = array.itemsize or 1
+        return cls(
+            dtype=array.dtype.name,
+            torch_dtype=found.torch_name if found else array.dtype.name,
+            shape=array.shape,
+            strides=tuple(stride // itemsize for stride in array.strides),
+            offset=0,
+            nbytes=array.nbytes,
+            storage=storage,
+            storage_nbytes=array.nbytes,
+            location="cpu",
+            parameter=False,
+            is_contiguous=bool(array.flags.c_contiguous),
+        )
 
     @classmethod
     def of(cls, spec: TensorSpec) -> TensorInfo:

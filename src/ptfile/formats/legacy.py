@@ -65,11 +65,11 @@ import contextlib
 import re
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..constants import LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, MAX_NDIM, Verdict
 from ..errors import CorruptFileError, LimitExceededError, PtfileError, UnsafeGlobalError
 from ..io.source import ByteSource
 from ..pickle.engine import GlobalRef
@@ -78,14 +78,11 @@ from ..pickle.opcodes import BY_CODE, COUNTED, LINES, byte_of, code_of
 from ..pickle.values import brief
 from ..policy import allowlist
 from ..tensors.context import Context
-from ..tensors.views import MAX_NDIM, StorageRef, StorageType, TensorSpec, check_view
+from ..tensors.views import StorageRef, StorageType, TensorSpec, check_view
 from .torchzip import check_storage_key
 
-__all__ = ["LegacyStream", "LegacyTar", "open_stream", "is_tar", "tar_members", "walk_tar", "TarMember", "pickle_end", "MAGIC_NUMBER",
-           "PROTOCOL_VERSION"]
+__all__ = ["LegacyStream", "LegacyTar", "open_stream", "is_tar", "tar_members", "walk_tar", "TarMember", "pickle_end"]
 
-MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
-PROTOCOL_VERSION = 1001
 
 #: The magic, version and sys_info pickles are a few dozen bytes; anything longer is not one.
 MAX_HEADER_PICKLE_BYTES = 64 * 1024
@@ -207,20 +204,8 @@ def _inert_context() -> Any:
 def _refuse_dangerous(inventory: list[GlobalUse], name: str) -> None:
     """Refuse a file whose pickles would call or name code; unknown classes are the checkpoint's call."""
     judgement = allowlist.judge(inventory)
-    if judgement.verdict != allowlist.DANGEROUS:
-        return
-    findings = [f for f in judgement.findings if f.severity == allowlist.DANGEROUS]
-    listed = "; ".join(f.describe() for f in findings[:8])
-    raise UnsafeGlobalError(f"{name}: refused dangerous globals: {listed}", findings)
-
-
-def _run(data: bytes, record: str, inventory: list, persistent_load: Any, context: Any, origin: int = 0) -> Any:
-    """Run one whole pickle (at file offset ``origin``) through the engine; it must end exactly at its end."""
-    engine = allowlist.new_engine(data, record, inventory, context, persistent_load, origin)
-    value, end = engine.run()
-    if end != len(data):
-        raise CorruptFileError(f"{record}: {len(data) - end} bytes follow the pickle's STOP")
-    return value
+    if judgement.verdict == Verdict.DANGEROUS:
+        allowlist.refuse(judgement, name, levels=(Verdict.DANGEROUS,))
 
 
 def _scan_for_danger(source: ByteSource, start: int, limit: int, count: int, name: str) -> None:
@@ -237,8 +222,8 @@ def _scan_for_danger(source: ByteSource, start: int, limit: int, count: int, nam
         except PtfileError:
             break
         with contextlib.suppress(PtfileError):  # the globals seen before a failure stay in the inventory
-            _run(source.read(pos, end - pos, name), f"pickle {index}", inventory, lambda pid: None, _inert_context(),
-                 pos)
+            allowlist.run_whole_pickle(source.read(pos, end - pos, name), f"pickle {index}", inventory,
+                                       _inert_context(), lambda pid: None, pos)
         pos = end
     _refuse_dangerous(inventory, name)
 
@@ -294,7 +279,7 @@ class _Cursor:
         data = self.pickle_bytes(what, max_bytes)
         seen = len(self.inventory)  # earlier uses were judged already: judging only new ones keeps this linear
         try:
-            value = _run(data, record, self.inventory, None, _inert_context(), origin)
+            value = allowlist.run_whole_pickle(data, record, self.inventory, _inert_context(), None, origin)
         except PtfileError:
             _refuse_dangerous(self.inventory[seen:], self.source.name)
             raise
@@ -316,8 +301,7 @@ def _int(value: Any, what: str) -> int:
     return value
 
 
-@dataclass(frozen=True)
-class _Slice:
+class _Slice(NamedTuple):  # NamedTuples, not dataclasses: building a dataclass costs about a millisecond at import
     """Where a storage's bytes are: a byte range of a root storage."""
 
     root: str
@@ -488,8 +472,8 @@ def _magic_cursor(source: ByteSource, head: bytes, inventory: list[GlobalUse]) -
         return None  # not a pickle this short: another kind of file
     if type(magic) is not int:
         return None
-    if magic != MAGIC_NUMBER:
-        raise CorruptFileError(f"{source.name}: legacy magic number is 0x{magic:X}, expected 0x{MAGIC_NUMBER:X}")
+    if magic != LEGACY_MAGIC_NUMBER:
+        raise CorruptFileError(f"{source.name}: legacy magic number is 0x{magic:X}, expected 0x{LEGACY_MAGIC_NUMBER:X}")
     return cursor
 
 
@@ -513,8 +497,8 @@ class LegacyStream(_Container):
     def _read(self, cursor: _Cursor) -> None:
         cursor.part = "protocol version"
         version = cursor.pickle("protocol version", MAX_HEADER_PICKLE_BYTES)
-        if type(version) is not int or version != PROTOCOL_VERSION:
-            raise CorruptFileError(f"{self.name}: legacy protocol version {brief(version)}, expected {PROTOCOL_VERSION}")
+        if type(version) is not int or version != LEGACY_PROTOCOL_VERSION:
+            raise CorruptFileError(f"{self.name}: legacy protocol version {brief(version)}, expected {LEGACY_PROTOCOL_VERSION}")
         cursor.part = "sys_info"
         sys_info = cursor.pickle("sys_info", MAX_HEADER_PICKLE_BYTES)
         if not isinstance(sys_info, dict):
@@ -531,7 +515,8 @@ class LegacyStream(_Container):
         """Run the object pickle once to learn every storage it names; refuse it if dangerous."""
         inventory: list[GlobalUse] = []
         try:
-            _run(self.pickle_data, "pickle", inventory, self._storage_of, _inert_context(), self.pickle_offset)
+            allowlist.run_whole_pickle(self.pickle_data, "pickle", inventory, _inert_context(), self._storage_of,
+                                       self.pickle_offset)
         except PtfileError:
             _refuse_dangerous(inventory, self.name)
             raise
@@ -667,8 +652,7 @@ def _tar_text(field: bytes) -> str:
     return field.split(b"\0", 1)[0].decode("utf-8", _TAR_NAME_ERRORS)
 
 
-@dataclass(frozen=True)
-class TarHeader:
+class TarHeader(NamedTuple):
     """One 512-byte header block as ``TarInfo.frombuf`` reads it."""
 
     name: str  # with the ustar prefix, and without a directory's trailing slashes
@@ -766,8 +750,7 @@ def _pax_number(value: str, keyword: str, name: str) -> int:
         return 0
 
 
-@dataclass(frozen=True)
-class TarMember:
+class TarMember(NamedTuple):
     """One archive member as tarfile lists it: its name and type after PAX records, and its data."""
 
     name: str
@@ -960,13 +943,17 @@ class LegacyTar(_Container):
             raise CorruptFileError(f"{self.name}: key {key} names two objects")
         return key
 
+    def _header(self, cursor: _Cursor, what: str, fields: str) -> tuple:
+        """The next pickle of ``cursor``: a record's header, a tuple of the three ``fields``."""
+        header = cursor.pickle(f"{what} header")
+        if type(header) is not tuple or len(header) != 3:
+            raise CorruptFileError(f"{self.name}: tar {what} header {brief(header)} is not ({fields})")
+        return header
+
     def _read_storages(self) -> None:
         cursor = self._cursor("storages")
         for _ in range(self._count(cursor, MIN_TAR_STORAGE_RECORD)):
-            header = cursor.pickle("storage header")
-            if type(header) is not tuple or len(header) != 3:
-                raise CorruptFileError(f"{self.name}: tar storage header {brief(header)} is not (key, location, type)")
-            key, location, storage_type = header
+            key, location, storage_type = self._header(cursor, "storage", "key, location, type")
             key = self._key(key, "tar storage key")
             if type(location) is not str or type(storage_type) is not StorageType:
                 raise CorruptFileError(f"{self.name}: tar storage {key} has a bad location or storage type")
@@ -993,9 +980,7 @@ class LegacyTar(_Container):
     def _read_tensors(self) -> None:
         cursor = self._cursor("tensors")
         for _ in range(self._count(cursor, MIN_TAR_TENSOR_RECORD)):
-            header = cursor.pickle("tensor header")
-            if type(header) is not tuple or len(header) != 3:
-                raise CorruptFileError(f"{self.name}: tar tensor header {brief(header)} is not (key, storage, type)")
+            header = self._header(cursor, "tensor", "key, storage, type")
             key = self._key(header[0], "tar tensor key")
             storage = self.storages.refs.get(str(_int(header[1], "tar tensor storage key")))
             if storage is None:

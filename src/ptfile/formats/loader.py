@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..containers.ziparchive import is_zip
-from ..errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
+from ..constants import CONSTANTS_RECORD, ZIP_LOCAL_MAGIC, Verdict, applying, limits_in_force
+from ..containers.ziparchive import ZipArchive, is_zip
+from ..errors import CorruptFileError, PtfileError, UnsupportedFormatError
 from ..io.open import open_source
 from ..io.slicing import Placement
 from ..io.source import ByteSource, read_whole
@@ -29,47 +30,24 @@ from ..policy.allowlist import new_engine
 from ..tensors.context import Context
 from ..tensors.special import NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
 from ..tensors.views import StorageRef, TensorSpec, view_array
-from . import consumers, legacy
+from . import consumers
 from .handle import Handle, TensorInfo
-from .torchscript import open_zip
-from .torchzip import detached_storage
+from .torchzip import TorchZip, detached_storage
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from Python 3.11
 
-__all__ = ["CheckpointReader", "TensorInfo", "load", "open_checkpoint", "refusal", "refuse_unsafe"]
+__all__ = ["CheckpointReader", "TensorInfo", "load", "open_checkpoint", "open_zip", "refuse_unsafe"]
 
 #: The byte order of numpy's native dtypes, which every tensor is read as.
 NATIVE_BYTEORDER = "little" if np.little_endian else "big"
 #: How pickles start: PROTO (protocol 2+), or the protocol 0/1 containers and GLOBAL line.
 _PICKLE_START = re.compile(rb"\x80[\x00-\x05]|[(}\])]|c[\w.]+\n\w+\n")
-#: Levels ``records=True`` reads as inert records; ``dangerous`` is refused in every mode.
-RECORDED_LEVELS = (allowlist.UNKNOWN_CLASS, allowlist.UNKNOWN_CALL)
-#: Findings listed per level in a refusal; the rest are counted.
-MAX_LISTED_FINDINGS = 8
-
-
-def refusal(judgement: allowlist.Judgement) -> str:
-    """Why a judgement refuses a file: its findings listed under their real level, worst first."""
-    parts = []
-    for level in allowlist.LEVELS:
-        found = [f for f in judgement.findings if f.severity == level]
-        if not found:
-            continue
-        listed = "; ".join(f.describe() for f in found[:MAX_LISTED_FINDINGS])
-        more = f"; and {len(found) - MAX_LISTED_FINDINGS} more" if len(found) > MAX_LISTED_FINDINGS else ""
-        parts.append(f"refused {level} globals: {listed}{more}")
-    hint = ""
-    if judgement.verdict in RECORDED_LEVELS:
-        hint = " (pass records=True to read them as inert records, or allow the globals you trust)"
-    return " | ".join(parts) + hint
-
-
 def refuse_unsafe(judgement: allowlist.Judgement, *, records: bool, name: str) -> None:
     """Raise unless the judgement is clean, or only holds what ``records=True`` reads as records."""
-    if judgement.verdict == allowlist.CLEAN or (judgement.verdict in RECORDED_LEVELS and records):
+    if judgement.verdict == Verdict.CLEAN or (judgement.verdict in allowlist.RECORDED_LEVELS and records):
         return
-    raise UnsafeGlobalError(f"{name}: {refusal(judgement)}", judgement.findings)
+    allowlist.refuse(judgement, name)
 
 
 class CheckpointReader:
@@ -91,6 +69,7 @@ class CheckpointReader:
         self.copy = copy
         self.records = records
         self.allow = allow  # third-party globals the caller accepts (never a dangerous one)
+        self.limits = limits_in_force()  # kept for the pickles a lazy handle runs after open returns
         self.inventory: list[GlobalUse] = []
         self._buffers: dict[str, np.ndarray] = {}
         # A caller that knows what the bytes are (a DCP .metadata) brings its own container.
@@ -106,6 +85,10 @@ class CheckpointReader:
 
     def run(self, *, materialize: bool) -> Any:
         """Run every pickle of the container, judge them together, return the object tree."""
+        with applying(self.limits):
+            return self._run_judged(materialize)
+
+    def _run_judged(self, materialize: bool) -> Any:
         try:
             tree = self._run_objects(materialize)
             for record, data in self.container.side_pickles():
@@ -150,13 +133,8 @@ class CheckpointReader:
         return trees[0] if len(trees) == 1 else self.container.combine(trees)
 
     def _run_object(self, record: str, data: bytes, context: Context) -> Any:
-        origin = self._origin(record)
-        engine = new_engine(data, record, self.inventory, context, lambda pid: self.container.persistent_load(pid, context),
-                            origin)
-        tree, end = engine.run()
-        if end != len(data):
-            raise CorruptFileError(f"{record}: {len(data) - end} bytes follow the pickle's STOP")
-        return tree
+        return allowlist.run_whole_pickle(data, record, self.inventory, context,
+                                          lambda pid: self.container.persistent_load(pid, context), self._origin(record))
 
     def _origin(self, record: str) -> int:
         """The file offset of a pickle the container cut out of the file (0 when it has none)."""
@@ -234,8 +212,15 @@ class LazyCheckpoint(CheckpointReader, Handle):
         self.name = source.name
         self._tree_of_specs = self.run(materialize=False)
         named = getattr(self.container, "named_tensors", None)  # TorchScript: state_dict() names
-        found = named(self._tree_of_specs, _is_tensor) if named is not None else walk(self._tree_of_specs, _is_tensor)
-        self._specs: dict[str, TensorSpec | SpecialTensor] = dict(found)
+        # A plain pickle has no torch storages: its numpy arrays are its tensors.
+        is_tensor = _is_tensor_or_array if isinstance(self.container, RawPickle) else _is_tensor
+        found = named(self._tree_of_specs, is_tensor) if named is not None else walk(self._tree_of_specs, is_tensor)
+        self._specs: dict[str, TensorSpec | SpecialTensor | np.ndarray] = dict(found)
+        # Arrays have no storage key of their own: one per distinct array object, as pickle memoizes them.
+        self._array_storages: dict[int, str] = {}
+        for node in self._specs.values():
+            if type(node) is np.ndarray:
+                self._array_storages.setdefault(id(node), f"array{len(self._array_storages)}")
 
     @property
     def code(self) -> dict[str, str]:
@@ -251,10 +236,15 @@ class LazyCheckpoint(CheckpointReader, Handle):
         return self._specs.keys()
 
     def _info(self, key: str) -> TensorInfo:
-        return _info(self._specs[key])
+        node = self._specs[key]
+        if isinstance(node, np.ndarray):  # a plain pickle's array (specs are never arrays)
+            return TensorInfo.of_array(node, self._array_storages[id(node)])
+        return _info(node)
 
     def _tensor(self, key: str) -> Any:
         node = self._specs[key]
+        if isinstance(node, np.ndarray):
+            return node
         if isinstance(node, SpecialTensor):
             return node.materialize(self.array)
         return self.array(node)
@@ -263,7 +253,8 @@ class LazyCheckpoint(CheckpointReader, Handle):
         return self._tree_of_specs
 
     def _placement(self, key: str) -> Placement | None:
-        return self.placement(self._specs[key])
+        node = self._specs[key]
+        return None if type(node) is np.ndarray else self.placement(node)  # an array is in memory already
 
     def _metadata(self) -> dict[str, str]:
         found = getattr(self._tree_of_specs, "_metadata", None)
@@ -275,14 +266,18 @@ class LazyCheckpoint(CheckpointReader, Handle):
     def close(self) -> None:
         Handle.close(self)
 
-    def spec(self, key: str) -> TensorSpec | SpecialTensor:
-        """How a tensor is laid out in its storage (the tools read storages through it)."""
+    def spec(self, key: str) -> TensorSpec | SpecialTensor | np.ndarray:
+        """How a tensor is laid out in its storage (a plain pickle's array is its own)."""
         self.info(key)
         return self._specs[key]
 
 
 def _is_tensor(node: Any) -> bool:
     return type(node) is TensorSpec or isinstance(node, SpecialTensor)
+
+
+def _is_tensor_or_array(node: Any) -> bool:
+    return _is_tensor(node) or (type(node) is np.ndarray and not node.dtype.hasobject)
 
 
 def _info(node: TensorSpec | SpecialTensor) -> TensorInfo:
@@ -321,11 +316,24 @@ def looks_like_pickle(head: bytes) -> bool:
     return _PICKLE_START.match(head) is not None
 
 
+def open_zip(source: ByteSource) -> TorchZip:
+    """The reader of a zip checkpoint: a TorchScript archive when it holds ``constants.pkl``."""
+    archive = ZipArchive(source)
+    if archive.lists(CONSTANTS_RECORD):  # torch.load's own test, exact: see ZipArchive.lists
+        from .torchscript import TorchScriptArchive  # lazy: TorchScript archives only; a zip checkpoint never needs it
+
+        return TorchScriptArchive(source, archive=archive)
+    return TorchZip(source, archive=archive)
+
+
 def open_container(source: ByteSource) -> Any:
     """The container reader for the source's format, chosen as torch chooses it."""
-    head = source.read(0, min(source.size, legacy.TAR_BLOCK), "file header")
-    if is_zip(head):  # torch.load tests for a zip first, then tries the tar reader, then the pickle stream
+    # torch.load tests for a zip first, then tries the tar reader, then the pickle stream
+    if is_zip(source.read(0, min(source.size, len(ZIP_LOCAL_MAGIC)), "file header")):
         return open_zip(source)
+    from . import legacy  # lazy: the pre-1.6 formats only; a zip checkpoint never needs them
+
+    head = source.read(0, min(source.size, legacy.TAR_BLOCK), "file header")
     if legacy.is_tar(head):
         return legacy.LegacyTar(source)
     stream = legacy.open_stream(source, head)

@@ -24,7 +24,7 @@ import io
 import json
 import math
 import os
-import zipfile
+import struct
 from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
@@ -32,35 +32,21 @@ import ml_dtypes
 import numpy as np
 from numpy.lib import format as npy
 
-from ..containers.ziparchive import ZipArchive, is_zip
-from ..errors import CorruptFileError, UnsupportedFormatError
+from ..constants import limits_in_force, over_limit
+from ..containers.ziparchive import ZipArchive
+from ..errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from ..io.slicing import Placement
 from ..io.source import ByteSource, MappedSource, SliceSource
 from .handle import Handle
 from .loader import TensorInfo
+from .sniff import NPY_MAGIC, is_npy, is_npz
+from .sniff import NPY_SUFFIX as _NPY_SUFFIX
 
 __all__ = ["NPY_MAGIC", "NPZ_DTYPES_ENTRY", "NumpyCheckpoint", "is_npy", "is_npz", "write_npz", "read_arrays",
            "object_pickles"]
 
-NPY_MAGIC = b"\x93NUMPY"
 #: The member of ptfile's ``.npz`` files naming the real dtype of members stored as integers.
 NPZ_DTYPES_ENTRY = "__ptfile_dtypes__"
-#: numpy's own default bound on an ``.npy`` header (``max_header_size``).
-MAX_NPY_HEADER = 10_000
-_NPY_SUFFIX = ".npy"
-
-
-def is_npy(head: bytes) -> bool:
-    return head.startswith(NPY_MAGIC)
-
-
-def is_npz(head: bytes) -> bool:
-    """A zip whose first record is a ``.npy`` member at the top level (torch's records sit in a folder)."""
-    if not is_zip(head) or len(head) < 30:
-        return False
-    name_length = int.from_bytes(head[26:28], "little")
-    name = head[30 : 30 + name_length]
-    return name.endswith(_NPY_SUFFIX.encode()) and b"/" not in name
 
 
 class _Array(NamedTuple):
@@ -74,18 +60,32 @@ class _Array(NamedTuple):
     nbytes: int
 
 
+def _check_header_length(head: bytes, version: tuple[int, int], limit: int, what: str) -> None:
+    """Refuse a header declared longer than the limit, before numpy reads past the bytes read."""
+    length_format = {(1, 0): "<H", (2, 0): "<I"}.get(version)
+    if length_format is None or len(head) < 8 + struct.calcsize(length_format):
+        return  # numpy refuses these itself
+    (length,) = struct.unpack_from(length_format, head, 8)
+    if length > limit:
+        raise LimitExceededError(f"{what}: npy header of {length} bytes, {over_limit('max_npy_header_bytes')}")
+
+
 def read_npy_header(source: ByteSource, what: str) -> _Array:
     """The header of the ``.npy`` bytes of ``source``, its data range checked to end the bytes exactly."""
-    head = source.read(0, min(source.size, MAX_NPY_HEADER + 12), f"{what}: npy header")
+    limit = limits_in_force().max_npy_header_bytes  # numpy's own max_header_size
+    head = source.read(0, min(source.size, limit + 12), f"{what}: npy header")
     stream = io.BytesIO(head)
     try:
         version = npy.read_magic(stream)
+        _check_header_length(head, version, limit, what)
         if version == (1, 0):
-            shape, fortran, dtype = npy.read_array_header_1_0(stream, max_header_size=MAX_NPY_HEADER)
+            shape, fortran, dtype = npy.read_array_header_1_0(stream, max_header_size=limit)
         elif version == (2, 0):
-            shape, fortran, dtype = npy.read_array_header_2_0(stream, max_header_size=MAX_NPY_HEADER)
+            shape, fortran, dtype = npy.read_array_header_2_0(stream, max_header_size=limit)
         else:
             raise UnsupportedFormatError(f"{what}: npy format version {version[0]}.{version[1]} is not read")
+    except LimitExceededError:
+        raise
     except (ValueError, TypeError, SyntaxError, OverflowError) as exc:
         raise CorruptFileError(f"{what}: not a valid npy header: {exc}") from None
     offset = stream.tell()
@@ -218,6 +218,8 @@ def write_npz(tensors: Mapping[str, np.ndarray], path: str) -> None:
 def _savez(out: Any, arrays: Mapping[str, np.ndarray]) -> None:
     """The archive ``np.savez`` writes, member by member as it writes them: never through its keyword
     arguments, where a tensor named ``file`` or ``allow_pickle`` would be taken for an option."""
+    import zipfile  # lazy: writing only, kept off the readers' path
+
     with zipfile.ZipFile(out, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         for key, array in arrays.items():
             with archive.open(key + _NPY_SUFFIX, "w", force_zip64=True) as member:

@@ -17,6 +17,7 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
+from ..constants import applying, limits_in_force
 from ..errors import CheckpointNotFoundError, CorruptFileError
 from ..io.folders import folders_for
 from ..io.open import open_source
@@ -24,15 +25,11 @@ from ..io.slicing import Placement
 from ..pickle.values import brief
 from .handle import Handle
 from .loader import TensorInfo, open_checkpoint
+from .sniff import INDEX_SUFFIX
 from .stformat import SafetensorsCheckpoint
 
 __all__ = ["ShardedCheckpoint", "find_index", "is_plain_file_name"]
 
-#: How shard index files end (``pytorch_model.bin.index.json``, ``model.safetensors.index.json``).
-INDEX_SUFFIX = ".index.json"
-
-#: Index files are small; a larger one is not an index.
-MAX_INDEX_BYTES = 256 << 20
 
 #: Characters no file name of a shard or DCP item may hold: a Windows separator, the C string end.
 _BAD_NAME_CHARS = ("\\", "\0")
@@ -64,7 +61,7 @@ def find_index(folder: str) -> str:
 
 def read_index(path: str) -> dict[str, str]:
     """The weight map of an index file, checked: tensor name -> shard file name."""
-    raw = folders_for(path).read_small(path, MAX_INDEX_BYTES, "index file")
+    raw = folders_for(path).read_small(path, "max_index_bytes", "index file")
     try:
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -92,6 +89,7 @@ class ShardedCheckpoint(Handle):
         self._mmap = mmap
         self._records = records
         self._allow = allow  # an allowlist.Allow, or None
+        self._limits = limits_in_force()  # shards are opened on first use, after open returns
         self._open: dict[str, Any] = {}
 
     def shard(self, name: str) -> Any:
@@ -99,10 +97,11 @@ class ShardedCheckpoint(Handle):
         found = self._open.get(name)
         if found is None:
             path = self._folders.join(self.folder, name)
-            if name.endswith(".safetensors"):
-                found = SafetensorsCheckpoint(open_source(path, mmap_file=self._mmap), copy=not self._mmap)
-            else:
-                found = open_checkpoint(path, mmap=self._mmap, records=self._records, allow=self._allow)
+            with applying(self._limits):
+                if name.endswith(".safetensors"):
+                    found = SafetensorsCheckpoint(open_source(path, mmap_file=self._mmap), copy=not self._mmap)
+                else:
+                    found = open_checkpoint(path, mmap=self._mmap, records=self._records, allow=self._allow)
             missing = [k for k, v in self.weight_map.items() if v == name and k not in found]
             if missing:
                 raise CorruptFileError(f"{path}: the index places {missing[0]!r} here but the shard lacks it")

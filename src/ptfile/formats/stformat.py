@@ -31,6 +31,7 @@ import ml_dtypes
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
 
+from ..constants import limits_in_force, over_limit
 from ..errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from ..io.open import open_source
 from ..io.slicing import Placement
@@ -38,12 +39,11 @@ from ..io.source import ByteSource
 from ..tensors.views import root_of
 from .handle import Handle
 from .loader import TensorInfo
+from .sniff import is_safetensors
 
 __all__ = ["read_safetensors", "write_safetensors", "remove_shared", "alias_views", "SafetensorsCheckpoint",
            "is_safetensors", "DTYPE_CODES", "ALIASES_KEY"]
 
-#: safetensors' own cap on the header; a larger one is refused before it is parsed.
-MAX_HEADER_SIZE = 100_000_000
 HEADER_ALIGNMENT = 8
 
 DTYPE_CODES = {
@@ -77,19 +77,12 @@ class _Entry(NamedTuple):
     nbytes: int
 
 
-def is_safetensors(head: bytes, size: int) -> bool:
-    """Whether bytes start like a safetensors file: a header length that fits, then a JSON object."""
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    (length,) = struct.unpack_from("<Q", head)
-    return 8 + length <= size
-
-
 def read_header(source: ByteSource) -> tuple[dict[str, _Entry], dict[str, str]]:
     """The header of a safetensors file, every tensor's range checked: ``name -> entry``, and its metadata."""
     (size,) = struct.unpack("<Q", source.read(0, 8, "safetensors header size"))
-    if size > MAX_HEADER_SIZE:
-        raise LimitExceededError(f"{source.name}: safetensors header of {size} bytes is over {MAX_HEADER_SIZE}")
+    if size > limits_in_force().max_safetensors_header_bytes:  # refused before it is parsed
+        raise LimitExceededError(f"{source.name}: safetensors header of {size} bytes, "
+                                 f"{over_limit('max_safetensors_header_bytes')}")
     try:
         header = json.loads(source.read(8, size, "safetensors header"))
     except (ValueError, UnicodeDecodeError) as exc:

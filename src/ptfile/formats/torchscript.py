@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..constants import CONSTANTS_FOLDER, CONSTANTS_RECORD, STORAGE_FOLDER, limits_in_force, over_limit
 from ..containers.ziparchive import ZipArchive, ZipEntry
 from ..errors import CorruptFileError, LimitExceededError
 from ..io.source import ByteSource
@@ -47,7 +48,7 @@ from ..tensors.views import StorageRef
 from .scriptcode import CUSTOM_CLASSES, ascii_lower, is_code_record, judge_code
 from .torchzip import TorchZip, check_storage_key, parse_storage_pid
 
-__all__ = ["TorchScriptArchive", "open_zip", "is_torchscript_class", "ClassCode"]
+__all__ = ["TorchScriptArchive", "is_torchscript_class", "ClassCode"]
 
 #: Module prefix of every class TorchScript compiles; such classes are records, never imported.
 TORCH_MODULE = "__torch__"
@@ -62,8 +63,6 @@ TORCHBIND_DATA_CLASSES = frozenset({
     ("__torch__.torch.classes.sparse", "LinearPackedParamsBase"),
     ("__torch__.torch.classes.rnn", "CellParamsBase"),
 })
-#: Code records read as text to classify attributes; more than this is refused, not buffered.
-MAX_CODE_BYTES = 64 << 20
 
 _CLASS_LINE = re.compile(r"^class\s+(\w+)\s*(?:\(\s*([\w.]*)\s*\))?\s*:", re.MULTILINE)
 _LIST_LINE = re.compile(r"^ +(__parameters__|__buffers__)\s*=\s*\[(.*?)\]", re.MULTILINE | re.DOTALL)
@@ -135,7 +134,7 @@ class TorchScriptArchive(TorchZip):
 
     def __init__(self, source: ByteSource, archive: ZipArchive | None = None) -> None:
         super().__init__(source, archive=archive)
-        self.constants_entry = self.archive.get("constants.pkl")
+        self.constants_entry = self.archive.get(CONSTANTS_RECORD)
         self._running = "data"
         self.constants: Any = ()
         records = self._read_code()
@@ -155,15 +154,15 @@ class TorchScriptArchive(TorchZip):
         """
         folder = ascii_lower(self.archive.prefix) + "/"
         code: dict[str, tuple[str, str]] = {}
-        total = 0
+        total, limit = 0, limits_in_force().max_code_bytes  # code is read as text: bounded, not buffered
         for name in self.archive.order:
             # torch finds records by name ignoring ASCII case, the archive folder included
             if not ascii_lower(name).startswith(folder) or not is_code_record(name[len(folder):]):
                 continue
             entry = self.archive.entries[name]
             total += entry.size
-            if total > MAX_CODE_BYTES:
-                raise LimitExceededError(f"{self.name}: more than {MAX_CODE_BYTES} bytes of TorchScript code")
+            if total > limit:
+                raise LimitExceededError(f"{self.name}: {total} or more bytes of TorchScript code, {over_limit('max_code_bytes')}")
             try:
                 code[name[len(folder):]] = name, self.archive.read(entry).decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -172,7 +171,7 @@ class TorchScriptArchive(TorchZip):
 
     # -- the loader's container protocol -----------------------------------------------
 
-    storage_folders = ("data/", "constants/")
+    storage_folders = (STORAGE_FOLDER, CONSTANTS_FOLDER)
 
     def object_entries(self) -> list[ZipEntry]:
         return [e for e in (self.pickle_entry, self.constants_entry) if e is not None]
@@ -237,10 +236,3 @@ class TorchScriptArchive(TorchZip):
             return code.is_module
         return is_torchscript_class(record.cls.module, record.cls.name)
 
-
-def open_zip(source: ByteSource) -> TorchZip:
-    """The reader of a zip checkpoint: a TorchScript archive when it holds ``constants.pkl``."""
-    archive = ZipArchive(source)
-    if archive.lists("constants.pkl"):  # torch.load's own test, exact: see ZipArchive.lists
-        return TorchScriptArchive(source, archive=archive)
-    return TorchZip(source, archive=archive)

@@ -24,22 +24,29 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import (
+    BYTEORDER_RECORD,
+    CONSTANTS_RECORD,
+    DATA_VERSION_RECORD,
+    FORMAT_VERSION_RECORD,
+    LAYOUT_RECORDS,
+    PICKLE_RECORD,
+    SERIALIZATION_ID_RECORD,
+    STORAGE_ALIGNMENT_RECORD,
+    STORAGE_FOLDER,
+    SUPPORTED_VERSIONS,
+    VERSION_RECORD,
+)
 from ..containers.ziparchive import STORED, ZipArchive, ZipEntry
 from ..errors import CorruptFileError, PtfileError, UnsupportedFormatError
 from ..io.source import ByteSource
 from ..pickle.values import brief
 from ..tensors.views import StorageRef, StorageType
 
-__all__ = ["TorchZip", "SUPPORTED_VERSIONS", "check_storage_key"]
+__all__ = ["TorchZip", "check_storage_key"]
 
-#: Versions of the zip format torch's reader accepts (caffe2 versions.h).
-SUPPORTED_VERSIONS = range(1, 11)
 #: Storage keys are plain names under data/; anything else could escape the archive.
 _KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
-
-
-#: Records of torch's layout that hold short text, never a pickle.
-_LAYOUT_RECORDS = ("version", ".data/version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id")
 
 
 def check_storage_key(key: Any) -> str:
@@ -79,19 +86,19 @@ class TorchZip:
         self.name = source.name
         self.archive = archive = archive if archive is not None else ZipArchive(source)
         self._storages: dict[str, StorageRef] = {}
-        if archive.lists("constants.pkl") and not self.torchscript:
+        if archive.lists(CONSTANTS_RECORD) and not self.torchscript:
             # torch.load hands such files to torch.jit.load; they need the TorchScript reader.
             raise UnsupportedFormatError(f"{self.name}: a TorchScript archive; open it with ptfile.formats.torchscript")
-        pickle_entry = archive.get("data.pkl")
+        pickle_entry = archive.get(PICKLE_RECORD)
         if pickle_entry is None:
-            raise CorruptFileError(f"{self.name}: zip archive has no {archive.prefix}/data.pkl record")
+            raise CorruptFileError(f"{self.name}: zip archive has no {archive.prefix}/{PICKLE_RECORD} record")
         self.pickle_entry = pickle_entry
         self.version = self._read_version()
         self.byteorder = self._read_byteorder()
         self._read_other_layout_records()
 
     def _read_version(self) -> int | None:
-        entry = self.archive.get(".data/version") or self.archive.get("version")
+        entry = self.archive.get(DATA_VERSION_RECORD) or self.archive.get(VERSION_RECORD)
         if entry is None:
             return None
         text = self.archive.read(entry).strip()
@@ -100,7 +107,7 @@ class TorchZip:
         return int(text)
 
     def _read_byteorder(self) -> str:
-        entry = self.archive.get("byteorder")
+        entry = self.archive.get(BYTEORDER_RECORD)
         if entry is None:
             return "little"  # torch 2.13 reads a missing record as little-endian
         value = self.archive.read(entry)
@@ -115,11 +122,11 @@ class TorchZip:
         ``torch.load`` reads ``.format_version`` and parses ``.storage_alignment`` with ``int()``;
         ptfile needs none of their values.
         """
-        for name in (".data/serialization_id", ".format_version"):
+        for name in (SERIALIZATION_ID_RECORD, FORMAT_VERSION_RECORD):
             entry = self.archive.get(name)
             if entry is not None:
                 self.archive.check_readable(entry)
-        entry = self.archive.get(".storage_alignment")
+        entry = self.archive.get(STORAGE_ALIGNMENT_RECORD)
         if entry is not None:
             text = self.archive.read(entry)
             try:
@@ -138,7 +145,7 @@ class TorchZip:
             self.archive.check_readable(entry)
 
     #: Folders whose records are raw storage bytes, never pickles.
-    storage_folders: tuple[str, ...] = ("data/",)
+    storage_folders: tuple[str, ...] = (STORAGE_FOLDER,)
 
     def object_entries(self) -> list[ZipEntry]:
         """The records torch unpickles, the object pickle first."""
@@ -169,7 +176,7 @@ class TorchZip:
         """
         found = []
         storage_dirs = tuple(self.archive.full_name(folder) for folder in self.storage_folders)
-        known = {self.archive.full_name(name) for name in _LAYOUT_RECORDS} | {e.name for e in self.object_entries()}
+        known = {self.archive.full_name(name) for name in LAYOUT_RECORDS} | {e.name for e in self.object_entries()}
         for name, entry in self.archive.entries.items():
             if name in known or name.startswith(storage_dirs) or entry.size == 0:
                 continue
@@ -183,7 +190,7 @@ class TorchZip:
 
     def persistent_load(self, pid: Any, context: Any) -> StorageRef:
         storage_type, key, location, numel = parse_storage_pid(pid)
-        return self._storage(key, f"data/{key}", storage_type, location, numel)
+        return self._storage(key, f"{STORAGE_FOLDER}{key}", storage_type, location, numel)
 
     def _storage(self, key: str, record: str, storage_type: StorageType, location: str, numel: int) -> StorageRef:
         """The storage ``key`` held by ``record`` (relative to the archive folder), checked once."""

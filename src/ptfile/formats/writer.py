@@ -55,7 +55,18 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..containers.zipwriter import STORAGE_ALIGNMENT, ZipRecordWriter, archive_prefix
+from ..constants import (
+    BYTEORDER_RECORD,
+    FILE_FORMAT_VERSION,
+    FORMAT_VERSION,
+    FORMAT_VERSION_RECORD,
+    PICKLE_RECORD,
+    STORAGE_ALIGNMENT,
+    STORAGE_ALIGNMENT_RECORD,
+    STORAGE_FOLDER,
+    VERSION_RECORD,
+)
+from ..containers.zipwriter import ZipRecordWriter, archive_prefix
 from ..errors import PtfileError
 from ..io.atomic import atomic_write
 from ..pickle.engine import GlobalRef, gc_paused
@@ -68,10 +79,6 @@ from ..tensors.views import StorageType, root_of
 
 __all__ = ["save", "save_sharded", "parse_size", "Storage", "TreePickler", "dumps_tree"]
 
-#: The format version torch writes into ``version`` (kProducedFileFormatVersion).
-FILE_FORMAT_VERSION = b"3\n"
-#: ``.format_version`` 1: storages are numbered in write order.
-FORMAT_VERSION = b"1"
 #: Where every storage is said to live; arrays are host memory.
 LOCATION = "cpu"
 #: The first item of every persistent id, one string object as in torch.
@@ -410,17 +417,17 @@ def write_archive(file: IO[bytes], prefix: str, data: bytes, storages: list[Stor
     ``progress(bytes written, bytes to write)`` is called after each storage.
     """
     writer = ZipRecordWriter(file, prefix)
-    writer.write_record("data.pkl", data)
-    writer.write_record(".format_version", FORMAT_VERSION)
-    writer.write_record(".storage_alignment", str(STORAGE_ALIGNMENT).encode())
-    writer.write_record("byteorder", sys.byteorder.encode())
+    writer.write_record(PICKLE_RECORD, data)
+    writer.write_record(FORMAT_VERSION_RECORD, str(FORMAT_VERSION).encode())
+    writer.write_record(STORAGE_ALIGNMENT_RECORD, str(STORAGE_ALIGNMENT).encode())
+    writer.write_record(BYTEORDER_RECORD, sys.byteorder.encode())
     total, done = sum(storage.nbytes for storage in storages), 0
     for storage in storages:
-        writer.write_record(f"data/{storage.key}", storage.chunks(), storage.nbytes)
+        writer.write_record(f"{STORAGE_FOLDER}{storage.key}", storage.chunks(), storage.nbytes)
         done += storage.nbytes
         if progress is not None:
             progress(done, total)
-    writer.write_record("version", FILE_FORMAT_VERSION)
+    writer.write_record(VERSION_RECORD, f"{FILE_FORMAT_VERSION}\n".encode())  # torch ends it with a newline
     writer.finish()
 
 

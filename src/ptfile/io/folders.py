@@ -43,8 +43,9 @@ class Folders:
         """The folder a file is in (where an index's shards are)."""
         raise NotImplementedError
 
-    def checked_size(self, path: str, limit: int, what: str) -> int:
-        """The size of a small file that is read whole (an index, DCP metadata), refused above ``limit``."""
+    def checked_size(self, path: str, limit: str, what: str) -> int:
+        """The size of a small file that is read whole (an index, DCP metadata), refused above the
+        :class:`~ptfile.constants.Limits` field named ``limit``."""
         raise NotImplementedError
 
     def head(self, path: str, count: int) -> tuple[bytes, int]:
@@ -55,8 +56,8 @@ class Folders:
         finally:
             source.close()
 
-    def read_small(self, path: str, limit: int, what: str) -> bytes:
-        """The whole of a small file, its size checked against ``limit`` before a byte is read."""
+    def read_small(self, path: str, limit: str, what: str) -> bytes:
+        """The whole of a small file, its size checked against the limit named ``limit`` before a byte is read."""
         size = self.checked_size(path, limit, what)
         source = open_source(path, mmap_file=False)
         try:
@@ -83,7 +84,7 @@ class LocalFolders(Folders):
     def parent(self, path: str) -> str:
         return os.path.dirname(os.path.abspath(path))
 
-    def checked_size(self, path: str, limit: int, what: str) -> int:
+    def checked_size(self, path: str, limit: str, what: str) -> int:
         return checked_size(path, limit, what)
 
 
@@ -126,7 +127,7 @@ class UrlFolders(Folders):
     def parent(self, path: str) -> str:
         return path.rstrip("/").rsplit("/", 1)[0]
 
-    def checked_size(self, path: str, limit: int, what: str) -> int:
+    def checked_size(self, path: str, limit: str, what: str) -> int:
         return refuse_over(path, open_remote(path).size, limit, what)  # a missing file: CheckpointNotFoundError
 
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..constants import limits_in_force, over_limit
 from ..errors import CheckpointNotFoundError, CorruptFileError, LimitExceededError, PtfileError
 
 __all__ = ["ByteSource", "MappedSource", "FileSource", "BufferSource", "read_whole"]
@@ -317,8 +318,9 @@ def whole_file_buffer(size: int) -> np.ndarray:
     return np.frombuffer(region, dtype=np.uint8)
 
 
-def checked_size(path: str, limit: int, what: str) -> int:
-    """The size of a small file that is read whole (an index, DCP metadata), refused above ``limit``."""
+def checked_size(path: str, limit: str, what: str) -> int:
+    """The size of a small file that is read whole (an index, DCP metadata), refused above the
+    :class:`~ptfile.constants.Limits` field named ``limit``."""
     try:
         size = os.path.getsize(path)
     except OSError:
@@ -326,10 +328,10 @@ def checked_size(path: str, limit: int, what: str) -> int:
     return refuse_over(path, size, limit, what)
 
 
-def refuse_over(path: str, size: int, limit: int, what: str) -> int:
-    """``size``, unless a small file read whole is over its ``limit``."""
-    if size > limit:
-        raise LimitExceededError(f"{path}: a {what} of {size} bytes is over the {limit}-byte limit")
+def refuse_over(path: str, size: int, limit: str, what: str) -> int:
+    """``size``, unless a small file read whole is over the :class:`~ptfile.constants.Limits` field ``limit``."""
+    if size > getattr(limits_in_force(), limit):
+        raise LimitExceededError(f"{path}: a {what} of {size} bytes, {over_limit(limit)}")
     return size
 
 

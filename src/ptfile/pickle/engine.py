@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..constants import limits_in_force, over_limit
 from ..errors import CorruptFileError, LimitExceededError, PtfileError
 from .opcodes import OPCODES, code_of
 from .values import Global, Record, brief
@@ -56,8 +57,6 @@ __all__ = ["GlobalRef", "Engine", "brief", "check_key", "check_keys", "count_has
 
 #: Hashing recurses in C without a depth check; keys nested deeper than this are refused.
 MAX_KEY_DEPTH = 32
-#: MARK nesting deeper than any real checkpoint needs; bounds the metastack.
-MAX_MARK_DEPTH = 10_000
 #: CPython keeps memo indices in a Py_ssize_t and refuses negative ones; so does ptfile.
 MAX_MEMO_INDEX = sys.maxsize
 #: Distinct keys with one hash value that one dict or set may receive.  CPython's dicts and sets
@@ -220,7 +219,7 @@ class Engine:
     :attr:`append`), the stacks under the open MARKs are :attr:`metastack`.
     """
 
-    __slots__ = ("data", "lookup", "persistent_load", "context", "record", "inventory", "_use", "origin",
+    __slots__ = ("data", "lookup", "persistent_load", "context", "record", "inventory", "_use", "origin", "max_nesting",
                  "protocol", "_key_hashes", "stack", "append", "metastack", "memo", "_first", "_frame_end")
     # set by _start_run before each run; declared here so that run(), above it, knows their types
     stack: list[Any]
@@ -250,6 +249,8 @@ class Engine:
         self.inventory = inventory
         self._use = use_factory
         self.origin = origin
+        #: MARKs open at once; bounds the metastack (Limits.max_pickle_nesting).
+        self.max_nesting = limits_in_force().max_pickle_nesting
         self.protocol = 0
         # Keys by hash per dict or set that got a non-str key, by id; the container is held so
         # that its id cannot be reused by another while this engine runs.
@@ -365,6 +366,7 @@ class Engine:
         memo = self.memo
         dispatch = _DISPATCH
         frame_end = _NO_FRAME
+        max_nesting = self.max_nesting
         (LONG_BINPUT, BINGET, MARK, BINUNICODE, REDUCE, BININT2, TUPLE, BININT1, TUPLE1, EMPTY_TUPLE, BINPERSID,
          NEWFALSE, BINPUT, TUPLE2, TUPLE3, NEWTRUE, BININT, LONG_BINGET, EMPTY_DICT, SETITEMS) = _HOT  # noqa: N806 - in _HOT's order
         start = pos
@@ -383,8 +385,9 @@ class Engine:
                     append(memo[data[pos]])
                     pos += 1
                 elif op == MARK:
-                    if len(metastack) >= MAX_MARK_DEPTH:
-                        raise CorruptFileError(f"{self.record}: more than {MAX_MARK_DEPTH} nested MARKs")
+                    if len(metastack) >= max_nesting:
+                        raise LimitExceededError(f"{self.record}: MARKs nested more than {max_nesting} deep, "
+                                                 f"{over_limit('max_pickle_nesting')}")
                     metastack.append(stack)
                     stack = []
                     append = stack.append

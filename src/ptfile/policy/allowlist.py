@@ -30,12 +30,13 @@ accepts a dangerous one.
 
 from __future__ import annotations
 
-import pathlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..constants import Verdict
+from ..errors import CorruptFileError, UnsafeGlobalError
 from ..pickle.engine import Engine
 from ..pickle.inventory import GlobalUse
 from ..pickle.values import Global
@@ -45,21 +46,25 @@ from ..tensors.views import StorageType
 __all__ = ["Entry", "lookup", "entries", "judge", "Judgement", "Finding", "Allow", "is_code_execution",
            "gadget_reason", "gadgets", "LEVELS"]
 
-CLEAN = "clean"
-UNKNOWN_CLASS = "unknown-class"
-UNKNOWN_CALL = "unknown-call"
-DANGEROUS = "dangerous"
 
-
-@dataclass(frozen=True)
 class Entry:
-    """What ptfile does with one global, and why it is safe."""
+    """What ptfile does with one global, and why it is safe.
 
-    category: str  # tensor, storage, dtype, container, numpy, metadata
-    reason: str
-    call: Callable[..., Any] | None = None  # REDUCE target
-    new: Callable[..., Any] | None = None  # NEWOBJ target
-    value: Any = None  # pushed as is by GLOBAL
+    A plain class, not a dataclass: building a dataclass costs about a millisecond at import.
+    """
+
+    __slots__ = ("category", "reason", "call", "new", "value")
+
+    def __init__(self, category: str, reason: str, call: Callable[..., Any] | None = None,
+                 new: Callable[..., Any] | None = None, value: Any = None) -> None:
+        self.category = category  # tensor, storage, dtype, container, numpy, metadata
+        self.reason = reason
+        self.call = call  # REDUCE target
+        self.new = new  # NEWOBJ target
+        self.value = value  # pushed as is by GLOBAL
+
+    def __repr__(self) -> str:
+        return f"Entry({self.category!r}, {self.reason!r})"
 
 
 _TABLE: dict[tuple[str, str], Entry] = {}
@@ -183,10 +188,8 @@ for _module in ("lightning_fabric.utilities.data", "lightning.fabric.utilities.d
 
 # Standard-library values.
 for _module in ("pathlib", "pathlib._local"):
-    for _name, _flavour in (("PosixPath", pathlib.PurePosixPath),
-                            ("PurePosixPath", pathlib.PurePosixPath),
-                            ("WindowsPath", pathlib.PureWindowsPath),
-                            ("PureWindowsPath", pathlib.PureWindowsPath)):
+    for _name, _flavour in (("PosixPath", "PurePosixPath"), ("PurePosixPath", "PurePosixPath"),
+                            ("WindowsPath", "PureWindowsPath"), ("PureWindowsPath", "PureWindowsPath")):
         _add(_module, _name, "metadata", "a path, kept as a pure path that never touches the disk",
              call=metadata.pure_path(_flavour))
 _add("datetime", "datetime", "metadata", "timestamp from its validated byte state", call=metadata.make_datetime)
@@ -220,6 +223,19 @@ def new_engine(data: bytes, record: str, inventory: list[GlobalUse], context: An
     """The one restricted engine, wired to this one table; ``origin`` is where ``data`` starts in the file."""
     return Engine(data, lookup=lookup, persistent_load=persistent_load, context=context, record=record,
                   inventory=inventory, use_factory=GlobalUse, origin=origin)
+
+
+def run_whole_pickle(data: bytes, record: str, inventory: list[GlobalUse], context: Any, persistent_load: Any,
+                     origin: int = 0) -> Any:
+    """Run a pickle that is the whole of ``data`` and return its value.
+
+    Bytes after its STOP are refused: ``pickle.load`` stops there and never sees them, so they
+    could hold a second pickle that some other reader of the record runs.
+    """
+    value, end = new_engine(data, record, inventory, context, persistent_load, origin).run()
+    if end != len(data):
+        raise CorruptFileError(f"{record}: {len(data) - end} bytes follow the pickle's STOP")
+    return value
 
 
 def lookup(module: str, name: str) -> Entry | None:
@@ -371,7 +387,7 @@ class Finding:
 
     module: str
     name: str
-    severity: str  # DANGEROUS, UNKNOWN_CALL or UNKNOWN_CLASS
+    severity: Verdict  # DANGEROUS, UNKNOWN_CALL or UNKNOWN_CLASS
     uses: tuple[GlobalUse, ...]
     reason: str = ""  # why a dangerous global is a gadget
 
@@ -394,7 +410,7 @@ class Finding:
         where = ", ".join(u.action() for u in self.uses[:4])
         more = f" and {len(self.uses) - 4} more" if len(self.uses) > 4 else ""
         detail = f"; {self.reason}" if self.reason else ""
-        if self.severity == UNKNOWN_CALL:
+        if self.severity == Verdict.UNKNOWN_CALL:
             times = "once" if self.calls == 1 else f"{self.calls} times"
             detail = f"; called {times} with {', '.join(self.arguments)}"
         return f"{self.path} [{self.severity}]: {where}{more}{detail}"
@@ -402,15 +418,16 @@ class Finding:
 
 @dataclass(frozen=True)
 class Judgement:
-    verdict: str  # CLEAN, UNKNOWN_CLASS, UNKNOWN_CALL or DANGEROUS
+    verdict: Verdict  # CLEAN, UNKNOWN_CLASS, UNKNOWN_CALL or DANGEROUS
     findings: tuple[Finding, ...]
     allowed: tuple[Finding, ...] = ()  # findings the caller's Allow accepted
 
 
 #: Uses of a class that create or describe an instance without calling anything.
 _INERT_USES = frozenset({"new", "build", "reference"})
-#: Levels from worst to best; a finding takes the worst level of its uses.
-LEVELS = (DANGEROUS, UNKNOWN_CALL, UNKNOWN_CLASS, CLEAN)
+#: Levels the judge grades, worst to best (every verdict but ``invalid``, which only a reading's
+#: faults give); a finding takes the worst level of its uses.
+LEVELS = tuple(verdict for verdict in Verdict if verdict is not Verdict.INVALID)
 
 
 def _plain_name(name: str) -> bool:
@@ -427,7 +444,7 @@ def _container_code(module: str, name: str, inert_classes: Callable[[str, str], 
     return inert_classes is not None and _plain_name(name) and inert_classes(module, name)
 
 
-def _severity(use: GlobalUse, inert_classes: Callable[[str, str], bool] | None = None) -> str | None:
+def _severity(use: GlobalUse, inert_classes: Callable[[str, str], bool] | None = None) -> Verdict | None:
     if (inert_classes is not None and use.use in _INERT_USES and _plain_name(use.name)
             and inert_classes(use.module, use.name)):
         # The container vouches that these classes are data only (TorchScript modules, the DCP
@@ -438,13 +455,13 @@ def _severity(use: GlobalUse, inert_classes: Callable[[str, str], bool] | None =
         if entry is not None and entry.call is not None:
             return None
         if _gadget_row(use.module, use.name) is not None or _container_code(use.module, use.name, inert_classes):
-            return DANGEROUS
-        return UNKNOWN_CALL
+            return Verdict.DANGEROUS
+        return Verdict.UNKNOWN_CALL
     if is_code_execution(use.module, use.name):
-        return DANGEROUS
+        return Verdict.DANGEROUS
     if use.use == "new":
-        return None if entry is not None and entry.new is not None else UNKNOWN_CLASS
-    return None if entry is not None else UNKNOWN_CLASS
+        return None if entry is not None and entry.new is not None else Verdict.UNKNOWN_CLASS
+    return None if entry is not None else Verdict.UNKNOWN_CLASS
 
 
 def judge(inventory: Iterable[GlobalUse], *, inert_classes: Callable[[str, str], bool] | None = None,
@@ -467,7 +484,7 @@ def judge(inventory: Iterable[GlobalUse], *, inert_classes: Callable[[str, str],
     ships in the archive and the archive's reader would run it.  ``allow`` moves the caller's accepted third-party
     globals out of the findings (never a dangerous one).
     """
-    grades: dict[tuple[str, str], str] = {}
+    grades: dict[tuple[str, str], Verdict] = {}
     uses: dict[tuple[str, str], list[GlobalUse]] = {}
     for use in inventory:
         severity = _severity(use, inert_classes)
@@ -479,10 +496,41 @@ def judge(inventory: Iterable[GlobalUse], *, inert_classes: Callable[[str, str],
     allowed: list[Finding] = []
     for (module, name), grade in grades.items():
         reason = ""
-        if grade == DANGEROUS:
+        if grade == Verdict.DANGEROUS:
             reason = _gadget_row(module, name) or (_CONTAINER_CODE if _container_code(module, name, inert_classes) else "")
         finding = Finding(module, name, grade, tuple(uses[(module, name)]), reason)
-        accepted = allow is not None and grade != DANGEROUS and allow.covers(module, name)
+        accepted = allow is not None and grade != Verdict.DANGEROUS and allow.covers(module, name)
         (allowed if accepted else findings).append(finding)
-    verdict = min((f.severity for f in findings), key=LEVELS.index, default=CLEAN)
+    verdict = min((f.severity for f in findings), key=LEVELS.index, default=Verdict.CLEAN)
     return Judgement(verdict, tuple(findings), tuple(allowed))
+
+
+# -- refusing ------------------------------------------------------------------------
+
+#: Levels ``records=True`` reads as inert records; ``dangerous`` is refused in every mode.
+RECORDED_LEVELS = (Verdict.UNKNOWN_CLASS, Verdict.UNKNOWN_CALL)
+#: Findings listed per level in a refusal; the rest are counted.
+MAX_LISTED_FINDINGS = 8
+
+
+def refusal(judgement: Judgement, levels: Iterable[Verdict] = LEVELS) -> str:
+    """Why a judgement refuses a file: its findings at ``levels`` listed under their level, worst first."""
+    parts = []
+    for level in levels:
+        found = [f for f in judgement.findings if f.severity == level]
+        if not found:
+            continue
+        listed = "; ".join(f.describe() for f in found[:MAX_LISTED_FINDINGS])
+        more = f"; and {len(found) - MAX_LISTED_FINDINGS} more" if len(found) > MAX_LISTED_FINDINGS else ""
+        parts.append(f"refused {level} globals: {listed}{more}")
+    hint = ""
+    if judgement.verdict in RECORDED_LEVELS:
+        hint = " (pass records=True to read them as inert records, or allow the globals you trust)"
+    return " | ".join(parts) + hint
+
+
+def refuse(judgement: Judgement, name: str, levels: Iterable[Verdict] = LEVELS) -> None:
+    """Raise the one refusal of file ``name`` for its findings at ``levels``."""
+    levels = tuple(levels)
+    findings = tuple(f for f in judgement.findings if f.severity in levels)
+    raise UnsafeGlobalError(f"{name}: {refusal(judgement, levels)}", findings)

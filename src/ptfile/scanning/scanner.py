@@ -31,7 +31,7 @@ note, not a verdict.  A compressed storage (torch never writes one) is inflated 
 Files that are not checkpoints are read as what they are: a torch zip is examined
 record by record (pickles under any name, anomalies such as wrong CRCs or
 mismatched local names); anything else is read as a stream of pickles from byte 0
-(at most :data:`MAX_STREAM_PICKLES` of them; more is a fault), which is what ``torch.load``
+(at most ``Limits.max_stream_pickles`` of them; more is a fault), which is what ``torch.load``
 does with a file that does not start with a zip header;
 a zip archive appended after such a pickle (a polyglot) is examined too.  A
 ``torch.distributed.checkpoint`` folder is scanned as one checkpoint by
@@ -43,7 +43,7 @@ bzip2, xz: a checkpoint recompressed to slip past scanners) are opened with the 
 library (7z with ``py7zr``, the optional ``ptfile[archives]`` extra; a tar with ptfile's own
 bounded header parser, :func:`ptfile.formats.legacy.walk_tar`) and every member that looks like a
 pickle or an archive is scanned in turn, down to :data:`MAX_ARCHIVE_DEPTH` levels and within
-:data:`MAX_MEMBER_BYTES` / :data:`MAX_ARCHIVE_BYTES`.  Such a file is never clean, since
+``Limits.max_member_bytes`` / ``Limits.max_archive_bytes``.  Such a file is never clean, since
 ``load`` refuses it: it is ``dangerous`` when a member is, else ``invalid``.  What cannot be
 opened (no py7zr, a member over a limit, encryption) is a fault.
 """
@@ -56,34 +56,15 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..constants import Limits, Verdict, applying, limits_in_force, over_limit
 from ..containers.ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
 from ..errors import PtfileError, UnsafeGlobalError
 from ..formats import consumers
-from ..formats.dcp import (
-    FIRST_RANK_METADATA,
-    ITEM_SUFFIX,
-    METADATA_FILE,
-    RANK_METADATA_FILE,
-    SAFETENSORS_SUFFIX,
-    SHARDING_INFO_KEY,
-    DcpLayout,
-    check_ranks_agree,
-    is_data_class,
-    is_dcp,
-    members,
-    metadata_checkpoint,
-    metadata_files,
-    parse_layout,
-    rank_metadata_files,
-    safetensors_layout,
-)
 from ..formats.legacy import TAR_BLOCK, has_magic_number, is_tar, walk_tar
 from ..formats.loader import CheckpointReader, looks_like_pickle
-from ..formats.npformat import object_pickles
 from ..formats.opener import SNIFF_BYTES, Format, detect, is_readable, resolve
-from ..formats.sharded import ShardedCheckpoint, index_of, read_index
 from ..formats.torchzip import detached_storage
 from ..io.folders import folders_for
 from ..io.open import open_source
@@ -94,31 +75,32 @@ from ..policy import allowlist
 from ..policy.allowlist import new_engine
 from ..tensors.context import Context
 
+if TYPE_CHECKING:
+    from ..formats.dcp import DcpLayout
+
 __all__ = ["ScanResult", "scan", "scan_opened", "VERDICTS", "FolderWalk", "PassedOver", "walk_for_scan"]
 
-INVALID = "invalid"
 #: Verdicts from worst to best; the CLI's exit code and sorting follow this order.
-VERDICTS = (allowlist.DANGEROUS, allowlist.UNKNOWN_CALL, INVALID, allowlist.UNKNOWN_CLASS, allowlist.CLEAN)
+VERDICTS = tuple(Verdict)
 #: Verdicts that fail a scan: code would run under ``torch.load(weights_only=False)``.
-FAILING = (allowlist.DANGEROUS, allowlist.UNKNOWN_CALL)
+FAILING = (Verdict.DANGEROUS, Verdict.UNKNOWN_CALL)
 #: Archives ``load`` does not read; the scanner opens them and scans their members.
 _COMPRESSED_MAGICS = {b"7z\xbc\xaf\x27\x1c": "7z", b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 #: Archives inside archives are opened this many levels down (a checkpoint in a tar.gz is two).
 MAX_ARCHIVE_DEPTH = 4
-#: A member of such an archive is read into memory up to this size; a larger one is not examined.  A
-#: megabyte of gzip inflates to a gigabyte, and the member is then parsed in memory: the limit keeps
-#: both the bytes and the time to run them through the engine small (the verdict is never clean anyway).
-MAX_MEMBER_BYTES = 32 << 20
-#: All members of one archive together: a decompression bomb stops here.  7z members are extracted
-#: all at once, so this is also what one 7z archive may hold in memory.
-MAX_ARCHIVE_BYTES = 64 << 20
+# Limits.max_member_bytes: a member of such an archive is read into memory up to this size; a larger
+# one is not examined.  A megabyte of gzip inflates to a gigabyte, and the member is then parsed in
+# memory: the limit keeps both the bytes and the time to run them through the engine small (the
+# verdict is never clean anyway).  Limits.max_archive_bytes: all members of one archive together, where
+# a decompression bomb stops.  7z members are extracted all at once, so this is also what one 7z
+# archive may hold in memory.
 #: Members are decompressed in pieces of this size, so a bomb is stopped one piece past the limit.
 READ_CHUNK_BYTES = 1 << 20
 #: Members of one archive examined; the rest are reported as not examined.
 MAX_ARCHIVE_MEMBERS = 10_000
-#: Pickles back to back in a non-checkpoint file that are run; past this the rest is a fault.  A legacy
-#: checkpoint holds five; millions of tiny ones would otherwise cost a full engine start each.
-MAX_STREAM_PICKLES = 1_000
+# Limits.max_stream_pickles: pickles back to back in a non-checkpoint file that are run; past it the
+# rest is a fault.  A legacy checkpoint holds five; millions of tiny ones would otherwise cost a full
+# engine start each.
 
 
 @dataclass
@@ -126,7 +108,7 @@ class ScanResult:
     """What a scan found in one file."""
 
     path: str
-    verdict: str
+    verdict: Verdict
     format: str
     findings: list[allowlist.Finding] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)  # why parsing stopped early
@@ -135,13 +117,13 @@ class ScanResult:
 
     @property
     def clean(self) -> bool:
-        return self.verdict == allowlist.CLEAN
+        return self.verdict == Verdict.CLEAN
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description; its shape is stable (see the README)."""
         return {
             "path": self.path,
-            "verdict": self.verdict,
+            "verdict": str(self.verdict),  # the word, in a JSON-ready dict
             "format": self.format,
             "findings": [_finding_dict(f) for f in self.findings],
             "faults": list(self.faults),
@@ -153,10 +135,10 @@ class ScanResult:
 def _finding_dict(finding: allowlist.Finding) -> dict[str, Any]:
     found: dict[str, Any] = {
         "global": finding.path,
-        "severity": finding.severity,
+        "severity": str(finding.severity),  # the word, in a JSON-ready dict
         "uses": [{"use": u.use, "record": u.record, "offset": u.offset} for u in finding.uses],
     }
-    if finding.severity == allowlist.DANGEROUS:
+    if finding.severity == Verdict.DANGEROUS:
         found["reason"] = finding.reason
     if finding.calls:
         found["calls"] = finding.calls
@@ -208,6 +190,7 @@ def walk_for_scan(paths: list[str], *, recursive: bool = False, include: list[An
     with ``recursive`` only, and links to folders are never followed.  ``include`` and
     ``exclude`` are regular expressions searched in each path found; excludes win.
     """
+    from ..formats.dcp import is_dcp, members  # lazy: DCP folders only
 
     walk = FolderWalk()
     found: list[str] = []
@@ -273,7 +256,7 @@ def _worth_scanning(head: bytes, size: int) -> bool:
 
 
 def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None,
-         verify: bool = False) -> ScanResult:
+         verify: bool = False, limits: Limits | None = None) -> ScanResult:
     """Scan one checkpoint (path, file object, bytes, DCP or shard folder) without loading anything from it.
 
     Args:
@@ -281,14 +264,20 @@ def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None
         strict: treat unknown calls and instances of unknown classes as dangerous.
         allow: third-party globals to accept (see :class:`ptfile.policy.allowlist.Allow`).
         verify: also read every storage record and check its CRC-32 (reads the whole file).
+        limits: the limits to scan under (:class:`ptfile.Limits`; None keeps those in force).
     """
+    with applying(limits):
+        return _scan(src, strict=strict, allow=allow, verify=verify)
+
+
+def _scan(src: Any, *, strict: bool, allow: allowlist.Allow | None, verify: bool) -> ScanResult:
     allow = allowlist.as_allow(allow)
     name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<bytes>")
 
     try:
         kind, target = resolve(src)
     except PtfileError as exc:
-        return ScanResult(str(name), INVALID, "unreadable", faults=[str(exc)])
+        return ScanResult(str(name), Verdict.INVALID, "unreadable", faults=[str(exc)])
     if kind == "dcp":  # a DCP folder is one checkpoint: its metadata files and every item in them
         return scan_folder(target, strict=strict, allow=allow)
     if kind == "sharded":  # a shard folder or index is the shards its index names, as load reads them
@@ -296,7 +285,7 @@ def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None
     try:
         source = open_source(target, mmap_file=True)
     except PtfileError as exc:
-        return ScanResult(str(name), INVALID, "unreadable", faults=[str(exc)])
+        return ScanResult(str(name), Verdict.INVALID, "unreadable", faults=[str(exc)])
     try:
         with gc_paused():  # the engine only builds objects that stay reachable: a collection frees nothing
             return _scan_source(source, strict, allow, verify=verify)
@@ -325,7 +314,7 @@ def _scan_source(source: ByteSource, strict: bool, allow: allowlist.Allow, depth
     inventory: list[GlobalUse] = []
     notes: list[str] = []
     if not head:
-        return ScanResult(source.name, INVALID, "empty", faults=[f"{source.name}: the file is empty"])
+        return ScanResult(source.name, Verdict.INVALID, "empty", faults=[f"{source.name}: the file is empty"])
     for magic, kind in _COMPRESSED_MAGICS.items():
         if head.startswith(magic):
             return _scan_archive(source, kind, strict, allow, depth)
@@ -369,7 +358,8 @@ def _examine_unread_records(source: ByteSource, archive: ZipArchive | None, inve
             return []  # the loader's reading already reported why
     nested = []
     for name, entry in archive.entries.items():
-        if entry.method != STORED or entry.size != entry.compressed_size or entry.size > MAX_MEMBER_BYTES:
+        if (entry.method != STORED or entry.size != entry.compressed_size
+                or entry.size > limits_in_force().max_member_bytes):
             continue  # compressed, inconsistent or oversized records: the loader's reading reported them
         if entry.flags & FLAG_ENCRYPTED:
             try:
@@ -417,7 +407,7 @@ def _with_nested(result: ScanResult, nested: list[ScanResult]) -> ScanResult:
         result.globals.extend(inner.globals)
         result.verdict = min(result.verdict, inner.verdict, key=VERDICTS.index)
     if result.faults and result.verdict not in FAILING:
-        result.verdict = INVALID
+        result.verdict = Verdict.INVALID
     return result
 
 
@@ -438,6 +428,8 @@ def _scan_tensor_file(source: ByteSource, fmt: Format, strict: bool, allow: allo
 
 def _judge_object_arrays(source: ByteSource, inventory: list[GlobalUse]) -> list[str]:
     """Run the pickle of every object array dry (``numpy.load(allow_pickle=True)`` would unpickle it)."""
+    from ..formats.npformat import object_pickles  # lazy: a format reader, imported for files of its format
+
     try:
         pickles = object_pickles(source)
     except PtfileError as exc:
@@ -457,10 +449,10 @@ def scan_result(name: str, fmt: str, judgement: allowlist.Judgement, faults: lis
                 inventory: list[GlobalUse], *, strict: bool) -> ScanResult:
     """The verdict from a judgement and the faults met: a fault makes anything short of a failing verdict invalid."""
     verdict = judgement.verdict
-    if strict and verdict in (allowlist.UNKNOWN_CALL, allowlist.UNKNOWN_CLASS):
-        verdict = allowlist.DANGEROUS
+    if strict and verdict in (Verdict.UNKNOWN_CALL, Verdict.UNKNOWN_CLASS):
+        verdict = Verdict.DANGEROUS
     if faults and verdict not in FAILING:
-        verdict = INVALID
+        verdict = Verdict.INVALID
     notes = [*notes, *(f"allowed: {f.describe()}" for f in judgement.allowed)]
     return ScanResult(name, verdict, fmt, list(judgement.findings), faults, notes, inventory)
 
@@ -568,10 +560,11 @@ def _scan_stream(source: ByteSource, inventory: list[GlobalUse], notes: list[str
     faults: list[str] = []
     pos = 0
     count = 0
+    most = limits_in_force().max_stream_pickles
     while pos < len(data):
-        if count == MAX_STREAM_PICKLES:
-            faults.append(f"{source.name}: more than {MAX_STREAM_PICKLES} pickles back to back (limit "
-                          f"MAX_STREAM_PICKLES); the rest, from byte {pos}, were not examined")
+        if count == most:
+            faults.append(f"{source.name}: more than {most} pickles back to back, {over_limit('max_stream_pickles')}; "
+                          f"the rest, from byte {pos}, were not examined")
             break
         try:
             _, pos = engine.run(pos)
@@ -593,14 +586,16 @@ Member = tuple[str, "bytes | None", str]
 
 def _bounded(name: str, size: int, read: Any, budget: list[int]) -> Member:
     """Read one member through ``read(limit)`` unless it is, or turns out to be, over a limit."""
-    if size > MAX_MEMBER_BYTES:
-        return name, None, f"declares {size} bytes, over the {MAX_MEMBER_BYTES}-byte limit MAX_MEMBER_BYTES; not examined"
+    member_limit = limits_in_force().max_member_bytes
+    if size > member_limit:
+        return name, None, f"declares {size} bytes, {over_limit('max_member_bytes')}; not examined"
     if size > budget[0]:
-        return name, None, f"members inflate past the {MAX_ARCHIVE_BYTES}-byte limit of one archive, MAX_ARCHIVE_BYTES; not examined"
-    limit, which = min((MAX_MEMBER_BYTES, "MAX_MEMBER_BYTES"), (budget[0], "MAX_ARCHIVE_BYTES (what is left of it)"))
+        return name, None, f"members inflate past what is left of one archive's limit, {over_limit('max_archive_bytes')}; not examined"
+    limit, which = min((member_limit, "max_member_bytes"), (budget[0], "max_archive_bytes"))
     data = _read_up_to(read, limit + 1)
     if data is None:
-        return name, None, f"inflates past the {limit}-byte limit {which}; not examined"
+        left = " (what is left of it)" if which == "max_archive_bytes" else ""
+        return name, None, f"inflates past {limit} bytes{left}, {over_limit(which)}; not examined"
     budget[0] -= len(data)
     return name, data, ""
 
@@ -676,15 +671,17 @@ def _seven_zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
         return
     with py7zr.SevenZipFile(file, "r") as archive:
         infos = [info for info in archive.list() if not info.is_directory]
-        wanted, budget_left = [], budget[0]
+        wanted, budget_left, member_limit = [], budget[0], limits_in_force().max_member_bytes
         for info in infos:
             size = info.uncompressed or 0
-            if size > MAX_MEMBER_BYTES or size > budget_left:
-                yield info.filename, None, f"declares {size} bytes, over MAX_MEMBER_BYTES or MAX_ARCHIVE_BYTES; not examined"
+            if size > member_limit:
+                yield info.filename, None, f"declares {size} bytes, {over_limit('max_member_bytes')}; not examined"
+            elif size > budget_left:
+                yield info.filename, None, f"declares {size} bytes, {over_limit('max_archive_bytes')}; not examined"
             else:
                 wanted.append(info.filename)
                 budget_left -= size
-        factory = BytesIOFactory(MAX_MEMBER_BYTES + 1)  # writes past the limit are dropped, then caught below
+        factory = BytesIOFactory(member_limit + 1)  # writes past the limit are dropped, then caught below
         archive.extract(targets=wanted, factory=factory)
         for name in wanted:
             product = factory.products.get(name)
@@ -697,7 +694,7 @@ def _seven_zip_members(file: Any, budget: list[int]) -> Iterator[Member]:
 
 def _archive_members(source: ByteSource, kind: str) -> Iterator[Member]:
     """Every member of a zip, tar, 7z or compressed stream, read within the size limits."""
-    budget = [MAX_ARCHIVE_BYTES]
+    budget = [limits_in_force().max_archive_bytes]
     file = SourceFile(source)
     readers = {"zip": lambda: _zip_members(file, budget), "tar": lambda: _tar_members(source, budget),
                "7z": lambda: _seven_zip_members(file, budget)}
@@ -744,7 +741,7 @@ def _scan_archive(source: ByteSource, kind: str, strict: bool, allow: allowlist.
 def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list[str],
                     notes: list[str]) -> ScanResult:
     """One result for several parts (archive members, shards): the worst verdict, everything found."""
-    verdict = min((r.verdict for r in results), key=VERDICTS.index, default=allowlist.CLEAN)
+    verdict = min((r.verdict for r in results), key=VERDICTS.index, default=Verdict.CLEAN)
     faults = list(faults)
     notes = list(notes)
     findings: list[allowlist.Finding] = []
@@ -756,7 +753,7 @@ def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list
         findings.extend(result.findings)
         inventory.extend(result.globals)
     if faults and verdict not in FAILING:
-        verdict = INVALID
+        verdict = Verdict.INVALID
     return ScanResult(name, verdict, fmt, findings, faults, notes, inventory)
 
 
@@ -765,16 +762,22 @@ def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list
 
 def _scan_shards(path: str, strict: bool, allow: allowlist.Allow, verify: bool) -> ScanResult:
     """The shards a Hugging Face index names, each scanned; the index's own checks as load makes them."""
+    from ..formats.sharded import (  # lazy: a format reader, imported for files of its format
+        ShardedCheckpoint,
+        index_of,
+        read_index,
+    )
+
     try:
         index, folder = index_of(path)
         weight_map = read_index(index)
     except PtfileError as exc:
-        return ScanResult(path, INVALID, "sharded", faults=[str(exc)])
+        return ScanResult(path, Verdict.INVALID, "sharded", faults=[str(exc)])
     shards = list(dict.fromkeys(weight_map.values()))
     folders = folders_for(folder)
     results = [scan(folders.join(folder, shard), strict=strict, allow=allow, verify=verify) for shard in shards]
     faults: list[str] = []
-    if all(r.verdict not in (*FAILING, INVALID) for r in results):
+    if all(r.verdict not in (*FAILING, Verdict.INVALID) for r in results):
         # every name the index places in a shard must be there: load refuses the folder otherwise
         with ShardedCheckpoint(index, records=True) as handle:
             for shard in shards:
@@ -803,6 +806,8 @@ def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | N
     safetensors shards has no pickle: each file's header is checked and the chunks merged
     as when it is opened.  Returns a :class:`ScanResult` for the folder.
     """
+    from ..formats.dcp import METADATA_FILE, is_data_class, metadata_files  # lazy: DCP folders only
+
     path = os.fspath(folder)
     meta_inventory: list[GlobalUse] = []
     item_inventory: list[GlobalUse] = []
@@ -831,6 +836,8 @@ def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | N
 def _scan_metadata_files(folder: str, names: list[str], inventory: list[GlobalUse],
                          faults: list[str]) -> list[DcpLayout] | None:
     """Every metadata file run dry into ``inventory``; their layouts if all parse and agree."""
+    from ..formats.dcp import FIRST_RANK_METADATA, METADATA_FILE, check_ranks_agree  # lazy: DCP folders only
+
     layouts = [_scan_metadata(folder, name, inventory, faults) for name in names]
     if any(layout is None for layout in layouts):
         return None
@@ -848,6 +855,8 @@ def _scan_metadata_files(folder: str, names: list[str], inventory: list[GlobalUs
 def _scan_fallback_metadata(folder: str, inventory: list[GlobalUse], notes: list[str]) -> None:
     """Per-rank metadata beside ``.metadata``: torch's loader unpickles its rank's file when ``.metadata``
     fails to load, so each is judged too; what is wrong in them only matters then, and is noted."""
+    from ..formats.dcp import METADATA_FILE, rank_metadata_files  # lazy: DCP folders only
+
     try:
         names = rank_metadata_files(folder)
     except PtfileError as exc:
@@ -861,6 +870,8 @@ def _scan_fallback_metadata(folder: str, inventory: list[GlobalUse], notes: list
 
 
 def _scan_metadata(folder: str, name: str, inventory: list[GlobalUse], faults: list[str]) -> DcpLayout | None:
+    from ..formats.dcp import METADATA_FILE, metadata_checkpoint, parse_layout  # lazy: DCP folders only
+
     try:
         checkpoint = metadata_checkpoint(folder, records=True, name=name)
     except PtfileError as exc:
@@ -880,6 +891,8 @@ def _scan_metadata(folder: str, name: str, inventory: list[GlobalUse], faults: l
 
 def _scan_safetensors(folder: str, faults: list[str], notes: list[str]) -> None:
     """DCP's safetensors shards: every header checked and the chunks merged, as opening them does."""
+    from ..formats.dcp import SAFETENSORS_SUFFIX, SHARDING_INFO_KEY, safetensors_layout  # lazy: DCP folders only
+
     try:
         layout = safetensors_layout(folder)
     except PtfileError as exc:
@@ -895,6 +908,8 @@ def _scan_safetensors(folder: str, faults: list[str], notes: list[str]) -> None:
 
 def _scan_items(folder: str, layouts: list[DcpLayout], names: list[str], inventory: list[GlobalUse],
                 faults: list[str], notes: list[str]) -> None:
+    from ..formats.dcp import RANK_METADATA_FILE  # lazy: DCP folders only
+
     folders = folders_for(folder)
     sources: dict[str, ByteSource] = {}
     used: dict[str, list[tuple[int, int]]] = {}
@@ -940,6 +955,8 @@ def _unread_bytes(used: dict[str, list[tuple[int, int]]], sizes: dict[str, int])
 
 
 def _scan_whole_files(folder: str, inventory: list[GlobalUse], faults: list[str], notes: list[str]) -> None:
+    from ..formats.dcp import ITEM_SUFFIX  # lazy: DCP folders only
+
     faults.append(f"{folder}: items not located, as its metadata could not be read; "
                   f"each {ITEM_SUFFIX} file is examined whole")
     folders = folders_for(folder)

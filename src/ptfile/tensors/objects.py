@@ -12,17 +12,21 @@ the byte order of a fresh numpy dtype, and the contents of a fresh numpy array.
 
 from __future__ import annotations
 
-import argparse
+import sys
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..constants import MAX_NDIM
 from ..errors import CorruptFileError, UnsupportedFormatError
 from ..pickle.engine import check_keys
 from ..pickle.values import Global, Record, brief
 from .views import TensorSpec
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["build_handler", "PICKLE_BUILDERS"]
 
@@ -109,7 +113,16 @@ def codecs_encode(context: Any, text: Any, encoding: Any = "utf-8") -> bytes:
 def namespace(context: Any, *args: Any) -> argparse.Namespace:
     if args:
         raise CorruptFileError("argparse.Namespace takes no positional arguments")
+    import argparse  # lazy: only a checkpoint holding a Namespace needs it (it imports gettext and more)
+
     return argparse.Namespace()
+
+
+def is_namespace(value: Any) -> bool:
+    """Whether ``value`` is exactly an ``argparse.Namespace``, without importing argparse:
+    until something has imported it, no Namespace exists."""
+    module = sys.modules.get("argparse")
+    return module is not None and type(value) is module.Namespace
 
 
 def torch_size(context: Any, dims: Any = ()) -> tuple:
@@ -210,7 +223,7 @@ def build_numpy_array(context: Any, array: np.ndarray, state: Any) -> None:
     if not isinstance(dtype, np.dtype) or type(fortran) is not bool:
         raise CorruptFileError("numpy array state has no valid dtype")
     _refuse_objects(dtype)
-    if type(shape) is not tuple or len(shape) > 64 or not all(type(d) is int and d >= 0 for d in shape):
+    if type(shape) is not tuple or len(shape) > MAX_NDIM or not all(type(d) is int and d >= 0 for d in shape):
         raise CorruptFileError(f"numpy array shape {brief(shape)} is not a tuple of sizes")
     if type(raw) is not bytes:
         raise UnsupportedFormatError("numpy arrays of Python objects are not supported")
@@ -255,7 +268,6 @@ def build_attributes(context: Any, obj: Any, state: Any) -> None:
 
 _BUILD_HANDLERS = {
     OrderedDict: build_attributes,
-    argparse.Namespace: build_attributes,
     np.ndarray: build_numpy_array,
 }
 
@@ -264,6 +276,8 @@ def build_handler(obj: Any) -> Any:
     """The BUILD handler for ``obj``'s exact type, or None when BUILD on it is refused."""
     if isinstance(obj, np.dtype):  # numpy 2 dtypes are instances of per-type subclasses
         return build_numpy_dtype
+    if is_namespace(obj):
+        return build_attributes
     return _BUILD_HANDLERS.get(type(obj))
 
 

@@ -21,14 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import MAX_NDIM
 from ..errors import CorruptFileError, LimitExceededError, UnsupportedFormatError
 from ..pickle.values import Parameter, brief
 from .dtypes import DtypeInfo
 
 __all__ = ["StorageType", "StorageRef", "TensorSpec", "check_view", "view_array", "root_of"]
 
-#: numpy cannot hold more dimensions than this (NPY_MAXDIMS); neither does any real tensor.
-MAX_NDIM = 64
 #: numpy indexes bytes with a signed 64-bit integer; a view claiming more (a stride-0 view of
 #: 2**64 elements) cannot be an array, whatever its storage.
 MAX_TENSOR_BYTES = 2**63 - 1

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from ..constants import Limits
 from ..errors import PtfileError
 from ..policy.allowlist import Allow
 from ..scanning.scanner import ScanResult, scan
@@ -28,9 +29,9 @@ from .convert import convert
 __all__ = ["scan_many", "convert_many"]
 
 
-def _scan_one(args: tuple[str, bool, tuple[str, ...], bool]) -> ScanResult:
-    path, strict, allow, verify = args
-    return scan(path, strict=strict, allow=Allow(allow), verify=verify)
+def _scan_one(args: tuple[str, bool, tuple[str, ...], bool, Limits | None]) -> ScanResult:
+    path, strict, allow, verify, limits = args
+    return scan(path, strict=strict, allow=Allow(allow), verify=verify, limits=limits)
 
 
 def _convert_one(args: tuple[str, str, dict]) -> list[str]:
@@ -49,14 +50,15 @@ def _fan_out(function: Any, items: list, jobs: int | None, client: Any) -> list:
 
 
 def scan_many(paths: Sequence[str], *, strict: bool = False, jobs: int | None = None, client: Any = None,
-              allow: Sequence[str] = (), verify: bool = False) -> list[ScanResult]:
+              allow: Sequence[str] = (), verify: bool = False, limits: Limits | None = None) -> list[ScanResult]:
     """Scan every path, with ``jobs`` local processes or on the Dask cluster of ``client``.
 
     ``allow`` holds patterns (``module.name``, ``module.*``) as :func:`ptfile.scan` takes them;
-    ``verify`` checks every storage record's CRC as :func:`ptfile.scan` does.
+    ``verify`` checks every storage record's CRC and ``limits`` are the limits, as :func:`ptfile.scan`
+    takes them (sent to each worker: the limits in force here do not cross a process).
     """
     patterns = tuple(Allow(allow).patterns)  # checked here, before any worker starts; sent as plain strings
-    return _fan_out(_scan_one, [(str(p), strict, patterns, verify) for p in paths], jobs, client)
+    return _fan_out(_scan_one, [(str(p), strict, patterns, verify, limits) for p in paths], jobs, client)
 
 
 def convert_many(pairs: Sequence[tuple[str, str]], *, jobs: int | None = None, client: Any = None,

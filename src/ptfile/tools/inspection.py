@@ -37,12 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import Verdict
 from ..errors import PtfileError
 from ..formats.loader import LazyCheckpoint, TensorInfo
 from ..formats.opener import open_handle
 from ..pickle.tree import walk
 from ..pickle.values import Global, Record
-from ..policy import allowlist
 from ..scanning.scanner import scan, scan_opened
 from ..tensors.special import SpecialTensor
 from ..tensors.views import TensorSpec
@@ -237,9 +237,9 @@ def describe(src: Any, *, records: bool = False) -> dict[str, Any]:
         "tensors": rows,
         "values": values,
         "totals": _totals(infos, optimizers),
-        "unknown_classes": sorted({f.path for f in verdict.findings if f.severity == allowlist.UNKNOWN_CLASS}),
-        "unknown_calls": sorted({f.path for f in verdict.findings if f.severity == allowlist.UNKNOWN_CALL}),
-        "scan": {"verdict": verdict.verdict, "findings": len(verdict.findings)},
+        "unknown_classes": sorted({f.path for f in verdict.findings if f.severity == Verdict.UNKNOWN_CLASS}),
+        "unknown_calls": sorted({f.path for f in verdict.findings if f.severity == Verdict.UNKNOWN_CALL}),
+        "scan": {"verdict": str(verdict.verdict), "findings": len(verdict.findings)},
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ...constants import Verdict, limits_in_force
 from ...policy.allowlist import Allow
 from .. import output
 from ..options import add_command, add_output_options, allow_pattern, regex
@@ -32,7 +33,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...scanning.scanner import FAILING, INVALID, VERDICTS, walk_for_scan  # lazy: scanning only
+    from ...scanning.scanner import FAILING, VERDICTS, walk_for_scan  # lazy: scanning only
 
     walk = walk_for_scan(args.paths, recursive=args.recursive, include=args.include, exclude=args.exclude)
     files = walk.files
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         client = connect(args.scheduler) if args.scheduler else None
         try:
             results = scan_many(files, strict=args.strict, jobs=args.jobs, client=client, allow=args.allow,
-                                verify=args.verify)
+                                verify=args.verify, limits=limits_in_force())
         finally:
             if client is not None:
                 client.close()
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         results = _scan_serially(files, args.strict, Allow(args.allow), args.verify,
                                  show_progress=len(files) > 1 and output.shows_progress(args))
     if args.json:
-        counts = {v: sum(r.verdict == v for r in results) for v in reversed(VERDICTS)}
+        counts = {v.value: sum(r.verdict == v for r in results) for v in reversed(VERDICTS)}
         output.print_json("scan", {"summary": counts, "files": [r.to_dict() for r in results],
                                    "passed_over": [p.to_dict() for p in walk.passed_over]})
     else:
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         render_passed_over(walk.passed_over, verbose=args.verbose)
     if any(r.verdict in FAILING for r in results):
         return EXIT_FOUND
-    if any(r.verdict == INVALID for r in results):
+    if any(r.verdict == Verdict.INVALID for r in results):
         return EXIT_ERROR
     return EXIT_OK
 
@@ -90,11 +91,10 @@ def render(results: list) -> None:
             out.line(f"  fault: {safe(fault)}")
         for note in result.notes:
             out.line(f"  note: {safe(note)}")
-    tally = {verdict: sum(r.verdict == verdict for r in results)
-             for verdict in ("dangerous", "unknown-call", "invalid", "unknown-class")}
-    out.line(f"scanned {output.count(len(results), 'file')}: {tally['dangerous']} dangerous, "
-             f"{tally['unknown-call']} calling unknown globals, {tally['invalid']} invalid, "
-             f"{tally['unknown-class']} with unknown classes")
+    tally = {verdict: sum(r.verdict == verdict for r in results) for verdict in Verdict}
+    out.line(f"scanned {output.count(len(results), 'file')}: {tally[Verdict.DANGEROUS]} dangerous, "
+             f"{tally[Verdict.UNKNOWN_CALL]} calling unknown globals, {tally[Verdict.INVALID]} invalid, "
+             f"{tally[Verdict.UNKNOWN_CLASS]} with unknown classes")
 
 
 def render_passed_over(passed_over: list, *, verbose: bool) -> None:
