@@ -47,9 +47,9 @@ class StorageType:
         return f"<storage type {self.name}>"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StorageRef:
-    """One storage of the checkpoint: where its bytes live and how many there are."""
+    """One storage of the checkpoint: where its bytes live and how many there are (one per storage: slots)."""
 
     key: str
     dtype: DtypeInfo | None  # element type of a typed storage; None when untyped
