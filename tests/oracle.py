@@ -11,7 +11,7 @@ file in a child process, and the corpus marker says whether the payload ran:
 * ``pickle.load`` from byte 0;
 * ``numpy.load(allow_pickle=True)``, reading every member of an ``.npz``;
 * ``torch.distributed.checkpoint``'s loader (``dcp_to_torch_save``, which runs single-process)
-  on a folder holding ``.metadata``.
+  on a folder holding ``.metadata`` or rank 0's ``__0.metadata``.
 
 A folder sample gives each file consumer every file in it.  One worker process imports torch
 once and forks a child per consumer and sample: the child runs in its own process group,
@@ -141,7 +141,8 @@ def _dcp_load(path: Path) -> None:
 
 
 def _is_dcp_folder(path: Path) -> bool:
-    return path.is_dir() and (path / ".metadata").is_file()
+    """Where ``dcp_to_torch_save`` finds metadata: ``.metadata``, else rank 0's of a save without coordination."""
+    return path.is_dir() and ((path / ".metadata").is_file() or (path / "__0.metadata").is_file())
 
 
 RUNNERS: dict[str, Callable[[Path], None]] = {

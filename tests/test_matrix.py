@@ -38,11 +38,20 @@ WRITERS = {
     "single-file-folder": "torch.save({k: torch.from_numpy(v) for k, v in ref.items()}, out / 'pytorch_model.bin')",
     "dcp": "import torch.distributed.checkpoint as dcp; "
            "dcp.save({k: torch.from_numpy(v) for k, v in ref.items()}, checkpoint_id=str(out / 'dcp'))",
+    # Without coordination: __0.metadata and __0_0.distcp.
+    "dcp-rank": "import torch.distributed.checkpoint as dcp; "
+                "dcp.save({k: torch.from_numpy(v) for k, v in ref.items()}, checkpoint_id=str(out / 'dcp'), "
+                "no_dist=True, use_collectives=False)",
+    # DCP's safetensors storage: shard-00001-model-00001-of-00001.safetensors with DCP_SHARDING_INFO, no index.
+    "dcp-safetensors": "import torch.distributed.checkpoint as dcp; "
+                       "from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter; "
+                       "dcp.save({k: torch.from_numpy(v) for k, v in ref.items()}, no_dist=True, "
+                       "storage_writer=HuggingFaceStorageWriter(str(out / 'dcp'), save_distributed=True))",
 }
 #: What to open in each sample's folder (the folder itself when None).
 TARGETS = {"torch-zip": "model.pt", "torch-legacy": "model.pt", "safetensors": "model.safetensors",
            "npz": "model.npz", "bin-shards": None, "safetensors-shards": "model.safetensors.index.json",
-           "single-file-folder": None, "dcp": "dcp"}
+           "single-file-folder": None, "dcp": "dcp", "dcp-rank": "dcp", "dcp-safetensors": "dcp"}
 FORMATS = list(WRITERS)
 
 
@@ -233,7 +242,8 @@ def test_url_load_open_and_scan(url_samples: dict[str, str], fmt: str) -> None:
     assert cli(["scan", url]) == 0
 
 
-@pytest.mark.parametrize("fmt", ["bin-shards", "safetensors-shards", "single-file-folder", "dcp"])
+@pytest.mark.parametrize("fmt", ["bin-shards", "safetensors-shards", "single-file-folder", "dcp", "dcp-rank",
+                                 "dcp-safetensors"])
 def test_url_folder_is_what_its_local_copy_is(samples: dict[str, Path], url_samples: dict[str, str],
                                               fmt: str) -> None:
     with ptfile.open(samples[fmt]) as local, ptfile.open(url_samples[fmt]) as remote:

@@ -37,20 +37,53 @@ file and is large enough for its chunk's bytes; items written through stream tra
 (DCP's compression extensions) are refused as unsupported.  When read, a chunk's item
 must hold one tensor of the chunk's shape and the tensor's dtype.
 
-**Limits.**  :data:`MAX_METADATA_BYTES` bounds ``.metadata``; :data:`MAX_GRID_CELLS` bounds
+**Per-rank metadata.**  ``dcp.save(..., use_collectives=False)`` has each rank plan alone
+and write ``__{rank}.metadata`` listing only its own items (``__{rank}_{n}.distcp``).
+torch's loader never merges them: it reads ``.metadata`` when there is one, else the
+reading rank's own ``__{rank}.metadata`` (rank 0 in a single process, which is what
+``dcp.load`` without a process group and ``dcp_to_torch_save`` read).  ptfile reads what a
+single process reads: ``.metadata``, else ``__0.metadata``.  As any rank may read its own
+file, every rank's metadata is read and checked too (its chunks, its items, its pickled
+values run dry), and a name two ranks describe as different things (a tensor and a value,
+or two dtypes or global shapes) is refused: what the checkpoint holds would depend on who
+reads it.  Two ranks may store different values under one name (each saved its own
+state); ptfile gives rank 0's.  A rank whose chunks do not cover its tensors (a DTensor
+saved without coordination holds only its own shard) is refused, where torch would leave
+the rest of the tensor as it was.  Per-rank files beside ``.metadata`` are read by torch only
+if ``.metadata`` fails to load; a scan judges their pickles anyway.
+
+**Safetensors storage.**  ``FileSystemWriter(serialization_format=SAFETENSORS)`` writes each
+``.distcp`` file as its non-tensor items followed by one safetensors blob, while ``.metadata``
+places every tensor at the blob's start with the tensor's byte count as length.
+torch's ``FileSystemReader`` hands that range to ``torch.load``, which fails, so such folders
+have no reading to match: their tensor items are refused (``invalid`` in a scan), the values
+before them still judged.  ``HuggingFaceStorageWriter(save_distributed=True)`` writes one
+``shard-{rank}-model-{i}-of-{n}.safetensors`` per rank and no metadata; each file's header
+metadata ``DCP_SHARDING_INFO`` (JSON ``{fqn: {"saved_offsets": [...]}}``) places its tensors
+in the global tensor.  ``HuggingFaceStorageReader`` merges every ``*.safetensors`` file of
+the folder into chunks; ptfile does the same (a tensor's global shape reaches the end of its
+farthest chunk), reading each header with :func:`ptfile.formats.stformat.read_header`.  A folder
+of such files without a ``.metadata`` or a shard index opens this way; its chunks must
+agree on the dtype (torch would cast them to whichever file it listed first) and cover the
+tensor exactly once, like a ``.metadata``'s.
+
+**Limits.**  :data:`MAX_METADATA_BYTES` bounds each metadata file, :data:`MAX_RANK_FILES` the
+number of per-rank metadata files and of safetensors files; :data:`MAX_GRID_CELLS` bounds
 the coverage check (the grid a tensor's chunk boundaries cut it into), :data:`MAX_DIMS` a
-tensor's dimensions.  Per-rank metadata written
-without coordination (``__{rank}.metadata``) is not read, nor are DCP folders written
-with the safetensors serialization format (their items are not ``torch.save`` blobs);
-the Hugging Face storage writer leaves an index, so such folders open as shards.
+tensor's dimensions.  Items written through stream transforms are not read.
+
+Every layout is listed and read through :func:`ptfile.io.folders.folders_for`, so a DCP
+folder behind an fsspec URL opens as one on this machine does.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import os
-from collections.abc import Callable, Collection
+import re
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +93,7 @@ from ..errors import (
     CheckpointNotFoundError,
     CorruptFileError,
     LimitExceededError,
+    PtfileError,
     UnsupportedFormatError,
 )
 from ..io.folders import folders_for
@@ -68,18 +102,29 @@ from ..io.slicing import Placement
 from ..io.source import MappedSource, SliceSource, Source
 from ..pickle.values import Global, Record
 from ..policy import allowlist
-from ..tensors.dtypes import DtypeInfo
+from ..tensors.dtypes import DtypeInfo, by_numpy
 from ..tensors.rebuild import TorchDtype
 from ..tensors.special import Layout
 from .handle import Handle
 from .loader import Checkpoint, RawPickle, TensorInfo
 from .sharded import is_plain_file_name
+from .stformat import read_header
 
 __all__ = ["DcpCheckpoint", "SliceSource", "MetadataPickle", "is_dcp",
-           "METADATA_FILE", "MAX_METADATA_BYTES"]
+           "METADATA_FILE", "MAX_METADATA_BYTES", "MAX_RANK_FILES", "metadata_files", "members"]
 
 #: The metadata file a DCP folder is recognized by (``filesystem._metadata_fn``).
 METADATA_FILE = ".metadata"
+#: Per-rank metadata of a save without coordination (``FileSystemWriter._get_metadata_path(rank)``).
+RANK_METADATA_FILE = re.compile(r"__(0|[1-9][0-9]*)\.metadata")
+#: What a single process reads when there is no ``.metadata`` (``_DistWrapper.rank`` without a group).
+FIRST_RANK_METADATA = "__0.metadata"
+#: Suffix of the files ``HuggingFaceStorageReader`` merges (``_hf_utils.SUFFIX``).
+SAFETENSORS_SUFFIX = ".safetensors"
+#: Header metadata key placing a safetensors file's tensors in the global ones (``_hf_utils.CUSTOM_METADATA_KEY``).
+SHARDING_INFO_KEY = "DCP_SHARDING_INFO"
+#: Where a chunk starts, per tensor in ``DCP_SHARDING_INFO`` (``_hf_utils.SAVED_OFFSETS_KEY``).
+SAVED_OFFSETS_KEY = "saved_offsets"
 #: Suffix of the item files torch's FileSystemWriter writes.
 ITEM_SUFFIX = ".distcp"
 #: ``.metadata`` lists every chunk of every rank, ~250 bytes each: 1 GiB is millions of chunks.
@@ -89,6 +134,8 @@ MAX_METADATA_BYTES = 1 << 30
 MAX_GRID_CELLS = 1 << 24
 #: numpy's limit on dimensions (NPY_MAXDIMS in numpy 2): an array of more cannot be made.
 MAX_DIMS = 64
+#: One per-rank metadata file (or safetensors file) per rank: far more ranks than any job runs.
+MAX_RANK_FILES = 1 << 16
 
 METADATA_MODULE = "torch.distributed.checkpoint.metadata"
 FILESYSTEM_MODULE = "torch.distributed.checkpoint.filesystem"
@@ -104,11 +151,74 @@ STRIDED = Layout("strided")
 
 
 def is_dcp(src: Any) -> bool:
-    """A folder holding a DCP ``.metadata`` file (on this machine or behind a URL)."""
+    """A folder holding a DCP ``.metadata`` file, per-rank metadata, or DCP's safetensors shards
+    (on this machine or behind a URL)."""
     if not isinstance(src, (str, os.PathLike)):
         return False
-    folders = folders_for(os.fspath(src))
-    return folders.is_file(folders.join(os.fspath(src), METADATA_FILE))
+    folder = os.fspath(src)
+    if not folders_for(folder).is_dir(folder):
+        return False
+    try:
+        return bool(metadata_files(folder)) or is_safetensors_dcp(folder)
+    except LimitExceededError:
+        return True  # opening or scanning it reports the limit
+
+
+def members(folder: str, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` (files of a DCP folder) a scan of the folder covers, by the names torch's
+    writers give them: metadata and ``.distcp`` files beside metadata, else the safetensors shards.
+    The folder's metadata is looked for once, however many names are asked about."""
+    suffix = ITEM_SUFFIX if metadata_files(folder) else SAFETENSORS_SUFFIX
+    return {name for name in names
+            if name == METADATA_FILE or RANK_METADATA_FILE.fullmatch(name) or name.endswith(suffix)}
+
+
+def metadata_files(folder: str) -> list[str]:
+    """The metadata files torch's loader may read: ``.metadata`` alone if present (it takes
+    precedence), else every ``__{rank}.metadata`` by rank, rank 0's first."""
+    folders = folders_for(folder)
+    if folders.is_file(folders.join(folder, METADATA_FILE)):
+        return [METADATA_FILE]
+    return rank_metadata_files(folder)
+
+
+def rank_metadata_files(folder: str) -> list[str]:
+    """Every ``__{rank}.metadata`` of the folder, by rank."""
+    folders = folders_for(folder)
+    matches = [match for name in folders.names(folder) if (match := RANK_METADATA_FILE.fullmatch(name))]
+    if len(matches) > MAX_RANK_FILES:  # before each is asked whether it is a file (a request behind a URL)
+        raise LimitExceededError(f"{folder}: {len(matches)} per-rank metadata files, over the limit of {MAX_RANK_FILES}")
+    ranks = sorted((int(match[1]), match[0]) for match in matches if folders.is_file(folders.join(folder, match[0])))
+    return [name for _, name in ranks]
+
+
+def is_safetensors_dcp(folder: str) -> bool:
+    """A folder without metadata or shard index where a safetensors file carries ``DCP_SHARDING_INFO``."""
+    folders = folders_for(folder)
+    names = folders.names(folder)
+    if any(name.endswith(".index.json") for name in names):
+        return False  # the writer's index (model.safetensors.index.json) opens it as shards
+    files = [name for name in names if name.endswith(SAFETENSORS_SUFFIX)]
+    return any(_has_sharding_info(folders.join(folder, name)) for name in files[:MAX_RANK_FILES])
+
+
+def _has_sharding_info(path: str) -> bool:
+    """Whether a file's checked safetensors header has ``DCP_SHARDING_INFO`` (False if it has no valid header)."""
+    if not folders_for(path).is_file(path):
+        return False
+    try:
+        return SHARDING_INFO_KEY in _header(path)[1]
+    except PtfileError:
+        return False
+
+
+def _header(path: str) -> tuple[dict, dict[str, str]]:
+    """A safetensors file's checked header (:func:`ptfile.formats.stformat.read_header`): entries and metadata."""
+    source = open_source(path, mmap_file=False)
+    try:
+        return read_header(source)
+    finally:
+        source.close()
 
 
 def is_data_class(module: str, name: str) -> bool:
@@ -189,6 +299,7 @@ class DcpLayout:
     paths: dict[str, tuple]  # fqn -> path in the nested state dict (planner_data)
     items: list[Item]  # every item storage_data lists, used or not
     version: str | None
+    raw: bool = False  # items hold a chunk's bytes (safetensors data), not torch.save blobs
 
 
 def _what(value: Any) -> str:
@@ -371,18 +482,161 @@ def parse_layout(tree: Any) -> DcpLayout:
                      list(dict.fromkeys(items.values())), version if type(version) is str else None)
 
 
-def metadata_checkpoint(folder: str, *, records: bool, allow: allowlist.Allow | None = None) -> Checkpoint:
-    """``.metadata`` opened as a checkpoint of one plain pickle (its bytes are read at once)."""
+def metadata_checkpoint(folder: str, *, records: bool, allow: allowlist.Allow | None = None,
+                        name: str = METADATA_FILE) -> Checkpoint:
+    """A metadata file opened as a checkpoint of one plain pickle (its bytes are read at once)."""
     folders = folders_for(folder)
-    path = folders.join(folder, METADATA_FILE)
-    source = MappedSource(folders.read_small(path, MAX_METADATA_BYTES, "DCP .metadata file"), path)
+    path = folders.join(folder, name)
+    source = MappedSource(folders.read_small(path, MAX_METADATA_BYTES, f"DCP {name} file"), path)
     return Checkpoint(source, copy=True, records=records, container=MetadataPickle(source), allow=allow)
 
 
-def read_metadata(folder: str, *, records: bool = False, allow: allowlist.Allow | None = None) -> Any:
+def read_metadata(folder: str, *, records: bool = False, allow: allowlist.Allow | None = None,
+                  name: str = METADATA_FILE) -> Any:
     """The ``Metadata`` record of a DCP folder, run through the engine and judged (raises if unsafe)."""
-    with metadata_checkpoint(folder, records=records, allow=allow) as checkpoint:
+    with metadata_checkpoint(folder, records=records, allow=allow, name=name) as checkpoint:
         return checkpoint.run(materialize=False)
+
+
+def read_layouts(folder: str, *, records: bool = False, allow: allowlist.Allow | None = None) -> list[DcpLayout]:
+    """Every layout a reader of the folder may see, the one a single process reads first.
+
+    ``.metadata`` alone; else each ``__{rank}.metadata``, checked to agree with each other.
+    """
+    names = metadata_files(folder)
+    if not names:
+        return [safetensors_layout(folder)]
+    if names == [METADATA_FILE]:
+        _judge_fallback_metadata(folder, records, allow)
+    if names[0] != METADATA_FILE and names[0] != FIRST_RANK_METADATA:
+        raise CorruptFileError(f"{folder}: per-rank metadata without {FIRST_RANK_METADATA} (found {names[0]}); "
+                               "a single process reads that file and fails")
+    layouts = [_parse_named(folder, name, records, allow) for name in names]
+    for name, layout in zip(names[1:], layouts[1:], strict=True):
+        check_ranks_agree(layouts[0], layout, names[0], name)
+    return layouts
+
+
+def _judge_fallback_metadata(folder: str, records: bool, allow: allowlist.Allow | None) -> None:
+    """Run dry the per-rank metadata beside ``.metadata``: torch's loader unpickles its rank's file
+    when ``.metadata`` fails to load, so a folder whose fallback names an unsafe global is refused
+    (as its scan is not clean).  A file that is only damaged matters only then, and is let be."""
+    try:
+        names = rank_metadata_files(folder)
+    except LimitExceededError:
+        return  # the scan notes it; torch reads these files only if .metadata fails
+    for name in names:
+        try:
+            read_metadata(folder, records=records, allow=allow, name=name)
+        except (CorruptFileError, LimitExceededError):
+            continue
+
+
+def _parse_named(folder: str, name: str, records: bool, allow: allowlist.Allow | None) -> DcpLayout:
+    tree = read_metadata(folder, records=records, allow=allow, name=name)
+    try:
+        return parse_layout(tree)
+    except CorruptFileError as exc:
+        if name == METADATA_FILE:
+            raise
+        raise CorruptFileError(f"{name}: {exc}") from None
+
+
+def check_ranks_agree(first: DcpLayout, other: DcpLayout, first_name: str, other_name: str) -> None:
+    """Two ranks' metadata describe each name they share as the same thing: kind, dtype, global shape."""
+    for fqn in other.order:
+        if fqn in first.tensors and fqn in other.tensors:
+            a, b = first.tensors[fqn], other.tensors[fqn]
+            if (a.dtype, a.shape) != (b.dtype, b.shape):
+                raise CorruptFileError(f"{fqn}: {first_name} describes a {a.dtype.torch_name} {a.shape} tensor, "
+                                       f"{other_name} a {b.dtype.torch_name} {b.shape}; which one is read depends "
+                                       "on the reading rank")
+        elif (fqn in first.tensors and fqn in other.values) or (fqn in first.values and fqn in other.tensors):
+            raise CorruptFileError(f"{fqn}: a tensor in one of {first_name} and {other_name}, a value in the other; "
+                                   "which one is read depends on the reading rank")
+        if fqn in first.paths and fqn in other.paths and first.paths[fqn] != other.paths[fqn]:
+            raise CorruptFileError(f"{fqn}: {first_name} and {other_name} place it at different paths "
+                                   f"{first.paths[fqn]!r:.40} and {other.paths[fqn]!r:.40}")
+
+
+# -- safetensors storage ---------------------------------------------------------
+
+
+def safetensors_files(folder: str) -> list[str]:
+    """The files ``HuggingFaceStorageReader.read_metadata`` merges: every ``*.safetensors`` of the folder."""
+    folders = folders_for(folder)
+    names = [name for name in folders.names(folder) if name.endswith(SAFETENSORS_SUFFIX)]
+    if len(names) > MAX_RANK_FILES:
+        raise LimitExceededError(f"{folder}: {len(names)} safetensors files, over the limit of {MAX_RANK_FILES}")
+    for name in names:
+        if not folders.is_file(folders.join(folder, name)):
+            raise CorruptFileError(f"{folder}: {name!r} is not a plain file, and torch would open it as one")
+    return names
+
+
+def safetensors_layout(folder: str) -> DcpLayout:
+    """The layout ``HuggingFaceStorageReader`` builds: each file's tensors, placed by ``DCP_SHARDING_INFO``."""
+    names = safetensors_files(folder)
+    if not names:
+        raise CorruptFileError(f"{folder}: no {METADATA_FILE}, per-rank metadata or safetensors files")
+    parts: dict[str, list[tuple[np.dtype, Chunk]]] = {}
+    for name in names:
+        for fqn, dtype, chunk in _safetensors_chunks(folder, name):
+            parts.setdefault(fqn, []).append((dtype, chunk))
+    tensors = {fqn: _merged_tensor(fqn, found) for fqn, found in parts.items()}
+    items = [chunk.item for entry in tensors.values() for chunk in entry.chunks]
+    return DcpLayout(tensors, {}, list(tensors), {}, items, None, raw=True)
+
+
+def _safetensors_chunks(folder: str, name: str) -> list[tuple[str, np.dtype, Chunk]]:
+    entries, metadata = _header(folders_for(folder).join(folder, name))
+    info = _sharding_info(metadata, name)
+    found = []
+    for fqn, entry in entries.items():
+        if info is None:
+            offsets = (0,) * len(entry.shape)
+        else:
+            saved = info.get(fqn)
+            offsets = saved.get(SAVED_OFFSETS_KEY) if type(saved) is dict else None
+            if type(offsets) is not list or not all(type(o) is int and o >= 0 for o in offsets):
+                raise CorruptFileError(f"{name}: {SHARDING_INFO_KEY} gives {fqn!r} no list of saved offsets")
+            if len(offsets) != len(entry.shape):
+                raise CorruptFileError(f"{name}: {fqn!r} has {len(entry.shape)} dimensions but "
+                                       f"{len(offsets)} saved offsets")
+        found.append((fqn, entry.dtype, Chunk(tuple(offsets), entry.shape, Item(name, entry.offset, entry.nbytes))))
+    return found
+
+
+def _sharding_info(metadata: dict[str, str], name: str) -> dict | None:
+    """``DCP_SHARDING_INFO`` as torch reads it: only when present and non-empty."""
+    text = metadata.get(SHARDING_INFO_KEY)
+    if not text:
+        return None
+    try:
+        info = json.loads(text)
+    except ValueError as exc:
+        raise CorruptFileError(f"{name}: {SHARDING_INFO_KEY} is not valid JSON: {exc}") from None
+    if type(info) is not dict:
+        raise CorruptFileError(f"{name}: {SHARDING_INFO_KEY} is not a JSON object")
+    return info
+
+
+def _merged_tensor(fqn: str, found: list[tuple[np.dtype, Chunk]]) -> TensorEntry:
+    """One tensor from its chunks in every file: one dtype, a global shape reaching the farthest chunk."""
+    dtypes = {dtype for dtype, _ in found}
+    if len(dtypes) > 1:
+        raise CorruptFileError(f"{fqn}: its chunks are stored as {sorted(d.name for d in dtypes)}; torch casts them "
+                               "all to the dtype of whichever file it lists first")
+    info = by_numpy(found[0][0])
+    if info is None:
+        raise UnsupportedFormatError(f"{fqn}: no torch dtype for {found[0][0].name}")
+    chunks = tuple(chunk for _, chunk in found)
+    if len({len(c.sizes) for c in chunks}) > 1:
+        raise CorruptFileError(f"{fqn}: its chunks have different numbers of dimensions")
+    shape = tuple(max(c.offsets[d] + c.sizes[d] for c in chunks) for d in range(len(chunks[0].sizes)))
+    entry = TensorEntry(info, shape, chunks, requires_grad=False)
+    check_chunks(fqn, entry)
+    return entry
 
 
 # -- the lazy handle -------------------------------------------------------------
@@ -411,28 +665,30 @@ class DcpCheckpoint(Handle):
         self._allow = allow
         self._sources: dict[str, Source] = {}
         self._placements: dict[str, Placement | None] = {}
-        self.layout = parse_layout(read_metadata(self.folder, records=records, allow=allow))
+        layouts = read_layouts(self.folder, records=records, allow=allow)
+        self.layout = layouts[0]  # what a single process reads; every rank's file is checked as well
         try:
-            self._check_items()  # opens the item files: closed again should an item be missing
-            self._judge_values()
+            self._check_items([item for layout in layouts for item in layout.items])  # opens the item files
+            for layout in layouts:
+                self._judge_values(layout)
         except BaseException:
             self.close()
             raise
 
-    def _judge_values(self) -> None:
+    def _judge_values(self, layout: DcpLayout) -> None:
         """Run every non-tensor item dry now: DCP's loader unpickles them with ``torch.load(weights_only=False)``.
 
         Tensors are read (and judged) when asked for, as DCP reads them with ``weights_only=True``;
         a value is judged at once, so that a handle that opens is one whose every reader is safe.
         """
-        for item in self.layout.values.values():
+        for item in layout.values.values():
             blob = SliceSource(self._file(item.file), item.offset, item.length, self._folders.join(self.folder, str(item)))
             Checkpoint(blob, copy=False, records=self._records, allow=self._allow).run(materialize=False)
 
-    def _check_items(self) -> None:
+    def _check_items(self, items: list[Item]) -> None:
         """Every item inside an existing file of the folder."""
         sizes: dict[str, int] = {}
-        for item in self.layout.items:
+        for item in items:
             if item.file not in sizes:
                 try:
                     sizes[item.file] = self._file(item.file).size
@@ -470,7 +726,7 @@ class DcpCheckpoint(Handle):
         """Global dtype and shape of a tensor, as one contiguous tensor; nothing is read."""
         entry = self.entry(key)
         numpy = entry.dtype.numpy
-        strides = tuple(math.prod(entry.shape[i + 1 :]) for i in range(len(entry.shape)))
+        strides = _contiguous(entry.shape)
         nbytes = entry.numel * entry.dtype.itemsize
         return TensorInfo(
             dtype=numpy.name if numpy is not None else entry.dtype.torch_name, torch_dtype=entry.dtype.torch_name,
@@ -503,6 +759,10 @@ class DcpCheckpoint(Handle):
         return out
 
     def _chunk(self, key: str, entry: TensorEntry, chunk: Chunk) -> np.ndarray:
+        if self.layout.raw:  # safetensors data: the header gave its dtype and shape, checked against the file
+            raw = self._file(chunk.item.file).array(chunk.item.offset, chunk.item.length, f"{key} at {chunk.offsets}",
+                                                    copy=not self._mmap)
+            return raw.view(entry.numpy).reshape(chunk.sizes)
         value = self.read_item(chunk.item)
         if not isinstance(value, np.ndarray):
             raise CorruptFileError(f"{key}: item {chunk.item} of the chunk at {chunk.offsets} holds a "
@@ -526,7 +786,11 @@ class DcpCheckpoint(Handle):
             return self._placements[key]
         entry = self.entry(key)
         place = None
-        if len(entry.chunks) == 1:
+        if len(entry.chunks) == 1 and self.layout.raw:  # safetensors data: the chunk's bytes, row-major
+            item = entry.chunks[0].item
+            place = Placement(self._file(item.file), item.offset, item.length, entry.numpy, entry.shape,
+                              _contiguous(entry.shape), 0)
+        elif len(entry.chunks) == 1:
             chunk = entry.chunks[0]
             checkpoint = self._item_checkpoint(chunk.item)
             place = checkpoint.placement(checkpoint.run(materialize=False))  # judged as read_item judges it
@@ -564,6 +828,11 @@ class DcpCheckpoint(Handle):
 
     def __enter__(self) -> DcpCheckpoint:
         return self
+
+
+def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major strides, in elements, of a tensor of ``shape``."""
+    return tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
 
 
 def set_element(root: dict, path: tuple, value: Any, fqn: str) -> None:

@@ -7,7 +7,8 @@ second:
 ==================  ================================================================
 format              recognised by
 ==================  ================================================================
-``dcp``             a folder holding ``.metadata`` (torch.distributed.checkpoint)
+``dcp``             a DCP folder (torch.distributed.checkpoint): ``.metadata``,
+                    ``__{rank}.metadata`` or DCP's safetensors shards
 ``sharded``         a folder holding a ``*.index.json``, or that index file itself
 (a folder)          a folder with exactly one checkpoint file: that file
 ``safetensors``     u64le header length, then ``{``, the header inside the file

@@ -50,6 +50,7 @@ opened (no py7zr, a member over a limit, encryption) is a fault.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -61,13 +62,22 @@ from ..containers.ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
 from ..errors import PtfileError, UnsafeGlobalError
 from ..formats import consumers
 from ..formats.dcp import (
+    FIRST_RANK_METADATA,
     ITEM_SUFFIX,
     METADATA_FILE,
+    RANK_METADATA_FILE,
+    SAFETENSORS_SUFFIX,
+    SHARDING_INFO_KEY,
     DcpLayout,
+    check_ranks_agree,
     is_data_class,
     is_dcp,
+    members,
     metadata_checkpoint,
+    metadata_files,
     parse_layout,
+    rank_metadata_files,
+    safetensors_layout,
 )
 from ..formats.legacy import TAR_BLOCK, has_magic_number, is_tar, walk_tar
 from ..formats.loader import Checkpoint, Context, detached_storage, looks_like_pickle, new_engine
@@ -212,12 +222,14 @@ def walk_for_scan(paths: list[str], *, recursive: bool = False, include: list[An
                     walk.passed_over.append(PassedOver(inside, "a folder inside the folder: scanned only with recursion"))
             if not recursive:
                 dirs.clear()
-            dcp = is_dcp(folder)
-            if dcp:
+            covered: set[str] = set()  # the files a DCP folder's own scan judges
+            if is_dcp(folder):
                 found.append(folder)
+                with contextlib.suppress(PtfileError):  # over a limit: the folder's scan says so, its files are judged alone
+                    covered = members(folder, files)
             for name in sorted(files):
                 file = os.path.join(folder, name)
-                if dcp and (name == METADATA_FILE or name.endswith(ITEM_SUFFIX)):
+                if name in covered:
                     walk.passed_over.append(PassedOver(file, f"part of the DCP checkpoint {folder}, judged with it"))
                     continue
                 why = _why_passed_over(file)
@@ -274,7 +286,7 @@ def scan(src: Any, *, strict: bool = False, allow: allowlist.Allow | None = None
         kind, target = resolve(src)
     except PtfileError as exc:
         return ScanResult(str(name), INVALID, "unreadable", faults=[str(exc)])
-    if kind == "dcp":  # a DCP folder is one checkpoint: its .metadata and every item in it
+    if kind == "dcp":  # a DCP folder is one checkpoint: its metadata files and every item in them
         return scan_folder(target, strict=strict, allow=allow)
     if kind == "sharded":  # a shard folder or index is the shards its index names, as load reads them
         return _scan_shards(os.fspath(target), strict, allow, verify)
@@ -780,31 +792,74 @@ def _worst(*judgements: allowlist.Judgement) -> allowlist.Judgement:
 
 
 def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | None = None) -> Any:
-    """Scan a DCP folder: ``.metadata`` and every item, each run dry through the engine.
+    """Scan a DCP folder: every metadata file a reader may read and every item, each run dry through the engine.
 
-    The DCP dataclasses are vouched for in ``.metadata`` only; the items are judged as
-    ordinary checkpoints.  If ``.metadata`` cannot be read, each ``.distcp`` file is
-    examined as a whole instead (which finds less, and is never clean).
-    Returns a :class:`ScanResult` for the folder.
+    The DCP dataclasses are vouched for in the metadata files only; the items are judged as
+    ordinary checkpoints.  If a metadata file cannot be read, each ``.distcp`` file is
+    examined as a whole instead (which finds less, and is never clean).  A folder of DCP's
+    safetensors shards has no pickle: each file's header is checked and the chunks merged
+    as when it is opened.  Returns a :class:`ScanResult` for the folder.
     """
     path = os.fspath(folder)
     meta_inventory: list[GlobalUse] = []
     item_inventory: list[GlobalUse] = []
     faults: list[str] = []
     notes: list[str] = []
-    layout = _scan_metadata(path, meta_inventory, faults)
-    if layout is not None:
-        _scan_items(path, layout, item_inventory, faults, notes)
-    else:
-        _scan_whole_files(path, item_inventory, faults, notes)
+    try:
+        names = metadata_files(path)
+    except PtfileError as exc:
+        faults.append(str(exc))
+        names = []
+    if names == [METADATA_FILE]:
+        _scan_fallback_metadata(path, meta_inventory, notes)
+    if names:
+        layouts = _scan_metadata_files(path, names, meta_inventory, faults)
+        if layouts is not None:
+            _scan_items(path, layouts, names, item_inventory, faults, notes)
+        else:
+            _scan_whole_files(path, item_inventory, faults, notes)
+    elif not faults:
+        _scan_safetensors(path, faults, notes)
     judgement = _worst(allowlist.judge(meta_inventory, inert_classes=is_data_class, allow=allow),
                        allowlist.judge(item_inventory, allow=allow))
     return scan_result(path, "dcp", judgement, faults, notes, meta_inventory + item_inventory, strict=strict)
 
 
-def _scan_metadata(folder: str, inventory: list[GlobalUse], faults: list[str]) -> DcpLayout | None:
+def _scan_metadata_files(folder: str, names: list[str], inventory: list[GlobalUse],
+                         faults: list[str]) -> list[DcpLayout] | None:
+    """Every metadata file run dry into ``inventory``; their layouts if all parse and agree."""
+    layouts = [_scan_metadata(folder, name, inventory, faults) for name in names]
+    if any(layout is None for layout in layouts):
+        return None
+    found = [layout for layout in layouts if layout is not None]
+    if names[0] not in (METADATA_FILE, FIRST_RANK_METADATA):
+        faults.append(f"{folder}: per-rank metadata without {FIRST_RANK_METADATA}; a single process fails to read it")
+    for name, layout in zip(names[1:], found[1:], strict=True):
+        try:
+            check_ranks_agree(found[0], layout, names[0], name)
+        except PtfileError as exc:
+            faults.append(str(exc))
+    return found
+
+
+def _scan_fallback_metadata(folder: str, inventory: list[GlobalUse], notes: list[str]) -> None:
+    """Per-rank metadata beside ``.metadata``: torch's loader unpickles its rank's file when ``.metadata``
+    fails to load, so each is judged too; what is wrong in them only matters then, and is noted."""
     try:
-        checkpoint = metadata_checkpoint(folder, records=True)
+        names = rank_metadata_files(folder)
+    except PtfileError as exc:
+        notes.append(str(exc))
+        return
+    for name in names:
+        problems: list[str] = []
+        _scan_metadata(folder, name, inventory, problems)
+        notes.append(f"{name} is read only if {METADATA_FILE} fails to load"
+                     + (f"; {problems[0]}" if problems else ""))
+
+
+def _scan_metadata(folder: str, name: str, inventory: list[GlobalUse], faults: list[str]) -> DcpLayout | None:
+    try:
+        checkpoint = metadata_checkpoint(folder, records=True, name=name)
     except PtfileError as exc:
         faults.append(str(exc))
         return None
@@ -814,19 +869,34 @@ def _scan_metadata(folder: str, inventory: list[GlobalUse], faults: list[str]) -
     except UnsafeGlobalError:
         return None  # graded from the inventory
     except PtfileError as exc:
-        faults.append(str(exc))
+        faults.append(f"{name}: {exc}" if name != METADATA_FILE else str(exc))
         return None
     finally:
         checkpoint.close()
 
 
-def _scan_items(folder: str, layout: DcpLayout, inventory: list[GlobalUse], faults: list[str],
-                notes: list[str]) -> None:
+def _scan_safetensors(folder: str, faults: list[str], notes: list[str]) -> None:
+    """DCP's safetensors shards: every header checked and the chunks merged, as opening them does."""
+    try:
+        layout = safetensors_layout(folder)
+    except PtfileError as exc:
+        faults.append(str(exc))
+        return
+    notes.append(f"{len({item.file for item in layout.items})} safetensors files merged by {SHARDING_INFO_KEY}; "
+                 "no pickle")
+    folders = folders_for(folder)
+    for name in folders.names(folder):
+        if not name.endswith(SAFETENSORS_SUFFIX) and folders.is_file(folders.join(folder, name)):
+            notes.append(f"file {name!r} is not part of the checkpoint (scan it on its own)")
+
+
+def _scan_items(folder: str, layouts: list[DcpLayout], names: list[str], inventory: list[GlobalUse],
+                faults: list[str], notes: list[str]) -> None:
     folders = folders_for(folder)
     sources: dict[str, Source] = {}
     used: dict[str, list[tuple[int, int]]] = {}
     try:
-        for item in layout.items:
+        for item in dict.fromkeys(item for layout in layouts for item in layout.items):
             try:
                 if item.file not in sources:
                     sources[item.file] = open_source(folders.join(folder, item.file), mmap_file=True)
@@ -841,11 +911,15 @@ def _scan_items(folder: str, layout: DcpLayout, inventory: list[GlobalUse], faul
     finally:
         for source in sources.values():
             source.close()
-    if layout.values:
-        notes.append(f"{len(layout.values)} non-tensor items: torch.distributed.checkpoint.load unpickles "
+    values = sum(len(layout.values) for layout in layouts)
+    if values:
+        notes.append(f"{values} non-tensor items: torch.distributed.checkpoint.load unpickles "
                      "them with weights_only=False")
-    listed = set(used) | {METADATA_FILE}
-    for name in folders.names(folder):
+    if len(names) > 1:
+        notes.append(f"{len(names)} per-rank metadata files: each rank reads its own; ptfile reads {names[0]}")
+    present = folders.names(folder)
+    listed = set(used) | set(names) | {name for name in present if RANK_METADATA_FILE.fullmatch(name)}
+    for name in present:
         if name not in listed and folders.is_file(folders.join(folder, name)):
             notes.append(f"file {name!r} is not part of the checkpoint (scan it on its own)")
 
@@ -863,7 +937,7 @@ def _unread_bytes(used: dict[str, list[tuple[int, int]]], sizes: dict[str, int])
 
 
 def _scan_whole_files(folder: str, inventory: list[GlobalUse], faults: list[str], notes: list[str]) -> None:
-    faults.append(f"{folder}: items not located, as {METADATA_FILE} could not be read; "
+    faults.append(f"{folder}: items not located, as its metadata could not be read; "
                   f"each {ITEM_SUFFIX} file is examined whole")
     folders = folders_for(folder)
     for name in folders.names(folder):
