@@ -18,6 +18,7 @@ import pytest
 
 import ptfile
 from ptfile.cli.main import main as cli
+from ptfile.tools.convert import flatten
 
 REFERENCE = {
     "embed.weight": np.arange(12, dtype=np.float32).reshape(4, 3),
@@ -42,6 +43,12 @@ WRITERS = {
     "dcp-rank": "import torch.distributed.checkpoint as dcp; "
                 "dcp.save({k: torch.from_numpy(v) for k, v in ref.items()}, checkpoint_id=str(out / 'dcp'), "
                 "no_dist=True, use_collectives=False)",
+    # torch.jit.save of a module holding the tensors as buffers under the same names.
+    "torchscript": "m = torch.nn.Module(); m.embed = torch.nn.Module(); m.layers = torch.nn.ModuleList([torch.nn.Module()]); "
+                   "[(m.get_submodule(k.rsplit('.', 1)[0]).register_buffer(k.rsplit('.', 1)[1], torch.from_numpy(v))) "
+                   "for k, v in ref.items()]; torch.jit.save(torch.jit.script(m), out / 'model.pt')",
+    # pickle.dump of the numpy arrays themselves: a plain pickle's arrays are its tensors.
+    "plain-pickle": "import pickle; pickle.dump(ref, open(out / 'model.pkl', 'wb'))",
     # DCP's safetensors storage: shard-00001-model-00001-of-00001.safetensors with DCP_SHARDING_INFO, no index.
     "dcp-safetensors": "import torch.distributed.checkpoint as dcp; "
                        "from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter; "
@@ -51,7 +58,8 @@ WRITERS = {
 #: What to open in each sample's folder (the folder itself when None).
 TARGETS = {"torch-zip": "model.pt", "torch-legacy": "model.pt", "safetensors": "model.safetensors",
            "npz": "model.npz", "bin-shards": None, "safetensors-shards": "model.safetensors.index.json",
-           "single-file-folder": None, "dcp": "dcp", "dcp-rank": "dcp", "dcp-safetensors": "dcp"}
+           "single-file-folder": None, "dcp": "dcp", "dcp-rank": "dcp", "dcp-safetensors": "dcp",
+           "torchscript": "model.pt", "plain-pickle": "model.pkl"}
 FORMATS = list(WRITERS)
 
 
@@ -85,6 +93,8 @@ def _same(tensors: dict, expected: dict = REFERENCE) -> None:
 
 
 def _flat(tree: object, prefix: str = "") -> dict:
+    if not prefix and not isinstance(tree, dict):  # a module (TorchScript): its tensors by state-dict names
+        return flatten(tree)[0]
     if isinstance(tree, dict):
         out = {}
         for key, value in tree.items():

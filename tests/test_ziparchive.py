@@ -320,7 +320,7 @@ def test_a_lone_upper_case_data_pkl_is_the_pickle_torch_loads(tmp_path: Path) ->
 def test_torchscript_is_told_by_the_exact_name_constants_pkl(tmp_path: Path) -> None:
     """torch.load asks ``"constants.pkl" in get_all_records()``: CONSTANTS.PKL is a plain checkpoint to it."""
     import ptfile
-    from ptfile.formats.torchscript import open_zip
+    from ptfile.formats.loader import open_zip
 
     marker = tmp_path / "ran"
     constants = program(G("os", "system")(f"touch {marker}"), 0)

@@ -59,7 +59,6 @@ from ..io.source import Source, SourceFile
 from ..pickle.opcodes import OPCODES
 from ..policy.allowlist import new_engine
 from ..tensors.context import Context
-from .legacy import pickle_end
 from .torchzip import detached_storage
 
 __all__ = ["CONSUMERS", "fails_at_once", "other_readings", "byte0_reading", "appended_zip_reading",
@@ -135,6 +134,8 @@ def byte0_reading(source: Source, inventory: list, context: Any) -> list[str]:
     head = source.read(0, min(source.size, 1), "file header")
     if fails_at_once(head):
         return []
+    from .legacy import pickle_end  # lazy: the pre-1.6 formats only; a zip checkpoint never needs them
+
     seen: set[int] = set()
     fault: PtfileError | None = None
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..containers.ziparchive import is_zip
+from ..containers.ziparchive import LOCAL_MAGIC, ZipArchive, is_zip
 from ..errors import CorruptFileError, PtfileError, UnsafeGlobalError, UnsupportedFormatError
 from ..io.open import open_source
 from ..io.slicing import Placement
@@ -27,14 +27,14 @@ from ..pickle.values import brief
 from ..policy import allowlist
 from ..policy.allowlist import new_engine
 from ..tensors.context import Context
+from ..tensors.dtypes import by_numpy
 from ..tensors.special import NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
 from ..tensors.views import StorageRef, TensorSpec, view_array
-from . import consumers, legacy
+from . import consumers
 from .handle import Handle
-from .torchscript import open_zip
-from .torchzip import detached_storage
+from .torchzip import TorchZip, detached_storage
 
-__all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint", "refusal", "refuse_unsafe"]
+__all__ = ["Checkpoint", "TensorInfo", "load", "open_checkpoint", "open_zip", "refusal", "refuse_unsafe"]
 
 #: The byte order of numpy's native dtypes, which every tensor is read as.
 NATIVE_BYTEORDER = "little" if np.little_endian else "big"
@@ -84,6 +84,25 @@ class TensorInfo:
     location: str
     parameter: bool
     is_contiguous: bool
+
+    @classmethod
+    def of_array(cls, array: np.ndarray, storage: str) -> TensorInfo:
+        """A numpy array read from a plain pickle: its own storage, in memory."""
+        found = by_numpy(array.dtype)
+        itemsize = array.itemsize or 1
+        return cls(
+            dtype=array.dtype.name,
+            torch_dtype=found.torch_name if found else array.dtype.name,
+            shape=array.shape,
+            strides=tuple(stride // itemsize for stride in array.strides),
+            offset=0,
+            nbytes=array.nbytes,
+            storage=storage,
+            storage_nbytes=array.nbytes,
+            location="cpu",
+            parameter=False,
+            is_contiguous=bool(array.flags.c_contiguous),
+        )
 
     @classmethod
     def of(cls, spec: TensorSpec) -> TensorInfo:
@@ -266,8 +285,15 @@ class LazyCheckpoint(Checkpoint, Handle):
         self.name = source.name
         self._tree_of_specs = self.run(materialize=False)
         named = getattr(self.container, "named_tensors", None)  # TorchScript: state_dict() names
-        found = named(self._tree_of_specs, _is_tensor) if named is not None else walk(self._tree_of_specs, _is_tensor)
-        self._specs: dict[str, TensorSpec | SpecialTensor] = dict(found)
+        # A plain pickle has no torch storages: its numpy arrays are its tensors.
+        is_tensor = _is_tensor_or_array if isinstance(self.container, RawPickle) else _is_tensor
+        found = named(self._tree_of_specs, is_tensor) if named is not None else walk(self._tree_of_specs, is_tensor)
+        self._specs: dict[str, TensorSpec | SpecialTensor | np.ndarray] = dict(found)
+        # Arrays have no storage key of their own: one per distinct array object, as pickle memoizes them.
+        self._array_storages: dict[int, str] = {}
+        for node in self._specs.values():
+            if type(node) is np.ndarray:
+                self._array_storages.setdefault(id(node), f"array{len(self._array_storages)}")
 
     @property
     def code(self) -> dict[str, str]:
@@ -283,10 +309,15 @@ class LazyCheckpoint(Checkpoint, Handle):
         return self._specs.keys()
 
     def _info(self, key: str) -> TensorInfo:
-        return _info(self._specs[key])
+        node = self._specs[key]
+        if type(node) is np.ndarray:
+            return TensorInfo.of_array(node, self._array_storages[id(node)])
+        return _info(node)
 
     def _tensor(self, key: str) -> Any:
         node = self._specs[key]
+        if type(node) is np.ndarray:
+            return node
         if isinstance(node, SpecialTensor):
             return node.materialize(self.array)
         return self.array(node)
@@ -295,7 +326,8 @@ class LazyCheckpoint(Checkpoint, Handle):
         return self._tree_of_specs
 
     def _placement(self, key: str) -> Placement | None:
-        return self.placement(self._specs[key])
+        node = self._specs[key]
+        return None if type(node) is np.ndarray else self.placement(node)  # an array is in memory already
 
     def _metadata(self) -> dict[str, str]:
         found = getattr(self._tree_of_specs, "_metadata", None)
@@ -310,14 +342,18 @@ class LazyCheckpoint(Checkpoint, Handle):
     def __enter__(self) -> LazyCheckpoint:
         return self
 
-    def spec(self, key: str) -> TensorSpec | SpecialTensor:
-        """How a tensor is laid out in its storage (the tools read storages through it)."""
+    def spec(self, key: str) -> TensorSpec | SpecialTensor | np.ndarray:
+        """How a tensor is laid out in its storage (a plain pickle's array is its own)."""
         self.info(key)
         return self._specs[key]
 
 
 def _is_tensor(node: Any) -> bool:
     return type(node) is TensorSpec or isinstance(node, SpecialTensor)
+
+
+def _is_tensor_or_array(node: Any) -> bool:
+    return _is_tensor(node) or (type(node) is np.ndarray and not node.dtype.hasobject)
 
 
 def _info(node: TensorSpec | SpecialTensor) -> TensorInfo:
@@ -356,11 +392,24 @@ def looks_like_pickle(head: bytes) -> bool:
     return _PICKLE_START.match(head) is not None
 
 
+def open_zip(source: Source) -> TorchZip:
+    """The reader of a zip checkpoint: a TorchScript archive when it holds ``constants.pkl``."""
+    archive = ZipArchive(source)
+    if archive.lists("constants.pkl"):  # torch.load's own test, exact: see ZipArchive.lists
+        from .torchscript import TorchScriptArchive  # lazy: TorchScript archives only; a zip checkpoint never needs it
+
+        return TorchScriptArchive(source, archive=archive)
+    return TorchZip(source, archive=archive)
+
+
 def open_container(source: Source) -> Any:
     """The container reader for the source's format, chosen as torch chooses it."""
-    head = source.read(0, min(source.size, legacy.TAR_BLOCK), "file header")
-    if is_zip(head):  # torch.load tests for a zip first, then tries the tar reader, then the pickle stream
+    # torch.load tests for a zip first, then tries the tar reader, then the pickle stream
+    if is_zip(source.read(0, min(source.size, len(LOCAL_MAGIC)), "file header")):
         return open_zip(source)
+    from . import legacy  # lazy: the pre-1.6 formats only; a zip checkpoint never needs them
+
+    head = source.read(0, min(source.size, legacy.TAR_BLOCK), "file header")
     if legacy.is_tar(head):
         return legacy.LegacyTar(source)
     stream = legacy.open_stream(source, head)

@@ -31,35 +31,22 @@ import ml_dtypes
 import numpy as np
 from numpy.lib import format as npy
 
-from ..containers.ziparchive import ZipArchive, is_zip
+from ..containers.ziparchive import ZipArchive
 from ..errors import CorruptFileError, UnsupportedFormatError
 from ..io.slicing import Placement
 from ..io.source import MappedSource, SliceSource, Source
 from .handle import Handle
 from .loader import TensorInfo
+from .sniff import NPY_MAGIC, is_npy, is_npz
+from .sniff import NPY_SUFFIX as _NPY_SUFFIX
 
 __all__ = ["NPY_MAGIC", "NPZ_DTYPES_ENTRY", "NumpyCheckpoint", "is_npy", "is_npz", "write_npz", "read_arrays",
            "object_pickles"]
 
-NPY_MAGIC = b"\x93NUMPY"
 #: The member of ptfile's ``.npz`` files naming the real dtype of members stored as integers.
 NPZ_DTYPES_ENTRY = "__ptfile_dtypes__"
 #: numpy's own default bound on an ``.npy`` header (``max_header_size``).
 MAX_NPY_HEADER = 10_000
-_NPY_SUFFIX = ".npy"
-
-
-def is_npy(head: bytes) -> bool:
-    return head.startswith(NPY_MAGIC)
-
-
-def is_npz(head: bytes) -> bool:
-    """A zip whose first record is a ``.npy`` member at the top level (torch's records sit in a folder)."""
-    if not is_zip(head) or len(head) < 30:
-        return False
-    name_length = int.from_bytes(head[26:28], "little")
-    name = head[30 : 30 + name_length]
-    return name.endswith(_NPY_SUFFIX.encode()) and b"/" not in name
 
 
 class _Array(NamedTuple):

@@ -42,11 +42,8 @@ from ..policy.allowlist import as_allow
 from ..tensors.frameworks import converter, framework_name
 from . import consumers
 from .handle import Handle
-from .legacy import is_tar
 from .loader import LazyCheckpoint, load_source, looks_like_pickle, refuse_unsafe
-from .npformat import NumpyCheckpoint, is_npy, is_npz
-from .sharded import INDEX_SUFFIX, ShardedCheckpoint
-from .stformat import SafetensorsCheckpoint, is_safetensors
+from .sniff import INDEX_SUFFIX, is_npy, is_npz, is_safetensors
 
 __all__ = ["FORMATS", "Format", "detect", "open_handle", "open_file", "load_tree", "resolve", "refuse_other_readings"]
 
@@ -63,10 +60,14 @@ class Format(NamedTuple):
 
 
 def _open_safetensors(source: Source, copy: bool, records: bool, allow: Any) -> Handle:
+    from .stformat import SafetensorsCheckpoint  # lazy: a format reader, imported for files of its format
+
     return SafetensorsCheckpoint(source, copy=copy)
 
 
 def _open_numpy(source: Source, copy: bool, records: bool, allow: Any) -> Handle:
+    from .npformat import NumpyCheckpoint  # lazy: a format reader, imported for files of its format
+
     return NumpyCheckpoint(source, copy=copy)
 
 
@@ -142,6 +143,8 @@ def _is_checkpoint_file(folders: Any, path: str) -> bool:
 
 def is_readable(head: bytes, size: int) -> bool:
     """Whether bytes start like a format ptfile reads: torch's containers, a pickle, or a tensor file."""
+    from .legacy import is_tar  # lazy: the pre-1.6 formats only; a zip checkpoint never needs them
+
     return (is_zip(head) or is_tar(head) or looks_like_pickle(head)
             or any(f.sniff(head, size) for f in FORMATS[:-1]))
 
@@ -175,6 +178,8 @@ def _open_handle(src: Any, *, mmap: bool, records: bool, allow: Any, private: bo
 
         return DcpCheckpoint(target, mmap=mmap, records=records, allow=accepted)
     if kind == "sharded":
+        from .sharded import ShardedCheckpoint  # lazy: a format reader, imported for files of its format
+
         return ShardedCheckpoint(target, mmap=mmap, records=records, allow=accepted)
     source = _file_source(target, mmap=mmap, private=private)
     try:

@@ -24,12 +24,10 @@ from ..io.slicing import Placement
 from ..pickle.values import brief
 from .handle import Handle
 from .loader import TensorInfo, open_checkpoint
+from .sniff import INDEX_SUFFIX
 from .stformat import SafetensorsCheckpoint
 
 __all__ = ["ShardedCheckpoint", "find_index", "is_plain_file_name"]
-
-#: How shard index files end (``pytorch_model.bin.index.json``, ``model.safetensors.index.json``).
-INDEX_SUFFIX = ".index.json"
 
 #: Index files are small; a larger one is not an index.
 MAX_INDEX_BYTES = 256 << 20

@@ -38,6 +38,7 @@ from ..io.source import Source
 from ..tensors.views import root_of
 from .handle import Handle
 from .loader import TensorInfo
+from .sniff import is_safetensors
 
 __all__ = ["read_safetensors", "write_safetensors", "remove_shared", "alias_views", "SafetensorsCheckpoint",
            "is_safetensors", "DTYPE_CODES", "ALIASES_KEY"]
@@ -75,14 +76,6 @@ class _Entry(NamedTuple):
     shape: tuple[int, ...]
     offset: int
     nbytes: int
-
-
-def is_safetensors(head: bytes, size: int) -> bool:
-    """Whether bytes start like a safetensors file: a header length that fits, then a JSON object."""
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    (length,) = struct.unpack_from("<Q", head)
-    return 8 + length <= size
 
 
 def read_header(source: Source) -> tuple[dict[str, _Entry], dict[str, str]]:

@@ -47,7 +47,7 @@ from ..tensors.views import StorageRef
 from .scriptcode import CUSTOM_CLASSES, ascii_lower, is_code_record, judge_code
 from .torchzip import TorchZip, check_storage_key, parse_storage_pid
 
-__all__ = ["TorchScriptArchive", "open_zip", "is_torchscript_class", "ClassCode"]
+__all__ = ["TorchScriptArchive", "is_torchscript_class", "ClassCode"]
 
 #: Module prefix of every class TorchScript compiles; such classes are records, never imported.
 TORCH_MODULE = "__torch__"
@@ -237,10 +237,3 @@ class TorchScriptArchive(TorchZip):
             return code.is_module
         return is_torchscript_class(record.cls.module, record.cls.name)
 
-
-def open_zip(source: Source) -> TorchZip:
-    """The reader of a zip checkpoint: a TorchScript archive when it holds ``constants.pkl``."""
-    archive = ZipArchive(source)
-    if archive.lists("constants.pkl"):  # torch.load's own test, exact: see ZipArchive.lists
-        return TorchScriptArchive(source, archive=archive)
-    return TorchZip(source, archive=archive)

@@ -56,40 +56,23 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..containers.ziparchive import FLAG_ENCRYPTED, STORED, ZipArchive, is_zip
 from ..errors import PtfileError, UnsafeGlobalError
 from ..formats import consumers
-from ..formats.dcp import (
-    FIRST_RANK_METADATA,
-    ITEM_SUFFIX,
-    METADATA_FILE,
-    RANK_METADATA_FILE,
-    SAFETENSORS_SUFFIX,
-    SHARDING_INFO_KEY,
-    DcpLayout,
-    check_ranks_agree,
-    is_data_class,
-    is_dcp,
-    members,
-    metadata_checkpoint,
-    metadata_files,
-    parse_layout,
-    rank_metadata_files,
-    safetensors_layout,
-)
 from ..formats.legacy import TAR_BLOCK, has_magic_number, is_tar, walk_tar
 from ..formats.loader import Checkpoint, Context, detached_storage, looks_like_pickle, new_engine
-from ..formats.npformat import object_pickles
 from ..formats.opener import SNIFF_BYTES, Format, detect, is_readable, resolve
-from ..formats.sharded import ShardedCheckpoint, index_of, read_index
 from ..io.folders import folders_for
 from ..io.open import open_source
 from ..io.source import MappedSource, SliceSource, Source, SourceFile
 from ..pickle.engine import gc_paused
 from ..pickle.inventory import GlobalUse
 from ..policy import allowlist
+
+if TYPE_CHECKING:
+    from ..formats.dcp import DcpLayout
 
 __all__ = ["ScanResult", "scan", "scan_opened", "VERDICTS", "FolderWalk", "PassedOver", "walk_for_scan"]
 
@@ -205,6 +188,7 @@ def walk_for_scan(paths: list[str], *, recursive: bool = False, include: list[An
     with ``recursive`` only, and links to folders are never followed.  ``include`` and
     ``exclude`` are regular expressions searched in each path found; excludes win.
     """
+    from ..formats.dcp import is_dcp, members  # lazy: DCP folders only
 
     walk = FolderWalk()
     found: list[str] = []
@@ -435,6 +419,8 @@ def _scan_tensor_file(source: Source, fmt: Format, strict: bool, allow: allowlis
 
 def _judge_object_arrays(source: Source, inventory: list[GlobalUse]) -> list[str]:
     """Run the pickle of every object array dry (``numpy.load(allow_pickle=True)`` would unpickle it)."""
+    from ..formats.npformat import object_pickles  # lazy: a format reader, imported for files of its format
+
     try:
         pickles = object_pickles(source)
     except PtfileError as exc:
@@ -762,6 +748,12 @@ def combine_results(name: str, fmt: str, results: list[ScanResult], faults: list
 
 def _scan_shards(path: str, strict: bool, allow: allowlist.Allow, verify: bool) -> ScanResult:
     """The shards a Hugging Face index names, each scanned; the index's own checks as load makes them."""
+    from ..formats.sharded import (  # lazy: a format reader, imported for files of its format
+        ShardedCheckpoint,
+        index_of,
+        read_index,
+    )
+
     try:
         index, folder = index_of(path)
         weight_map = read_index(index)
@@ -800,6 +792,8 @@ def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | N
     safetensors shards has no pickle: each file's header is checked and the chunks merged
     as when it is opened.  Returns a :class:`ScanResult` for the folder.
     """
+    from ..formats.dcp import METADATA_FILE, is_data_class, metadata_files  # lazy: DCP folders only
+
     path = os.fspath(folder)
     meta_inventory: list[GlobalUse] = []
     item_inventory: list[GlobalUse] = []
@@ -828,6 +822,8 @@ def scan_folder(folder: Any, *, strict: bool = False, allow: allowlist.Allow | N
 def _scan_metadata_files(folder: str, names: list[str], inventory: list[GlobalUse],
                          faults: list[str]) -> list[DcpLayout] | None:
     """Every metadata file run dry into ``inventory``; their layouts if all parse and agree."""
+    from ..formats.dcp import FIRST_RANK_METADATA, METADATA_FILE, check_ranks_agree  # lazy: DCP folders only
+
     layouts = [_scan_metadata(folder, name, inventory, faults) for name in names]
     if any(layout is None for layout in layouts):
         return None
@@ -845,6 +841,8 @@ def _scan_metadata_files(folder: str, names: list[str], inventory: list[GlobalUs
 def _scan_fallback_metadata(folder: str, inventory: list[GlobalUse], notes: list[str]) -> None:
     """Per-rank metadata beside ``.metadata``: torch's loader unpickles its rank's file when ``.metadata``
     fails to load, so each is judged too; what is wrong in them only matters then, and is noted."""
+    from ..formats.dcp import METADATA_FILE, rank_metadata_files  # lazy: DCP folders only
+
     try:
         names = rank_metadata_files(folder)
     except PtfileError as exc:
@@ -858,6 +856,8 @@ def _scan_fallback_metadata(folder: str, inventory: list[GlobalUse], notes: list
 
 
 def _scan_metadata(folder: str, name: str, inventory: list[GlobalUse], faults: list[str]) -> DcpLayout | None:
+    from ..formats.dcp import METADATA_FILE, metadata_checkpoint, parse_layout  # lazy: DCP folders only
+
     try:
         checkpoint = metadata_checkpoint(folder, records=True, name=name)
     except PtfileError as exc:
@@ -877,6 +877,8 @@ def _scan_metadata(folder: str, name: str, inventory: list[GlobalUse], faults: l
 
 def _scan_safetensors(folder: str, faults: list[str], notes: list[str]) -> None:
     """DCP's safetensors shards: every header checked and the chunks merged, as opening them does."""
+    from ..formats.dcp import SAFETENSORS_SUFFIX, SHARDING_INFO_KEY, safetensors_layout  # lazy: DCP folders only
+
     try:
         layout = safetensors_layout(folder)
     except PtfileError as exc:
@@ -892,6 +894,8 @@ def _scan_safetensors(folder: str, faults: list[str], notes: list[str]) -> None:
 
 def _scan_items(folder: str, layouts: list[DcpLayout], names: list[str], inventory: list[GlobalUse],
                 faults: list[str], notes: list[str]) -> None:
+    from ..formats.dcp import RANK_METADATA_FILE  # lazy: DCP folders only
+
     folders = folders_for(folder)
     sources: dict[str, Source] = {}
     used: dict[str, list[tuple[int, int]]] = {}
@@ -937,6 +941,8 @@ def _unread_bytes(used: dict[str, list[tuple[int, int]]], sizes: dict[str, int])
 
 
 def _scan_whole_files(folder: str, inventory: list[GlobalUse], faults: list[str], notes: list[str]) -> None:
+    from ..formats.dcp import ITEM_SUFFIX  # lazy: DCP folders only
+
     faults.append(f"{folder}: items not located, as its metadata could not be read; "
                   f"each {ITEM_SUFFIX} file is examined whole")
     folders = folders_for(folder)

@@ -18,31 +18,52 @@ unpacked or widened (``raw_bits`` marks them).  Types are identified by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 __all__ = ["DtypeInfo", "by_torch_name", "by_storage_name", "by_numpy"]
 
 
-@dataclass(frozen=True)
 class DtypeInfo:
-    """One element type, as torch and numpy know it."""
+    """One element type, as torch and numpy know it: one instance per type, in :data:`_TABLE`.
 
-    torch_name: str  # attribute of the torch module: "float16"
-    scalar_type: str  # c10 ScalarType name: "Half"
-    itemsize: int  # bytes per element as stored
-    numpy: np.dtype | None  # None when numpy cannot represent it exactly
-    legacy_storage: str | None = None  # "HalfStorage" when a typed storage class exists
-    quantized_base: str | None = None  # torch_name of the integer type a quantized type stores
-    raw_bits: bool = False  # held as unsigned integers of its width: torch's bits* and packed x2 types
+    A plain class, not a dataclass: building a dataclass costs about a millisecond at import.
+    """
+
+    def __init__(self, torch_name: str, scalar_type: str, itemsize: int, numpy_type: type | str | None,
+                 legacy_storage: str | None = None, quantized_base: str | None = None,
+                 raw_bits: bool = False) -> None:
+        self.torch_name = torch_name  # attribute of the torch module: "float16"
+        self.scalar_type = scalar_type  # c10 ScalarType name: "Half"
+        self.itemsize = itemsize  # bytes per element as stored
+        # numpy's scalar type, or the name of an ml_dtypes type (imported when first needed); None
+        # when numpy cannot represent it exactly
+        self.numpy_type = numpy_type
+        self.legacy_storage = legacy_storage  # "HalfStorage" when a typed storage class exists
+        self.quantized_base = quantized_base  # torch_name of the integer type a quantized type stores
+        self.raw_bits = raw_bits  # held as unsigned integers of its width: torch's bits* and packed x2 types
+
+    def __repr__(self) -> str:
+        return f"DtypeInfo({self.torch_name!r}, {self.scalar_type!r}, {self.itemsize}, {self.numpy_type!r})"
+
+    @cached_property
+    def numpy(self) -> np.dtype | None:
+        """numpy's dtype of the type, None when numpy cannot represent it exactly."""
+        if isinstance(self.numpy_type, str):
+            import ml_dtypes  # lazy: costs as much as the rest of a small load; only its own types need it
+
+            return np.dtype(getattr(ml_dtypes, self.numpy_type))
+        return None if self.numpy_type is None else np.dtype(self.numpy_type)
 
     @cached_property
     def numpy_name(self) -> str:
         """numpy's name of the type (``bfloat16``), torch's when numpy has none; cached, as
-        ``np.dtype.name`` is computed in Python on every access."""
+        ``np.dtype.name`` is computed in Python on every access.  An ml_dtypes type's name is
+        the name ml_dtypes gives it, known without importing it."""
+        if isinstance(self.numpy_type, str):
+            return self.numpy_type
         return self.numpy.name if self.numpy is not None else self.torch_name
 
     @property
@@ -59,17 +80,17 @@ class DtypeInfo:
         return self.torch_name in _SIGN_MAGNITUDE
 
 
-def _info(torch_name, scalar_type, itemsize, numpy, legacy=False, quantized_base=None, raw_bits=False):
+def _info(torch_name: str, scalar_type: str, itemsize: int, numpy: Any, legacy: bool = False,
+          quantized_base: str | None = None, raw_bits: bool = False) -> DtypeInfo:
     storage = scalar_type + "Storage" if legacy else None
-    dtype = None if numpy is None else np.dtype(numpy)
-    return DtypeInfo(torch_name, scalar_type, itemsize, dtype, storage, quantized_base, raw_bits)
+    return DtypeInfo(torch_name, scalar_type, itemsize, numpy, storage, quantized_base, raw_bits)
 
 
 _TABLE = (
     _info("float64", "Double", 8, np.float64, legacy=True),
     _info("float32", "Float", 4, np.float32, legacy=True),
     _info("float16", "Half", 2, np.float16, legacy=True),
-    _info("bfloat16", "BFloat16", 2, ml_dtypes.bfloat16, legacy=True),
+    _info("bfloat16", "BFloat16", 2, "bfloat16", legacy=True),
     _info("int64", "Long", 8, np.int64, legacy=True),
     _info("int32", "Int", 4, np.int32, legacy=True),
     _info("int16", "Short", 2, np.int16, legacy=True),
@@ -78,15 +99,15 @@ _TABLE = (
     _info("bool", "Bool", 1, np.bool_, legacy=True),
     _info("complex128", "ComplexDouble", 16, np.complex128, legacy=True),
     _info("complex64", "ComplexFloat", 8, np.complex64, legacy=True),
-    _info("complex32", "ComplexHalf", 4, ml_dtypes.complex32),
+    _info("complex32", "ComplexHalf", 4, "complex32"),
     _info("uint16", "UInt16", 2, np.uint16),
     _info("uint32", "UInt32", 4, np.uint32),
     _info("uint64", "UInt64", 8, np.uint64),
-    _info("float8_e5m2", "Float8_e5m2", 1, ml_dtypes.float8_e5m2),
-    _info("float8_e4m3fn", "Float8_e4m3fn", 1, ml_dtypes.float8_e4m3fn),
-    _info("float8_e5m2fnuz", "Float8_e5m2fnuz", 1, ml_dtypes.float8_e5m2fnuz),
-    _info("float8_e4m3fnuz", "Float8_e4m3fnuz", 1, ml_dtypes.float8_e4m3fnuz),
-    _info("float8_e8m0fnu", "Float8_e8m0fnu", 1, ml_dtypes.float8_e8m0fnu),
+    _info("float8_e5m2", "Float8_e5m2", 1, "float8_e5m2"),
+    _info("float8_e4m3fn", "Float8_e4m3fn", 1, "float8_e4m3fn"),
+    _info("float8_e5m2fnuz", "Float8_e5m2fnuz", 1, "float8_e5m2fnuz"),
+    _info("float8_e4m3fnuz", "Float8_e4m3fnuz", 1, "float8_e4m3fnuz"),
+    _info("float8_e8m0fnu", "Float8_e8m0fnu", 1, "float8_e8m0fnu"),
     # torch gives these no arithmetic and numpy has no such types: each element's bits as they are
     _info("float4_e2m1fn_x2", "Float4_e2m1fn_x2", 1, np.uint8, raw_bits=True),
     _info("bits8", "Bits8", 1, np.uint8, raw_bits=True),
@@ -114,8 +135,8 @@ _UNSAVEABLE = tuple(f"{sign}int{bits}" for sign in ("", "u") for bits in range(1
 _BY_TORCH_NAME = {info.torch_name: info for info in _TABLE}
 _BY_STORAGE_NAME = {info.scalar_type + "Storage": info for info in _TABLE}
 # quantized and raw-bits types borrow an integer dtype: a uint8 array is saved as uint8, never as bits8
-_BY_NUMPY_NAME = {info.numpy.name: info for info in _TABLE
-                  if info.numpy is not None and not info.is_quantized and not info.raw_bits}
+_BY_NUMPY_NAME = {info.numpy_name: info for info in _TABLE
+                  if info.numpy_type is not None and not info.is_quantized and not info.raw_bits}
 
 TORCH_DTYPE_NAMES = tuple(_BY_TORCH_NAME) + _UNSAVEABLE
 

@@ -27,7 +27,6 @@ asked for, and a missing one is a :class:`~ptfile.errors.FrameworkMissingError`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import importlib
@@ -40,6 +39,7 @@ from ..errors import FrameworkMissingError, PtfileError, UnsupportedFormatError
 from ..pickle.engine import gc_paused
 from ..pickle.values import Parameter, Record
 from .dtypes import by_numpy
+from .objects import is_namespace
 from .special import MetaTensor, NestedTensor, QuantizedTensor, SparseTensor, SpecialTensor
 from .views import root_of
 
@@ -383,7 +383,7 @@ def _children(node: Any) -> list | None:
         return list(node)
     if type(node) is Record:
         return [node.args, node.state, *node.items.values(), *node.listitems]
-    if type(node) is argparse.Namespace:
+    if is_namespace(node):
         return list(vars(node).values())
     return None
 
@@ -399,8 +399,8 @@ def _rebuilt(node: Any, values: list) -> Any:
         for key, value in zip(list(node), values, strict=True):
             new[key] = value
         return new
-    if type(node) is argparse.Namespace:
-        return argparse.Namespace(**dict(zip(vars(node), values, strict=True)))
+    if is_namespace(node):
+        return type(node)(**dict(zip(vars(node), values, strict=True)))
     record = Record(node.cls, values[0], values[1])
     count = len(node.items)
     record.items = dict(zip(node.items, values[2 : 2 + count], strict=True))

@@ -15,15 +15,17 @@ is imported, and no framework class is ever instantiated.
 from __future__ import annotations
 
 import datetime
-import pathlib
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptFileError, UnsupportedFormatError
 from ..pickle.engine import GlobalRef
 from ..pickle.inventory import GlobalUse
 from ..pickle.values import Global, Record, brief
+
+if TYPE_CHECKING:
+    import pathlib
 
 __all__ = ["AttributeDict", "record_of", "TYPING_ANY"]
 
@@ -131,13 +133,16 @@ def attribute_dict(context: Any, *args: Any) -> AttributeDict:
     raise CorruptFileError("AttributeDict takes no arguments or one dict")
 
 
-def pure_path(flavour: type) -> Callable[..., pathlib.PurePath]:
-    """``pathlib.PosixPath(*parts)`` and friends, as pure paths: they never touch a file system."""
+def pure_path(flavour: str) -> Callable[..., pathlib.PurePath]:
+    """``pathlib.PosixPath(*parts)`` and friends, as pure paths (``flavour`` names the pure class):
+    they never touch a file system."""
 
     def make(context: Any, *parts: Any) -> pathlib.PurePath:
         if not all(type(p) is str for p in parts):
             raise CorruptFileError(f"path parts {brief(parts)} are not strings")
-        return flavour(*parts)
+        import pathlib  # lazy: only a checkpoint holding a path needs it (it imports urllib and more)
+
+        return getattr(pathlib, flavour)(*parts)
 
     return make
 

@@ -12,10 +12,10 @@ the byte order of a fresh numpy dtype, and the contents of a fresh numpy array.
 
 from __future__ import annotations
 
-import argparse
+import sys
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from ..errors import CorruptFileError, UnsupportedFormatError
 from ..pickle.engine import check_keys
 from ..pickle.values import Global, Record, brief
 from .views import TensorSpec
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["build_handler", "PICKLE_BUILDERS"]
 
@@ -109,7 +112,16 @@ def codecs_encode(context: Any, text: Any, encoding: Any = "utf-8") -> bytes:
 def namespace(context: Any, *args: Any) -> argparse.Namespace:
     if args:
         raise CorruptFileError("argparse.Namespace takes no positional arguments")
+    import argparse  # lazy: only a checkpoint holding a Namespace needs it (it imports gettext and more)
+
     return argparse.Namespace()
+
+
+def is_namespace(value: Any) -> bool:
+    """Whether ``value`` is exactly an ``argparse.Namespace``, without importing argparse:
+    until something has imported it, no Namespace exists."""
+    module = sys.modules.get("argparse")
+    return module is not None and type(value) is module.Namespace
 
 
 def torch_size(context: Any, dims: Any = ()) -> tuple:
@@ -254,7 +266,6 @@ def build_attributes(context: Any, obj: Any, state: Any) -> None:
 
 _BUILD_HANDLERS = {
     OrderedDict: build_attributes,
-    argparse.Namespace: build_attributes,
     np.ndarray: build_numpy_array,
 }
 
@@ -263,6 +274,8 @@ def build_handler(obj: Any) -> Any:
     """The BUILD handler for ``obj``'s exact type, or None when BUILD on it is refused."""
     if isinstance(obj, np.dtype):  # numpy 2 dtypes are instances of per-type subclasses
         return build_numpy_dtype
+    if is_namespace(obj):
+        return build_attributes
     return _BUILD_HANDLERS.get(type(obj))
 
 

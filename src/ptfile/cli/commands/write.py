@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -91,7 +92,7 @@ def _edit_bytes(target: Any, dtype: str | None) -> tuple[int, int]:
 
 def run_edit(args: argparse.Namespace) -> int:
     from ...io.atomic import require_folder  # lazy: writing only (imports tempfile)
-    from ...tools.convert import Phases, select  # lazy: the command imports only the tools it runs
+    from ...tools.convert import Phases, flatten, select  # lazy: the command imports only the tools it runs
     from ...tools.edit import EditRules, apply  # lazy: the command imports only the tools it runs
 
     rules = EditRules(strip=args.strip_prefix, rename=args.rename, rename_regex=args.rename_regex, keep=args.keep,
@@ -99,6 +100,15 @@ def run_edit(args: argparse.Namespace) -> int:
     if not args.dry_run:
         require_folder(args.output)  # before the long part, as convert checks it
     tree = load(args.input, records=args.records)
+    if args.key is None and not isinstance(tree, Mapping):
+        # A module (a TorchScript archive, a pickled nn.Module): its tensors by their state-dict
+        # names are what is edited, and written as a state dict, as convert writes them.
+        cls = getattr(tree, "cls", None)
+        kind = cls.path if cls is not None else type(tree).__name__
+        tree = flatten(tree)[0]
+        if not args.json:
+            Human(stderr=True).line(f"note: {safe(args.input)} holds a {safe(kind)} object, not a dict: its "
+                                    f"{output.count(len(tree), 'tensor')} are edited and written as a state dict")
     with output.Progress("writing", output.shows_progress(args)) as progress:
         phases = Phases(progress, *_edit_bytes(select(tree, args.key), args.dtype))
         edited, log = apply(tree, rules, args.key, phases.casting)
