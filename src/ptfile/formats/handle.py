@@ -79,19 +79,20 @@ class TensorInfo:
 
     @classmethod
     def of(cls, spec: TensorSpec) -> TensorInfo:
-        storage = spec.storage
+        # by position, in the order of the fields: built once per tensor of a listing, where keywords cost more
+        storage, dtype = spec.storage, spec.dtype
         return cls(
-            dtype=spec.dtype.numpy_name,
-            torch_dtype=spec.dtype.torch_name,
-            shape=spec.shape,
-            strides=spec.strides,
-            offset=spec.offset,
-            nbytes=spec.nbytes,
-            storage=storage.key if storage else "",
-            storage_nbytes=storage.nbytes if storage else 0,
-            location=storage.location if storage else "meta",
-            parameter=spec.parameter,
-            is_contiguous=spec.is_contiguous,
+            dtype.numpy_name,
+            dtype.torch_name,
+            spec.shape,
+            spec.strides,
+            spec.offset,
+            spec.nbytes,
+            storage.key if storage else "",
+            storage.nbytes if storage else 0,
+            storage.location if storage else "meta",
+            spec.parameter,
+            spec.is_contiguous,
         )
 
 

@@ -50,6 +50,9 @@ def _record_children(node: Record) -> Iterator[tuple[Any, Any]]:
 
 def _join(link: tuple | None) -> str:
     """The dotted path of a chain of ``(parent link, key)`` links, built only when asked for."""
+    parent, key = link if link is not None else (None, "")
+    if parent is None:  # a key of the top container (a flat state dict's every tensor): the key is the path
+        return key if type(key) is str else str(key)
     parts = []
     while link is not None:
         link, key = link

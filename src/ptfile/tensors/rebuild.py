@@ -61,10 +61,12 @@ def _bool(value: Any, what: str) -> bool:
     return value
 
 
-def _make(context: Any, storage: StorageRef, dtype: DtypeInfo, offset: Any, size: Any, stride: Any, **flags: Any) -> Any:
-    # every caller has checked ``storage`` with _storage() already
+def _make(context: Any, storage: StorageRef, dtype: DtypeInfo, offset: Any, size: Any, stride: Any,
+          requires_grad: bool = False, conj: bool = False, neg: bool = False) -> Any:
+    # every caller has checked ``storage`` with _storage() already; arguments go by position,
+    # which costs less than keywords once per tensor
     offset, size, stride = check_view(storage, dtype, offset, size, stride)
-    return context.tensor(TensorSpec(storage, dtype, size, stride, offset, **flags))
+    return context.tensor(TensorSpec(storage, dtype, size, stride, offset, requires_grad, False, conj, neg))
 
 
 def _storage_dtype(storage: StorageRef) -> DtypeInfo:
@@ -90,7 +92,7 @@ def rebuild_tensor_v2(
     _hooks(hooks)
     conj, neg = _flags(metadata)
     grad = _bool(requires_grad, "requires_grad")
-    return _make(context, storage, _storage_dtype(storage), offset, size, stride, requires_grad=grad, conj=conj, neg=neg)
+    return _make(context, storage, _storage_dtype(storage), offset, size, stride, grad, conj, neg)
 
 
 def rebuild_tensor_v3(
@@ -115,7 +117,7 @@ def rebuild_tensor_v3(
         raise CorruptFileError(
             f"storage {storage.key!r} holds {storage.dtype.torch_name} but is read as {dtype.info.torch_name}"
         )
-    return _make(context, storage, dtype.info, offset, size, stride, requires_grad=grad, conj=conj, neg=neg)
+    return _make(context, storage, dtype.info, offset, size, stride, grad, conj, neg)
 
 
 def rebuild_parameter(context: Any, data: Any, requires_grad: Any, hooks: Any) -> Any:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -46,9 +46,9 @@ class StorageType:
         return f"<storage type {self.name}>"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StorageRef:
-    """One storage of the checkpoint: where its bytes live and how many there are."""
+    """One storage of the checkpoint: where its bytes live and how many there are (one per storage: slots)."""
 
     key: str
     dtype: DtypeInfo | None  # element type of a typed storage; None when untyped
@@ -57,9 +57,17 @@ class StorageRef:
     record: str  # the container's name for the bytes (zip record, legacy key)
 
 
-@dataclass(frozen=True)
+#: Set a field of a frozen :class:`TensorSpec` while building it (``object.__setattr__``, looked up once).
+_set_field = object.__setattr__
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class TensorSpec:
-    """Everything about a tensor except its bytes."""
+    """Everything about a tensor except its bytes.
+
+    A checkpoint holds one per tensor (tens of thousands in some), so the class has slots and
+    its own ``__init__``: the generated one of a frozen dataclass costs twice as much.
+    """
 
     storage: StorageRef | None  # None for meta tensors, which have no data
     dtype: DtypeInfo
@@ -72,6 +80,20 @@ class TensorSpec:
     neg: bool = False
     # Python attributes of a parameter (``_rebuild_parameter_with_state``); not part of identity.
     attributes: dict | None = field(default=None, compare=False, hash=False)
+
+    def __init__(self, storage: StorageRef | None, dtype: DtypeInfo, shape: tuple[int, ...], strides: tuple[int, ...],
+                 offset: int, requires_grad: bool = False, parameter: bool = False, conj: bool = False,
+                 neg: bool = False, attributes: dict | None = None) -> None:
+        _set_field(self, "storage", storage)
+        _set_field(self, "dtype", dtype)
+        _set_field(self, "shape", shape)
+        _set_field(self, "strides", strides)
+        _set_field(self, "offset", offset)
+        _set_field(self, "requires_grad", requires_grad)
+        _set_field(self, "parameter", parameter)
+        _set_field(self, "conj", conj)
+        _set_field(self, "neg", neg)
+        _set_field(self, "attributes", attributes)
 
     @property
     def numel(self) -> int:
@@ -109,6 +131,36 @@ def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     return value
 
 
+def _refuse_view_form(offset: Any, shape: Any, strides: Any) -> NoReturn:
+    """Raise for the first of size, stride and offset that is not of a view's form."""
+    shape = _int_tuple(shape, "size")
+    strides = _int_tuple(strides, "stride")
+    if len(shape) != len(strides):
+        raise CorruptFileError(f"tensor size {shape} and stride {strides} differ in length")
+    if type(offset) is not int or offset < 0:
+        raise CorruptFileError(f"tensor storage offset {brief(offset)} is not a non-negative integer")
+    raise CorruptFileError(f"tensor view of size {brief(shape)}, stride {brief(strides)}, offset {brief(offset)} is malformed")
+
+
+def _view_extent(offset: Any, shape: Any, strides: Any) -> tuple[int, int] | None:
+    """``(last element, element count)`` of a well-formed view; None when its form is wrong.
+
+    One pass over the dimensions checks every size and stride and computes both figures, as a
+    checkpoint of tens of thousands of tensors needs; the caller then asks
+    :func:`_refuse_view_form` which part is wrong.
+    """
+    if (type(shape) is not tuple or type(strides) is not tuple or len(shape) != len(strides)
+            or len(shape) > MAX_NDIM or type(offset) is not int or offset < 0):
+        return None
+    last, numel = offset, 1
+    for size, stride in zip(shape, strides, strict=True):
+        if type(size) is not int or size < 0 or type(stride) is not int or stride < 0:
+            return None
+        last += (size - 1) * stride
+        numel *= size
+    return last, numel
+
+
 def check_view(storage: StorageRef | None, dtype: DtypeInfo, offset: Any, shape: Any, strides: Any) -> tuple:
     """Validate a view of a storage; return ``(offset, shape, strides)``.
 
@@ -116,23 +168,17 @@ def check_view(storage: StorageRef | None, dtype: DtypeInfo, offset: Any, shape:
     inside the storage; Python integers make the arithmetic exact, so no overflow can
     hide an out-of-bounds view.
     """
-    shape = _int_tuple(shape, "size")
-    strides = _int_tuple(strides, "stride")
-    if len(shape) != len(strides):
-        raise CorruptFileError(f"tensor size {shape} and stride {strides} differ in length")
-    if type(offset) is not int or offset < 0:
-        raise CorruptFileError(f"tensor storage offset {brief(offset)} is not a non-negative integer")
-    if storage is not None and 0 not in shape:
+    extent = _view_extent(offset, shape, strides)
+    if extent is None:
+        _refuse_view_form(offset, shape, strides)
+    last, numel = extent
+    if storage is not None and numel:  # an empty view touches no element
         capacity = storage.nbytes // dtype.itemsize
-        last = offset
-        for size, stride in zip(shape, strides, strict=True):
-            last += (size - 1) * stride
         if last >= capacity:
             raise CorruptFileError(
                 f"tensor of size {shape}, stride {strides}, offset {offset} reaches element {last} "
                 f"of storage {storage.key!r}, which holds {capacity} {dtype.torch_name} elements"
             )
-    numel = math.prod(shape)
     if numel * dtype.itemsize > MAX_TENSOR_BYTES:  # in bounds only through stride 0, or a meta tensor
         raise LimitExceededError(
             f"tensor of size {shape} would hold {numel * dtype.itemsize} bytes, more than numpy can index"
