@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import io
 import mmap
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,45 @@ def test_read_whole_reads_a_file_object(tmp_path: Path) -> None:
         whole = source.read_whole(source.FileSource(file, "x", owned=False))
         assert not file.closed  # not ours to close
     assert whole.read(250, 10) == bytes(range(250, 256)) + bytes(range(4))
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Whole-file reads split into 64 KiB chunks (two threads at least), so small files take the parallel path."""
+    monkeypatch.setattr(source, "READ_CHUNK_BYTES", 64 * 1024)
+    monkeypatch.setattr(source, "PARALLEL_READ_BYTES", 4 * 64 * 1024)
+    monkeypatch.setattr(source, "_reader_threads", lambda size: 2)
+    return 64 * 1024
+
+
+@pytest.mark.parametrize("costly", [False, True], ids=["huge-pages", "ordinary-pages-after-first-chunk"])
+def test_a_chunked_whole_file_read_reads_every_byte(tmp_path: Path, small_chunks: int, costly: bool,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks read by several threads, with or without the switch away from huge pages, give the file's bytes."""
+    # Every chunk reads "too slowly" (all but the first are then read after the switch), or none does:
+    # chunks this small are judged by timings too short to mean anything.
+    monkeypatch.setattr(source, "HUGE_PAGE_MIN_RATE", float("inf") if costly else 0.0)
+    size = source.HUGE_PAGE_BYTES * 2 + 12345  # a huge-page buffer, in 66 chunks of 64 KiB
+    data = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = tmp_path / "x.bin"
+    path.write_bytes(data)
+    whole = source.read_whole(open_source(path, mmap_file=False))
+    assert whole.read(0, size) == data
+    if hasattr(mmap, "MADV_NOHUGEPAGE") and Path("/proc/self/smaps").exists():
+        buffer = whole.array(0, size, "all", copy=True)
+        # The last chunk is handed out after some reader has finished a chunk, so after the switch if any.
+        assert ("nh" in _advice_of(buffer[-1:])) is costly
+
+
+def test_a_file_that_shrinks_during_a_chunked_read_fails_in_the_caller(tmp_path: Path, small_chunks: int) -> None:
+    """A reader thread's failure is raised in the calling thread, not lost in the thread."""
+    path = tmp_path / "x.bin"
+    path.write_bytes(bytes(10 * small_chunks))
+    src = open_source(path, mmap_file=False)
+    assert isinstance(src, source.FileSource)
+    os.truncate(path, 3 * small_chunks + 1)  # after the size was taken
+    with pytest.raises(ptfile.CorruptFileError, match="shrank"):
+        source.read_whole(src)
 
 
 def _advice_of(array: np.ndarray) -> set[str]:

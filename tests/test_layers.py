@@ -50,6 +50,7 @@ LAZY_IMPORTS = {
     "argparse": "only a checkpoint holding an argparse.Namespace needs it",
     "pathlib": "only a checkpoint holding a path needs it",
     "zipfile": "Python's zip reader, only for files that also read as a zip",
+    "threading": "only a large file read whole starts reader threads",
     "ptfile.io.atomic": "writing only (imports tempfile)",
     "ptfile.formats.dcp": "DCP folders only",
     "ptfile.formats.legacy": "the pre-1.6 formats only; a zip checkpoint never needs them",
