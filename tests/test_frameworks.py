@@ -505,6 +505,25 @@ def test_safe_open_and_torch_load_refuse_what_scan_does_not_call_clean(tmp_path)
     assert not marker.exists()
 
 
+def test_safe_open_and_torch_load_read_under_the_limits_given(tmp_path) -> None:
+    """``limits=`` reaches every read, as for ``ptfile.load``: a tight limit refuses, naming the field."""
+    torch = _torch()
+    import ptfile.torch as pt
+
+    nested: list = [torch.zeros(2), 0]
+    for _ in range(20):  # each two-item list opens a MARK inside its parent's
+        nested = [nested, 0]
+    path = tmp_path / "nested.pt"
+    torch.save({"w": torch.ones(3), "deep": nested}, path)
+    tight = ptfile.Limits(max_pickle_nesting=5)
+    for read in (lambda: pt.load(path, limits=tight), lambda: ptfile.safe_open(path, limits=tight)):
+        with pytest.raises(ptfile.LimitExceededError, match=r"max_pickle_nesting"):
+            read()
+    assert torch.equal(pt.load(path)["w"], torch.ones(3))
+    with ptfile.safe_open(path, limits=ptfile.Limits(max_pickle_nesting=50)) as handle:
+        assert torch.equal(handle.get_tensor("w"), torch.ones(3))
+
+
 # -- JAX --------------------------------------------------------------------------------------
 
 

@@ -149,7 +149,7 @@ def open(src: Source, *, mmap: bool = True, records: bool = False, allow: Allow 
         return open_handle(src, mmap=mmap, records=records, allow=allow, framework=framework)
 
 
-def safe_open(filename: Source, framework: str = "pt", device: Any = "cpu") -> Handle:
+def safe_open(filename: Source, framework: str = "pt", device: Any = "cpu", *, limits: Limits | None = None) -> Handle:
     """safetensors' ``safe_open`` over every format ptfile reads.
 
     Code written for ``safetensors.safe_open(path, framework=..., device=...)`` reads a
@@ -158,7 +158,7 @@ def safe_open(filename: Source, framework: str = "pt", device: Any = "cpu") -> H
     ``get_shape()``), ``metadata()`` and the context manager.  ``framework`` is ``"pt"``,
     ``"numpy"``, ``"jax"``/``"flax"`` or ``"mlx"``; ``device`` where tensors go (torch
     devices, JAX platforms).  No code from the file runs; files :func:`scan` does not
-    call clean are refused.
+    call clean are refused.  ``limits`` means what it means for :func:`open`.
 
     Example:
         ```python
@@ -168,7 +168,8 @@ def safe_open(filename: Source, framework: str = "pt", device: Any = "cpu") -> H
     """
     from .formats.opener import open_handle  # lazy: every format reader, kept off `import ptfile`
 
-    return open_handle(filename, framework=framework, device=None if framework in ("numpy", "np") else device)
+    with applying(limits):
+        return open_handle(filename, framework=framework, device=None if framework in ("numpy", "np") else device)
 
 
 def save(obj: Any, dst: Union[str, os.PathLike[str], IO[bytes]], *, progress: Progress = None) -> None:

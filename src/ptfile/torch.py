@@ -35,6 +35,7 @@ from typing import IO, TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from .constants import Limits, applying
 from .errors import PtfileError, UnsupportedFormatError
 from .formats.opener import load_tree
 from .formats.writer import save as _save
@@ -61,6 +62,7 @@ def load(
     mmap: bool | None = None,
     records: bool = False,
     allow: Any = None,
+    limits: Limits | None = None,
 ) -> Any:
     """``torch.load(f, map_location, weights_only=..., mmap=...)``, read by ptfile.
 
@@ -79,15 +81,16 @@ def load(
         mmap: as ``torch.load``: with True a path is mapped copy-on-write (tensors may be
             written, the file never is); otherwise the file is read into memory once and
             tensors view that buffer.
-        records, allow: as for :func:`ptfile.load`.
+        records, allow, limits: as for :func:`ptfile.load`.
 
     Raises:
         PtfileError: for every malformed, unsupported or unsafe input, with the reason.
     """
     if pickle_module is not None:
         raise PtfileError("ptfile.torch.load reads pickles with ptfile's own engine: pickle_module must be None")
-    return load_tree(f, mmap=bool(mmap), records=records or weights_only is False, allow=allow, framework="torch",
-                     device=_target_device(map_location))
+    with applying(limits):
+        return load_tree(f, mmap=bool(mmap), records=records or weights_only is False, allow=allow,
+                         framework="torch", device=_target_device(map_location))
 
 
 def _target_device(map_location: MapLocation) -> Any:

@@ -244,7 +244,7 @@ def _load_tree(src: Any, *, mmap: bool, records: bool, allow: Any, private: bool
     kind, target = resolve(src)
     if kind != "file":
         with open_handle(target, mmap=mmap, records=records, allow=accepted) as handle:
-            return handle.load()  # type: ignore[attr-defined]
+            return handle.load()  # type: ignore[attr-defined]  # a DCP or shard-folder handle, each with load()
     source = _file_source(target, mmap=mmap, private=private)
     try:
         fmt = detect(source)

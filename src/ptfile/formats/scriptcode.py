@@ -399,7 +399,7 @@ class _RecordJudge:
                 continue
             if _is_annotation_entry(node):
                 # a class body's __annotations__["0"] = T: the type of an attribute that is not a name
-                stack.extend(((node.targets[0].slice, False), (node.value, True)))  # type: ignore[attr-defined]
+                stack.extend(((node.targets[0].slice, False), (node.value, True)))  # type: ignore[attr-defined]  # _is_annotation_entry found a Subscript target
                 continue
             if _alias_binding(node) is not None and not isinstance(node, ast.NamedExpr):  # (x := chain) is also a value
                 # judged where the alias is called or passed on

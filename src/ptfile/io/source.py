@@ -8,11 +8,12 @@ an open file read with positioned reads.
   :meth:`view` is zero-copy.
 * :class:`FileSource` reads with ``os.pread`` (or seek + readinto) and never maps:
   a lazy handle opened with ``mmap=False`` reads only what it is asked for.
-* :class:`BufferSource` is a whole file read into one private buffer with one
-  ``readinto``: what ``load(mmap=False)`` uses, so loading costs one read of the file
-  (not one per storage) and one copy of its bytes, and storages are writable views of
-  that buffer rather than copies of it.  A large buffer is memory advised to use huge
-  pages, so the read is not slowed by a page fault per 4 KiB.
+* :class:`BufferSource` is a whole file read into one private buffer at once: what
+  ``load(mmap=False)`` uses, so loading costs one read of the file (not one per storage)
+  and one copy of its bytes, and storages are writable views of that buffer rather than
+  copies of it.  A large buffer is memory advised to use huge pages, so the read is not
+  slowed by a page fault per 4 KiB, and a large file is read in chunks by one thread per
+  core (:meth:`FileSource.read_all_into`).
 """
 
 from __future__ import annotations

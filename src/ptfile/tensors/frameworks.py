@@ -122,6 +122,9 @@ class _TorchTensors:
         """A tensor viewing ``array``'s memory, or a copy where torch cannot view it."""
         root = root_of(array)
         storage = self._storages.get(id(root))
+        if storage is None and self.private and not array.flags.writeable:
+            _writable_if_private(root)
+            _writable_if_private(array)
         if storage is None and _whole_view(array, root):
             # The first view of a root that covers it whole (a file of many small storages gives
             # little else): its tensor is torch's own view of the array, and the root's storage
@@ -247,13 +250,13 @@ def _whole_view(array: np.ndarray, root: np.ndarray) -> bool:
             and array.dtype.isbuiltin == 1 and array.dtype.isnative and array.dtype.kind in "biufc")
 
 
-def _writable_if_private(root: np.ndarray) -> None:
-    """Let torch write a storage whose memory is private to this load (a copy-on-write map).
+def _writable_if_private(array: np.ndarray) -> None:
+    """Let torch write an array whose memory is private to this load (a copy-on-write map).
 
     numpy allows it only when the memory below is writable: otherwise the tensors stay read-only.
     """
     with contextlib.suppress(ValueError):
-        root.flags.writeable = True
+        array.flags.writeable = True
 
 
 def _address(array: np.ndarray) -> int:

@@ -79,7 +79,7 @@ def edit_mapping(mapping: Mapping, rules: EditRules,
                 log.append(f"cast {k}: {result[k].dtype.name} -> {v.dtype.name}")
             result[k] = v
     if hasattr(mapping, "_metadata"):
-        result._metadata = mapping._metadata  # type: ignore[attr-defined]
+        result._metadata = mapping._metadata  # type: ignore[attr-defined]  # torch's OrderedDict attribute, set as torch sets it
     return result, log
 
 
