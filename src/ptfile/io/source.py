@@ -164,10 +164,10 @@ class FileSource(ByteSource):
         Reading into fresh memory costs more in page faults (the kernel providing and zeroing
         each page) than in the copy itself.  A large file is read in chunks by one thread per
         core, so the faults of different cores overlap.  Memory advised to use huge pages is
-        faulted in 2 MiB at a time, which is several times faster, except where a virtual
-        machine's host must back each page again (memory it took back while free): there a
-        huge page costs more than 512 small ones, so once a chunk reads slower than
-        :data:`HUGE_PAGE_MIN_RATE`, the chunks after it are read into ordinary pages.
+        faulted in 2 MiB at a time, which is several times faster, except on virtual machines
+        where part of the free memory costs more in huge pages than in 512 small ones (seen
+        where the host takes back memory the guest reports free): once a chunk reads slower
+        than :data:`HUGE_PAGE_MIN_RATE`, the chunks after it are read into ordinary pages.
         """
         if self._fd is None or not hasattr(os, "preadv") or self.size < PARALLEL_READ_BYTES:
             self._readinto(0, buffer)
@@ -345,9 +345,9 @@ PARALLEL_READ_BYTES = 4 * READ_CHUNK_BYTES
 #: More reader threads than this gain nothing: the page faults they share take a lock.
 MAX_READ_THREADS = 4
 #: Bytes per second of a reader thread's CPU time below which a chunk read into huge pages
-#: shows that huge pages cost more than ordinary ones here.  A host backing a virtual machine's
-#: memory again was measured at 0.5 GB/s in huge pages and 1.1 GB/s in ordinary ones; memory
-#: already backed reads at 3 GB/s in huge pages.
+#: shows that huge pages cost more than ordinary ones here.  On a 2-core virtual machine whose
+#: host takes back free memory, such chunks read at 0.5 GB/s (ordinary pages: 1.1 GB/s), the
+#: others at 3-3.5 GB/s.
 HUGE_PAGE_MIN_RATE = 1e9
 
 
