@@ -394,7 +394,7 @@ def load(src: Any, *, mmap: bool = True, records: bool = False, allow: allowlist
 def load_source(source: ByteSource, *, mmap: bool, records: bool, allow: allowlist.Allow | None = None) -> Any:
     """The object tree of a torch checkpoint; the source is closed when done."""
     if not mmap:
-        # Everything gets read anyway: one readinto of the file beats one read per storage,
+        # Everything gets read anyway: one read of the whole file beats one read per storage,
         # and the storages become views of that one copy (never a second copy).
         try:
             source = read_whole(source)
