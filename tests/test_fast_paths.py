@@ -173,7 +173,7 @@ def test_a_chunked_whole_file_read_reads_every_byte(tmp_path: Path, small_chunks
     assert whole.read(0, size) == data
     if hasattr(mmap, "MADV_NOHUGEPAGE") and Path("/proc/self/smaps").exists():
         buffer = whole.array(0, size, "all", copy=True)
-        # The last chunk is handed out after some reader has finished a chunk, so after the switch if any.
+        # A chunk judged slow advises the whole mapping against huge pages; none judged slow leaves it advised.
         assert ("nh" in _advice_of(buffer[-1:])) is costly
 
 

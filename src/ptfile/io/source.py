@@ -184,7 +184,7 @@ class FileSource(ByteSource):
                     if failures:  # another reader failed: the read is over
                         return
                     end = min(start + READ_CHUNK_BYTES, self.size)
-                    began = pages.before(start, end)
+                    began = pages.before()
                     self._readinto(start, buffer[start:end])
                     pages.after(began, end - start)
             except BaseException as error:  # re-raised in the caller's thread
@@ -364,19 +364,20 @@ class _PageAdvice:
         self._region = region if isinstance(region, mmap.mmap) and hasattr(mmap, "MADV_NOHUGEPAGE") else None
         self._costly = False  # set once; a stale read by another thread costs one chunk at most
 
-    def before(self, start: int, end: int) -> float | None:
-        """Advise the chunk ``[start, end)``; the thread's CPU clock when its rate is to be judged."""
-        if self._region is None:
-            return None
-        if self._costly:
-            with contextlib.suppress(OSError, ValueError):  # only advice
-                self._region.madvise(mmap.MADV_NOHUGEPAGE, start, end - start)
-            return None
-        return time.thread_time()
+    def before(self) -> float | None:
+        """The thread's CPU clock when the chunk it reads next is to be judged, else None."""
+        return None if self._region is None or self._costly else time.thread_time()
 
     def after(self, began: float | None, length: int) -> None:
-        if began is not None and length < HUGE_PAGE_MIN_RATE * (time.thread_time() - began):
-            self._costly = True
+        """Judge a chunk read since ``began``: once one is slow, every page not yet faulted in is ordinary.
+
+        The advice covers the whole buffer in one call: pages already faulted in keep their size.
+        """
+        if began is None or self._region is None or length >= HUGE_PAGE_MIN_RATE * (time.thread_time() - began):
+            return
+        self._costly = True
+        with contextlib.suppress(OSError, ValueError):  # only advice
+            self._region.madvise(mmap.MADV_NOHUGEPAGE)
 
 
 #: Buffers of at least this many bytes (one huge page) are mapped anonymously and advised to use
