@@ -122,24 +122,13 @@ class _TorchTensors:
         """A tensor viewing ``array``'s memory, or a copy where torch cannot view it."""
         root = root_of(array)
         storage = self._storages.get(id(root))
-        if storage is None and self.private and not array.flags.writeable:
-            _writable_if_private(root)
-            _writable_if_private(array)
-        if storage is None and _whole_view(array, root):
-            # The first view of a root that covers it whole (a file of many small storages gives
-            # little else): its tensor is torch's own view of the array, and the root's storage
-            # is that tensor's, for any later view.  Five times cheaper than placing a view.
-            try:
-                tensor = self.torch.from_numpy(array)
-            except TypeError:  # a numpy type torch has not: refused below, with the reason
-                pass
-            else:
-                self._storages[id(root)] = _Storage(root, tensor)
+        if storage is None:
+            tensor = self._first_view(array, root)
+            if tensor is not None:
                 return tensor
+            storage = self._storage_of(root)
         dtype = self.dtype_of(array)
         itemsize = array.dtype.itemsize
-        if storage is None:
-            storage = self._storage_of(root)
         offset = _address(array) - storage.address if array.size and storage else 0
         if storage is None or offset % itemsize or any(s < 0 or s % itemsize for s in array.strides):
             return self._copy(array, dtype)
@@ -147,6 +136,25 @@ class _TorchTensors:
         # One call places the view on the root's storage: cheaper, for 20,000 small tensors, than
         # a typed view of the whole storage followed by as_strided.  torch checks the bounds again.
         return self.torch.empty(0, dtype=dtype).set_(storage.untyped, offset // itemsize, array.shape, strides)
+
+    def _first_view(self, array: np.ndarray, root: np.ndarray) -> Any:
+        """The tensor of the first view of a root that covers it whole, with the root's storage kept; else None.
+
+        A file of many small storages gives little else: its tensor is torch's own view of the
+        array, and the root's storage is that tensor's, for any later view.  Five times cheaper
+        than placing a view on a storage.
+        """
+        if self.private and not array.flags.writeable:
+            _writable_if_private(root)
+            _writable_if_private(array)
+        if not _whole_view(array, root):
+            return None
+        try:
+            tensor = self.torch.from_numpy(array)
+        except TypeError:  # a numpy type torch has not: dtype_of refuses it, with the reason
+            return None
+        self._storages[id(root)] = _Storage(root, tensor)
+        return tensor
 
     def _storage_of(self, root: np.ndarray) -> _Storage | None:
         """One torch storage per root buffer, so every view of it shares it; None where torch cannot view it."""
