@@ -345,9 +345,9 @@ PARALLEL_READ_BYTES = 4 * READ_CHUNK_BYTES
 #: More reader threads than this gain nothing: the page faults they share take a lock.
 MAX_READ_THREADS = 4
 #: Bytes per second of a reader thread's CPU time below which a chunk read into huge pages
-#: shows that huge pages cost more than ordinary ones here.  On a 2-core virtual machine whose
-#: host takes back free memory, such chunks read at 0.5 GB/s (ordinary pages: 1.1 GB/s), the
-#: others at 3-3.5 GB/s.
+#: shows that huge pages cost more than ordinary ones here.  On a 2-core virtual machine
+#: (``benchmarks/whole_read.py``), such chunks read at 0.5-0.9 GB/s where ordinary pages read at
+#: 1.1-1.3 GB/s, and the other chunks at 1.2-3.7 GB/s.
 HUGE_PAGE_MIN_RATE = 1e9
 
 
